@@ -1,0 +1,1 @@
+"""Development stack: real Cassandra, Kafka and OpenSearch on loopback, without Docker."""
