@@ -66,7 +66,7 @@ def java_major(java: Path) -> int | None:
         return None
     for token in out.split():
         token = token.strip('"')
-        if token[:1].isdigit() and "." in token or token.isdigit():
+        if (token[:1].isdigit() and "." in token) or token.isdigit():
             head = token.split(".")[0]
             if head.isdigit():
                 major = int(head)
@@ -75,7 +75,7 @@ def java_major(java: Path) -> int | None:
 
 
 def java_home() -> Path:
-    """A JDK 17 (11–21 work too): Cassandra 5.0 and OpenSearch 2.x refuse newer ones."""
+    """A JDK 17 (17 to 21 work too): Cassandra 5.0 and OpenSearch 2.x refuse newer ones."""
     candidates: list[Path] = []
     for var in ("EVENTSTORE_JAVA_HOME", "JAVA_HOME"):
         if os.environ.get(var):
@@ -164,7 +164,9 @@ def resolve_opensearch_distribution() -> Path:
     inner.rename(target)
     shutil.rmtree(partial, ignore_errors=True)
     marker.touch()
-    say(f"  opensearch: {archive.stat().st_size / 1e6:.0f} MB in {time.monotonic() - started:.1f} s")
+    say(
+        f"  opensearch: {archive.stat().st_size / 1e6:.0f} MB in {time.monotonic() - started:.1f} s"
+    )
     return target
 
 
@@ -219,7 +221,7 @@ def kafka_answers(bootstrap: str) -> bool:
 def opensearch_answers(url: str) -> bool:
     health = url.rstrip("/") + "/_cluster/health?wait_for_status=yellow&timeout=2s"
     try:
-        with urllib.request.urlopen(health, timeout=5) as response:
+        with urllib.request.urlopen(health, timeout=5) as response:  # noqa: S310 - http(s) only
             status = json.load(response).get("status")
             return status in ("yellow", "green")
     except (OSError, urllib.error.URLError, ValueError):
@@ -552,7 +554,7 @@ def start(service: Service, java: Path) -> tuple[int, float] | None:
     service.log_file.parent.mkdir(parents=True, exist_ok=True)
     say(f"starting {service.name} (log: {service.log_file})")
     with service.log_file.open("ab") as log:
-        process = subprocess.Popen(  # noqa: S603 - our own command line
+        process = subprocess.Popen(
             command,
             cwd=home,
             stdin=subprocess.DEVNULL,
@@ -661,7 +663,9 @@ def status(names: Sequence[str] = ()) -> int:
         all_up &= answering
         state = "up" if answering else "down"
         if service.external:
-            print(f"{service.name:<11} {state:<5} {service.endpoint:<24} external ({service.env_var})")
+            print(
+                f"{service.name:<11} {state:<5} {service.endpoint:<24} external ({service.env_var})"
+            )
             continue
         pid = service.running_pid()
         rss = rss_mb(pid) if pid else None

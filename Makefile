@@ -1,0 +1,63 @@
+# One task runner for people and CI. `make run` and `make test` work on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help venv protos services-up services-down services-status migrate run test test-unit \
+        test-integration lint format bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@echo "[make] creating $(VENV) and installing pinned dependencies (constraints.txt)"
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade 'pip>=24'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@touch $@
+
+venv: $(INSTALLED)  ## create the virtualenv with the pinned dependencies
+
+protos: $(INSTALLED)  ## regenerate eventstore/v1 from protos/ (pinned grpcio-tools, typed stubs)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
+	  protos/eventstore/v1/*.proto
+
+services-up: $(INSTALLED)  ## start Cassandra, Kafka, OpenSearch on loopback (downloads jars once)
+	$(PY) -m devstack up
+
+services-down:  ## stop exactly the services services-up started
+	$(PYTHON) -m devstack down
+
+services-status: $(INSTALLED)  ## per service: up/down, address, pid, memory, log file
+	@$(PY) -m devstack status || true
+
+migrate: services-up  ## create keyspace, tables, topics, index templates (idempotent)
+	$(PY) -m eventstore.migrate
+
+run: migrate  ## the whole system on a local stack, in the foreground (Ctrl-C stops it)
+	exec $(PY) -m eventstore.server
+
+lint: $(INSTALLED)  ## ruff and mypy (strict; generated code excluded)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test-unit: $(INSTALLED)  ## unit tests only (no services)
+	$(PY) -m pytest tests/unit
+
+test: lint services-up  ## lint, then the whole suite against the real services
+	$(PY) -m pytest
+
+bench: migrate  ## append throughput and latency against the real stack
+	$(PY) -m benchmarks.append
+
+clean:  ## remove the virtualenv (the stack's data and the download cache stay)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,112 @@
+"""Wire (protobuf) to domain and back. No validation here: the domain does it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from eventstore.domain.events import (
+    AggregateInfo,
+    AppendResult,
+    Direction,
+    Expectation,
+    ExpectedVersion,
+    RecordedEvent,
+)
+from eventstore.domain.validation import RawAppend, RawEvent
+from eventstore.v1 import eventstore_pb2 as pb
+
+
+def timestamp(value: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def expected_from_proto(message: pb.ExpectedVersion, present: bool) -> ExpectedVersion | None:
+    if not present:
+        return None
+    match message.WhichOneof("expectation"):
+        case "any":
+            return ExpectedVersion.any()
+        case "no_stream":
+            return ExpectedVersion.no_stream()
+        case "stream_exists":
+            return ExpectedVersion.stream_exists()
+        case "exact":
+            return ExpectedVersion.exact(message.exact)
+        case _:
+            return None
+
+
+def expected_to_proto(expected: ExpectedVersion) -> pb.ExpectedVersion:
+    message = pb.ExpectedVersion()
+    match expected.expectation:
+        case Expectation.ANY:
+            message.any.SetInParent()
+        case Expectation.NO_STREAM:
+            message.no_stream.SetInParent()
+        case Expectation.STREAM_EXISTS:
+            message.stream_exists.SetInParent()
+        case Expectation.EXACT:
+            message.exact = expected.version
+    return message
+
+
+def append_from_proto(request: pb.AppendRequest) -> RawAppend:
+    return RawAppend(
+        aggregate_id=request.aggregate_id,
+        aggregate_type=request.aggregate_type,
+        expected=expected_from_proto(
+            request.expected_version, request.HasField("expected_version")
+        ),
+        events=[
+            RawEvent(
+                event_id=event.event_id,
+                event_type=event.event_type,
+                data=event.data,
+                content_type=event.content_type,
+                metadata=dict(event.metadata),
+            )
+            for event in request.events
+        ],
+    )
+
+
+def append_result_to_proto(result: AppendResult) -> pb.AppendResponse:
+    return pb.AppendResponse(
+        first_version=result.first_version,
+        last_version=result.last_version,
+        committed_at=timestamp(result.committed_at),
+        event_ids=[str(event_id) for event_id in result.event_ids],
+        already_committed=result.already_committed,
+    )
+
+
+def direction_from_proto(value: int) -> Direction:
+    return Direction.BACKWARDS if value == pb.DIRECTION_BACKWARDS else Direction.FORWARDS
+
+
+def event_to_proto(event: RecordedEvent) -> pb.Event:
+    return pb.Event(
+        event_id=str(event.event_id),
+        aggregate_id=event.aggregate_id,
+        aggregate_type=event.aggregate_type,
+        version=event.version,
+        event_type=event.event_type,
+        data=event.data,
+        content_type=event.content_type,
+        metadata=dict(event.metadata),
+        recorded_at=timestamp(event.recorded_at),
+    )
+
+
+def aggregate_to_proto(info: AggregateInfo) -> pb.GetAggregateResponse:
+    return pb.GetAggregateResponse(
+        aggregate_id=info.aggregate_id,
+        aggregate_type=info.aggregate_type,
+        version=info.version,
+        first_recorded_at=timestamp(info.first_recorded_at),
+        last_recorded_at=timestamp(info.last_recorded_at),
+    )

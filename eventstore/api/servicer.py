@@ -1,0 +1,131 @@
+"""gRPC servicer: decode, validate, run the use case, encode. Errors go through api/errors.py."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from grpc_status import rpc_status
+
+from eventstore.api import convert
+from eventstore.api.errors import is_expected, to_status
+from eventstore.domain.validation import (
+    Limits,
+    validate_aggregate_id,
+    validate_append,
+    validate_read,
+)
+from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex
+
+
+async def _abort(
+    exc: Exception, request_id: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> None:
+    if is_expected(exc):
+        log.info("request refused", error=type(exc).__name__, detail=str(exc))
+    status = rpc_status.to_status(to_status(exc, request_id))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+def unary(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    @wraps(method)
+    async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        request_id = _request_id(context)
+        with structlog.contextvars.bound_contextvars(
+            request_id=request_id,
+            rpc=method.__name__,
+            aggregate_id=getattr(request, "aggregate_id", None),
+        ):
+            try:
+                return await method(self, request, context)
+            except Exception as exc:
+                await _abort(exc, request_id, context)
+                raise AssertionError("unreachable: abort raises") from exc
+
+    return handler
+
+
+def server_streaming(
+    method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
+) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    @wraps(method)
+    async def handler(
+        self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Resp]:
+        request_id = _request_id(context)
+        with structlog.contextvars.bound_contextvars(
+            request_id=request_id,
+            rpc=method.__name__,
+            aggregate_id=getattr(request, "aggregate_id", None),
+        ):
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except Exception as exc:  # noqa: BLE001
+                await _abort(exc, request_id, context)
+
+    return handler
+
+
+class EventStoreServicer(pb_grpc.EventStoreServicer):
+    def __init__(
+        self,
+        append: AppendEvents,
+        read: ReadAggregate,
+        describe: DescribeAggregate,
+        limits: Limits,
+    ) -> None:
+        self._append = append
+        self._read = read
+        self._describe = describe
+        self._limits = limits
+
+    @unary
+    async def Append(
+        self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AppendResponse:
+        validated = validate_append(convert.append_from_proto(request), self._limits)
+        result = await self._append(validated)
+        return convert.append_result_to_proto(result)
+
+    @server_streaming
+    async def ReadAggregate(
+        self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ReadAggregateResponse]:
+        validated = validate_read(
+            request.aggregate_id,
+            request.from_version,
+            convert.direction_from_proto(request.direction),
+            request.max_count,
+            self._limits,
+        )
+        async for page in self._read.pages(validated):
+            yield pb.ReadAggregateResponse(events=[convert.event_to_proto(e) for e in page])
+
+    @unary
+    async def GetAggregate(
+        self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetAggregateResponse:
+        validate_aggregate_id(request.aggregate_id, self._limits)
+        return convert.aggregate_to_proto(await self._describe(request.aggregate_id))

@@ -1,0 +1,267 @@
+"""An asyncio Python client over the generated stubs.
+
+    async with EventStoreClient("127.0.0.1:50051") as client:
+        result = await client.append("order-1", "Order", [Event("OrderPlaced", {"total": 3})],
+                                     expected=ExpectedVersion.no_stream())
+        async for event in client.read("order-1"):
+            print(event.version, event.event_type, event.json())
+
+Errors arrive as ClientError subclasses carrying the server's structured details. Appends are
+retried with backoff on retryable codes; that is safe because every event gets its id here,
+before the first attempt, and the server answers a repeated append with its original result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC as _UTC
+from types import TracebackType
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from eventstore.api.convert import expected_to_proto
+from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
+from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
+
+__all__ = [
+    "AggregateNotFoundError",
+    "ClientError",
+    "Event",
+    "EventStoreClient",
+    "ExpectedVersion",
+    "InvalidArgumentError",
+    "RetryPolicy",
+    "UnavailableError",
+    "WrongExpectedVersionError",
+]
+
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to append. `data` may be bytes, or anything JSON-serialisable."""
+
+    event_type: str
+    data: Any = b""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def payload(self) -> bytes:
+        if isinstance(self.data, bytes | bytearray):
+            return bytes(self.data)
+        return json.dumps(self.data, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    initial_backoff_s: float = 0.05
+    max_backoff_s: float = 2.0
+
+
+class ClientError(Exception):
+    def __init__(
+        self, code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+    ) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.request_id: str | None = None
+        for detail in status.details if status else ():
+            info = error_details_pb2.RequestInfo()
+            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+                self.request_id = info.request_id
+
+
+class InvalidArgumentError(ClientError):
+    @property
+    def violations(self) -> list[tuple[str, str]]:
+        out = []
+        for detail in self.status.details if self.status else ():
+            bad = error_details_pb2.BadRequest()
+            if detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
+                out += [(v.field, v.description) for v in bad.field_violations]
+        return out
+
+    @property
+    def fields(self) -> list[str]:
+        return [name for name, _ in self.violations]
+
+
+class WrongExpectedVersionError(ClientError):
+    @property
+    def detail(self) -> pb.WrongExpectedVersion:
+        found = pb.WrongExpectedVersion()
+        for detail in self.status.details if self.status else ():
+            if detail.Is(found.DESCRIPTOR) and detail.Unpack(found):
+                return found
+        return found
+
+    @property
+    def actual_version(self) -> int:
+        return self.detail.actual_version
+
+
+class AggregateNotFoundError(ClientError):
+    pass
+
+
+class UnavailableError(ClientError):
+    pass
+
+
+_ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.FAILED_PRECONDITION: WrongExpectedVersionError,
+    grpc.StatusCode.NOT_FOUND: AggregateNotFoundError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}
+
+
+def _error(exc: grpc.aio.AioRpcError) -> ClientError:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    cls = _ERRORS.get(exc.code(), ClientError)
+    return cls(exc.code(), exc.details() or "", status)
+
+
+def _event_from_proto(event: pb.Event) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=uuid.UUID(event.event_id),
+        aggregate_id=event.aggregate_id,
+        aggregate_type=event.aggregate_type,
+        version=event.version,
+        event_type=event.event_type,
+        data=event.data,
+        content_type=event.content_type,
+        metadata=dict(event.metadata),
+        recorded_at=event.recorded_at.ToDatetime(tzinfo=_UTC),
+    )
+
+
+class EventStoreClient:
+    def __init__(
+        self,
+        target: str,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout_s: float = 10.0,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._channel = channel or grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self._stub = pb_grpc.EventStoreStub(self._channel)
+        self._retry = retry or RetryPolicy()
+        self._timeout = timeout_s
+
+    async def __aenter__(self) -> EventStoreClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def append(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        events: Sequence[Event],
+        expected: ExpectedVersion | int | None = None,
+    ) -> AppendResult:
+        """Append atomically. `expected`: an ExpectedVersion, an exact version, or None (any)."""
+        if expected is None:
+            expected = ExpectedVersion.any()
+        elif isinstance(expected, int):
+            expected = ExpectedVersion.exact(expected)
+        request = pb.AppendRequest(
+            aggregate_id=aggregate_id,
+            aggregate_type=aggregate_type,
+            expected_version=expected_to_proto(expected),
+            events=[
+                pb.EventData(
+                    event_id=str(event.event_id),
+                    event_type=event.event_type,
+                    data=event.payload(),
+                    content_type=event.content_type,
+                    metadata=dict(event.metadata),
+                )
+                for event in events
+            ],
+        )
+        response: pb.AppendResponse = await self._with_retries(self._stub.Append, request)
+        return AppendResult(
+            first_version=response.first_version,
+            last_version=response.last_version,
+            committed_at=response.committed_at.ToDatetime(tzinfo=_UTC),
+            event_ids=tuple(uuid.UUID(i) for i in response.event_ids),
+            already_committed=response.already_committed,
+        )
+
+    async def read(
+        self,
+        aggregate_id: str,
+        from_version: int = 0,
+        *,
+        backwards: bool = False,
+        max_count: int = 0,
+    ) -> AsyncIterator[RecordedEvent]:
+        request = pb.ReadAggregateRequest(
+            aggregate_id=aggregate_id,
+            from_version=from_version,
+            direction=pb.DIRECTION_BACKWARDS if backwards else pb.DIRECTION_FORWARDS,
+            max_count=max_count,
+        )
+        try:
+            async for page in self._stub.ReadAggregate(request):
+                for event in page.events:
+                    yield _event_from_proto(event)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
+
+    async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
+        return [event async for event in self.read(aggregate_id, **kwargs)]
+
+    async def get_aggregate(self, aggregate_id: str) -> AggregateInfo:
+        response: pb.GetAggregateResponse = await self._with_retries(
+            self._stub.GetAggregate, pb.GetAggregateRequest(aggregate_id=aggregate_id)
+        )
+        return AggregateInfo(
+            aggregate_id=response.aggregate_id,
+            aggregate_type=response.aggregate_type,
+            version=response.version,
+            first_recorded_at=response.first_recorded_at.ToDatetime(tzinfo=_UTC),
+            last_recorded_at=response.last_recorded_at.ToDatetime(tzinfo=_UTC),
+        )
+
+    async def _with_retries(self, method: Any, request: Any) -> Any:
+        backoff = self._retry.initial_backoff_s
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                return await method(request, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self._retry.attempts:
+                    raise _error(exc) from None
+            await asyncio.sleep(random.uniform(0, backoff))
+            backoff = min(backoff * 2, self._retry.max_backoff_s)
+        raise AssertionError("unreachable")

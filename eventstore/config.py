@@ -1,0 +1,85 @@
+"""Typed, validated settings, read from the environment (prefix EVENTSTORE_) at start-up only.
+
+One class per adapter; each field is documented and named after its variable, e.g.
+``CassandraSettings.hosts`` is ``EVENTSTORE_CASSANDRA_HOSTS``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventstore.domain.validation import Limits
+
+
+class CassandraSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_CASSANDRA_", frozen=True)
+
+    hosts: str = Field("127.0.0.1:9042", description="Contact points, host[:port],… (one port)")
+    keyspace: str = Field("eventstore", pattern=r"^[a-z][a-z0-9_]{0,47}$")
+    local_datacenter: str | None = Field(None, description="Datacenter for token-aware routing")
+    replication_factor: int = Field(1, ge=1, description="Keyspace replication factor")
+    replication_strategy: Literal["SimpleStrategy", "NetworkTopologyStrategy"] = "SimpleStrategy"
+    serial_consistency: Literal["SERIAL", "LOCAL_SERIAL"] = "SERIAL"
+    write_consistency: Literal["QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL", "ONE"] = "QUORUM"
+    read_consistency: Literal["QUORUM", "LOCAL_QUORUM", "ALL", "ONE", "LOCAL_ONE"] = "QUORUM"
+    request_timeout_s: float = Field(5.0, gt=0, description="Per-request client-side timeout")
+    username: str | None = None
+    password: SecretStr | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_not_empty(cls, value: str) -> str:
+        if not [h for h in value.split(",") if h.strip()]:
+            raise ValueError("needs at least one host")
+        return value
+
+    def contact_points(self) -> tuple[list[str], int]:
+        hosts: list[str] = []
+        port = 9042
+        for entry in (h.strip() for h in self.hosts.split(",")):
+            if not entry:
+                continue
+            host, _, port_text = entry.rpartition(":") if ":" in entry else (entry, "", "")
+            hosts.append(host)
+            if port_text:
+                port = int(port_text)
+        return hosts, port
+
+
+class LimitSettings(BaseSettings):
+    """Request limits; documented in README (Limits)."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_LIMIT_", frozen=True)
+
+    max_aggregate_id_bytes: int = Field(256, ge=1)
+    max_type_name_length: int = Field(128, ge=1)
+    max_events_per_append: int = Field(1000, ge=1)
+    max_event_bytes: int = Field(1024 * 1024, ge=1)
+    max_append_bytes: int = Field(4 * 1024 * 1024, ge=1)
+
+    def to_limits(self) -> Limits:
+        return Limits(
+            max_aggregate_id_bytes=self.max_aggregate_id_bytes,
+            max_type_name_length=self.max_type_name_length,
+            max_events_per_append=self.max_events_per_append,
+            max_event_bytes=self.max_event_bytes,
+            max_append_bytes=self.max_append_bytes,
+        )
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_", frozen=True)
+
+    listen: str = Field("127.0.0.1:50051", description="gRPC listen address host:port")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=1, description="Beyond this, RPCs are refused at once (RESOURCE_EXHAUSTED)"
+    )
+    read_page_size: int = Field(500, ge=1, le=10_000, description="Events per ReadAggregate page")
+    grace_period_s: float = Field(10.0, ge=0, description="Time in-flight RPCs get at shutdown")
+    cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -1,0 +1,1 @@
+"""Pure types and rules: events, versions, validation, errors. Imports nothing above it."""

@@ -1,0 +1,51 @@
+"""The domain's errors. The gRPC layer maps each to a status code in one place (api/errors.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventstore.domain.events import ExpectedVersion
+
+
+class EventStoreError(Exception):
+    """Base of every error the store reports on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class InvalidArgument(EventStoreError):
+    """The request is malformed; nothing was written. Names every offending field."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+    @classmethod
+    def of(cls, field: str, description: str) -> InvalidArgument:
+        return cls([FieldViolation(field, description)])
+
+
+class WrongExpectedVersion(EventStoreError):
+    """Optimistic concurrency: the aggregate is not at the version the append expected."""
+
+    def __init__(self, aggregate_id: str, expected: ExpectedVersion, actual: int) -> None:
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"aggregate {aggregate_id!r} is at version {actual}, the append expected {expected}"
+        )
+
+
+class AggregateNotFound(EventStoreError):
+    def __init__(self, aggregate_id: str) -> None:
+        self.aggregate_id = aggregate_id
+        super().__init__(f"aggregate {aggregate_id!r} has no events")
+
+
+class StorageUnavailable(EventStoreError):
+    """A backend did not answer in time or is down. Retrying (idempotently) is safe."""

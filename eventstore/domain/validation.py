@@ -1,0 +1,233 @@
+"""Validation of everything a client sends, before anything is written.
+
+Every rule names the request field it guards (as a path, e.g. ``events[2].data``) so the
+error the client gets says exactly what to fix. Limits are configurable (see config.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from eventstore.domain.errors import FieldViolation, InvalidArgument
+from eventstore.domain.events import (
+    NO_EVENTS,
+    AppendRequest,
+    Direction,
+    Expectation,
+    ExpectedVersion,
+    NewEvent,
+)
+
+DEFAULT_CONTENT_TYPE = "application/json"
+MAX_VERSION = 2**63 - 1
+#: Metadata keys starting with this are set by the server only (e.g. the principal).
+RESERVED_METADATA_PREFIX = "$"
+
+_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_aggregate_id_bytes: int = 256
+    max_type_name_length: int = 128
+    max_events_per_append: int = 1000
+    #: data + metadata keys and values + event type, per event
+    max_event_bytes: int = 1024 * 1024
+    #: the same, summed over one append
+    max_append_bytes: int = 4 * 1024 * 1024
+    max_metadata_key_length: int = 128
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """An event exactly as the wire delivered it; nothing checked yet."""
+
+    event_id: str
+    event_type: str
+    data: bytes
+    content_type: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RawAppend:
+    aggregate_id: str
+    aggregate_type: str
+    #: None when the client named no expectation (or one this server does not know).
+    expected: ExpectedVersion | None
+    events: Sequence[RawEvent]
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def add(self, path: str, description: str) -> None:
+        self.violations.append(FieldViolation(path, description))
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise InvalidArgument(self.violations)
+
+
+def _has_control_chars(text: str) -> bool:
+    return any(unicodedata.category(ch) == "Cc" for ch in text)
+
+
+def check_aggregate_id(value: str, limits: Limits, path: str, out: _Collector) -> None:
+    if not value:
+        out.add(path, "must not be empty")
+    elif len(value.encode()) > limits.max_aggregate_id_bytes:
+        out.add(path, f"must be at most {limits.max_aggregate_id_bytes} bytes of UTF-8")
+    elif _has_control_chars(value):
+        out.add(path, "must not contain control characters")
+
+
+def check_type_name(value: str, limits: Limits, path: str, out: _Collector) -> None:
+    if not value:
+        out.add(path, "must not be empty")
+    elif len(value) > limits.max_type_name_length:
+        out.add(path, f"must be at most {limits.max_type_name_length} characters")
+    elif not _TYPE_NAME.fullmatch(value):
+        out.add(path, "must start with a letter and hold only letters, digits, '.', '_' or '-'")
+
+
+def is_json_content_type(content_type: str) -> bool:
+    essence = content_type.split(";", 1)[0].strip().lower()
+    return essence == "application/json" or essence.endswith("+json")
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_json(data: bytes, path: str, out: _Collector) -> None:
+    try:
+        json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        out.add(path, f"is not valid JSON ({type(exc).__name__}) but the content type says JSON")
+
+
+def _check_event(
+    raw: RawEvent, index: int, limits: Limits, out: _Collector
+) -> tuple[NewEvent | None, int]:
+    path = f"events[{index}]"
+    event_id: uuid.UUID | None = None
+    if raw.event_id:
+        try:
+            event_id = uuid.UUID(raw.event_id)
+        except ValueError:
+            out.add(
+                f"{path}.event_id", "must be a UUID such as 1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+            )
+    else:
+        event_id = uuid.uuid4()
+    check_type_name(raw.event_type, limits, f"{path}.event_type", out)
+    content_type = raw.content_type or DEFAULT_CONTENT_TYPE
+    if len(content_type) > limits.max_type_name_length or not _CONTENT_TYPE.fullmatch(content_type):
+        out.add(f"{path}.content_type", "must be a media type such as application/json")
+    elif is_json_content_type(content_type):
+        _check_json(raw.data, f"{path}.data", out)
+    size = len(raw.data) + len(raw.event_type.encode())
+    for key, value in raw.metadata.items():
+        size += len(key.encode()) + len(value.encode())
+        if not key or len(key) > limits.max_metadata_key_length or _has_control_chars(key):
+            out.add(
+                f"{path}.metadata",
+                f"keys must be 1 to {limits.max_metadata_key_length} characters, "
+                "without control characters",
+            )
+        elif key.startswith(RESERVED_METADATA_PREFIX):
+            out.add(
+                f"{path}.metadata[{key}]",
+                f"keys starting with {RESERVED_METADATA_PREFIX!r} are reserved for the server",
+            )
+    if size > limits.max_event_bytes:
+        out.add(
+            path,
+            f"is {size} bytes (data + metadata + type); the limit is {limits.max_event_bytes}",
+        )
+    if event_id is None:
+        return None, size
+    event = NewEvent(
+        event_id=event_id,
+        event_type=raw.event_type,
+        data=raw.data,
+        content_type=content_type,
+        metadata=dict(raw.metadata),
+    )
+    return event, size
+
+
+def validate_append(raw: RawAppend, limits: Limits) -> AppendRequest:
+    """Check an append completely; raise InvalidArgument naming every bad field."""
+    out = _Collector()
+    check_aggregate_id(raw.aggregate_id, limits, "aggregate_id", out)
+    check_type_name(raw.aggregate_type, limits, "aggregate_type", out)
+    expected = raw.expected
+    if expected is None:
+        out.add("expected_version", "must be one of any, no_stream, stream_exists or exact")
+    elif expected.expectation is Expectation.EXACT:
+        if not NO_EVENTS <= expected.version <= MAX_VERSION:
+            out.add("expected_version.exact", "must be 0 (no events yet) or a positive version")
+        elif expected.version == NO_EVENTS:
+            expected = ExpectedVersion.no_stream()
+    if not raw.events:
+        out.add("events", "must hold at least one event")
+    elif len(raw.events) > limits.max_events_per_append:
+        out.add("events", f"must hold at most {limits.max_events_per_append} events")
+    events: list[NewEvent] = []
+    total = 0
+    seen: dict[uuid.UUID, int] = {}
+    for index, raw_event in enumerate(raw.events[: limits.max_events_per_append]):
+        event, size = _check_event(raw_event, index, limits, out)
+        total += size
+        if event is not None:
+            if event.event_id in seen:
+                out.add(
+                    f"events[{index}].event_id",
+                    f"repeats the id of events[{seen[event.event_id]}]",
+                )
+            seen[event.event_id] = index
+            events.append(event)
+    if total > limits.max_append_bytes:
+        out.add("events", f"total {total} bytes; the limit per append is {limits.max_append_bytes}")
+    out.raise_if_any()
+    assert expected is not None
+    return AppendRequest(raw.aggregate_id, raw.aggregate_type, expected, tuple(events))
+
+
+def validate_aggregate_id(aggregate_id: str, limits: Limits) -> None:
+    out = _Collector()
+    check_aggregate_id(aggregate_id, limits, "aggregate_id", out)
+    out.raise_if_any()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    aggregate_id: str
+    #: forwards: first version to return (>= 1); backwards: highest version, None = current
+    from_version: int | None
+    direction: Direction
+    #: None means no limit
+    max_count: int | None
+
+
+def validate_read(
+    aggregate_id: str, from_version: int, direction: Direction, max_count: int, limits: Limits
+) -> ReadRequest:
+    out = _Collector()
+    check_aggregate_id(aggregate_id, limits, "aggregate_id", out)
+    if not 0 <= from_version <= MAX_VERSION:
+        out.add("from_version", "must be 0 or a positive version")
+    if max_count < 0:
+        out.add("max_count", "must be 0 (all events) or a positive count")
+    out.raise_if_any()
+    start = max(from_version, 1) if direction is Direction.FORWARDS else from_version or None
+    return ReadRequest(aggregate_id, start, direction, max_count or None)

@@ -1,0 +1,87 @@
+"""The interfaces adapters implement. Use cases depend on these, never on a driver."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    version: int
+    #: None while the aggregate has no events
+    aggregate_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    first_version: int
+    last_version: int
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExistingEvent:
+    version: int
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The append's condition did not hold; nothing of it was written."""
+
+    actual_version: int
+    actual_type: str | None
+    #: Those of the append's event ids that the aggregate already holds.
+    existing: Mapping[UUID, ExistingEvent] = field(default_factory=dict)
+
+
+AppendOutcome = Committed | Rejected
+
+
+class EventStorage(ABC):
+    """Per-aggregate event streams with compare-and-set appends.
+
+    Errors: adapters raise only eventstore.domain.errors types (StorageUnavailable for any
+    backend failure); driver exceptions never cross this boundary.
+    """
+
+    @abstractmethod
+    async def stream_state(self, aggregate_id: str) -> StreamState:
+        """The aggregate's current version (0 when it has no events) and type."""
+
+    @abstractmethod
+    async def append(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        recorded_at: datetime,
+    ) -> AppendOutcome:
+        """Write `events` as versions expected_version+1, … in one atomic step.
+
+        Applies only if the aggregate is at `expected_version` (and, when it has events, is of
+        `aggregate_type`) and holds none of the event ids; otherwise writes nothing and
+        returns what it found. An outcome the backend left unknown (a write timeout) is
+        resolved before returning; if it cannot be, StorageUnavailable is raised.
+        """
+
+    @abstractmethod
+    async def read(
+        self, aggregate_id: str, start: int | None, direction: Direction, limit: int
+    ) -> list[RecordedEvent]:
+        """One page of events in `direction`, from version `start` (None: the current one,
+        backwards only), at most `limit` of them."""
+
+    @abstractmethod
+    async def describe(self, aggregate_id: str) -> AggregateInfo | None:
+        """Version, type and first/last recorded time; None when it has no events."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,1 @@
+"""Event storage adapters: Cassandra (production) and an in-memory fake (unit tests)."""

@@ -1,0 +1,350 @@
+"""EventStorage on Apache Cassandra with lightweight transactions (see schema.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from cassandra import (
+    ConsistencyLevel,
+    DriverException,
+    OperationTimedOut,
+    WriteTimeout,
+)
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.query import BatchStatement, BatchType, PreparedStatement
+
+from eventstore.config import CassandraSettings
+from eventstore.domain.errors import StorageUnavailable
+from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
+from eventstore.ports import (
+    AppendOutcome,
+    Committed,
+    EventStorage,
+    ExistingEvent,
+    Rejected,
+    StreamState,
+)
+from eventstore.storage.aio import wrap
+from eventstore.storage.schema import EVENT_ID_ROW, EVENT_ROW, keyspace_cql, table_cql
+
+log = structlog.get_logger(__name__)
+
+#: A test can arm this to fail the CAS write the way a real coordinator timeout does, either
+#: before the batch is sent ("not applied") or after Cassandra applied it ("applied, but the
+#: client never heard"). Called with the stage name; may raise. None in production.
+FaultHook = Callable[[str], Awaitable[None]]
+
+_EVENT_COLUMNS = (
+    "event_id, version, event_type, content_type, data, metadata, recorded_at, aggregate_type"
+)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class CassandraEventStorage(EventStorage):
+    def __init__(self, cluster: Cluster, session: Session, settings: CassandraSettings) -> None:
+        self._cluster = cluster
+        self._session = session
+        self._settings = settings
+        self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
+        self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
+        self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
+        self.fault_hook: FaultHook | None = None
+        ks = settings.keyspace
+        prepare = session.prepare
+        self._advance = prepare(
+            f"UPDATE {ks}.events SET head = ?, updated_at = ? "
+            "WHERE aggregate_id = ? IF head = ? AND aggregate_type = ?"
+        )
+        self._create = prepare(
+            f"UPDATE {ks}.events SET head = ?, aggregate_type = ?, created_at = ?, updated_at = ? "
+            "WHERE aggregate_id = ? IF head = null"
+        )
+        self._insert_event = prepare(
+            f"INSERT INTO {ks}.events (aggregate_id, kind, version, event_id, event_type, "
+            "content_type, data, metadata, recorded_at) "
+            f"VALUES (?, {EVENT_ROW}, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._insert_event_id = prepare(
+            f"INSERT INTO {ks}.events (aggregate_id, kind, version, event_id, committed_version, "
+            f"recorded_at) VALUES (?, {EVENT_ID_ROW}, 0, ?, ?, ?) IF NOT EXISTS"
+        )
+        self._select_head = prepare(
+            f"SELECT head, aggregate_type FROM {ks}.events WHERE aggregate_id = ? LIMIT 1"
+        )
+        self._select_event_ids = prepare(
+            f"SELECT head, aggregate_type, event_id, committed_version, recorded_at "
+            f"FROM {ks}.events WHERE aggregate_id = ? AND kind = {EVENT_ID_ROW} AND version = 0 "
+            "AND event_id IN ?"
+        )
+        self._describe = prepare(
+            f"SELECT head, aggregate_type, created_at, updated_at FROM {ks}.events "
+            "WHERE aggregate_id = ? LIMIT 1"
+        )
+        where = f"WHERE aggregate_id = ? AND kind = {EVENT_ROW}"
+        self._read_forwards = prepare(
+            f"SELECT {_EVENT_COLUMNS} FROM {ks}.events {where} AND version >= ? LIMIT ?"
+        )
+        self._read_backwards = prepare(
+            f"SELECT {_EVENT_COLUMNS} FROM {ks}.events {where} AND version <= ? "
+            "ORDER BY kind DESC, version DESC LIMIT ?"
+        )
+        self._read_backwards_from_end = prepare(
+            f"SELECT {_EVENT_COLUMNS} FROM {ks}.events {where} "
+            "ORDER BY kind DESC, version DESC LIMIT ?"
+        )
+
+    # --- construction ------------------------------------------------------------------
+
+    @staticmethod
+    def make_cluster(settings: CassandraSettings) -> Cluster:
+        hosts, port = settings.contact_points()
+        balancing = TokenAwarePolicy(
+            DCAwareRoundRobinPolicy(local_dc=settings.local_datacenter)
+            if settings.local_datacenter
+            else DCAwareRoundRobinPolicy()
+        )
+        profile = ExecutionProfile(
+            load_balancing_policy=balancing,
+            request_timeout=settings.request_timeout_s,
+            consistency_level=ConsistencyLevel.name_to_value[settings.read_consistency],
+        )
+        auth = None
+        if settings.username and settings.password:
+            auth = PlainTextAuthProvider(settings.username, settings.password.get_secret_value())
+        return Cluster(
+            hosts,
+            port=port,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            auth_provider=auth,
+            protocol_version=5,
+            connect_timeout=settings.request_timeout_s,
+        )
+
+    @classmethod
+    async def connect(cls, settings: CassandraSettings) -> CassandraEventStorage:
+        """Connect and prepare every statement (the driver's connect blocks: run it aside)."""
+        cluster = cls.make_cluster(settings)
+        try:
+            session = await asyncio.to_thread(cluster.connect)
+            return await asyncio.to_thread(cls, cluster, session, settings)
+        except DriverException as exc:
+            cluster.shutdown()
+            raise StorageUnavailable(f"cannot connect to Cassandra at {settings.hosts}") from exc
+        except Exception:
+            cluster.shutdown()
+            raise
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._cluster.shutdown)
+
+    # --- execution ---------------------------------------------------------------------
+
+    async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
+        try:
+            return await wrap(self._session.execute_async(statement, params))
+        except (DriverException, OperationTimedOut) as exc:
+            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+
+    def _bound(self, prepared: PreparedStatement, params: Sequence[Any]) -> Any:
+        bound = prepared.bind(params)
+        bound.consistency_level = self._read
+        return bound
+
+    # --- EventStorage ------------------------------------------------------------------
+
+    async def stream_state(self, aggregate_id: str) -> StreamState:
+        rows = await self._run(self._bound(self._select_head, (aggregate_id,)))
+        if not rows or rows[0].head is None:
+            return StreamState(0, None)
+        return StreamState(rows[0].head, rows[0].aggregate_type)
+
+    async def append(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        recorded_at: datetime,
+    ) -> AppendOutcome:
+        last = expected_version + len(events)
+        batch = BatchStatement(
+            batch_type=BatchType.UNLOGGED,  # one partition: atomic and isolated without a log
+            consistency_level=self._write,
+            serial_consistency_level=self._serial,
+        )
+        if expected_version == 0:
+            batch.add(self._create, (last, aggregate_type, recorded_at, recorded_at, aggregate_id))
+        else:
+            batch.add(
+                self._advance, (last, recorded_at, aggregate_id, expected_version, aggregate_type)
+            )
+        for offset, event in enumerate(events, start=1):
+            version = expected_version + offset
+            batch.add(
+                self._insert_event,
+                (
+                    aggregate_id,
+                    version,
+                    event.event_id,
+                    event.event_type,
+                    event.content_type,
+                    event.data,
+                    dict(event.metadata) or None,
+                    recorded_at,
+                ),
+            )
+            batch.add(self._insert_event_id, (aggregate_id, event.event_id, version, recorded_at))
+        try:
+            rows = await self._cas(batch)
+        except WriteTimeout as exc:
+            # Whatever phase timed out (Paxos or its commit), the batch may have applied.
+            log.warning(
+                "append outcome unknown after a CAS write timeout; resolving with a SERIAL read",
+                aggregate_id=aggregate_id,
+                expected_version=expected_version,
+                write_type=exc.write_type,
+            )
+            return await self._resolve_unknown(aggregate_id, expected_version, events)
+        if rows and rows[0].applied:
+            return Committed(expected_version + 1, last, recorded_at)
+        return self._rejected(rows)
+
+    async def _cas(self, batch: BatchStatement) -> list[Any]:
+        if self.fault_hook is not None:
+            await self.fault_hook("before_cas")
+        try:
+            rows = await wrap(self._session.execute_async(batch))
+        except WriteTimeout:
+            raise
+        except (DriverException, OperationTimedOut) as exc:
+            # OperationTimedOut is the client giving up: the write may still apply. We cannot
+            # resolve that here without risking a second timeout, so the caller gets a
+            # retryable error, and the idempotent retry (same event ids) settles it.
+            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+        if self.fault_hook is not None:
+            await self.fault_hook("after_cas")
+        return rows
+
+    @staticmethod
+    def _rejected(rows: list[Any]) -> Rejected:
+        # A failed condition returns the rows it checked: the partition's static columns (head,
+        # type) and, for each of our event ids already present, its id row.
+        if not rows:
+            return Rejected(0, None)
+        head = rows[0].head or 0
+        existing = {
+            row.event_id: ExistingEvent(row.committed_version, _utc(row.recorded_at))
+            for row in rows
+            if getattr(row, "committed_version", None) is not None
+        }
+        return Rejected(head, rows[0].aggregate_type if head else None, existing)
+
+    async def _resolve_unknown(
+        self, aggregate_id: str, expected_version: int, events: Sequence[NewEvent]
+    ) -> AppendOutcome:
+        """Settle a CAS whose outcome the coordinator left unknown.
+
+        A read at SERIAL consistency runs a Paxos round on the partition: it completes any
+        accepted-but-uncommitted proposal (so our batch, if a quorum accepted it, is committed
+        now) and its newer ballot stops an unaccepted one from ever committing later. After it
+        the outcome is fixed, and our event-id rows say which it is. If this read fails too,
+        the client gets UNAVAILABLE and its idempotent retry settles the matter.
+        """
+        ids = [event.event_id for event in events]
+        try:
+            rows = await wrap(
+                self._session.execute_async(
+                    self._serial_read(self._select_event_ids, (aggregate_id, ids))
+                )
+            )
+            state_rows = await wrap(
+                self._session.execute_async(self._serial_read(self._select_head, (aggregate_id,)))
+            )
+        except (DriverException, OperationTimedOut) as exc:
+            raise StorageUnavailable("Cassandra: append outcome unknown; retry it") from exc
+        found = {
+            row.event_id: ExistingEvent(row.committed_version, _utc(row.recorded_at))
+            for row in rows
+        }
+        versions = [found[i].version for i in ids if i in found]
+        expected_versions = list(range(expected_version + 1, expected_version + len(ids) + 1))
+        if versions == expected_versions:
+            log.info("unknown append outcome resolved: applied", aggregate_id=aggregate_id)
+            return Committed(expected_version + 1, versions[-1], found[ids[0]].recorded_at)
+        log.info("unknown append outcome resolved: not applied", aggregate_id=aggregate_id)
+        head = state_rows[0].head if state_rows and state_rows[0].head is not None else 0
+        return Rejected(head, state_rows[0].aggregate_type if head else None, found)
+
+    def _serial_read(self, prepared: PreparedStatement, params: Sequence[Any]) -> Any:
+        bound = prepared.bind(params)
+        bound.consistency_level = self._serial
+        return bound
+
+    async def read(
+        self, aggregate_id: str, start: int | None, direction: Direction, limit: int
+    ) -> list[RecordedEvent]:
+        if direction is Direction.FORWARDS:
+            statement = self._bound(self._read_forwards, (aggregate_id, start or 1, limit))
+        elif start is None:
+            statement = self._bound(self._read_backwards_from_end, (aggregate_id, limit))
+        else:
+            statement = self._bound(self._read_backwards, (aggregate_id, start, limit))
+        rows = await self._run(statement)
+        return [
+            RecordedEvent(
+                event_id=row.event_id,
+                aggregate_id=aggregate_id,
+                aggregate_type=row.aggregate_type,
+                version=row.version,
+                event_type=row.event_type,
+                data=row.data or b"",
+                content_type=row.content_type,
+                metadata=dict(row.metadata) if row.metadata else {},
+                recorded_at=_utc(row.recorded_at),
+            )
+            for row in rows
+        ]
+
+    async def describe(self, aggregate_id: str) -> AggregateInfo | None:
+        rows = await self._run(self._bound(self._describe, (aggregate_id,)))
+        if not rows or not rows[0].head:
+            return None
+        row = rows[0]
+        return AggregateInfo(
+            aggregate_id=aggregate_id,
+            aggregate_type=row.aggregate_type,
+            version=row.head,
+            first_recorded_at=_utc(row.created_at),
+            last_recorded_at=_utc(row.updated_at),
+        )
+
+
+async def apply_schema(settings: CassandraSettings) -> None:
+    """Create the keyspace and tables if they are missing (idempotent)."""
+    cluster = CassandraEventStorage.make_cluster(settings)
+    try:
+        session = await asyncio.to_thread(cluster.connect)
+        statements = [
+            keyspace_cql(
+                settings.keyspace,
+                settings.replication_strategy,
+                settings.replication_factor,
+                settings.local_datacenter,
+            ),
+            *table_cql(settings.keyspace),
+        ]
+        for statement in statements:
+            await wrap(session.execute_async(statement, timeout=60))
+    except DriverException as exc:
+        raise StorageUnavailable(f"cannot apply the schema at {settings.hosts}") from exc
+    finally:
+        await asyncio.to_thread(cluster.shutdown)

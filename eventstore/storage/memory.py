@@ -1,0 +1,102 @@
+"""An in-memory EventStorage for fast unit tests. The same contract suite runs against it and
+the Cassandra adapter (tests/contract), so it cannot drift from the real store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
+from eventstore.ports import (
+    AppendOutcome,
+    Committed,
+    EventStorage,
+    ExistingEvent,
+    Rejected,
+    StreamState,
+)
+
+
+@dataclass
+class _Stream:
+    aggregate_type: str
+    events: list[RecordedEvent] = field(default_factory=list)
+    ids: dict[UUID, ExistingEvent] = field(default_factory=dict)
+
+
+class InMemoryEventStorage(EventStorage):
+    def __init__(self) -> None:
+        self._streams: dict[str, _Stream] = {}
+        self._lock = asyncio.Lock()
+
+    async def stream_state(self, aggregate_id: str) -> StreamState:
+        stream = self._streams.get(aggregate_id)
+        if stream is None:
+            return StreamState(0, None)
+        return StreamState(len(stream.events), stream.aggregate_type)
+
+    async def append(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        recorded_at: datetime,
+    ) -> AppendOutcome:
+        async with self._lock:
+            stream = self._streams.get(aggregate_id)
+            head = len(stream.events) if stream else 0
+            existing = {
+                e.event_id: stream.ids[e.event_id]
+                for e in events
+                if stream and e.event_id in stream.ids
+            }
+            type_ok = stream is None or stream.aggregate_type == aggregate_type
+            if head != expected_version or existing or not type_ok:
+                return Rejected(head, stream.aggregate_type if stream else None, existing)
+            if stream is None:
+                stream = self._streams[aggregate_id] = _Stream(aggregate_type)
+            for event in events:
+                version = len(stream.events) + 1
+                stream.events.append(
+                    RecordedEvent(
+                        event_id=event.event_id,
+                        aggregate_id=aggregate_id,
+                        aggregate_type=aggregate_type,
+                        version=version,
+                        event_type=event.event_type,
+                        data=event.data,
+                        content_type=event.content_type,
+                        metadata=dict(event.metadata),
+                        recorded_at=recorded_at,
+                    )
+                )
+                stream.ids[event.event_id] = ExistingEvent(version, recorded_at)
+            return Committed(expected_version + 1, len(stream.events), recorded_at)
+
+    async def read(
+        self, aggregate_id: str, start: int | None, direction: Direction, limit: int
+    ) -> list[RecordedEvent]:
+        stream = self._streams.get(aggregate_id)
+        if stream is None:
+            return []
+        if direction is Direction.FORWARDS:
+            first = max(start or 1, 1)
+            return stream.events[first - 1 : first - 1 + limit]
+        top = len(stream.events) if start is None else min(start, len(stream.events))
+        return list(reversed(stream.events[max(top - limit, 0) : top]))
+
+    async def describe(self, aggregate_id: str) -> AggregateInfo | None:
+        stream = self._streams.get(aggregate_id)
+        if stream is None or not stream.events:
+            return None
+        return AggregateInfo(
+            aggregate_id=aggregate_id,
+            aggregate_type=stream.aggregate_type,
+            version=len(stream.events),
+            first_recorded_at=stream.events[0].recorded_at,
+            last_recorded_at=stream.events[-1].recorded_at,
+        )

@@ -1,0 +1,126 @@
+"""Append events to an aggregate: optimistic concurrency and idempotent retries."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from uuid import UUID
+
+import structlog
+
+from eventstore.domain.errors import InvalidArgument, WrongExpectedVersion
+from eventstore.domain.events import AppendRequest, AppendResult, Expectation
+from eventstore.ports import Committed, EventStorage, ExistingEvent, Rejected
+
+log = structlog.get_logger(__name__)
+
+
+class ContentionExhausted(Exception):
+    """An ANY/STREAM_EXISTS append lost the race too many times in a row (retryable)."""
+
+    def __init__(self, aggregate_id: str, attempts: int) -> None:
+        self.aggregate_id = aggregate_id
+        self.attempts = attempts
+        super().__init__(f"aggregate {aggregate_id!r} too contended: {attempts} attempts lost")
+
+
+def utc_now_ms() -> datetime:
+    """Now, at the millisecond precision Cassandra stores, so what we answer is what we read."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class AppendEvents:
+    def __init__(
+        self,
+        storage: EventStorage,
+        clock: Callable[[], datetime] = utc_now_ms,
+        max_attempts: int = 64,
+    ) -> None:
+        self._storage = storage
+        self._clock = clock
+        self._max_attempts = max_attempts
+
+    async def __call__(self, request: AppendRequest) -> AppendResult:
+        expected = request.expected
+        # Exact and NO_STREAM appends go straight to the conditional write: one round trip.
+        # ANY and STREAM_EXISTS first learn the current version, then write at it; losing a race
+        # just means writing at the newer version (never a duplicate: event ids are unique).
+        if expected.expectation is Expectation.EXACT:
+            at = expected.version
+        elif expected.expectation is Expectation.NO_STREAM:
+            at = 0
+        else:
+            at = (await self._storage.stream_state(request.aggregate_id)).version
+        for attempt in range(1, self._max_attempts + 1):
+            if not expected.admits(at):
+                raise WrongExpectedVersion(request.aggregate_id, expected, at)
+            outcome = await self._storage.append(
+                request.aggregate_id, request.aggregate_type, at, request.events, self._clock()
+            )
+            if isinstance(outcome, Committed):
+                return AppendResult(
+                    first_version=outcome.first_version,
+                    last_version=outcome.last_version,
+                    committed_at=outcome.recorded_at,
+                    event_ids=tuple(e.event_id for e in request.events),
+                )
+            if outcome.existing:
+                return self._already_committed(request, outcome.existing)
+            self._check_type(request, outcome)
+            if expected.expectation in (Expectation.EXACT, Expectation.NO_STREAM):
+                if outcome.actual_version != at:
+                    raise WrongExpectedVersion(
+                        request.aggregate_id, expected, outcome.actual_version
+                    )
+                # Same version and type, no known id, yet refused: only a write whose unknown
+                # outcome resolved as "not applied" ends here. Writing again is safe.
+                continue
+            at = outcome.actual_version
+            # Spread contending writers out a little so they stop colliding in lockstep.
+            await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
+        raise ContentionExhausted(request.aggregate_id, self._max_attempts)
+
+    @staticmethod
+    def _check_type(request: AppendRequest, outcome: Rejected) -> None:
+        if outcome.actual_type is not None and outcome.actual_type != request.aggregate_type:
+            raise InvalidArgument.of(
+                "aggregate_type",
+                f"aggregate {request.aggregate_id!r} is of type {outcome.actual_type!r}, "
+                f"not {request.aggregate_type!r}",
+            )
+
+    @staticmethod
+    def _already_committed(
+        request: AppendRequest, existing: Mapping[UUID, ExistingEvent]
+    ) -> AppendResult:
+        """A retry: answer the original result if the whole append was committed as sent."""
+        ids = [event.event_id for event in request.events]
+        found = [existing.get(event_id) for event_id in ids]
+        first = found[0]
+        if first is not None and all(
+            e is not None and e.version == first.version + i for i, e in enumerate(found)
+        ):
+            log.info(
+                "idempotent retry answered with the original result",
+                aggregate_id=request.aggregate_id,
+                first_version=first.version,
+            )
+            return AppendResult(
+                first_version=first.version,
+                last_version=first.version + len(ids) - 1,
+                committed_at=first.recorded_at,
+                event_ids=tuple(ids),
+                already_committed=True,
+            )
+        index = next(i for i, e in enumerate(found) if e is not None)
+        committed = found[index]
+        assert committed is not None
+        raise InvalidArgument.of(
+            f"events[{index}].event_id",
+            f"was already committed as version {committed.version}, but this append is not "
+            "the same as the one that committed it (a retry must resend exactly the same events "
+            "with the same ids)",
+        )

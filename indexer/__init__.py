@@ -1,0 +1,1 @@
+"""Kafka → OpenSearch indexer (issue #5): not built yet."""

@@ -1,0 +1,1 @@
+"""Replay CLI (issue #6): not built yet."""
