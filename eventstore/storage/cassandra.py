@@ -238,9 +238,10 @@ class CassandraEventStorage(EventStorage):
     def _rejected(rows: list[Any]) -> Rejected:
         # A failed condition returns the rows it checked: the partition's static columns (head,
         # type) and, for each of our event ids already present, its id row.
+        # An absent partition yields a row with nothing but [applied].
         if not rows:
             return Rejected(0, None)
-        head = rows[0].head or 0
+        head = getattr(rows[0], "head", None) or 0
         existing = {
             row.event_id: ExistingEvent(row.committed_version, _utc(row.recorded_at))
             for row in rows
