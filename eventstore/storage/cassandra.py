@@ -31,18 +31,15 @@ from eventstore.ports import (
     StreamState,
 )
 from eventstore.storage.aio import wrap
-from eventstore.storage.schema import EVENT_ID_ROW, EVENT_ROW, keyspace_cql, table_cql
+from eventstore.storage.schema import cql, keyspace_cql, table_cql
 
 log = structlog.get_logger(__name__)
 
 #: A test can arm this to fail the CAS write the way a real coordinator timeout does, either
-#: before the batch is sent ("not applied") or after Cassandra applied it ("applied, but the
-#: client never heard"). Called with the stage name; may raise. None in production.
+#: before the batch is sent ("before_cas": not applied) or after Cassandra applied it
+#: ("after_cas": applied, but the client never heard), and to fail the resolving read
+#: ("before_resolve"). Called with the stage name; may raise. None in production.
 FaultHook = Callable[[str], Awaitable[None]]
-
-_EVENT_COLUMNS = (
-    "event_id, version, event_type, content_type, data, metadata, recorded_at, aggregate_type"
-)
 
 
 def _utc(value: datetime) -> datetime:
@@ -58,49 +55,18 @@ class CassandraEventStorage(EventStorage):
         self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
         self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
         self.fault_hook: FaultHook | None = None
-        ks = settings.keyspace
+        statements = cql(settings.keyspace)
         prepare = session.prepare
-        self._advance = prepare(
-            f"UPDATE {ks}.events SET head = ?, updated_at = ? "
-            "WHERE aggregate_id = ? IF head = ? AND aggregate_type = ?"
-        )
-        self._create = prepare(
-            f"UPDATE {ks}.events SET head = ?, aggregate_type = ?, created_at = ?, updated_at = ? "
-            "WHERE aggregate_id = ? IF head = null"
-        )
-        self._insert_event = prepare(
-            f"INSERT INTO {ks}.events (aggregate_id, kind, version, event_id, event_type, "
-            "content_type, data, metadata, recorded_at) "
-            f"VALUES (?, {EVENT_ROW}, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        self._insert_event_id = prepare(
-            f"INSERT INTO {ks}.events (aggregate_id, kind, version, event_id, committed_version, "
-            f"recorded_at) VALUES (?, {EVENT_ID_ROW}, 0, ?, ?, ?) IF NOT EXISTS"
-        )
-        self._select_head = prepare(
-            f"SELECT head, aggregate_type FROM {ks}.events WHERE aggregate_id = ? LIMIT 1"
-        )
-        self._select_event_ids = prepare(
-            f"SELECT head, aggregate_type, event_id, committed_version, recorded_at "
-            f"FROM {ks}.events WHERE aggregate_id = ? AND kind = {EVENT_ID_ROW} AND version = 0 "
-            "AND event_id IN ?"
-        )
-        self._describe = prepare(
-            f"SELECT head, aggregate_type, created_at, updated_at FROM {ks}.events "
-            "WHERE aggregate_id = ? LIMIT 1"
-        )
-        where = f"WHERE aggregate_id = ? AND kind = {EVENT_ROW}"
-        self._read_forwards = prepare(
-            f"SELECT {_EVENT_COLUMNS} FROM {ks}.events {where} AND version >= ? LIMIT ?"
-        )
-        self._read_backwards = prepare(
-            f"SELECT {_EVENT_COLUMNS} FROM {ks}.events {where} AND version <= ? "
-            "ORDER BY kind DESC, version DESC LIMIT ?"
-        )
-        self._read_backwards_from_end = prepare(
-            f"SELECT {_EVENT_COLUMNS} FROM {ks}.events {where} "
-            "ORDER BY kind DESC, version DESC LIMIT ?"
-        )
+        self._advance = prepare(statements.advance_head)
+        self._create = prepare(statements.create_head)
+        self._insert_event = prepare(statements.insert_event)
+        self._insert_event_id = prepare(statements.insert_event_id)
+        self._select_head = prepare(statements.select_head)
+        self._select_event_ids = prepare(statements.select_event_ids)
+        self._describe = prepare(statements.describe)
+        self._read_forwards = prepare(statements.read_forwards)
+        self._read_backwards = prepare(statements.read_backwards)
+        self._read_backwards_from_end = prepare(statements.read_backwards_from_end)
 
     # --- construction ------------------------------------------------------------------
 
@@ -262,6 +228,8 @@ class CassandraEventStorage(EventStorage):
         """
         ids = [event.event_id for event in events]
         try:
+            if self.fault_hook is not None:
+                await self.fault_hook("before_resolve")
             rows = await wrap(
                 self._session.execute_async(
                     self._serial_read(self._select_event_ids, (aggregate_id, ids))

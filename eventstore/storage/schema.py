@@ -15,6 +15,8 @@ deletes an event.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 EVENT_ROW = 0
 EVENT_ID_ROW = 1
 
@@ -54,3 +56,53 @@ def table_cql(keyspace: str) -> list[str]:
           AND comment = 'Event streams, one partition per aggregate; insert-only'
         """,
     ]
+
+
+_EVENT_COLUMNS = (
+    "event_id, version, event_type, content_type, data, metadata, recorded_at, aggregate_type"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """Every CQL statement the adapter runs (all prepared once at start-up)."""
+
+    #: Conditional: moves the head of an existing stream; the batch's events ride on it.
+    advance_head: str
+    #: Conditional: creates the head of a new stream.
+    create_head: str
+    #: Event row; only ever added to a batch that also carries one of the two conditions above.
+    insert_event: str
+    #: Event-id row, IF NOT EXISTS: refuses a repeated event id within the aggregate.
+    insert_event_id: str
+    select_head: str
+    select_event_ids: str
+    describe: str
+    read_forwards: str
+    read_backwards: str
+    read_backwards_from_end: str
+
+
+def cql(ks: str) -> Statements:
+    where_events = f"WHERE aggregate_id = ? AND kind = {EVENT_ROW}"
+    select_events = f"SELECT {_EVENT_COLUMNS} FROM {ks}.events {where_events}"
+    return Statements(
+        advance_head=f"UPDATE {ks}.events SET head = ?, updated_at = ? "
+        "WHERE aggregate_id = ? IF head = ? AND aggregate_type = ?",
+        create_head=f"UPDATE {ks}.events SET head = ?, aggregate_type = ?, created_at = ?, "
+        "updated_at = ? WHERE aggregate_id = ? IF head = null",
+        insert_event=f"INSERT INTO {ks}.events (aggregate_id, kind, version, event_id, "
+        "event_type, content_type, data, metadata, recorded_at) "
+        f"VALUES (?, {EVENT_ROW}, ?, ?, ?, ?, ?, ?, ?)",
+        insert_event_id=f"INSERT INTO {ks}.events (aggregate_id, kind, version, event_id, "
+        f"committed_version, recorded_at) VALUES (?, {EVENT_ID_ROW}, 0, ?, ?, ?) IF NOT EXISTS",
+        select_head=f"SELECT head, aggregate_type FROM {ks}.events WHERE aggregate_id = ? LIMIT 1",
+        select_event_ids="SELECT head, aggregate_type, event_id, committed_version, recorded_at "
+        f"FROM {ks}.events WHERE aggregate_id = ? AND kind = {EVENT_ID_ROW} AND version = 0 "
+        "AND event_id IN ?",
+        describe=f"SELECT head, aggregate_type, created_at, updated_at FROM {ks}.events "
+        "WHERE aggregate_id = ? LIMIT 1",
+        read_forwards=f"{select_events} AND version >= ? LIMIT ?",
+        read_backwards=f"{select_events} AND version <= ? ORDER BY kind DESC, version DESC LIMIT ?",
+        read_backwards_from_end=f"{select_events} ORDER BY kind DESC, version DESC LIMIT ?",
+    )

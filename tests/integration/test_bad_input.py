@@ -1,0 +1,207 @@
+"""Invariant 9: bad input gets INVALID_ARGUMENT naming the field, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from google.protobuf.empty_pb2 import Empty
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from eventstore.server import RunningServer
+from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
+from tests.support import unique
+
+pytestmark = pytest.mark.integration
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+async def stub(server: RunningServer) -> AsyncIterator[pb_grpc.EventStoreAsyncStub]:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", 64 * MiB)]
+    ) as channel:
+        yield pb_grpc.EventStoreStub(channel)
+
+
+def event(**overrides: object) -> pb.EventData:
+    fields: dict[str, object] = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": "Happened",
+        "data": b"{}",
+    }
+    fields.update(overrides)
+    return pb.EventData(**fields)  # type: ignore[arg-type]
+
+
+def request(**overrides: object) -> pb.AppendRequest:
+    fields: dict[str, object] = {
+        "aggregate_id": unique("bad"),
+        "aggregate_type": "Order",
+        "expected_version": pb.ExpectedVersion(exact=0),
+        "events": [event()],
+    }
+    fields.update(overrides)
+    return pb.AppendRequest(**fields)  # type: ignore[arg-type]
+
+
+def violations(exc: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    assert status is not None, "INVALID_ARGUMENT must carry google.rpc details"
+    fields = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+CASES: dict[str, tuple[Callable[[], pb.AppendRequest], str]] = {
+    "empty aggregate id": (lambda: request(aggregate_id=""), "aggregate_id"),
+    "oversized aggregate id": (lambda: request(aggregate_id="é" * 129), "aggregate_id"),
+    "control char in id": (lambda: request(aggregate_id="a\x00b"), "aggregate_id"),
+    "empty aggregate type": (lambda: request(aggregate_type=""), "aggregate_type"),
+    "bad aggregate type": (lambda: request(aggregate_type="9 lives"), "aggregate_type"),
+    "long aggregate type": (lambda: request(aggregate_type="T" * 129), "aggregate_type"),
+    "no expected version": (lambda: request(expected_version=None), "expected_version"),
+    "negative exact": (
+        lambda: request(expected_version=pb.ExpectedVersion(exact=-1)),
+        "expected_version.exact",
+    ),
+    "no events": (lambda: request(events=[]), "events"),
+    "too many events": (lambda: request(events=[event() for _ in range(1001)]), "events"),
+    "event over 1 MiB": (
+        lambda: request(events=[event(data=b"x" * MiB, content_type="application/octet-stream")]),
+        "events[0]",
+    ),
+    "append over 4 MiB": (
+        lambda: request(
+            events=[
+                event(data=b"x" * (900 * 1024), content_type="application/octet-stream")
+                for _ in range(5)
+            ]
+        ),
+        "events",
+    ),
+    "invalid json": (lambda: request(events=[event(data=b'{"a": ')]), "events[0].data"),
+    "empty json": (lambda: request(events=[event(data=b"")]), "events[0].data"),
+    "NaN is not json": (lambda: request(events=[event(data=b"NaN")]), "events[0].data"),
+    "bad uuid": (lambda: request(events=[event(event_id="not-a-uuid")]), "events[0].event_id"),
+    "empty event type": (lambda: request(events=[event(event_type="")]), "events[0].event_type"),
+    "bad content type": (
+        lambda: request(events=[event(content_type="json")]),
+        "events[0].content_type",
+    ),
+    "reserved metadata": (
+        lambda: request(events=[event(metadata={"$principal": "me"})]),
+        "events[0].metadata[$principal]",
+    ),
+    "repeated event id": (
+        lambda: request(events=[event(event_id="6f1c1d2e-0000-4000-8000-000000000001")] * 2),
+        "events[1].event_id",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_bad_append_is_refused_naming_the_field(
+    stub: pb_grpc.EventStoreAsyncStub, case: str
+) -> None:
+    make, field = CASES[case]
+    bad = make()
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Append(bad)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations(caught.value)
+    if (
+        bad.aggregate_id
+        and len(bad.aggregate_id.encode()) <= 256
+        and "\x00" not in bad.aggregate_id
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetAggregate(pb.GetAggregateRequest(aggregate_id=bad.aggregate_id))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND, "nothing may be written"
+
+
+@pytest.mark.parametrize(
+    ("read", "field"),
+    [
+        (pb.ReadAggregateRequest(aggregate_id=""), "aggregate_id"),
+        (pb.ReadAggregateRequest(aggregate_id="a", max_count=-1), "max_count"),
+        (pb.ReadAggregateRequest(aggregate_id="a", from_version=-5), "from_version"),
+    ],
+)
+async def test_bad_read_is_refused_naming_the_field(
+    stub: pb_grpc.EventStoreAsyncStub, read: pb.ReadAggregateRequest, field: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.ReadAggregate(read):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations(caught.value)
+
+
+# --- property: whatever arrives, the server answers sensibly and stays up ------------------
+
+AGGREGATES = ["prop-a", "prop-b", "prop-c"]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+event_data = st.builds(
+    pb.EventData,
+    event_id=st.one_of(st.just(""), st.uuids().map(str), st.text(max_size=40)),
+    event_type=st.one_of(st.sampled_from(["Created", "Renamed", "a.b-c_d"]), st.text(max_size=20)),
+    data=st.one_of(st.binary(max_size=64), json_values.map(lambda v: json.dumps(v).encode())),
+    content_type=st.sampled_from(
+        ["", "application/json", "text/plain", "application/x+json", "??"]
+    ),
+    metadata=st.dictionaries(st.text(max_size=8), st.text(max_size=8), max_size=3),
+)
+expected_versions = st.one_of(
+    st.none(),
+    st.just(pb.ExpectedVersion(any=Empty())),
+    st.just(pb.ExpectedVersion(no_stream=Empty())),
+    st.just(pb.ExpectedVersion(stream_exists=Empty())),
+    st.integers(min_value=-3, max_value=6).map(lambda v: pb.ExpectedVersion(exact=v)),
+)
+append_requests = st.builds(
+    pb.AppendRequest,
+    aggregate_id=st.one_of(st.sampled_from(AGGREGATES), st.text(max_size=300)),
+    aggregate_type=st.one_of(st.just("Prop"), st.text(max_size=20)),
+    expected_version=expected_versions,
+    events=st.lists(event_data, max_size=4),
+)
+
+
+@settings(max_examples=150)
+@given(append=append_requests)
+async def test_random_appends_only_get_sensible_answers(
+    server: RunningServer, stub: pb_grpc.EventStoreAsyncStub, append: pb.AppendRequest
+) -> None:
+    allowed = {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+    try:
+        await stub.Append(append)
+        code = grpc.StatusCode.OK
+    except grpc.aio.AioRpcError as exc:
+        code = exc.code()
+    assert code in allowed, f"{code} for {append}"
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
