@@ -268,15 +268,27 @@ class Service:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
+        if pid_alive(pid) and is_ours(pid, self.home):
+            return pid
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+
+def is_ours(pid: int, home: Path) -> bool:
+    """Our processes name our state directory on their command line; a recycled pid does not.
+
+    While a launcher script execs the JVM the command line reads empty for a moment, so an
+    empty one is asked again rather than taken for a stranger.
+    """
+    for _ in range(50):
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            cmdline = b""
-        # A recycled pid belongs to someone else: our processes name our state dir.
-        if str(self.home).encode() not in cmdline:
-            self.pid_file.unlink(missing_ok=True)
-            return None
-        return pid
+            return False
+        if cmdline:
+            return str(home).encode() in cmdline
+        time.sleep(0.02)
+    return False
 
 
 def cassandra_prepare(home: Path, java: Path) -> list[str]:
@@ -538,8 +550,8 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log yet)"
 
 
-def start(service: Service, java: Path) -> tuple[int, float] | None:
-    """Launch the service unless it already runs; return (pid, launch time)."""
+def start(service: Service, java: Path) -> tuple[subprocess.Popen[bytes], float] | None:
+    """Launch the service unless it already runs; return (process, launch time)."""
     home = service.home
     home.mkdir(parents=True, exist_ok=True)
     if service.running_pid() is not None:
@@ -564,13 +576,13 @@ def start(service: Service, java: Path) -> tuple[int, float] | None:
             start_new_session=True,  # Ctrl-C in the terminal must not kill the stack
         )
     service.pid_file.write_text(str(process.pid))
-    return process.pid, time.monotonic()
+    return process, time.monotonic()
 
 
 def up(names: Sequence[str] = ()) -> None:
     services = by_name(names)
     java: Path | None = None
-    launched: dict[str, tuple[int, float]] = {}
+    launched: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     for service in services:
         if service.external:
             say(f"{service.name}: using {service.external} ({service.env_var}); not starting one")
@@ -594,7 +606,8 @@ def up(names: Sequence[str] = ()) -> None:
                 else:
                     say(f"{service.name}: ready at {service.endpoint}")
                 continue
-            if service.name in launched and service.running_pid() is None:
+            if service.name in launched and launched[service.name][0].poll() is not None:
+                service.pid_file.unlink(missing_ok=True)
                 fail(service, "the process exited during start-up")
         if pending and time.monotonic() > deadline:
             fail(pending[0], f"not answering after {START_TIMEOUT_S:.0f} s")
@@ -640,7 +653,8 @@ def pid_alive(pid: int) -> bool:
         return False
     # A zombie (our child, not yet reaped) counts as gone.
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
 
