@@ -39,7 +39,7 @@ migrate: services-up  ## create keyspace, tables, topics, index templates (idemp
 	$(PY) -m eventstore.migrate
 
 run: migrate  ## the whole system on a local stack, in the foreground (Ctrl-C stops it)
-	exec $(PY) -m eventstore.server
+	EVENTSTORE_LOG_FORMAT=$${EVENTSTORE_LOG_FORMAT:-console} exec $(PY) -m eventstore.server
 
 lint: $(INSTALLED)  ## ruff and mypy (strict; generated code excluded)
 	$(VENV)/bin/ruff check .
