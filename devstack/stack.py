@@ -550,6 +550,9 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log yet)"
 
 
+_LAUNCHED: list[subprocess.Popen[bytes]] = []
+
+
 def start(service: Service, java: Path) -> tuple[subprocess.Popen[bytes], float] | None:
     """Launch the service unless it already runs; return (process, launch time)."""
     home = service.home
@@ -576,6 +579,9 @@ def start(service: Service, java: Path) -> tuple[subprocess.Popen[bytes], float]
             start_new_session=True,  # Ctrl-C in the terminal must not kill the stack
         )
     service.pid_file.write_text(str(process.pid))
+    # The service outlives this call (and maybe this process): keep the handle so Python does
+    # not warn about a still-running child when it would otherwise be garbage-collected.
+    _LAUNCHED.append(process)
     return process, time.monotonic()
 
 

@@ -49,6 +49,38 @@ class CassandraSettings(BaseSettings):
         return hosts, port
 
 
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_KAFKA_", frozen=True)
+
+    bootstrap: str = Field("127.0.0.1:9092", description="bootstrap.servers")
+    topic_prefix: str = Field(
+        "events.", pattern=r"^[A-Za-z0-9._-]*$", description="Topic = prefix + aggregate type"
+    )
+    partitions: int = Field(6, ge=1, description="Partitions of each event topic we create")
+    replication_factor: int = Field(1, ge=1, description="Replication of each topic we create")
+    delivery_timeout_s: float = Field(
+        30.0, gt=0, description="Give up on a record after this; the relay publishes it later"
+    )
+    linger_ms: int = Field(5, ge=0, description="Producer batching delay")
+
+    def topic(self, aggregate_type: str) -> str:
+        return f"{self.topic_prefix}{aggregate_type}"
+
+
+class RelaySettings(BaseSettings):
+    """The relay publishes what was committed but not published (crash, Kafka outage)."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_RELAY_", frozen=True)
+
+    interval_s: float = Field(1.0, gt=0, description="How often to look for unpublished events")
+    min_age_s: float = Field(
+        5.0, ge=0, description="Leave younger work to the request path that committed it"
+    )
+    max_in_flight: int = Field(
+        10_000, ge=1, description="Publications in flight per process; beyond, the relay takes over"
+    )
+
+
 class LimitSettings(BaseSettings):
     """Request limits; documented in README (Limits)."""
 
@@ -81,5 +113,11 @@ class ServerSettings(BaseSettings):
     )
     read_page_size: int = Field(500, ge=1, le=10_000, description="Events per ReadAggregate page")
     grace_period_s: float = Field(10.0, ge=0, description="Time in-flight RPCs get at shutdown")
+    failpoints: str = Field(
+        "",
+        description="Test-only crash points, e.g. append.after_commit=crash; empty in production",
+    )
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    relay: RelaySettings = Field(default_factory=RelaySettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

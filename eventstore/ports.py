@@ -85,3 +85,51 @@ class EventStorage(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class PublishFailed(Exception):
+    """The transport did not take or did not confirm a record; the relay will retry."""
+
+
+class Delivery(ABC):
+    """Awaitable confirmation of records already handed to the transport, in order."""
+
+    @abstractmethod
+    async def wait(self) -> None:
+        """Return once every record is durably stored by the transport; else PublishFailed."""
+
+
+class EventPublisher(ABC):
+    """Fan-out of committed events (Kafka)."""
+
+    @abstractmethod
+    async def send(self, events: Sequence[RecordedEvent]) -> Delivery:
+        """Hand `events` (one aggregate, ascending versions) to the transport, in this order,
+        before returning; their confirmation comes through the returned Delivery."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Deliver what is queued (bounded by the transport's timeout) and release resources."""
+
+
+class PublicationLog(ABC):
+    """Outbox bookkeeping: which aggregates may have committed events not yet published.
+
+    A marker is written *before* the commit it announces, so a crash at any point after the
+    commit leaves it behind for the relay; finding work reads the markers, never the events.
+    """
+
+    @abstractmethod
+    async def mark_pending(self, aggregate_id: str, through_version: int, at: datetime) -> None:
+        """Announce an append that would end at `through_version`."""
+
+    @abstractmethod
+    async def published_through(self, aggregate_id: str) -> int:
+        """The highest version known published, with every earlier one (0: none)."""
+
+    @abstractmethod
+    async def mark_published(self, aggregate_id: str, through_version: int) -> None:
+        """Record that versions 1..through_version are published; retire their markers."""
+
+    @abstractmethod
+    async def pending(self, older_than: datetime) -> list[str]:
+        """Aggregates with a marker written before `older_than`."""

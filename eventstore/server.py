@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from dataclasses import dataclass
@@ -15,10 +16,15 @@ from grpc_reflection.v1alpha import reflection
 
 from eventstore.api.servicer import EventStoreServicer
 from eventstore.config import ServerSettings
+from eventstore.failpoints import Failpoints
 from eventstore.observability import configure_logging
-from eventstore.ports import EventStorage
+from eventstore.ports import EventPublisher, EventStorage, PublicationLog
+from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.storage.cassandra import CassandraEventStorage
+from eventstore.storage.connection import CassandraConnection
+from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.publish import Publication
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
 from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
 
@@ -28,29 +34,82 @@ SERVICE_NAME = eventstore_pb2.DESCRIPTOR.services_by_name["EventStore"].full_nam
 
 
 @dataclass
+class Components:
+    """The adapters and background services of one process."""
+
+    storage: EventStorage
+    outbox: PublicationLog | None = None
+    publisher: EventPublisher | None = None
+    connection: CassandraConnection | None = None
+
+    @classmethod
+    async def build(cls, settings: ServerSettings) -> Components:
+        connection = await CassandraConnection.open(settings.cassandra)
+        try:
+            storage = await asyncio.to_thread(CassandraEventStorage, connection)
+            outbox = await CassandraPublicationLog.create(connection)
+        except Exception:
+            await connection.close()
+            raise
+        # Kafka may be down now: that must not stop appends (the relay catches up later).
+        publisher = KafkaEventPublisher(settings.kafka)
+        return cls(storage, outbox, publisher, connection)
+
+    async def close(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.connection is not None:
+            await self.connection.close()
+
+
+@dataclass
 class RunningServer:
     server: grpc.aio.Server
-    storage: EventStorage
+    components: Components
     health: health_aio.HealthServicer
     port: int
-    owns_storage: bool
+    publication: Publication | None
+    relay: asyncio.Task[None] | None
 
     async def stop(self, grace: float) -> None:
-        # Report NOT_SERVING first so load balancers stop sending, then drain in-flight RPCs.
+        # Report NOT_SERVING first so load balancers stop sending, then drain in-flight RPCs,
+        # then let queued publications finish, then close the connections.
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        if self.owns_storage:
-            await self.storage.close()
+        if self.publication is not None:
+            await self.publication.stop(grace)
+        if self.relay is not None:
+            self.relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.relay
+        await self.components.close()
 
 
-async def start(settings: ServerSettings, storage: EventStorage | None = None) -> RunningServer:
-    """Build and start the server; `storage` lets tests pass a fake or a prepared adapter."""
-    owns_storage = storage is None
-    if storage is None:
-        storage = await CassandraEventStorage.connect(settings.cassandra)
+async def start(settings: ServerSettings, components: Components | None = None) -> RunningServer:
+    """Build and start the server; `components` lets tests pass fakes or prepared adapters."""
+    if components is None:
+        components = await Components.build(settings)
+    storage = components.storage
+    publication = None
+    relay = None
+    if components.outbox is not None and components.publisher is not None:
+        publication = Publication(
+            storage,
+            components.outbox,
+            components.publisher,
+            interval_s=settings.relay.interval_s,
+            min_age_s=settings.relay.min_age_s,
+            max_in_flight=settings.relay.max_in_flight,
+        )
+        relay = asyncio.create_task(publication.run(), name="relay")
     limits = settings.limits.to_limits()
     servicer = EventStoreServicer(
-        append=AppendEvents(storage),
+        append=AppendEvents(
+            storage,
+            outbox=components.outbox,
+            publication=publication,
+            failpoints=Failpoints(settings.failpoints),
+        ),
         read=ReadAggregate(storage, settings.read_page_size),
         describe=DescribeAggregate(storage),
         limits=limits,
@@ -79,7 +138,7 @@ async def start(settings: ServerSettings, storage: EventStorage | None = None) -
     # Storage answered (connect prepared every statement), so we can serve.
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, storage, health_servicer, port, owns_storage)
+    return RunningServer(server, components, health_servicer, port, publication, relay)
 
 
 async def serve(settings: ServerSettings) -> None:

@@ -14,9 +14,6 @@ from cassandra import (
     OperationTimedOut,
     WriteTimeout,
 )
-from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
 
 from eventstore.config import CassandraSettings
@@ -31,6 +28,7 @@ from eventstore.ports import (
     StreamState,
 )
 from eventstore.storage.aio import wrap
+from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.schema import cql, keyspace_cql, table_cql
 
 log = structlog.get_logger(__name__)
@@ -47,10 +45,12 @@ def _utc(value: datetime) -> datetime:
 
 
 class CassandraEventStorage(EventStorage):
-    def __init__(self, cluster: Cluster, session: Session, settings: CassandraSettings) -> None:
-        self._cluster = cluster
-        self._session = session
-        self._settings = settings
+    def __init__(self, connection: CassandraConnection) -> None:
+        """Prepares every statement: blocking, so call it off the event loop."""
+        self._connection = connection
+        self._owns_connection = False
+        session = self._session = connection.session
+        settings = connection.settings
         self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
         self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
         self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
@@ -70,47 +70,25 @@ class CassandraEventStorage(EventStorage):
 
     # --- construction ------------------------------------------------------------------
 
-    @staticmethod
-    def make_cluster(settings: CassandraSettings) -> Cluster:
-        hosts, port = settings.contact_points()
-        balancing = TokenAwarePolicy(
-            DCAwareRoundRobinPolicy(local_dc=settings.local_datacenter)
-            if settings.local_datacenter
-            else DCAwareRoundRobinPolicy()
-        )
-        profile = ExecutionProfile(
-            load_balancing_policy=balancing,
-            request_timeout=settings.request_timeout_s,
-            consistency_level=ConsistencyLevel.name_to_value[settings.read_consistency],
-        )
-        auth = None
-        if settings.username and settings.password:
-            auth = PlainTextAuthProvider(settings.username, settings.password.get_secret_value())
-        return Cluster(
-            hosts,
-            port=port,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            auth_provider=auth,
-            protocol_version=5,
-            connect_timeout=settings.request_timeout_s,
-        )
-
     @classmethod
     async def connect(cls, settings: CassandraSettings) -> CassandraEventStorage:
-        """Connect and prepare every statement (the driver's connect blocks: run it aside)."""
-        cluster = cls.make_cluster(settings)
+        """Connect (owning the connection) and prepare every statement."""
+        connection = await CassandraConnection.open(settings)
         try:
-            session = await asyncio.to_thread(cluster.connect)
-            return await asyncio.to_thread(cls, cluster, session, settings)
-        except DriverException as exc:
-            cluster.shutdown()
-            raise StorageUnavailable(f"cannot connect to Cassandra at {settings.hosts}") from exc
+            storage = await asyncio.to_thread(cls, connection)
         except Exception:
-            cluster.shutdown()
+            await connection.close()
             raise
+        storage._owns_connection = True
+        return storage
+
+    @property
+    def connection(self) -> CassandraConnection:
+        return self._connection
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._cluster.shutdown)
+        if self._owns_connection:
+            await self._connection.close()
 
     # --- execution ---------------------------------------------------------------------
 
@@ -299,9 +277,8 @@ class CassandraEventStorage(EventStorage):
 
 async def apply_schema(settings: CassandraSettings) -> None:
     """Create the keyspace and tables if they are missing (idempotent)."""
-    cluster = CassandraEventStorage.make_cluster(settings)
+    connection = await CassandraConnection.open(settings)
     try:
-        session = await asyncio.to_thread(cluster.connect)
         statements = [
             keyspace_cql(
                 settings.keyspace,
@@ -312,8 +289,8 @@ async def apply_schema(settings: CassandraSettings) -> None:
             *table_cql(settings.keyspace),
         ]
         for statement in statements:
-            await wrap(session.execute_async(statement, timeout=60))
+            await wrap(connection.session.execute_async(statement, timeout=60))
     except DriverException as exc:
         raise StorageUnavailable(f"cannot apply the schema at {settings.hosts}") from exc
     finally:
-        await asyncio.to_thread(cluster.shutdown)
+        await connection.close()

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 EVENT_ROW = 0
 EVENT_ID_ROW = 1
 
+#: Markers of possibly unpublished appends are spread over this many partitions. Every replica
+#: must agree on it, for ever: changing it would strand markers.
+UNPUBLISHED_SHARDS = 16
+
 
 def keyspace_cql(
     keyspace: str, strategy: str, replication_factor: int, datacenter: str | None
@@ -54,6 +58,24 @@ def table_cql(keyspace: str) -> list[str]:
             PRIMARY KEY ((aggregate_id), kind, version, event_id)
         ) WITH CLUSTERING ORDER BY (kind ASC, version ASC, event_id ASC)
           AND comment = 'Event streams, one partition per aggregate; insert-only'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.publication_cursor (
+            aggregate_id text PRIMARY KEY,
+            published    bigint
+        ) WITH comment = 'Per aggregate: versions 1..published are in Kafka'
+        """,
+        # Bookkeeping, not events: rows come and go. Short gc_grace because a resurrected
+        # marker only causes a harmless re-check.
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.unpublished (
+            shard        int,
+            aggregate_id text,
+            last_version bigint,
+            created_at   timestamp,
+            PRIMARY KEY ((shard), aggregate_id, last_version)
+        ) WITH gc_grace_seconds = 10800
+          AND comment = 'Outbox markers: appends that may not be in Kafka yet'
         """,
     ]
 

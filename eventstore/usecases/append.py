@@ -11,8 +11,10 @@ from uuid import UUID
 import structlog
 
 from eventstore.domain.errors import InvalidArgument, WrongExpectedVersion
-from eventstore.domain.events import AppendRequest, AppendResult, Expectation
-from eventstore.ports import Committed, EventStorage, ExistingEvent, Rejected
+from eventstore.domain.events import AppendRequest, AppendResult, Expectation, RecordedEvent
+from eventstore.failpoints import Failpoints
+from eventstore.ports import Committed, EventStorage, ExistingEvent, PublicationLog, Rejected
+from eventstore.usecases.publish import Publication
 
 log = structlog.get_logger(__name__)
 
@@ -38,10 +40,16 @@ class AppendEvents:
         storage: EventStorage,
         clock: Callable[[], datetime] = utc_now_ms,
         max_attempts: int = 64,
+        outbox: PublicationLog | None = None,
+        publication: Publication | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
         self._storage = storage
         self._clock = clock
         self._max_attempts = max_attempts
+        self._outbox = outbox
+        self._publication = publication
+        self._failpoints = failpoints or Failpoints()
 
     async def __call__(self, request: AppendRequest) -> AppendResult:
         expected = request.expected
@@ -57,10 +65,18 @@ class AppendEvents:
         for attempt in range(1, self._max_attempts + 1):
             if not expected.admits(at):
                 raise WrongExpectedVersion(request.aggregate_id, expected, at)
+            now = self._clock()
+            if self._outbox is not None:
+                # Announced before the commit, so that no crash after it can leave the events
+                # unpublished without a trace for the relay to find.
+                await self._outbox.mark_pending(request.aggregate_id, at + len(request.events), now)
             outcome = await self._storage.append(
-                request.aggregate_id, request.aggregate_type, at, request.events, self._clock()
+                request.aggregate_id, request.aggregate_type, at, request.events, now
             )
             if isinstance(outcome, Committed):
+                self._failpoints.hit("append.after_commit")
+                if self._publication is not None:
+                    self._publication.committed(_recorded(request, outcome))
                 return AppendResult(
                     first_version=outcome.first_version,
                     last_version=outcome.last_version,
@@ -124,3 +140,20 @@ class AppendEvents:
             "the same as the one that committed it (a retry must resend exactly the same events "
             "with the same ids)",
         )
+
+
+def _recorded(request: AppendRequest, outcome: Committed) -> list[RecordedEvent]:
+    return [
+        RecordedEvent(
+            event_id=event.event_id,
+            aggregate_id=request.aggregate_id,
+            aggregate_type=request.aggregate_type,
+            version=outcome.first_version + offset,
+            event_type=event.event_type,
+            data=event.data,
+            content_type=event.content_type,
+            metadata=event.metadata,
+            recorded_at=outcome.recorded_at,
+        )
+        for offset, event in enumerate(request.events)
+    ]

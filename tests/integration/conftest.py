@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from cassandra.cluster import Cluster
+from confluent_kafka.admin import AdminClient
 
 from devstack import stack
 from eventstore.client import EventStoreClient
-from eventstore.config import CassandraSettings, ServerSettings
-from eventstore.server import RunningServer, start
+from eventstore.config import CassandraSettings, KafkaSettings, RelaySettings, ServerSettings
+from eventstore.publishing.kafka import KafkaEventPublisher
+from eventstore.server import Components, RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
+from eventstore.storage.outbox import CassandraPublicationLog
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +67,54 @@ async def cassandra_storage(
     await storage.close()
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap(endpoints: dict[str, str]) -> str:
+    return endpoints["EVENTSTORE_KAFKA_BOOTSTRAP"]
+
+
+@pytest.fixture(scope="session")
+def topic_prefixes(kafka_bootstrap: str) -> Iterator[list[str]]:
+    """Topics of this session, deleted at its end."""
+    prefixes: list[str] = []
+    yield prefixes
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tuple(prefixes))]
+    if topics:
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            future.result()
+
+
+@pytest.fixture
+def kafka_settings(kafka_bootstrap: str, topic_prefixes: list[str]) -> KafkaSettings:
+    prefix = f"test-{uuid.uuid4().hex[:10]}."
+    topic_prefixes.append(prefix)
+    return KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix, partitions=3)
+
+
+@pytest.fixture
+def server_settings(
+    cassandra_settings: CassandraSettings, kafka_settings: KafkaSettings
+) -> ServerSettings:
+    return ServerSettings(
+        listen="127.0.0.1:0",
+        cassandra=cassandra_settings,
+        kafka=kafka_settings,
+        relay=RelaySettings(interval_s=0.2, min_age_s=1.0),
+    )
+
+
 @pytest.fixture
 async def server(
-    cassandra_settings: CassandraSettings, cassandra_storage: CassandraEventStorage
+    server_settings: ServerSettings, cassandra_storage: CassandraEventStorage
 ) -> AsyncIterator[RunningServer]:
-    settings = ServerSettings(listen="127.0.0.1:0", cassandra=cassandra_settings)
-    running = await start(settings, storage=cassandra_storage)
+    components = Components(
+        storage=cassandra_storage,
+        outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
+        publisher=KafkaEventPublisher(server_settings.kafka),
+    )
+    running = await start(server_settings, components)
     yield running
-    await running.stop(grace=1)
+    await running.stop(grace=5)
 
 
 @pytest.fixture

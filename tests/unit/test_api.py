@@ -14,7 +14,7 @@ from eventstore.client import Event, EventStoreClient, InvalidArgumentError
 from eventstore.config import LimitSettings, ServerSettings
 from eventstore.domain.events import NewEvent
 from eventstore.ports import AppendOutcome
-from eventstore.server import start
+from eventstore.server import Components, start
 from eventstore.storage.memory import InMemoryEventStorage
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
@@ -33,7 +33,10 @@ class ExplodingStorage(InMemoryEventStorage):
 
 
 async def serve(storage: InMemoryEventStorage, **settings: object) -> AsyncIterator[int]:
-    running = await start(ServerSettings(listen="127.0.0.1:0", **settings), storage=storage)  # type: ignore[arg-type]
+    running = await start(
+        ServerSettings(listen="127.0.0.1:0", **settings),  # type: ignore[arg-type]
+        Components(storage),
+    )
     yield running.port
     await running.stop(grace=0)
 

@@ -1,0 +1,1 @@
+"""Fan-out of committed events: the Kafka adapter and its wire format."""
