@@ -113,6 +113,10 @@ class ServerSettings(BaseSettings):
     )
     read_page_size: int = Field(500, ge=1, le=10_000, description="Events per ReadAggregate page")
     grace_period_s: float = Field(10.0, ge=0, description="Time in-flight RPCs get at shutdown")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1:<port>; 0 turns them off"
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address of the metrics endpoint")
     failpoints: str = Field(
         "",
         description="Test-only crash points, e.g. append.after_commit=crash; empty in production",

@@ -9,11 +9,13 @@ import time
 from dataclasses import dataclass
 
 import grpc
+import prometheus_client
 import structlog
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from eventstore import metrics
 from eventstore.api.servicer import EventStoreServicer
 from eventstore.config import ServerSettings
 from eventstore.failpoints import Failpoints
@@ -151,14 +153,28 @@ async def serve(settings: ServerSettings) -> None:
         keyspace=settings.cassandra.keyspace,
         startup_s=round(time.monotonic() - started, 2),
     )
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    gauges = asyncio.create_task(_update_gauges(running), name="gauges")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down", grace_s=settings.grace_period_s)
+    gauges.cancel()
     await running.stop(settings.grace_period_s)
     log.info("stopped")
+
+
+async def _update_gauges(running: RunningServer) -> None:
+    publisher = running.components.publisher
+    while True:
+        if running.publication is not None:
+            metrics.UNPUBLISHED_AGGREGATES.set(running.publication.backlog)
+        if isinstance(publisher, KafkaEventPublisher):
+            metrics.PRODUCER_QUEUE.set(publisher.queued())
+        await asyncio.sleep(1)
 
 
 def main() -> None:

@@ -15,9 +15,7 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def read_topic(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0
-) -> list[Message]:
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0) -> list[Message]:
     """Every record of `topic` from the beginning, once `expected` of them have arrived (or the
     time is up), in partition order."""
     consumer = Consumer(
@@ -37,10 +35,9 @@ def read_topic(
             if metadata is not None and metadata.error is None and metadata.partitions:
                 break
             time.sleep(0.2)
-        assert metadata is not None and metadata.partitions, f"topic {topic} never appeared"
-        consumer.assign(
-            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions]
-        )
+        assert metadata is not None, f"topic {topic} never appeared"
+        assert metadata.partitions, f"topic {topic} has no partitions"
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions])
         while len(records) < expected and time.monotonic() < deadline:
             message = consumer.poll(0.5)
             if message is None or message.error():
