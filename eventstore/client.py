@@ -40,6 +40,7 @@ __all__ = [
     "ExpectedVersion",
     "InvalidArgumentError",
     "RetryPolicy",
+    "SubscriptionMessage",
     "UnavailableError",
     "WrongExpectedVersionError",
 ]
@@ -63,6 +64,14 @@ class Event:
         if isinstance(self.data, bytes | bytearray):
             return bytes(self.data)
         return json.dumps(self.data, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True)
+class SubscriptionMessage:
+    checkpoint: str
+    event: RecordedEvent | None = None
+    caught_up: bool = False
+    heartbeat: bool = False
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,42 @@ class EventStoreClient:
                     yield _event_from_proto(event)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
+
+    async def subscribe(
+        self,
+        *,
+        aggregate_id: str = "",
+        aggregate_types: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        start: str = "beginning",
+    ) -> AsyncIterator[SubscriptionMessage]:
+        """History, a caught-up marker, then live events. `start`: "beginning", "end", or the
+        checkpoint of a message received earlier (to resume right after it)."""
+        request = pb.SubscribeRequest(
+            aggregate_id=aggregate_id,
+            aggregate_types=list(aggregate_types),
+            event_types=list(event_types),
+        )
+        if start == "beginning":
+            request.from_beginning.SetInParent()
+        elif start == "end":
+            request.from_end.SetInParent()
+        else:
+            request.checkpoint = start
+        call = self._stub.Subscribe(request)
+        try:
+            async for message in call:
+                kind = message.WhichOneof("message")
+                yield SubscriptionMessage(
+                    checkpoint=message.checkpoint,
+                    event=_event_from_proto(message.event) if kind == "event" else None,
+                    caught_up=kind == "caught_up",
+                    heartbeat=kind == "heartbeat",
+                )
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
+        finally:
+            call.cancel()
 
     async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
         return [event async for event in self.read(aggregate_id, **kwargs)]

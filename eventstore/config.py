@@ -113,6 +113,9 @@ class ServerSettings(BaseSettings):
     )
     read_page_size: int = Field(500, ge=1, le=10_000, description="Events per ReadAggregate page")
     grace_period_s: float = Field(10.0, ge=0, description="Time in-flight RPCs get at shutdown")
+    subscription_heartbeat_s: float = Field(
+        15.0, gt=0, description="A subscription with nothing to send sends a heartbeat this often"
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1:<port>; 0 turns them off"
     )

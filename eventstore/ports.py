@@ -133,3 +133,45 @@ class PublicationLog(ABC):
     @abstractmethod
     async def pending(self, older_than: datetime) -> list[str]:
         """Aggregates with a marker written before `older_than`."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """An event read from the log (Kafka), with where it was."""
+
+    event: RecordedEvent
+    aggregate_type: str
+    partition: int
+    offset: int
+
+
+class LogReader(ABC):
+    @abstractmethod
+    async def read(self, max_records: int) -> list[LogRecord]:
+        """The next records, in log order per partition; [] when none arrived in a short wait."""
+
+    @abstractmethod
+    def start_positions(self) -> dict[tuple[str, int], int]:
+        """Where each assigned partition started (the next offset to read)."""
+
+    @abstractmethod
+    def caught_up(self, positions: Mapping[tuple[str, int], int]) -> bool:
+        """Whether `positions` reach the log's end as it was when the reader opened."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+class EventLog(ABC):
+    """The published event log (Kafka), read by subscriptions."""
+
+    @abstractmethod
+    async def open(
+        self,
+        aggregate_types: frozenset[str],
+        start: Mapping[tuple[str, int], int] | str,
+        key: str | None = None,
+    ) -> LogReader:
+        """Read the topics of `aggregate_types` (empty: all, including ones created later) from
+        positions (absent partitions: from 0), or from "beginning" or "end". With `key`, only
+        the partition that key maps to."""

@@ -20,14 +20,16 @@ from eventstore.api.servicer import EventStoreServicer
 from eventstore.config import ServerSettings
 from eventstore.failpoints import Failpoints
 from eventstore.observability import configure_logging
-from eventstore.ports import EventPublisher, EventStorage, PublicationLog
+from eventstore.ports import EventLog, EventPublisher, EventStorage, PublicationLog
 from eventstore.publishing.kafka import KafkaEventPublisher
+from eventstore.publishing.log import KafkaEventLog
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -42,6 +44,7 @@ class Components:
     storage: EventStorage
     outbox: PublicationLog | None = None
     publisher: EventPublisher | None = None
+    log: EventLog | None = None
     connection: CassandraConnection | None = None
 
     @classmethod
@@ -55,7 +58,7 @@ class Components:
             raise
         # Kafka may be down now: that must not stop appends (the relay catches up later).
         publisher = KafkaEventPublisher(settings.kafka)
-        return cls(storage, outbox, publisher, connection)
+        return cls(storage, outbox, publisher, KafkaEventLog(settings.kafka), connection)
 
     async def close(self) -> None:
         if self.publisher is not None:
@@ -115,6 +118,11 @@ async def start(settings: ServerSettings, components: Components | None = None) 
         read=ReadAggregate(storage, settings.read_page_size),
         describe=DescribeAggregate(storage),
         limits=limits,
+        subscribe=(
+            Subscribe(storage, components.log, settings.subscription_heartbeat_s)
+            if components.log is not None
+            else None
+        ),
     )
     # Room for the largest valid append plus protobuf framing, so an oversized request reaches
     # our validation (INVALID_ARGUMENT naming the field) instead of a transport error.

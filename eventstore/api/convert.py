@@ -14,6 +14,7 @@ from eventstore.domain.events import (
     ExpectedVersion,
     RecordedEvent,
 )
+from eventstore.domain.subscriptions import StartAt, SubscriptionItem
 from eventstore.domain.validation import RawAppend, RawEvent
 from eventstore.v1 import eventstore_pb2 as pb
 
@@ -110,3 +111,21 @@ def aggregate_to_proto(info: AggregateInfo) -> pb.GetAggregateResponse:
         first_recorded_at=timestamp(info.first_recorded_at),
         last_recorded_at=timestamp(info.last_recorded_at),
     )
+
+
+def start_from_proto(request: pb.SubscribeRequest) -> StartAt:
+    match request.WhichOneof("start"):
+        case "from_end":
+            return StartAt.END
+        case "checkpoint":
+            return StartAt.CHECKPOINT
+        case _:
+            return StartAt.BEGINNING
+
+
+def subscription_item_to_proto(item: SubscriptionItem) -> pb.SubscribeResponse:
+    if item.event is not None:
+        return pb.SubscribeResponse(event=event_to_proto(item.event), checkpoint=item.checkpoint)
+    if item.caught_up:
+        return pb.SubscribeResponse(caught_up=pb.CaughtUp(), checkpoint=item.checkpoint)
+    return pb.SubscribeResponse(heartbeat=pb.Heartbeat(), checkpoint=item.checkpoint)

@@ -13,14 +13,17 @@ from grpc_status import rpc_status
 
 from eventstore.api import convert
 from eventstore.api.errors import is_expected, to_status
+from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.validation import (
     Limits,
     validate_aggregate_id,
     validate_append,
     validate_read,
+    validate_subscribe,
 )
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
 
@@ -88,6 +91,11 @@ def server_streaming(
     return handler
 
 
+class SubscriptionsUnavailable(StorageUnavailable):
+    def __init__(self) -> None:
+        super().__init__("subscriptions need the event log (Kafka), which is not configured")
+
+
 class EventStoreServicer(pb_grpc.EventStoreServicer):
     def __init__(
         self,
@@ -95,11 +103,13 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         read: ReadAggregate,
         describe: DescribeAggregate,
         limits: Limits,
+        subscribe: Subscribe | None = None,
     ) -> None:
         self._append = append
         self._read = read
         self._describe = describe
         self._limits = limits
+        self._subscribe = subscribe
 
     @unary
     async def Append(
@@ -122,6 +132,23 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         )
         async for page in self._read.pages(validated):
             yield pb.ReadAggregateResponse(events=[convert.event_to_proto(e) for e in page])
+
+    @server_streaming
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        if self._subscribe is None:
+            raise SubscriptionsUnavailable()
+        subscription, start = validate_subscribe(
+            request.aggregate_id,
+            list(request.aggregate_types),
+            list(request.event_types),
+            convert.start_from_proto(request),
+            request.checkpoint,
+            self._limits,
+        )
+        async for item in self._subscribe(subscription, start):
+            yield convert.subscription_item_to_proto(item)
 
     @unary
     async def GetAggregate(

@@ -22,6 +22,12 @@ from eventstore.domain.events import (
     ExpectedVersion,
     NewEvent,
 )
+from eventstore.domain.subscriptions import (
+    Start,
+    StartAt,
+    SubscriptionFilter,
+    decode_checkpoint,
+)
 
 DEFAULT_CONTENT_TYPE = "application/json"
 MAX_VERSION = 2**63 - 1
@@ -231,3 +237,35 @@ def validate_read(
     out.raise_if_any()
     start = max(from_version, 1) if direction is Direction.FORWARDS else from_version or None
     return ReadRequest(aggregate_id, start, direction, max_count or None)
+
+
+def validate_subscribe(
+    aggregate_id: str,
+    aggregate_types: Sequence[str],
+    event_types: Sequence[str],
+    start: StartAt,
+    checkpoint: str,
+    limits: Limits,
+) -> tuple[SubscriptionFilter, Start]:
+    out = _Collector()
+    if aggregate_id:
+        check_aggregate_id(aggregate_id, limits, "aggregate_id", out)
+        if len(aggregate_types) > 1:
+            out.add("aggregate_types", "with aggregate_id, name at most its own type")
+    for index, name in enumerate(aggregate_types):
+        check_type_name(name, limits, f"aggregate_types[{index}]", out)
+    for index, name in enumerate(event_types):
+        check_type_name(name, limits, f"event_types[{index}]", out)
+    decoded = None
+    if start is StartAt.CHECKPOINT:
+        try:
+            decoded = decode_checkpoint(checkpoint)
+        except InvalidArgument as exc:
+            out.violations.extend(exc.violations)
+    out.raise_if_any()
+    subscription = SubscriptionFilter(
+        aggregate_id=aggregate_id or None,
+        aggregate_types=frozenset(aggregate_types),
+        event_types=frozenset(event_types),
+    )
+    return subscription, Start(start, decoded)

@@ -49,6 +49,11 @@ class EventStoreStub:
                 request_serializer=eventstore_dot_v1_dot_eventstore__pb2.GetAggregateRequest.SerializeToString,
                 response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.GetAggregateResponse.FromString,
                 _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/eventstore.v1.EventStore/Subscribe',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -76,6 +81,15 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Subscribe(self, request, context):
+        """History first, then a caught_up marker, then live events; every message carries a
+        checkpoint to resume from after a disconnect. Per aggregate: versions in order, no gaps,
+        no repeats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +107,11 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.GetAggregate,
                     request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.GetAggregateRequest.FromString,
                     response_serializer=eventstore_dot_v1_dot_eventstore__pb2.GetAggregateResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +195,33 @@ class EventStore:
             '/eventstore.v1.EventStore/GetAggregate',
             eventstore_dot_v1_dot_eventstore__pb2.GetAggregateRequest.SerializeToString,
             eventstore_dot_v1_dot_eventstore__pb2.GetAggregateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/eventstore.v1.EventStore/Subscribe',
+            eventstore_dot_v1_dot_eventstore__pb2.SubscribeRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.SubscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

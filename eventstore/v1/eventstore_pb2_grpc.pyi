@@ -41,6 +41,11 @@ class EventStoreStub:
     """Streams an aggregate's events in version order, a page per message."""
     GetAggregate: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.GetAggregateRequest, _eventstore_pb2.GetAggregateResponse]
     """Current version and first/last recorded time; NOT_FOUND when it has no events."""
+    Subscribe: _grpc.UnaryStreamMultiCallable[_eventstore_pb2.SubscribeRequest, _eventstore_pb2.SubscribeResponse]
+    """History first, then a caught_up marker, then live events; every message carries a
+    checkpoint to resume from after a disconnect. Per aggregate: versions in order, no gaps,
+    no repeats.
+    """
 
 @_typing.type_check_only
 class EventStoreAsyncStub(EventStoreStub):
@@ -53,6 +58,11 @@ class EventStoreAsyncStub(EventStoreStub):
     """Streams an aggregate's events in version order, a page per message."""
     GetAggregate: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.GetAggregateRequest, _eventstore_pb2.GetAggregateResponse]  # type: ignore[assignment]
     """Current version and first/last recorded time; NOT_FOUND when it has no events."""
+    Subscribe: _aio.UnaryStreamMultiCallable[_eventstore_pb2.SubscribeRequest, _eventstore_pb2.SubscribeResponse]  # type: ignore[assignment]
+    """History first, then a caught_up marker, then live events; every message carries a
+    checkpoint to resume from after a disconnect. Per aggregate: versions in order, no gaps,
+    no repeats.
+    """
 
 class EventStoreServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -80,5 +90,16 @@ class EventStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_eventstore_pb2.GetAggregateResponse, _abc.Awaitable[_eventstore_pb2.GetAggregateResponse]]:
         """Current version and first/last recorded time; NOT_FOUND when it has no events."""
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _eventstore_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_eventstore_pb2.SubscribeResponse], _abc.AsyncIterator[_eventstore_pb2.SubscribeResponse]]:
+        """History first, then a caught_up marker, then live events; every message carries a
+        checkpoint to resume from after a disconnect. Per aggregate: versions in order, no gaps,
+        no repeats.
+        """
 
 def add_EventStoreServicer_to_server(servicer: EventStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

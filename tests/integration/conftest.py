@@ -14,6 +14,7 @@ from devstack import stack
 from eventstore.client import EventStoreClient
 from eventstore.config import CassandraSettings, KafkaSettings, RelaySettings, ServerSettings
 from eventstore.publishing.kafka import KafkaEventPublisher
+from eventstore.publishing.log import KafkaEventLog
 from eventstore.server import Components, RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
 from eventstore.storage.outbox import CassandraPublicationLog
@@ -111,6 +112,7 @@ async def server(
         storage=cassandra_storage,
         outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
         publisher=KafkaEventPublisher(server_settings.kafka),
+        log=KafkaEventLog(server_settings.kafka),
     )
     running = await start(server_settings, components)
     yield running

@@ -1,0 +1,107 @@
+"""Subscriptions: filters, where to start, and checkpoint tokens (opaque to clients)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from eventstore.domain.errors import InvalidArgument
+from eventstore.domain.events import RecordedEvent
+
+#: A Kafka position: (aggregate type, partition) -> next offset to read.
+Positions = Mapping[tuple[str, int], int]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionFilter:
+    aggregate_id: str | None = None
+    #: empty: every aggregate type
+    aggregate_types: frozenset[str] = frozenset()
+    #: empty: every event type
+    event_types: frozenset[str] = frozenset()
+
+    def matches(self, event: RecordedEvent) -> bool:
+        return (
+            (self.aggregate_id is None or event.aggregate_id == self.aggregate_id)
+            and (not self.aggregate_types or event.aggregate_type in self.aggregate_types)
+            and (not self.event_types or event.event_type in self.event_types)
+        )
+
+
+class StartAt(enum.Enum):
+    BEGINNING = "beginning"
+    END = "end"
+    CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateCheckpoint:
+    """One aggregate: every version up to and including `version` was delivered."""
+
+    aggregate_id: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogCheckpoint:
+    """Wider filters: the next offset per (aggregate type, partition); absent means 0."""
+
+    positions: Mapping[tuple[str, int], int] = field(default_factory=dict)
+
+
+Checkpoint = AggregateCheckpoint | LogCheckpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    at: StartAt
+    checkpoint: Checkpoint | None = None
+
+
+def encode_checkpoint(checkpoint: Checkpoint) -> str:
+    if isinstance(checkpoint, AggregateCheckpoint):
+        body: dict[str, object] = {"a": checkpoint.aggregate_id, "n": checkpoint.version}
+    else:
+        by_type: dict[str, dict[str, int]] = {}
+        for (aggregate_type, partition), offset in sorted(checkpoint.positions.items()):
+            by_type.setdefault(aggregate_type, {})[str(partition)] = offset
+        body = {"k": by_type}
+    raw = json.dumps({"v": 1, **body}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_checkpoint(token: str) -> Checkpoint:
+    bad = InvalidArgument.of("checkpoint", "is not a checkpoint this server issued")
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        body = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(body, dict) or body.get("v") != 1:
+            raise bad
+        if "a" in body:
+            aggregate_id, version = body["a"], body["n"]
+            if not isinstance(aggregate_id, str) or not isinstance(version, int) or version < 0:
+                raise bad
+            return AggregateCheckpoint(aggregate_id, version)
+        positions: dict[tuple[str, int], int] = {}
+        for aggregate_type, partitions in body["k"].items():
+            for partition, offset in partitions.items():
+                if not isinstance(offset, int) or offset < 0:
+                    raise bad
+                positions[(str(aggregate_type), int(partition))] = offset
+        return LogCheckpoint(positions)
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise bad from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionItem:
+    """One message of a subscription: an event, the caught-up marker, or a heartbeat."""
+
+    checkpoint: str
+    event: RecordedEvent | None = None
+    caught_up: bool = False
+    heartbeat: bool = False

@@ -1,0 +1,176 @@
+"""EventLog on Kafka: each subscription reads the topics itself, with its own consumer.
+
+One consumer per subscription keeps subscriptions independent: a slow one simply reads
+later (its consumer fetches at most ~1 MB ahead), and never holds back appends or other
+subscribers. Offsets are ours (no consumer-group commits): the checkpoint is the position.
+Reads never block the event loop: consume() is called with a zero timeout and the reader
+sleeps briefly when nothing has arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from google.protobuf.message import DecodeError
+
+from eventstore.config import KafkaSettings
+from eventstore.domain.events import RecordedEvent
+from eventstore.ports import EventLog, LogReader, LogRecord
+from eventstore.publishing.records import murmur2_partition
+from eventstore.v1 import eventstore_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+IDLE_SLEEP_S = 0.02
+TOPIC_REFRESH_S = 5.0
+
+
+def decode_event(value: bytes) -> RecordedEvent:
+    message = pb.Event()
+    message.ParseFromString(value)
+    return RecordedEvent(
+        event_id=uuid.UUID(message.event_id),
+        aggregate_id=message.aggregate_id,
+        aggregate_type=message.aggregate_type,
+        version=message.version,
+        event_type=message.event_type,
+        data=message.data,
+        content_type=message.content_type,
+        metadata=dict(message.metadata),
+        recorded_at=message.recorded_at.ToDatetime(tzinfo=UTC),
+    )
+
+
+class KafkaLogReader(LogReader):
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        aggregate_types: frozenset[str],
+        start: Mapping[tuple[str, int], int] | str,
+        key: str | None,
+    ) -> None:
+        self._settings = settings
+        self._types = aggregate_types
+        self._start = start
+        self._key = key
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.bootstrap,
+                "group.id": f"eventstore-subscription-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "queued.max.messages.kbytes": 1024,
+                "fetch.wait.max.ms": 50,
+                "log_level": 3,
+            }
+        )
+        self._assigned: dict[tuple[str, int], int] = {}
+        self._end_at_open: dict[tuple[str, int], int] = {}
+        self._next_refresh = 0.0
+
+    def _type_of(self, topic: str) -> str:
+        return topic[len(self._settings.topic_prefix) :]
+
+    def _wanted_topics(self) -> dict[str, int]:
+        """Existing topics we should read, with their partition counts (blocking)."""
+        topics = self._consumer.list_topics(timeout=10).topics
+        found = {}
+        for name, meta in topics.items():
+            if not name.startswith(self._settings.topic_prefix) or meta.error is not None:
+                continue
+            if self._types and self._type_of(name) not in self._types:
+                continue
+            found[name] = len(meta.partitions)
+        return found
+
+    def _assign_new(self, initial: bool) -> None:
+        """Assign partitions we do not read yet (blocking; run in a thread)."""
+        new: list[TopicPartition] = []
+        for topic, count in self._wanted_topics().items():
+            partitions = range(count)
+            if self._key is not None:
+                partitions = range(p := murmur2_partition(self._key.encode(), count), p + 1)
+            for partition in partitions:
+                where = (self._type_of(topic), partition)
+                if where in self._assigned:
+                    continue
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                if initial:
+                    self._end_at_open[where] = high
+                if self._start == "end" and initial:
+                    offset = high
+                elif isinstance(self._start, Mapping):
+                    offset = self._start.get(where, 0)
+                else:
+                    offset = 0  # beginning, or a topic created after we opened
+                self._assigned[where] = offset
+                new.append(TopicPartition(topic, partition, offset if offset else OFFSET_BEGINNING))
+        if new:
+            self._consumer.incremental_assign(new)
+        self._next_refresh = time.monotonic() + TOPIC_REFRESH_S
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self._assign_new, True)
+
+    def start_positions(self) -> dict[tuple[str, int], int]:
+        return dict(self._assigned)
+
+    def caught_up(self, positions: Mapping[tuple[str, int], int]) -> bool:
+        return all(positions.get(where, 0) >= end for where, end in self._end_at_open.items())
+
+    async def read(self, max_records: int) -> list[LogRecord]:
+        # Topics appear as new aggregate types get their first events: look again now and then.
+        if time.monotonic() >= self._next_refresh:
+            await asyncio.to_thread(self._assign_new, False)
+        messages = self._consumer.consume(num_messages=max_records, timeout=0)
+        if not messages:
+            await asyncio.sleep(IDLE_SLEEP_S)
+            return []
+        records = []
+        for message in messages:
+            if message.error():
+                log.warning("kafka read error", error=str(message.error()))
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if topic is None or partition is None or offset is None:
+                continue
+            try:
+                event = decode_event(bytes(message.value() or b""))
+            except (DecodeError, ValueError):
+                log.warning(
+                    "undecodable record skipped", topic=topic, partition=partition, offset=offset
+                )
+                event = None
+            if event is not None:
+                records.append(LogRecord(event, self._type_of(topic), partition, offset))
+        return records
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._consumer.close)
+
+
+class KafkaEventLog(EventLog):
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+
+    async def open(
+        self,
+        aggregate_types: frozenset[str],
+        start: Mapping[tuple[str, int], int] | str,
+        key: str | None = None,
+    ) -> LogReader:
+        reader = KafkaLogReader(self._settings, aggregate_types, start, key)
+        try:
+            await reader.open()
+        except Exception:
+            await reader.close()
+            raise
+        return reader

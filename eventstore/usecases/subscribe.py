@@ -1,0 +1,195 @@
+"""Subscriptions: history, then a caught-up marker, then live events, each with a checkpoint.
+
+* One aggregate: history from Cassandra (by version), then live from the aggregate's Kafka
+  partition. The Kafka position is taken *before* the history read, so nothing committed
+  after the read can be missed; versions already delivered are skipped and a version that
+  arrives ahead of its predecessor (published late) has the gap filled from Cassandra first.
+  Checkpoint: the last version delivered.
+* Wider filters: the Kafka topics of the wanted aggregate types (all, including types that
+  appear later), from the beginning, the end or the checkpoint's offsets. Checkpoint: the
+  next offset of every partition. Repeated copies of a version (at-least-once publication)
+  are dropped per aggregate.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+from eventstore.domain.errors import InvalidArgument
+from eventstore.domain.events import Direction, RecordedEvent
+from eventstore.domain.subscriptions import (
+    AggregateCheckpoint,
+    LogCheckpoint,
+    Start,
+    StartAt,
+    SubscriptionFilter,
+    SubscriptionItem,
+    encode_checkpoint,
+)
+from eventstore.ports import EventLog, EventStorage, LogReader
+
+READ_BATCH = 500
+#: Versions remembered per subscription to drop repeated copies (most recent aggregates).
+DEDUPE_CAPACITY = 1_000_000
+
+
+class Subscribe:
+    def __init__(self, storage: EventStorage, log: EventLog, heartbeat_s: float = 15.0) -> None:
+        self._storage = storage
+        self._log = log
+        self._heartbeat_s = heartbeat_s
+
+    async def __call__(
+        self, subscription: SubscriptionFilter, start: Start
+    ) -> AsyncIterator[SubscriptionItem]:
+        if subscription.aggregate_id is not None:
+            stream = self._one_aggregate(subscription, subscription.aggregate_id, start)
+        else:
+            stream = self._many(subscription, start)
+        async for item in stream:
+            yield item
+
+    # --- one aggregate -----------------------------------------------------------------
+
+    async def _one_aggregate(
+        self, subscription: SubscriptionFilter, aggregate_id: str, start: Start
+    ) -> AsyncIterator[SubscriptionItem]:
+        info = await self._storage.describe(aggregate_id)
+        if info is not None:
+            aggregate_type = info.aggregate_type
+        elif len(subscription.aggregate_types) == 1:
+            (aggregate_type,) = subscription.aggregate_types
+        else:
+            raise InvalidArgument.of(
+                "aggregate_types",
+                f"aggregate {aggregate_id!r} has no events yet: name its type (exactly one)",
+            )
+        if start.at is StartAt.CHECKPOINT:
+            checkpoint = start.checkpoint
+            if (
+                not isinstance(checkpoint, AggregateCheckpoint)
+                or checkpoint.aggregate_id != aggregate_id
+            ):
+                raise InvalidArgument.of("checkpoint", "belongs to another subscription")
+            delivered = checkpoint.version
+        elif start.at is StartAt.END:
+            delivered = info.version if info else 0
+        else:
+            delivered = 0
+        # Position the live reader first: whatever commits after this is in Kafka after it.
+        reader = await self._log.open(frozenset({aggregate_type}), "end", key=aggregate_id)
+        try:
+            async for event in self._history(aggregate_id, delivered + 1):
+                delivered = event.version
+                if subscription.matches(event):
+                    yield self._item(aggregate_id, delivered, event=event)
+            yield self._item(aggregate_id, delivered, caught_up=True)
+            last_sent = time.monotonic()
+            while True:
+                records = await reader.read(READ_BATCH)
+                for record in records:
+                    event = record.event
+                    if event.aggregate_id != aggregate_id or event.version <= delivered:
+                        continue
+                    # Published late (the relay): fill the gap from the store, in order.
+                    async for missing in self._history(
+                        aggregate_id, delivered + 1, event.version - 1
+                    ):
+                        delivered = missing.version
+                        if subscription.matches(missing):
+                            yield self._item(aggregate_id, delivered, event=missing)
+                            last_sent = time.monotonic()
+                    delivered = event.version
+                    if subscription.matches(event):
+                        yield self._item(aggregate_id, delivered, event=event)
+                        last_sent = time.monotonic()
+                if time.monotonic() - last_sent >= self._heartbeat_s:
+                    yield self._item(aggregate_id, delivered, heartbeat=True)
+                    last_sent = time.monotonic()
+        finally:
+            await reader.close()
+
+    async def _history(
+        self, aggregate_id: str, first: int, last: int | None = None
+    ) -> AsyncIterator[RecordedEvent]:
+        version = first
+        while last is None or version <= last:
+            limit = READ_BATCH if last is None else min(READ_BATCH, last - version + 1)
+            page = await self._storage.read(aggregate_id, version, Direction.FORWARDS, limit)
+            for event in page:
+                yield event
+            if len(page) < limit:
+                return
+            version = page[-1].version + 1
+
+    @staticmethod
+    def _item(
+        aggregate_id: str,
+        version: int,
+        event: RecordedEvent | None = None,
+        caught_up: bool = False,
+        heartbeat: bool = False,
+    ) -> SubscriptionItem:
+        token = encode_checkpoint(AggregateCheckpoint(aggregate_id, version))
+        return SubscriptionItem(token, event=event, caught_up=caught_up, heartbeat=heartbeat)
+
+    # --- many aggregates ---------------------------------------------------------------
+
+    async def _many(
+        self, subscription: SubscriptionFilter, start: Start
+    ) -> AsyncIterator[SubscriptionItem]:
+        if start.at is StartAt.CHECKPOINT:
+            if not isinstance(start.checkpoint, LogCheckpoint):
+                raise InvalidArgument.of("checkpoint", "belongs to a single-aggregate subscription")
+            where: dict[tuple[str, int], int] | str = dict(start.checkpoint.positions)
+        else:
+            where = start.at.value
+        reader = await self._log.open(subscription.aggregate_types, where)
+        try:
+            async for item in self._follow(subscription, reader):
+                yield item
+        finally:
+            await reader.close()
+
+    async def _follow(
+        self, subscription: SubscriptionFilter, reader: LogReader
+    ) -> AsyncIterator[SubscriptionItem]:
+        positions = reader.start_positions()
+        delivered: OrderedDict[str, int] = OrderedDict()
+        caught_up = False
+        last_sent = time.monotonic()
+        if reader.caught_up(positions):
+            caught_up = True
+            yield self._log_item(positions, caught_up=True)
+        while True:
+            for record in await reader.read(READ_BATCH):
+                positions[(record.aggregate_type, record.partition)] = record.offset + 1
+                event = record.event
+                if event.version <= delivered.get(event.aggregate_id, 0):
+                    continue  # a repeated copy
+                delivered[event.aggregate_id] = event.version
+                delivered.move_to_end(event.aggregate_id)
+                if len(delivered) > DEDUPE_CAPACITY:
+                    delivered.popitem(last=False)
+                if subscription.matches(event):
+                    yield self._log_item(positions, event=event)
+                    last_sent = time.monotonic()
+            if not caught_up and reader.caught_up(positions):
+                caught_up = True
+                yield self._log_item(positions, caught_up=True)
+                last_sent = time.monotonic()
+            elif time.monotonic() - last_sent >= self._heartbeat_s:
+                yield self._log_item(positions, heartbeat=True)
+                last_sent = time.monotonic()
+
+    @staticmethod
+    def _log_item(
+        positions: dict[tuple[str, int], int],
+        event: RecordedEvent | None = None,
+        caught_up: bool = False,
+        heartbeat: bool = False,
+    ) -> SubscriptionItem:
+        token = encode_checkpoint(LogCheckpoint(dict(positions)))
+        return SubscriptionItem(token, event=event, caught_up=caught_up, heartbeat=heartbeat)

@@ -1,0 +1,226 @@
+"""Invariant 8: subscriptions are gap-free and repeat nothing per aggregate, resume from their
+checkpoint (also across a server restart), and a slow one holds back nobody."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from eventstore.client import (
+    Event,
+    EventStoreClient,
+    InvalidArgumentError,
+    SubscriptionMessage,
+)
+from eventstore.config import ServerSettings
+from eventstore.domain.events import RecordedEvent
+from eventstore.server import RunningServer, start
+from tests.support import unique
+
+pytestmark = pytest.mark.integration
+
+
+class Collector:
+    """Reads a subscription in the background and keeps what arrived."""
+
+    def __init__(self, stream: AsyncIterator[SubscriptionMessage], delay_s: float = 0.0) -> None:
+        self.events: list[RecordedEvent] = []
+        self.messages: list[SubscriptionMessage] = []
+        self.caught_up_at: list[int] = []
+        self.arrival: dict[str, float] = {}
+        self._delay = delay_s
+        self._task = asyncio.create_task(self._run(stream))
+
+    async def _run(self, stream: AsyncIterator[SubscriptionMessage]) -> None:
+        async for message in stream:
+            self.messages.append(message)
+            if message.event is not None:
+                self.events.append(message.event)
+                self.arrival[str(message.event.event_id)] = time.monotonic()
+            if message.caught_up:
+                self.caught_up_at.append(len(self.events))
+            if self._delay:
+                await asyncio.sleep(self._delay)
+
+    async def wait_for(self, predicate: Callable[[Collector], bool], within: float = 60) -> None:
+        deadline = time.monotonic() + within
+        while not predicate(self):
+            if self._task.done():
+                self._task.result()  # raise what ended it
+                raise AssertionError("subscription ended early")
+            assert time.monotonic() < deadline, f"timed out with {len(self.events)} events"
+            await asyncio.sleep(0.05)
+
+    async def settle(self) -> None:
+        """Give stragglers (duplicates, extras) a chance to show up."""
+        await asyncio.sleep(1.5)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def events_at_least(count: int) -> Callable[[Collector], bool]:
+    return lambda collector: len(collector.events) >= count
+
+
+def arrived(event_id: str) -> Callable[[Collector], bool]:
+    return lambda collector: event_id in collector.arrival
+
+
+def assert_exactly(received: list[RecordedEvent], expected: list[RecordedEvent]) -> None:
+    keys = [(e.aggregate_id, e.version) for e in received]
+    assert len(keys) == len(set(keys)), "an event was delivered twice"
+    assert sorted(keys) == sorted((e.aggregate_id, e.version) for e in expected)
+    by_aggregate: dict[str, list[int]] = defaultdict(list)
+    for event in received:
+        by_aggregate[event.aggregate_id].append(event.version)
+    for versions in by_aggregate.values():
+        assert versions == sorted(versions), "versions out of order"
+    want = {(e.aggregate_id, e.version): e.event_id for e in expected}
+    assert all(want[(e.aggregate_id, e.version)] == e.event_id for e in received)
+
+
+async def test_three_filters_during_concurrent_writes(client: EventStoreClient) -> None:
+    account = "acct-0"
+    subscribers = {
+        "one aggregate": Collector(
+            client.subscribe(aggregate_id=account, aggregate_types=["Account"])
+        ),
+        "aggregate type": Collector(client.subscribe(aggregate_types=["Order"])),
+        "event type": Collector(client.subscribe(event_types=["Paid"])),
+        "everything": Collector(client.subscribe()),
+    }
+    rng = random.Random(7)
+    aggregates = {f"order-{i}": "Order" for i in range(4)} | {
+        f"acct-{i}": "Account" for i in range(3)
+    }
+
+    async def writer(w: int) -> None:
+        for _ in range(15):
+            aggregate = rng.choice(sorted(aggregates))
+            events = [
+                Event(rng.choice(["Placed", "Paid", "Shipped"]), {"w": w})
+                for _ in range(rng.randint(1, 3))
+            ]
+            await client.append(aggregate, aggregates[aggregate], events)
+
+    await asyncio.gather(*(writer(w) for w in range(8)))
+    stored = [e for aggregate in aggregates for e in await client.read_all(aggregate)]
+    expected = {
+        "one aggregate": [e for e in stored if e.aggregate_id == account],
+        "aggregate type": [e for e in stored if e.aggregate_type == "Order"],
+        "event type": [e for e in stored if e.event_type == "Paid"],
+        "everything": stored,
+    }
+    for name, collector in subscribers.items():
+        want = len(expected[name])
+        await collector.wait_for(events_at_least(want))
+    for collector in subscribers.values():
+        await collector.settle()
+    for name, collector in subscribers.items():
+        assert_exactly(collector.events, expected[name])
+        assert len(collector.caught_up_at) == 1, name
+        await collector.stop()
+
+
+async def test_resume_from_checkpoint_across_a_server_restart(
+    server_settings: ServerSettings,
+) -> None:
+    first = await start(server_settings)
+    try:
+        async with EventStoreClient(f"127.0.0.1:{first.port}") as client:
+            for i in range(10):
+                await client.append(f"cart-{i % 3}", "Cart", [Event("ItemAdded", {"i": i})])
+            wide = Collector(client.subscribe())
+            await wide.wait_for(lambda c: len(c.events) >= 6)
+            await wide.stop()
+            wide_checkpoint = next(m.checkpoint for m in wide.messages if m.event is wide.events[5])
+            seen_wide = wide.events[:6]
+            one = Collector(client.subscribe(aggregate_id="cart-0"))
+            await one.wait_for(lambda c: len(c.events) >= 2)
+            await one.stop()
+            one_checkpoint = next(m.checkpoint for m in one.messages if m.event is one.events[1])
+            seen_one = one.events[:2]
+    finally:
+        await first.stop(grace=2)
+
+    second = await start(server_settings)
+    try:
+        async with EventStoreClient(f"127.0.0.1:{second.port}") as client:
+            for i in range(10, 15):
+                await client.append(f"cart-{i % 3}", "Cart", [Event("ItemAdded", {"i": i})])
+            stored = [e for a in ("cart-0", "cart-1", "cart-2") for e in await client.read_all(a)]
+            rest = [
+                e
+                for e in stored
+                if (e.aggregate_id, e.version)
+                not in {(s.aggregate_id, s.version) for s in seen_wide}
+            ]
+            resumed = Collector(client.subscribe(start=wide_checkpoint))
+            await resumed.wait_for(lambda c: len(c.events) >= len(rest))
+            await resumed.settle()
+            assert_exactly(resumed.events, rest)
+            await resumed.stop()
+
+            rest_one = [
+                e for e in stored if e.aggregate_id == "cart-0" and e.version > seen_one[-1].version
+            ]
+            resumed_one = Collector(client.subscribe(aggregate_id="cart-0", start=one_checkpoint))
+            await resumed_one.wait_for(
+                lambda c: len(c.events) >= len(rest_one) and bool(c.caught_up_at)
+            )
+            await resumed_one.settle()
+            assert_exactly(resumed_one.events, rest_one)
+            await resumed_one.stop()
+    finally:
+        await second.stop(grace=2)
+
+
+async def test_slow_subscriber_delays_neither_appends_nor_others(client: EventStoreClient) -> None:
+    big = {"blob": "x" * 20_000}
+    for i in range(150):  # enough history to fill a stalled stream's buffers
+        await client.append(f"bulk-{i % 10}", "Bulk", [Event("Loaded", big)])
+    stalled = Collector(client.subscribe(), delay_s=3600)  # reads one message, then stops reading
+    await stalled.wait_for(lambda c: len(c.messages) >= 1)
+    fast = Collector(client.subscribe(start="end"))
+    await fast.wait_for(lambda c: bool(c.caught_up_at))
+    append_latency = []
+    delivery_latency = []
+    for i in range(40):
+        event = Event("Live", {"i": i})
+        started = time.monotonic()
+        await client.append(f"live-{i % 4}", "Bulk", [event])
+        append_latency.append(time.monotonic() - started)
+        await fast.wait_for(arrived(str(event.event_id)), within=10)
+        delivery_latency.append(fast.arrival[str(event.event_id)] - started)
+    assert len(stalled.events) <= 1
+    assert statistics.median(append_latency) < 0.2
+    assert max(delivery_latency) < 5, delivery_latency
+    await stalled.stop()
+    await fast.stop()
+
+
+async def test_bad_subscriptions_are_refused(
+    server: RunningServer, client: EventStoreClient
+) -> None:
+    with pytest.raises(InvalidArgumentError) as caught:
+        async for _ in client.subscribe(start="not-a-checkpoint"):
+            pass
+    assert caught.value.fields == ["checkpoint"]
+    with pytest.raises(InvalidArgumentError) as caught:
+        async for _ in client.subscribe(aggregate_id=unique("nobody")):
+            pass
+    assert caught.value.fields == ["aggregate_types"]
+    with pytest.raises(InvalidArgumentError) as caught:
+        async for _ in client.subscribe(event_types=["bad type"]):
+            pass
+    assert caught.value.fields == ["event_types[0]"]
