@@ -15,6 +15,7 @@ from eventstore.ports import (
     Committed,
     EventStorage,
     ExistingEvent,
+    PublicationLog,
     Rejected,
     StreamState,
 )
@@ -100,3 +101,28 @@ class InMemoryEventStorage(EventStorage):
             first_recorded_at=stream.events[0].recorded_at,
             last_recorded_at=stream.events[-1].recorded_at,
         )
+
+
+class InMemoryPublicationLog(PublicationLog):
+    """Outbox bookkeeping in memory, held to tests/contract/outbox.py like the real one."""
+
+    def __init__(self) -> None:
+        self.markers: dict[str, dict[int, datetime]] = {}
+        self.cursors: dict[str, int] = {}
+
+    async def mark_pending(self, aggregate_id: str, through_version: int, at: datetime) -> None:
+        self.markers.setdefault(aggregate_id, {})[through_version] = at
+
+    async def published_through(self, aggregate_id: str) -> int:
+        return self.cursors.get(aggregate_id, 0)
+
+    async def mark_published(self, aggregate_id: str, through_version: int) -> None:
+        self.cursors[aggregate_id] = max(self.cursors.get(aggregate_id, 0), through_version)
+        markers = self.markers.get(aggregate_id, {})
+        for version in [v for v in markers if v <= through_version]:
+            del markers[version]
+        if not markers:
+            self.markers.pop(aggregate_id, None)
+
+    async def pending(self, older_than: datetime) -> list[str]:
+        return sorted(a for a, m in self.markers.items() if any(t < older_than for t in m.values()))

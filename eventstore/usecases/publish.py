@@ -104,6 +104,11 @@ class Publication:
         """Publish whatever of the aggregate is committed but not confirmed published."""
         head = (await self._storage.stream_state(aggregate_id)).version
         await self._publish(aggregate_id, head, [])
+        state = self._streams.get(aggregate_id)
+        if state is not None and state.confirmed:
+            # Retire the markers the cursor already covers (e.g. the process stopped between
+            # writing the cursor and deleting them).
+            self._dirty[aggregate_id] = max(self._dirty.get(aggregate_id, 0), state.confirmed)
 
     async def relay_once(self) -> int:
         cutoff = datetime.now(UTC) - self._min_age
