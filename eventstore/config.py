@@ -58,8 +58,8 @@ class KafkaSettings(BaseSettings):
     )
     partitions: int = Field(6, ge=1, description="Partitions of each event topic we create")
     replication_factor: int = Field(1, ge=1, description="Replication of each topic we create")
-    delivery_timeout_s: float = Field(
-        30.0, gt=0, description="Give up on a record after this; the relay publishes it later"
+    shutdown_flush_s: float = Field(
+        10.0, ge=0, description="At shutdown, wait this long for queued records to be confirmed"
     )
     linger_ms: int = Field(5, ge=0, description="Producer batching delay")
 
@@ -79,6 +79,31 @@ class RelaySettings(BaseSettings):
     max_in_flight: int = Field(
         10_000, ge=1, description="Publications in flight per process; beyond, the relay takes over"
     )
+
+
+class OpenSearchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_OPENSEARCH_", frozen=True)
+
+    url: str = Field("http://127.0.0.1:9200", description="OpenSearch endpoint")
+    username: str | None = None
+    password: SecretStr | None = None
+    index_prefix: str = Field(
+        "eventstore-events",
+        pattern=r"^[a-z][a-z0-9_-]*$",
+        description="Monthly indices <prefix>-YYYY.MM; queries go through the alias <prefix>",
+    )
+    replicas: int = Field(0, ge=0, description="Replicas of each event index")
+    shards: int = Field(1, ge=1, description="Primary shards of each monthly event index")
+    request_timeout_s: float = Field(10.0, gt=0)
+
+    @property
+    def alias(self) -> str:
+        return self.index_prefix
+
+    @property
+    def state_index(self) -> str:
+        # Not "<prefix>-…": that pattern belongs to the event indices and their template.
+        return f"{self.index_prefix}_indexer_state"
 
 
 class LimitSettings(BaseSettings):
@@ -127,4 +152,5 @@ class ServerSettings(BaseSettings):
     cassandra: CassandraSettings = Field(default_factory=CassandraSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     relay: RelaySettings = Field(default_factory=RelaySettings)
+    opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)

@@ -1,8 +1,294 @@
-"""eventstore-indexer entry point. The indexer is not built yet (issue #5); say so plainly."""
+"""eventstore-indexer: Kafka event topics → OpenSearch, exactly one document per event.
 
-import sys
+* Consumer group over every topic with the event prefix (a regex subscription: topics of new
+  aggregate types are picked up without a restart).
+* Each batch is one bulk request; document _id = event_id, index = the event's month, so a
+  re-delivered event overwrites its own document: never a duplicate.
+* Offsets are committed only after the bulk (and any dead letters) succeeded. OpenSearch
+  unavailable: the partitions are paused (we keep polling, so the group keeps us) and the
+  same batch is retried with backoff.
+* A record that cannot be decoded or that OpenSearch rejects (4xx) goes to the dead-letter
+  topic with the reason; indexing goes on.
+* Lag per partition and last indexed offset are Prometheus metrics; progress is also written to
+  the state index, where the query API reads how fresh the index is.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from google.protobuf.message import DecodeError
+from opensearchpy import OpenSearch
+from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
+from opensearchpy.exceptions import TransportError
+from prometheus_client import Counter, Gauge, start_http_server
+
+from eventstore.observability import configure_logging
+from eventstore.publishing.log import decode_event
+from indexer.config import IndexerSettings
+from indexer.documents import index_name, to_document
+from indexer.opensearch import ensure_template, make_client
+
+log = structlog.get_logger("indexer")
+
+INDEXED = Counter("eventstore_indexer_indexed", "Documents written")
+DEAD_LETTERS = Counter("eventstore_indexer_dead_letters", "Records sent to the dead-letter topic")
+BULK_FAILURES = Counter(
+    "eventstore_indexer_bulk_failures", "Bulk requests that failed and were retried"
+)
+LAG = Gauge(
+    "eventstore_indexer_lag", "Records behind the end of the partition", ["topic", "partition"]
+)
+LAST_OFFSET = Gauge("eventstore_indexer_last_offset", "Last offset indexed", ["topic", "partition"])
+
+
+@dataclass
+class Poison:
+    message: Message
+    reason: str
+
+
+class Indexer:
+    def __init__(self, settings: IndexerSettings, client: OpenSearch | None = None) -> None:
+        self.settings = settings
+        self.client = client or make_client(settings.opensearch)
+        kafka = settings.kafka
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap,
+                "group.id": settings.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "topic.metadata.refresh.interval.ms": 5000,
+                "log_level": 3,
+            }
+        )
+        self.dead_letters = Producer(
+            {
+                "bootstrap.servers": kafka.bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "log_level": 3,
+            }
+        )
+        self.stop = threading.Event()
+        self.max_recorded_at: datetime | None = None
+        self._next_state = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._retry(
+            "put the index template", lambda: ensure_template(self.client, self.settings.opensearch)
+        )
+        pattern = f"^{re.escape(self.settings.kafka.topic_prefix)}.*"
+        self.consumer.subscribe([pattern])
+        log.info("indexer subscribed", pattern=pattern, group=self.settings.group_id)
+
+    def run(self) -> None:
+        self.setup()
+        try:
+            while not self.stop.is_set():
+                messages = self.consumer.consume(self.settings.batch_size, timeout=0.5)
+                batch = [m for m in messages if not m.error()]
+                if batch:
+                    self.process(batch)
+                self._report()
+        finally:
+            self.consumer.close()
+            self.dead_letters.flush(10)
+
+    # --- one batch ---------------------------------------------------------------------
+
+    def process(self, batch: list[Message]) -> None:
+        actions: list[dict[str, Any]] = []
+        sources: list[Message] = []
+        poison: list[Poison] = []
+        for message in batch:
+            try:
+                event = decode_event(bytes(message.value() or b""))
+                document = to_document(event)
+            except (DecodeError, ValueError, UnicodeDecodeError) as exc:
+                poison.append(Poison(message, f"undecodable: {type(exc).__name__}: {exc}"[:500]))
+                continue
+            actions.append(
+                {
+                    "index": {
+                        "_index": index_name(self.settings.opensearch, event.recorded_at),
+                        "_id": document["event_id"],
+                    }
+                }
+            )
+            actions.append(document)
+            sources.append(message)
+            if self.max_recorded_at is None or event.recorded_at > self.max_recorded_at:
+                self.max_recorded_at = event.recorded_at
+        if actions:
+            poison += self._bulk(actions, sources)
+        if poison:
+            self._dead_letter(poison)
+        self._commit(batch)
+
+    def _bulk(self, actions: list[dict[str, Any]], sources: list[Message]) -> list[Poison]:
+        """Index until every document is in or rejected for good; returns the rejected."""
+        rejected: list[Poison] = []
+        pending = list(range(len(sources)))
+        backoff = 0.1
+        while pending:
+            body = [line for i in pending for line in actions[2 * i : 2 * i + 2]]
+            try:
+                response = self.client.bulk(body=body)
+            except (OpenSearchConnectionError, TransportError) as exc:
+                BULK_FAILURES.inc()
+                log.warning(
+                    "bulk failed; retrying the same batch", error=str(exc)[:200], backoff_s=backoff
+                )
+                backoff = self._wait(backoff)
+                continue
+            retry = []
+            for i, item in zip(pending, response["items"], strict=True):
+                result = item["index"]
+                status = result.get("status", 500)
+                if status < 300:
+                    INDEXED.inc()
+                elif status == 429 or status >= 500:
+                    retry.append(i)
+                else:
+                    rejected.append(
+                        Poison(
+                            sources[i],
+                            f"rejected by OpenSearch: {json.dumps(result.get('error'))}"[:500],
+                        )
+                    )
+            if retry:
+                BULK_FAILURES.inc()
+                backoff = self._wait(backoff)
+            pending = retry
+        return rejected
+
+    def _dead_letter(self, poison: list[Poison]) -> None:
+        for item in poison:
+            message = item.message
+            log.warning(
+                "record sent to the dead-letter topic",
+                topic=message.topic(),
+                partition=message.partition(),
+                offset=message.offset(),
+                reason=item.reason,
+            )
+            self.dead_letters.produce(
+                self.settings.dead_letter_topic,
+                key=message.key(),
+                value=message.value(),
+                headers=[
+                    ("reason", item.reason.encode()),
+                    ("source_topic", (message.topic() or "").encode()),
+                    ("source_partition", str(message.partition()).encode()),
+                    ("source_offset", str(message.offset()).encode()),
+                ],
+            )
+        backoff = 0.1
+        while self.dead_letters.flush(5) > 0:  # never commit past a letter Kafka has not got
+            backoff = self._wait(backoff)
+        DEAD_LETTERS.inc(len(poison))
+
+    def _commit(self, batch: list[Message]) -> None:
+        offsets: dict[tuple[str, int], int] = {}
+        for message in batch:
+            key = (message.topic() or "", message.partition() or 0)
+            offsets[key] = max(offsets.get(key, -1), message.offset() or 0)
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o + 1) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            # Partitions moved to another indexer meanwhile: it re-indexes them (same _ids).
+            log.warning("offset commit failed", error=str(exc))
+            return
+        for (topic, partition), offset in offsets.items():
+            LAST_OFFSET.labels(topic, str(partition)).set(offset)
+
+    def _wait(self, backoff: float) -> float:
+        """Sleep while staying in the consumer group (paused partitions still poll)."""
+        assignment = self.consumer.assignment()
+        self.consumer.pause(assignment)
+        deadline = time.monotonic() + backoff
+        while time.monotonic() < deadline and not self.stop.is_set():
+            self.consumer.poll(0.1)
+        self.consumer.resume(self.consumer.assignment())
+        if self.stop.is_set():
+            raise SystemExit(0)
+        return min(backoff * 2, self.settings.max_backoff_s)
+
+    def _retry(self, what: str, action: Any) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                action()
+                return
+            except (OpenSearchConnectionError, TransportError) as exc:
+                log.warning(f"cannot {what} yet", error=str(exc)[:200])
+                if self.stop.wait(backoff):
+                    raise SystemExit(0) from exc
+                backoff = min(backoff * 2, self.settings.max_backoff_s)
+
+    # --- progress ----------------------------------------------------------------------
+
+    def lag(self) -> int:
+        total = 0
+        try:
+            positions = self.consumer.position(self.consumer.assignment())
+        except KafkaException:
+            return -1
+        for tp in positions:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            position = tp.offset if tp.offset >= 0 else low
+            behind = max(high - position, 0)
+            LAG.labels(tp.topic, str(tp.partition)).set(behind)
+            total += behind
+        return total
+
+    def _report(self) -> None:
+        if time.monotonic() < self._next_state:
+            return
+        self._next_state = time.monotonic() + self.settings.state_interval_s
+        state = {
+            "reported_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "lag": self.lag(),
+            "max_recorded_at": self.max_recorded_at.isoformat(timespec="milliseconds")
+            if self.max_recorded_at
+            else None,
+        }
+        try:
+            self.client.index(
+                index=self.settings.opensearch.state_index, id=self.settings.group_id, body=state
+            )
+        except (OpenSearchConnectionError, TransportError) as exc:
+            log.info("progress not recorded (OpenSearch unavailable)", error=str(exc)[:200])
 
 
 def main() -> None:
-    print("eventstore-indexer: not implemented yet (see issue #5)", file=sys.stderr)
-    raise SystemExit(2)
+    settings = IndexerSettings()
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    indexer = Indexer(settings)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: indexer.stop.set())
+    log.info("indexer starting", kafka=settings.kafka.bootstrap, opensearch=settings.opensearch.url)
+    indexer.run()
+    log.info("indexer stopped")
+
+
+if __name__ == "__main__":
+    main()

@@ -92,7 +92,7 @@ def to_status(exc: BaseException, request_id: str) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(reason="BACKEND_UNAVAILABLE", domain=DOMAIN)
         return status_pb2.Status(
             code=code_pb2.UNAVAILABLE,
-            message="the event storage is unavailable; retrying the same request is safe",
+            message="a backend is unavailable; retrying the same request is safe",
             details=_pack(info, _retry_info(), request_info),
         )
     if isinstance(exc, ContentionExhausted):

@@ -48,4 +48,5 @@ class AggregateNotFound(EventStoreError):
 
 
 class StorageUnavailable(EventStoreError):
-    """A backend did not answer in time or is down. Retrying (idempotently) is safe."""
+    """A backend (Cassandra, Kafka, OpenSearch) did not answer in time or is down. Retrying
+    (idempotently) is safe."""

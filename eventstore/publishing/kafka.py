@@ -2,8 +2,10 @@
 
 The producer never blocks the event loop: produce() only enqueues, a background thread runs
 poll() (where delivery reports are called) and hands each report back to the loop. Kafka being
-down does not fail anything here: records wait in the producer until `delivery_timeout_s`,
-then their Delivery fails and the relay publishes them again later.
+down does not fail anything here: records wait in the producer, in order, until it is back.
+If the producer's queue fills up, send() fails at once (nothing later is queued for that
+aggregate) and the relay publishes from the outbox later. A process that dies with records
+queued leaves its outbox markers behind, and the relay of any server publishes them.
 """
 
 from __future__ import annotations
@@ -73,7 +75,10 @@ class KafkaEventPublisher(EventPublisher):
                 # The same partition for a key as Kafka's Java clients, so that consumers in any
                 # language agree with us (and Subscribe can read one aggregate's partition).
                 "partitioner": "murmur2_random",
-                "message.timeout.ms": int(settings.delivery_timeout_s * 1000),
+                # Never give up on a queued record: a timed-out record followed by a delivered
+                # one would leave a gap in an aggregate's order. During an outage records wait
+                # here; if the queue fills, produce() refuses at once and the relay takes over.
+                "message.timeout.ms": 0,
             }
         )
         self._admin = AdminClient(common)
@@ -132,7 +137,7 @@ class KafkaEventPublisher(EventPublisher):
         return len(self._producer)
 
     async def close(self) -> None:
-        remaining = await asyncio.to_thread(self._producer.flush, self._settings.delivery_timeout_s)
+        remaining = await asyncio.to_thread(self._producer.flush, self._settings.shutdown_flush_s)
         self._running = False
         await asyncio.to_thread(self._poller.join, 1)
         if remaining:

@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from datetime import UTC
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
 from eventstore.config import KafkaSettings
+from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import RecordedEvent
 from eventstore.ports import EventLog, LogReader, LogRecord
 from eventstore.publishing.records import murmur2_partition
@@ -100,9 +101,7 @@ class KafkaLogReader(LogReader):
                 where = (self._type_of(topic), partition)
                 if where in self._assigned:
                     continue
-                _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
+                _low, high = self._watermarks(TopicPartition(topic, partition))
                 if initial:
                     self._end_at_open[where] = high
                 if self._start == "end" and initial:
@@ -117,8 +116,32 @@ class KafkaLogReader(LogReader):
             self._consumer.incremental_assign(new)
         self._next_refresh = time.monotonic() + TOPIC_REFRESH_S
 
+    def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
+        # Right after a topic is created or a broker restarts, leadership may still be moving.
+        for attempt in range(40):
+            try:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+                return int(low), int(high)
+            except KafkaException as exc:
+                if (
+                    attempt == 39
+                    or (not exc.args[0].retriable()
+                    and exc.args[0].code()
+                    not in (
+                        KafkaError.NOT_LEADER_FOR_PARTITION,
+                        KafkaError.LEADER_NOT_AVAILABLE,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART,
+                    ))
+                ):
+                    raise StorageUnavailable(f"Kafka: {exc.args[0]}") from exc
+                time.sleep(0.25)
+        raise AssertionError("unreachable")
+
     async def open(self) -> None:
-        await asyncio.to_thread(self._assign_new, True)
+        try:
+            await asyncio.to_thread(self._assign_new, True)
+        except KafkaException as exc:
+            raise StorageUnavailable(f"Kafka: {exc.args[0]}") from exc
 
     def start_positions(self) -> dict[tuple[str, int], int]:
         return dict(self._assigned)
@@ -129,7 +152,11 @@ class KafkaLogReader(LogReader):
     async def read(self, max_records: int) -> list[LogRecord]:
         # Topics appear as new aggregate types get their first events: look again now and then.
         if time.monotonic() >= self._next_refresh:
-            await asyncio.to_thread(self._assign_new, False)
+            try:
+                await asyncio.to_thread(self._assign_new, False)
+            except (KafkaException, StorageUnavailable) as exc:
+                log.warning("topic refresh failed; trying again later", error=str(exc))
+                self._next_refresh = time.monotonic() + TOPIC_REFRESH_S
         messages = self._consumer.consume(num_messages=max_records, timeout=0)
         if not messages:
             await asyncio.sleep(IDLE_SLEEP_S)

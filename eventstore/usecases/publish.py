@@ -21,15 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import Direction, RecordedEvent
-from eventstore.ports import EventPublisher, EventStorage, PublicationLog, PublishFailed
+from eventstore.ports import Delivery, EventPublisher, EventStorage, PublicationLog, PublishFailed
 
 log = structlog.get_logger(__name__)
 
@@ -85,9 +86,7 @@ class Publication:
                 aggregate_id=events[0].aggregate_id,
             )
             return
-        task = asyncio.create_task(self._publish_committed(events))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._publish_committed(events))
 
     async def _publish_committed(self, events: Sequence[RecordedEvent]) -> None:
         aggregate_id = events[0].aggregate_id
@@ -142,11 +141,16 @@ class Publication:
                 await asyncio.wait_for(self._stopping.wait(), self._interval)
 
     async def stop(self, grace_s: float) -> None:
+        """Stop the relay; give publications in flight `grace_s` to be confirmed."""
         self._stopping.set()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settle(), grace_s)
         with contextlib.suppress(StorageUnavailable):
             await self.flush()
+
+    async def _settle(self) -> None:
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
 
     # --- the per-aggregate sender ------------------------------------------------------
 
@@ -168,6 +172,11 @@ class Publication:
             del self._streams[aggregate_id]
 
     async def _publish(self, aggregate_id: str, last: int, fresh: list[RecordedEvent]) -> None:
+        """Hand the aggregate's unpublished events up to `last` to the producer, in order.
+
+        Returns once they are handed over; their confirmation is awaited in the background so
+        that neither the request path nor the relay waits on Kafka (which may be down).
+        """
         state = self._state(aggregate_id)
         async with state.lock:
             first_fresh = fresh[0].version if fresh else last + 1
@@ -190,29 +199,59 @@ class Publication:
                 return
             deliveries = []
             version = start
-            while version < first_fresh and version <= last:
-                page = await self._storage.read(
-                    aggregate_id, version, Direction.FORWARDS, min(READ_PAGE, first_fresh - version)
-                )
-                if not page:
-                    break
-                deliveries.append(await self._publisher.send(page))
-                version = page[-1].version + 1
-            tail = [event for event in fresh if event.version >= version]
-            if tail:
-                deliveries.append(await self._publisher.send(tail))
+            try:
+                while version < first_fresh and version <= last:
+                    page = await self._storage.read(
+                        aggregate_id,
+                        version,
+                        Direction.FORWARDS,
+                        min(READ_PAGE, first_fresh - version),
+                    )
+                    if not page:
+                        break
+                    deliveries.append(await self._publisher.send(page))
+                    version = page[-1].version + 1
+                tail = [event for event in fresh if event.version >= version]
+                if tail:
+                    deliveries.append(await self._publisher.send(tail))
+            except (PublishFailed, StorageUnavailable):
+                # Part may be queued already; start over from the cursor next time.
+                self._forget(aggregate_id, state)
+                raise
             state.handed = last
             state.in_flight += 1
+        self._spawn(self._confirmed(aggregate_id, state, deliveries, start, last))
+
+    async def _confirmed(
+        self, aggregate_id: str, state: _Stream, deliveries: list[Delivery], first: int, last: int
+    ) -> None:
         try:
             for delivery in deliveries:
                 await delivery.wait()
-        except PublishFailed:
-            # Forget what we believed handed over: the next attempt starts from the cursor.
-            self._streams.pop(aggregate_id, None)
-            raise
+        except PublishFailed as exc:
+            log.warning(
+                "publish failed; the relay will retry", aggregate_id=aggregate_id, error=str(exc)
+            )
+            self._forget(aggregate_id, state)
+            return
         finally:
             state.in_flight -= 1
-        self._confirm(aggregate_id, state, start, last)
+        self._confirm(aggregate_id, state, first, last)
+
+    def _forget(self, aggregate_id: str, state: _Stream) -> None:
+        """Drop what we believed handed over; the next attempt starts from the cursor."""
+        if self._streams.get(aggregate_id) is state:
+            del self._streams[aggregate_id]
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every publication in flight, then write the cursors."""
+        await self._settle()
+        await self.flush()
 
     def _confirm(self, aggregate_id: str, state: _Stream, first: int, last: int) -> None:
         state.done.append((first, last))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -56,10 +55,11 @@ async def test_failed_delivery_is_recovered_by_the_relay() -> None:
     await committed(storage, "a", 0, 3)
     publisher.fail_next = 1
     publication.committed(await storage.read("a", 1, Direction.FORWARDS, 10))
-    await asyncio.sleep(0.01)
+    await publication.drain()
     assert first_copies(publisher, "a") == []
     assert await outbox.pending(older_than=NOW + timedelta(days=1)) == ["a"]
     assert await publication.relay_once() == 1
+    await publication.drain()
     assert first_copies(publisher, "a") == [1, 2, 3]
     assert await outbox.published_through("a") == 3
     assert await outbox.pending(older_than=NOW + timedelta(days=1)) == []

@@ -1,0 +1,29 @@
+"""Settings of the indexer process (environment, prefix EVENTSTORE_INDEXER_ plus the shared
+EVENTSTORE_KAFKA_* and EVENTSTORE_OPENSEARCH_* ones)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from eventstore.config import KafkaSettings, OpenSearchSettings
+
+
+class IndexerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_INDEXER_", frozen=True)
+
+    group_id: str = Field("eventstore-indexer", description="Kafka consumer group of all indexers")
+    batch_size: int = Field(1000, ge=1, le=50_000, description="Records per bulk request, at most")
+    dead_letter_topic: str = Field(
+        "eventstore.dead-letter", description="Where records that cannot be indexed go, with why"
+    )
+    max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between bulk retries")
+    state_interval_s: float = Field(1.0, gt=0, description="How often progress is recorded")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0: off")
+    metrics_host: str = "127.0.0.1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)

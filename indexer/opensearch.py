@@ -1,0 +1,25 @@
+"""OpenSearch client construction and the idempotent set-up (template, first index)."""
+
+from __future__ import annotations
+
+from opensearchpy import OpenSearch
+
+from eventstore.config import OpenSearchSettings
+from indexer.documents import index_template, template_name
+
+
+def make_client(settings: OpenSearchSettings) -> OpenSearch:
+    auth = None
+    if settings.username and settings.password:
+        auth = (settings.username, settings.password.get_secret_value())
+    return OpenSearch(
+        hosts=[settings.url],
+        http_auth=auth,
+        timeout=settings.request_timeout_s,
+        max_retries=0,  # we retry ourselves, with backoff, without losing the batch
+    )
+
+
+def ensure_template(client: OpenSearch, settings: OpenSearchSettings) -> None:
+    """Put the index template (idempotent: the same body every time)."""
+    client.indices.put_index_template(name=template_name(settings), body=index_template(settings))
