@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC as _UTC
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -283,6 +284,45 @@ class EventStoreClient:
             raise _error(exc) from None
         finally:
             call.cancel()
+
+    async def query_events(
+        self,
+        *,
+        event_types: Sequence[str] = (),
+        aggregate_types: Sequence[str] = (),
+        aggregate_id: str = "",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        visible_event_id: uuid.UUID | None = None,
+    ) -> pb.QueryEventsResponse:
+        """One page of events by type and time (from the search index); see its freshness."""
+        request = pb.QueryEventsRequest(
+            event_types=list(event_types),
+            aggregate_types=list(aggregate_types),
+            aggregate_id=aggregate_id,
+            page_size=page_size,
+            page_token=page_token,
+            visible_event_id=str(visible_event_id) if visible_event_id else "",
+        )
+        if start is not None:
+            getattr(request, "from").FromDatetime(start)
+        if end is not None:
+            request.to.FromDatetime(end)
+        response: pb.QueryEventsResponse = await self._with_retries(self._stub.QueryEvents, request)
+        return response
+
+    async def query_all(self, **kwargs: Any) -> list[RecordedEvent]:
+        """Every page of a query, as events."""
+        events: list[RecordedEvent] = []
+        token = ""
+        while True:
+            page = await self.query_events(page_token=token, **kwargs)
+            events += [_event_from_proto(e) for e in page.events]
+            token = page.next_page_token
+            if not token:
+                return events
 
     async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
         return [event async for event in self.read(aggregate_id, **kwargs)]

@@ -62,6 +62,10 @@ class KafkaSettings(BaseSettings):
         10.0, ge=0, description="At shutdown, wait this long for queued records to be confirmed"
     )
     linger_ms: int = Field(5, ge=0, description="Producer batching delay")
+    dead_letter_topic: str = Field(
+        "eventstore.dead-letter",
+        description="Where the indexer puts records it cannot index, with the reason",
+    )
 
     def topic(self, aggregate_type: str) -> str:
         return f"{self.topic_prefix}{aggregate_type}"

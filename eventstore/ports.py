@@ -9,6 +9,7 @@ from datetime import datetime
 from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
+from eventstore.domain.queries import Cursor, EventQuery, Freshness
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,3 +176,18 @@ class EventLog(ABC):
         """Read the topics of `aggregate_types` (empty: all, including ones created later) from
         positions (absent partitions: from 0), or from "beginning" or "end". With `key`, only
         the partition that key maps to."""
+
+
+class EventIndex(ABC):
+    """The search index (OpenSearch), fed by the indexer."""
+
+    @abstractmethod
+    async def search(self, query: EventQuery) -> tuple[list[RecordedEvent], Cursor | None]:
+        """One page in (recorded_at, aggregate_id, version) order, and where it ended (None
+        when it was the last)."""
+
+    @abstractmethod
+    async def freshness(self, visible_event_id: UUID | None) -> Freshness: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -20,14 +20,16 @@ from eventstore.api.servicer import EventStoreServicer
 from eventstore.config import ServerSettings
 from eventstore.failpoints import Failpoints
 from eventstore.observability import configure_logging
-from eventstore.ports import EventLog, EventPublisher, EventStorage, PublicationLog
+from eventstore.ports import EventIndex, EventLog, EventPublisher, EventStorage, PublicationLog
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
+from eventstore.search.opensearch import OpenSearchEventIndex
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.publish import Publication
+from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
@@ -45,6 +47,7 @@ class Components:
     outbox: PublicationLog | None = None
     publisher: EventPublisher | None = None
     log: EventLog | None = None
+    index: EventIndex | None = None
     connection: CassandraConnection | None = None
 
     @classmethod
@@ -58,11 +61,20 @@ class Components:
             raise
         # Kafka may be down now: that must not stop appends (the relay catches up later).
         publisher = KafkaEventPublisher(settings.kafka)
-        return cls(storage, outbox, publisher, KafkaEventLog(settings.kafka), connection)
+        return cls(
+            storage,
+            outbox,
+            publisher,
+            KafkaEventLog(settings.kafka),
+            OpenSearchEventIndex(settings.opensearch),
+            connection,
+        )
 
     async def close(self) -> None:
         if self.publisher is not None:
             await self.publisher.close()
+        if self.index is not None:
+            await self.index.close()
         if self.connection is not None:
             await self.connection.close()
 
@@ -123,6 +135,7 @@ async def start(settings: ServerSettings, components: Components | None = None) 
             if components.log is not None
             else None
         ),
+        query=QueryEvents(components.index) if components.index is not None else None,
     )
     # Room for the largest valid append plus protobuf framing, so an oversized request reaches
     # our validation (INVALID_ARGUMENT naming the field) instead of a transport error.

@@ -16,9 +16,6 @@ class IndexerSettings(BaseSettings):
 
     group_id: str = Field("eventstore-indexer", description="Kafka consumer group of all indexers")
     batch_size: int = Field(1000, ge=1, le=50_000, description="Records per bulk request, at most")
-    dead_letter_topic: str = Field(
-        "eventstore.dead-letter", description="Where records that cannot be indexed go, with why"
-    )
     max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between bulk retries")
     state_interval_s: float = Field(1.0, gt=0, description="How often progress is recorded")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus port; 0: off")

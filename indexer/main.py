@@ -20,6 +20,7 @@ import re
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,9 +35,9 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from eventstore.observability import configure_logging
 from eventstore.publishing.log import decode_event
+from eventstore.search.documents import index_name, to_document
+from eventstore.search.setup import ensure_template, make_client
 from indexer.config import IndexerSettings
-from indexer.documents import index_name, to_document
-from indexer.opensearch import ensure_template, make_client
 
 log = structlog.get_logger("indexer")
 
@@ -81,6 +82,8 @@ class Indexer:
             }
         )
         self.stop = threading.Event()
+        # One progress report per indexer instance (each knows only its own partitions).
+        self.instance = f"{settings.group_id}-{uuid.uuid4().hex[:12]}"
         self.max_recorded_at: datetime | None = None
         self._next_state = 0.0
 
@@ -186,7 +189,7 @@ class Indexer:
                 reason=item.reason,
             )
             self.dead_letters.produce(
-                self.settings.dead_letter_topic,
+                self.settings.kafka.dead_letter_topic,
                 key=message.key(),
                 value=message.value(),
                 headers=[

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -14,6 +14,7 @@ from eventstore.domain.events import (
     ExpectedVersion,
     RecordedEvent,
 )
+from eventstore.domain.queries import QueryPage
 from eventstore.domain.subscriptions import StartAt, SubscriptionItem
 from eventstore.domain.validation import RawAppend, RawEvent
 from eventstore.v1 import eventstore_pb2 as pb
@@ -129,3 +130,25 @@ def subscription_item_to_proto(item: SubscriptionItem) -> pb.SubscribeResponse:
     if item.caught_up:
         return pb.SubscribeResponse(caught_up=pb.CaughtUp(), checkpoint=item.checkpoint)
     return pb.SubscribeResponse(heartbeat=pb.Heartbeat(), checkpoint=item.checkpoint)
+
+
+def optional_time(message: pb.QueryEventsRequest, field: str) -> datetime | None:
+    if not message.HasField(field):  # type: ignore[arg-type]
+        return None
+    value: Timestamp = getattr(message, field)
+    return value.ToDatetime(tzinfo=UTC)
+
+
+def query_page_to_proto(page: QueryPage) -> pb.QueryEventsResponse:
+    freshness = pb.IndexFreshness(
+        event_visible=page.freshness.event_visible, indexer_lag=page.freshness.indexer_lag
+    )
+    if page.freshness.reported_at:
+        freshness.reported_at.CopyFrom(timestamp(page.freshness.reported_at))
+    if page.freshness.indexed_through:
+        freshness.indexed_through.CopyFrom(timestamp(page.freshness.indexed_through))
+    return pb.QueryEventsResponse(
+        events=[event_to_proto(e) for e in page.events],
+        next_page_token=page.next_page_token,
+        freshness=freshness,
+    )

@@ -18,10 +18,12 @@ from eventstore.domain.validation import (
     Limits,
     validate_aggregate_id,
     validate_append,
+    validate_query,
     validate_read,
     validate_subscribe,
 )
 from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2 as pb
@@ -91,9 +93,8 @@ def server_streaming(
     return handler
 
 
-class SubscriptionsUnavailable(StorageUnavailable):
-    def __init__(self) -> None:
-        super().__init__("subscriptions need the event log (Kafka), which is not configured")
+class BackendNotConfigured(StorageUnavailable):
+    """This server was built without the backend an RPC needs (tests, partial set-ups)."""
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
@@ -104,12 +105,14 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         describe: DescribeAggregate,
         limits: Limits,
         subscribe: Subscribe | None = None,
+        query: QueryEvents | None = None,
     ) -> None:
         self._append = append
         self._read = read
         self._describe = describe
         self._limits = limits
         self._subscribe = subscribe
+        self._query = query
 
     @unary
     async def Append(
@@ -138,7 +141,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.SubscribeResponse]:
         if self._subscribe is None:
-            raise SubscriptionsUnavailable()
+            raise BackendNotConfigured("subscriptions need the event log (Kafka)")
         subscription, start = validate_subscribe(
             request.aggregate_id,
             list(request.aggregate_types),
@@ -149,6 +152,25 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         )
         async for item in self._subscribe(subscription, start):
             yield convert.subscription_item_to_proto(item)
+
+    @unary
+    async def QueryEvents(
+        self, request: pb.QueryEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.QueryEventsResponse:
+        if self._query is None:
+            raise BackendNotConfigured("queries need the search index (OpenSearch)")
+        query = validate_query(
+            list(request.event_types),
+            list(request.aggregate_types),
+            request.aggregate_id,
+            convert.optional_time(request, "from"),
+            convert.optional_time(request, "to"),
+            request.page_size,
+            request.page_token,
+            request.visible_event_id,
+            self._limits,
+        )
+        return convert.query_page_to_proto(await self._query(query))
 
     @unary
     async def GetAggregate(

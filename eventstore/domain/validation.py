@@ -6,12 +6,14 @@ error the client gets says exactly what to fix. Limits are configurable (see con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from eventstore.domain.errors import FieldViolation, InvalidArgument
 from eventstore.domain.events import (
@@ -21,6 +23,12 @@ from eventstore.domain.events import (
     Expectation,
     ExpectedVersion,
     NewEvent,
+)
+from eventstore.domain.queries import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    EventQuery,
+    decode_page_token,
 )
 from eventstore.domain.subscriptions import (
     Start,
@@ -269,3 +277,46 @@ def validate_subscribe(
         event_types=frozenset(event_types),
     )
     return subscription, Start(start, decoded)
+
+
+def validate_query(
+    event_types: Sequence[str],
+    aggregate_types: Sequence[str],
+    aggregate_id: str,
+    start: datetime | None,
+    end: datetime | None,
+    page_size: int,
+    page_token: str,
+    visible_event_id: str,
+    limits: Limits,
+) -> EventQuery:
+    out = _Collector()
+    for index, name in enumerate(event_types):
+        check_type_name(name, limits, f"event_types[{index}]", out)
+    for index, name in enumerate(aggregate_types):
+        check_type_name(name, limits, f"aggregate_types[{index}]", out)
+    if aggregate_id:
+        check_aggregate_id(aggregate_id, limits, "aggregate_id", out)
+    if start is not None and end is not None and start >= end:
+        out.add("to", "must be later than from")
+    if not 0 <= page_size <= MAX_PAGE_SIZE:
+        out.add("page_size", f"must be between 0 (default {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}")
+    visible: uuid.UUID | None = None
+    if visible_event_id:
+        try:
+            visible = uuid.UUID(visible_event_id)
+        except ValueError:
+            out.add("visible_event_id", "must be a UUID")
+    out.raise_if_any()
+    query = EventQuery(
+        event_types=tuple(event_types),
+        aggregate_types=tuple(aggregate_types),
+        aggregate_id=aggregate_id or None,
+        start=start,
+        end=end,
+        page_size=page_size or DEFAULT_PAGE_SIZE,
+        visible_event_id=visible,
+    )
+    if page_token:
+        return dataclasses.replace(query, after=decode_page_token(query, page_token))
+    return query

@@ -123,15 +123,14 @@ class KafkaLogReader(LogReader):
                 low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
                 return int(low), int(high)
             except KafkaException as exc:
-                if (
-                    attempt == 39
-                    or (not exc.args[0].retriable()
+                if attempt == 39 or (
+                    not exc.args[0].retriable()
                     and exc.args[0].code()
                     not in (
                         KafkaError.NOT_LEADER_FOR_PARTITION,
                         KafkaError.LEADER_NOT_AVAILABLE,
                         KafkaError.UNKNOWN_TOPIC_OR_PART,
-                    ))
+                    )
                 ):
                     raise StorageUnavailable(f"Kafka: {exc.args[0]}") from exc
                 time.sleep(0.25)

@@ -519,3 +519,120 @@ class Heartbeat(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class QueryEventsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    AGGREGATE_TYPES_FIELD_NUMBER: _builtins.int
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    TO_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VISIBLE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    aggregate_id: _builtins.str
+    """Only this aggregate, if set."""
+    page_size: _builtins.int
+    """1..1000; 0 means 100."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, with the same filters."""
+    visible_event_id: _builtins.str
+    """An event id (e.g. from AppendResponse): the answer says whether it is searchable yet."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Any of these event types; empty means all."""
+
+    @_builtins.property
+    def aggregate_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Any of these aggregate types; empty means all."""
+
+    @_builtins.property
+    def to(self) -> _timestamp_pb2.Timestamp:
+        """recorded_at < to (exclusive), if set."""
+
+    def __init__(
+        self,
+        *,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        aggregate_types: _abc.Iterable[_builtins.str] | None = ...,
+        aggregate_id: _builtins.str = ...,
+        to: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        visible_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_types", b"aggregate_types", "event_types", b"event_types", "from", b"from", "page_size", b"page_size", "page_token", b"page_token", "to", b"to", "visible_event_id", b"visible_event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryEventsRequest: _TypeAlias = QueryEventsRequest  # noqa: Y015
+
+@_typing.final
+class QueryEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FRESHNESS_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
+        """Sorted by (recorded_at, aggregate_id, version)."""
+
+    @_builtins.property
+    def freshness(self) -> Global___IndexFreshness: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___Event] | None = ...,
+        next_page_token: _builtins.str = ...,
+        freshness: Global___IndexFreshness | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["freshness", b"freshness"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "freshness", b"freshness", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueryEventsResponse: _TypeAlias = QueryEventsResponse  # noqa: Y015
+
+@_typing.final
+class IndexFreshness(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_VISIBLE_FIELD_NUMBER: _builtins.int
+    INDEXER_LAG_FIELD_NUMBER: _builtins.int
+    REPORTED_AT_FIELD_NUMBER: _builtins.int
+    INDEXED_THROUGH_FIELD_NUMBER: _builtins.int
+    event_visible: _builtins.bool
+    """Whether visible_event_id is searchable now (false when none was asked about)."""
+    indexer_lag: _builtins.int
+    """Records the indexer still had to index when it last reported (-1: unknown)."""
+    @_builtins.property
+    def reported_at(self) -> _timestamp_pb2.Timestamp:
+        """When the indexer last reported."""
+
+    @_builtins.property
+    def indexed_through(self) -> _timestamp_pb2.Timestamp:
+        """The newest recorded_at the indexer had indexed by then."""
+
+    def __init__(
+        self,
+        *,
+        event_visible: _builtins.bool = ...,
+        indexer_lag: _builtins.int = ...,
+        reported_at: _timestamp_pb2.Timestamp | None = ...,
+        indexed_through: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["indexed_through", b"indexed_through", "reported_at", b"reported_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_visible", b"event_visible", "indexed_through", b"indexed_through", "indexer_lag", b"indexer_lag", "reported_at", b"reported_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexFreshness: _TypeAlias = IndexFreshness  # noqa: Y015

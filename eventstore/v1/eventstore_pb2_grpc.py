@@ -54,6 +54,11 @@ class EventStoreStub:
                 request_serializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.QueryEvents = channel.unary_unary(
+                '/eventstore.v1.EventStore/QueryEvents',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -90,6 +95,14 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryEvents(self, request, context):
+        """Events by type and time across aggregates, from the search index (eventually consistent:
+        the answer says how fresh the index is).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +125,11 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeRequest.FromString,
                     response_serializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'QueryEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryEvents,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +240,33 @@ class EventStore:
             '/eventstore.v1.EventStore/Subscribe',
             eventstore_dot_v1_dot_eventstore__pb2.SubscribeRequest.SerializeToString,
             eventstore_dot_v1_dot_eventstore__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/QueryEvents',
+            eventstore_dot_v1_dot_eventstore__pb2.QueryEventsRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.QueryEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

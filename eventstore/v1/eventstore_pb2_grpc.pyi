@@ -46,6 +46,10 @@ class EventStoreStub:
     checkpoint to resume from after a disconnect. Per aggregate: versions in order, no gaps,
     no repeats.
     """
+    QueryEvents: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.QueryEventsRequest, _eventstore_pb2.QueryEventsResponse]
+    """Events by type and time across aggregates, from the search index (eventually consistent:
+    the answer says how fresh the index is).
+    """
 
 @_typing.type_check_only
 class EventStoreAsyncStub(EventStoreStub):
@@ -62,6 +66,10 @@ class EventStoreAsyncStub(EventStoreStub):
     """History first, then a caught_up marker, then live events; every message carries a
     checkpoint to resume from after a disconnect. Per aggregate: versions in order, no gaps,
     no repeats.
+    """
+    QueryEvents: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.QueryEventsRequest, _eventstore_pb2.QueryEventsResponse]  # type: ignore[assignment]
+    """Events by type and time across aggregates, from the search index (eventually consistent:
+    the answer says how fresh the index is).
     """
 
 class EventStoreServicer(metaclass=_abc_1.ABCMeta):
@@ -100,6 +108,16 @@ class EventStoreServicer(metaclass=_abc_1.ABCMeta):
         """History first, then a caught_up marker, then live events; every message carries a
         checkpoint to resume from after a disconnect. Per aggregate: versions in order, no gaps,
         no repeats.
+        """
+
+    @_abc_1.abstractmethod
+    def QueryEvents(
+        self,
+        request: _eventstore_pb2.QueryEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.QueryEventsResponse, _abc.Awaitable[_eventstore_pb2.QueryEventsResponse]]:
+        """Events by type and time across aggregates, from the search index (eventually consistent:
+        the answer says how fresh the index is).
         """
 
 def add_EventStoreServicer_to_server(servicer: EventStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -33,13 +34,27 @@ def to_document(event: RecordedEvent) -> dict[str, Any]:
     }
     if event.metadata:
         document["metadata"] = dict(event.metadata)
-    if is_json_content_type(event.content_type):
-        data = json.loads(event.data) if event.data else None
+    # The exact bytes, so a query returns what was appended; `data` below is for searching.
+    document["payload"] = base64.b64encode(event.data).decode()
+    if is_json_content_type(event.content_type) and event.data:
+        data = json.loads(event.data)
         # flat_object wants an object at the top: wrap anything else.
         document["data"] = data if isinstance(data, dict) else {"value": data}
-    elif event.data:
-        document["data_base64"] = base64.b64encode(event.data).decode()
     return document
+
+
+def from_document(source: dict[str, Any]) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=uuid.UUID(source["event_id"]),
+        aggregate_id=source["aggregate_id"],
+        aggregate_type=source["aggregate_type"],
+        version=int(source["version"]),
+        event_type=source["event_type"],
+        data=base64.b64decode(source.get("payload", "")),
+        content_type=source["content_type"],
+        metadata={str(k): str(v) for k, v in (source.get("metadata") or {}).items()},
+        recorded_at=datetime.fromisoformat(source["recorded_at"]),
+    )
 
 
 def index_template(settings: OpenSearchSettings) -> dict[str, Any]:
@@ -67,7 +82,7 @@ def index_template(settings: OpenSearchSettings) -> dict[str, Any]:
                     "content_type": keyword,
                     "metadata": {"type": "flat_object"},
                     "data": {"type": "flat_object"},
-                    "data_base64": {"type": "binary"},
+                    "payload": {"type": "binary"},
                 },
             },
             "aliases": {settings.alias: {}},

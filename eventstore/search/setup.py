@@ -1,11 +1,11 @@
-"""OpenSearch client construction and the idempotent set-up (template, first index)."""
+"""A synchronous OpenSearch client (indexer, migrations) and the idempotent template set-up."""
 
 from __future__ import annotations
 
 from opensearchpy import OpenSearch
 
 from eventstore.config import OpenSearchSettings
-from indexer.documents import index_template, template_name
+from eventstore.search.documents import index_template, template_name
 
 
 def make_client(settings: OpenSearchSettings) -> OpenSearch:

@@ -1,0 +1,81 @@
+"""Queries across aggregates (by type and time), their pages and the index's freshness."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from eventstore.domain.errors import InvalidArgument
+from eventstore.domain.events import RecordedEvent
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+#: Where a page ends, as the index's sort values: (recorded_at ms, aggregate_id, version).
+Cursor = tuple[int, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    event_types: tuple[str, ...] = ()
+    aggregate_types: tuple[str, ...] = ()
+    aggregate_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    page_size: int = DEFAULT_PAGE_SIZE
+    after: Cursor | None = None
+    visible_event_id: UUID | None = None
+
+    def fingerprint(self) -> str:
+        """Identifies the filters, so a page token cannot be replayed against other ones."""
+        key = json.dumps(
+            [
+                sorted(self.event_types),
+                sorted(self.aggregate_types),
+                self.aggregate_id,
+                self.start.isoformat() if self.start else None,
+                self.end.isoformat() if self.end else None,
+            ]
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    event_visible: bool = False
+    indexer_lag: int = -1
+    reported_at: datetime | None = None
+    indexed_through: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryPage:
+    events: list[RecordedEvent]
+    next_page_token: str
+    freshness: Freshness
+
+
+def encode_page_token(query: EventQuery, cursor: Cursor) -> str:
+    raw = json.dumps({"f": query.fingerprint(), "a": list(cursor)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_page_token(query: EventQuery, token: str) -> Cursor:
+    bad = InvalidArgument.of("page_token", "is not a page token of this query")
+    try:
+        body = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
+        millis, aggregate_id, version = body["a"]
+        if body["f"] != query.fingerprint():
+            raise bad
+        if not (
+            isinstance(millis, int) and isinstance(aggregate_id, str) and isinstance(version, int)
+        ):
+            raise bad
+        return (millis, aggregate_id, version)
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise bad from exc

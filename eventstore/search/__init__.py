@@ -1,0 +1,1 @@
+"""The search index: document format, index template, and the query adapter (OpenSearch)."""

@@ -1,0 +1,123 @@
+"""EventIndex on OpenSearch (async client): queries through the alias, paged by search_after."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from opensearchpy import AsyncOpenSearch
+from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
+from opensearchpy.exceptions import TransportError
+
+from eventstore.config import OpenSearchSettings
+from eventstore.domain.errors import StorageUnavailable
+from eventstore.domain.events import RecordedEvent
+from eventstore.domain.queries import Cursor, EventQuery, Freshness
+from eventstore.ports import EventIndex
+from eventstore.search.documents import from_document
+
+SORT = [{"recorded_at": "asc"}, {"aggregate_id": "asc"}, {"version": "asc"}]
+#: Indexer reports older than this are not counted (that indexer is gone).
+REPORT_MAX_AGE = timedelta(minutes=2)
+
+
+def _millis(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class OpenSearchEventIndex(EventIndex):
+    def __init__(self, settings: OpenSearchSettings) -> None:
+        self._settings = settings
+        auth = None
+        if settings.username and settings.password:
+            auth = (settings.username, settings.password.get_secret_value())
+        self._client = AsyncOpenSearch(
+            hosts=[settings.url], http_auth=auth, timeout=settings.request_timeout_s
+        )
+
+    async def _call(self, method: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(**kwargs)
+        except (OpenSearchConnectionError, TransportError) as exc:
+            raise StorageUnavailable(f"OpenSearch: {type(exc).__name__}") from exc
+
+    async def search(self, query: EventQuery) -> tuple[list[RecordedEvent], Cursor | None]:
+        filters: list[dict[str, Any]] = []
+        if query.event_types:
+            filters.append({"terms": {"event_type": list(query.event_types)}})
+        if query.aggregate_types:
+            filters.append({"terms": {"aggregate_type": list(query.aggregate_types)}})
+        if query.aggregate_id:
+            filters.append({"term": {"aggregate_id": query.aggregate_id}})
+        if query.start or query.end:
+            bounds: dict[str, int] = {}
+            if query.start:
+                bounds["gte"] = _millis(query.start)
+            if query.end:
+                bounds["lt"] = _millis(query.end)
+            filters.append({"range": {"recorded_at": {**bounds, "format": "epoch_millis"}}})
+        body: dict[str, Any] = {
+            "size": query.page_size,
+            "sort": SORT,
+            "query": {"bool": {"filter": filters}},
+            "track_total_hits": False,
+        }
+        if query.after:
+            body["search_after"] = list(query.after)
+        response = await self._call(
+            self._client.search,
+            index=self._settings.alias,
+            body=body,
+            ignore_unavailable=True,
+            allow_no_indices=True,
+        )
+        hits = response["hits"]["hits"]
+        events = [from_document(hit["_source"]) for hit in hits]
+        cursor: Cursor | None = None
+        if len(hits) == query.page_size:
+            millis, aggregate_id, version = hits[-1]["sort"]
+            cursor = (int(millis), str(aggregate_id), int(version))
+        return events, cursor
+
+    async def freshness(self, visible_event_id: uuid.UUID | None) -> Freshness:
+        visible = False
+        if visible_event_id is not None:
+            found = await self._call(
+                self._client.search,
+                index=self._settings.alias,
+                body={"size": 0, "query": {"ids": {"values": [str(visible_event_id)]}}},
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            )
+            visible = found["hits"]["total"]["value"] > 0
+        since = datetime.now(UTC) - REPORT_MAX_AGE
+        reports = await self._call(
+            self._client.search,
+            index=self._settings.state_index,
+            body={"size": 100, "query": {"range": {"reported_at": {"gte": since.isoformat()}}}},
+            ignore_unavailable=True,
+            allow_no_indices=True,
+        )
+        sources = [hit["_source"] for hit in reports["hits"]["hits"]]
+        if not sources:
+            return Freshness(event_visible=visible)
+        lags = [int(s.get("lag", -1)) for s in sources]
+        reported = [t for s in sources if (t := _parse_time(s.get("reported_at")))]
+        through = [t for s in sources if (t := _parse_time(s.get("max_recorded_at")))]
+        return Freshness(
+            event_visible=visible,
+            indexer_lag=-1 if min(lags) < 0 else sum(lags),
+            reported_at=min(reported) if reported else None,
+            indexed_through=min(through) if through else None,
+        )
+
+    async def close(self) -> None:
+        await self._client.close()

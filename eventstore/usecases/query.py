@@ -1,0 +1,20 @@
+"""Query events across aggregates from the search index, with how fresh the index is."""
+
+from __future__ import annotations
+
+import asyncio
+
+from eventstore.domain.queries import EventQuery, QueryPage, encode_page_token
+from eventstore.ports import EventIndex
+
+
+class QueryEvents:
+    def __init__(self, index: EventIndex) -> None:
+        self._index = index
+
+    async def __call__(self, query: EventQuery) -> QueryPage:
+        (events, cursor), freshness = await asyncio.gather(
+            self._index.search(query), self._index.freshness(query.visible_event_id)
+        )
+        token = encode_page_token(query, cursor) if cursor else ""
+        return QueryPage(events, token, freshness)
