@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -26,7 +27,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from google.protobuf.message import DecodeError
 from opensearchpy import OpenSearch
 from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
@@ -34,6 +36,7 @@ from opensearchpy.exceptions import TransportError
 from prometheus_client import Counter, Gauge, start_http_server
 
 from eventstore.observability import configure_logging
+from eventstore.publishing.kafka import ensure_topic
 from eventstore.publishing.log import decode_event
 from eventstore.search.documents import index_name, to_document
 from eventstore.search.setup import ensure_template, make_client
@@ -93,6 +96,9 @@ class Indexer:
         self._retry(
             "put the index template", lambda: ensure_template(self.client, self.settings.opensearch)
         )
+        kafka = self.settings.kafka
+        admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 3})
+        asyncio.run(ensure_topic(admin, kafka.dead_letter_topic, kafka))
         pattern = f"^{re.escape(self.settings.kafka.topic_prefix)}.*"
         self.consumer.subscribe([pattern])
         log.info("indexer subscribed", pattern=pattern, group=self.settings.group_id)
@@ -179,29 +185,48 @@ class Indexer:
         return rejected
 
     def _dead_letter(self, poison: list[Poison]) -> None:
-        for item in poison:
-            message = item.message
-            log.warning(
-                "record sent to the dead-letter topic",
-                topic=message.topic(),
-                partition=message.partition(),
-                offset=message.offset(),
-                reason=item.reason,
-            )
-            self.dead_letters.produce(
-                self.settings.kafka.dead_letter_topic,
-                key=message.key(),
-                value=message.value(),
-                headers=[
-                    ("reason", item.reason.encode()),
-                    ("source_topic", (message.topic() or "").encode()),
-                    ("source_partition", str(message.partition()).encode()),
-                    ("source_offset", str(message.offset()).encode()),
-                ],
-            )
+        """Put every poison record in the dead-letter topic; return only once Kafka has them
+        all (never commit past a letter that is not stored)."""
+        pending = list(poison)
         backoff = 0.1
-        while self.dead_letters.flush(5) > 0:  # never commit past a letter Kafka has not got
-            backoff = self._wait(backoff)
+        while pending:
+            failed: list[Poison] = []
+            for item in pending:
+                message = item.message
+                log.warning(
+                    "record sent to the dead-letter topic",
+                    topic=message.topic(),
+                    partition=message.partition(),
+                    offset=message.offset(),
+                    reason=item.reason,
+                )
+
+                def report(
+                    err: KafkaError | None,
+                    _msg: Message,
+                    item: Poison = item,
+                    failed: list[Poison] = failed,
+                ) -> None:
+                    if err is not None:
+                        failed.append(item)
+
+                self.dead_letters.produce(
+                    self.settings.kafka.dead_letter_topic,
+                    key=message.key(),
+                    value=message.value(),
+                    headers=[
+                        ("reason", item.reason.encode()),
+                        ("source_topic", (message.topic() or "").encode()),
+                        ("source_partition", str(message.partition()).encode()),
+                        ("source_offset", str(message.offset()).encode()),
+                    ],
+                    on_delivery=report,
+                )
+            while self.dead_letters.flush(5) > 0:
+                backoff = self._wait(backoff)
+            pending = failed
+            if pending:
+                backoff = self._wait(backoff)
         DEAD_LETTERS.inc(len(poison))
 
     def _commit(self, batch: list[Message]) -> None:

@@ -58,3 +58,9 @@ def decode(message: Message) -> pb.Event:
     event = pb.Event()
     event.ParseFromString(bytes(message.value() or b""))
     return event
+
+
+def header_map(message: Message) -> dict[str, bytes]:
+    raw = message.headers() or []
+    pairs = list(raw.items()) if isinstance(raw, dict) else raw
+    return {k: v.encode() if isinstance(v, str) else (v or b"") for k, v in pairs}

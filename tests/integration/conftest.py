@@ -12,9 +12,17 @@ from confluent_kafka.admin import AdminClient
 
 from devstack import stack
 from eventstore.client import EventStoreClient
-from eventstore.config import CassandraSettings, KafkaSettings, RelaySettings, ServerSettings
+from eventstore.config import (
+    CassandraSettings,
+    KafkaSettings,
+    OpenSearchSettings,
+    RelaySettings,
+    ServerSettings,
+)
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
+from eventstore.search.opensearch import OpenSearchEventIndex
+from eventstore.search.setup import make_client
 from eventstore.server import Components, RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
 from eventstore.storage.outbox import CassandraPublicationLog
@@ -79,7 +87,8 @@ def topic_prefixes(kafka_bootstrap: str) -> Iterator[list[str]]:
     prefixes: list[str] = []
     yield prefixes
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tuple(prefixes))]
+    stems = tuple(p.rstrip(".") for p in prefixes)
+    topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(stems)]
     if topics:
         for future in admin.delete_topics(topics, operation_timeout=30).values():
             future.result()
@@ -89,17 +98,49 @@ def topic_prefixes(kafka_bootstrap: str) -> Iterator[list[str]]:
 def kafka_settings(kafka_bootstrap: str, topic_prefixes: list[str]) -> KafkaSettings:
     prefix = f"test-{uuid.uuid4().hex[:10]}."
     topic_prefixes.append(prefix)
-    return KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix, partitions=3)
+    return KafkaSettings(
+        bootstrap=kafka_bootstrap,
+        topic_prefix=prefix,
+        partitions=3,
+        dead_letter_topic=f"{prefix.rstrip('.')}-dead-letter",
+    )
+
+
+@pytest.fixture(scope="session")
+def opensearch_url(endpoints: dict[str, str]) -> str:
+    return endpoints["EVENTSTORE_OPENSEARCH_URL"]
+
+
+@pytest.fixture(scope="session")
+def index_prefixes(opensearch_url: str) -> Iterator[list[str]]:
+    """Indices and templates of this session, deleted at its end."""
+    prefixes: list[str] = []
+    yield prefixes
+    client = make_client(OpenSearchSettings(url=opensearch_url))
+    for prefix in prefixes:
+        client.indices.delete(index=f"{prefix}*", ignore_unavailable=True)
+        client.indices.delete_index_template(name=f"{prefix}-template", ignore=[404])
+    client.close()
+
+
+@pytest.fixture
+def opensearch_settings(opensearch_url: str, index_prefixes: list[str]) -> OpenSearchSettings:
+    prefix = f"test-{uuid.uuid4().hex[:10]}-events"
+    index_prefixes.append(prefix)
+    return OpenSearchSettings(url=opensearch_url, index_prefix=prefix)
 
 
 @pytest.fixture
 def server_settings(
-    cassandra_settings: CassandraSettings, kafka_settings: KafkaSettings
+    cassandra_settings: CassandraSettings,
+    kafka_settings: KafkaSettings,
+    opensearch_settings: OpenSearchSettings,
 ) -> ServerSettings:
     return ServerSettings(
         listen="127.0.0.1:0",
         cassandra=cassandra_settings,
         kafka=kafka_settings,
+        opensearch=opensearch_settings,
         relay=RelaySettings(interval_s=0.2, min_age_s=1.0),
     )
 
@@ -113,6 +154,7 @@ async def server(
         outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
         publisher=KafkaEventPublisher(server_settings.kafka),
         log=KafkaEventLog(server_settings.kafka),
+        index=OpenSearchEventIndex(server_settings.opensearch),
     )
     running = await start(server_settings, components)
     yield running

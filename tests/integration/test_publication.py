@@ -18,7 +18,7 @@ from eventstore.config import CassandraSettings, KafkaSettings, ServerSettings
 from eventstore.publishing.records import murmur2_partition
 from eventstore.server import RunningServer
 from tests.integration.test_restart import ServerProcess, free_port
-from tests.support import decode, read_topic, unique
+from tests.support import decode, header_map, read_topic, unique
 
 pytestmark = pytest.mark.integration
 
@@ -56,7 +56,7 @@ async def test_committed_events_are_published_with_key_headers_and_value(
     event = decode(record)
     assert record.key() == event.aggregate_id.encode()
     assert record.partition() == murmur2_partition(record.key() or b"", kafka_settings.partitions)
-    headers = dict(record.headers() or [])
+    headers = header_map(record)
     assert headers["event_id"] == event.event_id.encode()
     assert headers["event_type"] == event.event_type.encode()
     assert headers["aggregate_type"] == b"Order"
