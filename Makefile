@@ -35,11 +35,11 @@ services-down:  ## stop exactly the services services-up started
 services-status: $(INSTALLED)  ## per service: up/down, address, pid, memory, log file
 	@$(PY) -m devstack status || true
 
-migrate: services-up  ## create keyspace, tables, topics, index templates (idempotent)
+migrate: services-up  ## keyspace and tables, index template, dead-letter topic (idempotent)
 	$(PY) -m eventstore.migrate
 
-run: migrate  ## the whole system on a local stack, in the foreground (Ctrl-C stops it)
-	EVENTSTORE_LOG_FORMAT=$${EVENTSTORE_LOG_FORMAT:-console} exec $(PY) -m eventstore.server
+run: migrate  ## server + indexer on the local stack, in the foreground (Ctrl-C stops them)
+	exec $(PY) -m devstack.run
 
 lint: $(INSTALLED)  ## ruff and mypy (strict; generated code excluded)
 	$(VENV)/bin/ruff check .
@@ -56,8 +56,9 @@ test-unit: $(INSTALLED)  ## unit tests only (no services)
 test: lint services-up  ## lint, then the whole suite against the real services
 	$(PY) -m pytest
 
-bench: migrate  ## append throughput and latency against the real stack
+bench: migrate  ## append, publication, indexing and query figures against the real stack
 	$(PY) -m benchmarks.append
+	$(PY) -m benchmarks.query
 
 clean:  ## remove the virtualenv (the stack's data and the download cache stay)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,59 @@
+"""`make run`: the server and the indexer in the foreground, as two processes.
+
+Ctrl-C (or SIGTERM) stops both cleanly; if either exits, the other is stopped too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+COMMANDS = {
+    "server": [sys.executable, "-m", "eventstore.server"],
+    "indexer": [sys.executable, "-m", "indexer.main"],
+}
+
+
+def main() -> int:
+    env = {**os.environ}
+    env.setdefault("EVENTSTORE_LOG_FORMAT", "console")
+    env.setdefault("EVENTSTORE_INDEXER_LOG_FORMAT", "console")
+    children = {name: subprocess.Popen(cmd, env=env) for name, cmd in COMMANDS.items()}
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(
+        "[run] server on 127.0.0.1:50051 and indexer started; Ctrl-C stops both",
+        file=sys.stderr,
+        flush=True,
+    )
+    while not stopping and all(child.poll() is None for child in children.values()):
+        time.sleep(0.2)
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for name, child in children.items():
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print(f"[run] {name} did not stop in 30 s; killing it", file=sys.stderr)
+            child.kill()
+            child.wait()
+    codes = {name: child.returncode for name, child in children.items()}
+    failed = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
+    if failed and not stopping:
+        print(f"[run] stopped because a process exited: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
