@@ -550,11 +550,14 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log yet)"
 
 
-_LAUNCHED: list[subprocess.Popen[bytes]] = []
+# Starts the command in the background of a throw-away shell, in a new session, so that the
+# service is nobody's child: it outlives whoever ran `up` (a test run, a terminal's Ctrl-C)
+# and is reaped by init, never left a zombie of ours.
+_DETACH = 'exec "$@" >>"$DEVSTACK_LOG" 2>&1 </dev/null & echo $!'
 
 
-def start(service: Service, java: Path) -> tuple[subprocess.Popen[bytes], float] | None:
-    """Launch the service unless it already runs; return (process, launch time)."""
+def start(service: Service, java: Path) -> tuple[int, float] | None:
+    """Launch the service unless it already runs; return (pid, launch time)."""
     home = service.home
     home.mkdir(parents=True, exist_ok=True)
     if service.running_pid() is not None:
@@ -568,27 +571,24 @@ def start(service: Service, java: Path) -> tuple[subprocess.Popen[bytes], float]
     command = service.prepare(home, java)
     service.log_file.parent.mkdir(parents=True, exist_ok=True)
     say(f"starting {service.name} (log: {service.log_file})")
-    with service.log_file.open("ab") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=home,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **service.extra_env(home, java)},
-            start_new_session=True,  # Ctrl-C in the terminal must not kill the stack
-        )
-    service.pid_file.write_text(str(process.pid))
-    # The service outlives this call (and maybe this process): keep the handle so Python does
-    # not warn about a still-running child when it would otherwise be garbage-collected.
-    _LAUNCHED.append(process)
-    return process, time.monotonic()
+    launcher = subprocess.run(
+        ["/bin/sh", "-c", _DETACH, "sh", *command],
+        cwd=home,
+        env={**os.environ, **service.extra_env(home, java), "DEVSTACK_LOG": str(service.log_file)},
+        capture_output=True,
+        text=True,
+        check=True,
+        start_new_session=True,
+    )
+    pid = int(launcher.stdout.strip())
+    service.pid_file.write_text(str(pid))
+    return pid, time.monotonic()
 
 
 def up(names: Sequence[str] = ()) -> None:
     services = by_name(names)
     java: Path | None = None
-    launched: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
+    launched: dict[str, tuple[int, float]] = {}
     for service in services:
         if service.external:
             say(f"{service.name}: using {service.external} ({service.env_var}); not starting one")
@@ -612,8 +612,7 @@ def up(names: Sequence[str] = ()) -> None:
                 else:
                     say(f"{service.name}: ready at {service.endpoint}")
                 continue
-            if service.name in launched and launched[service.name][0].poll() is not None:
-                service.pid_file.unlink(missing_ok=True)
+            if service.name in launched and service.running_pid() is None:
                 fail(service, "the process exited during start-up")
         if pending and time.monotonic() > deadline:
             fail(pending[0], f"not answering after {START_TIMEOUT_S:.0f} s")
