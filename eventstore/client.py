@@ -148,7 +148,7 @@ def _error(exc: grpc.aio.AioRpcError) -> ClientError:
     return cls(exc.code(), exc.details() or "", status)
 
 
-def _event_from_proto(event: pb.Event) -> RecordedEvent:
+def event_from_proto(event: pb.Event) -> RecordedEvent:
     return RecordedEvent(
         event_id=uuid.UUID(event.event_id),
         aggregate_id=event.aggregate_id,
@@ -245,7 +245,7 @@ class EventStoreClient:
         try:
             async for page in self._stub.ReadAggregate(request):
                 for event in page.events:
-                    yield _event_from_proto(event)
+                    yield event_from_proto(event)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
 
@@ -276,7 +276,7 @@ class EventStoreClient:
                 kind = message.WhichOneof("message")
                 yield SubscriptionMessage(
                     checkpoint=message.checkpoint,
-                    event=_event_from_proto(message.event) if kind == "event" else None,
+                    event=event_from_proto(message.event) if kind == "event" else None,
                     caught_up=kind == "caught_up",
                     heartbeat=kind == "heartbeat",
                 )
@@ -296,6 +296,7 @@ class EventStoreClient:
         page_size: int = 0,
         page_token: str = "",
         visible_event_id: uuid.UUID | None = None,
+        count_total: bool = False,
     ) -> pb.QueryEventsResponse:
         """One page of events by type and time (from the search index); see its freshness."""
         request = pb.QueryEventsRequest(
@@ -305,6 +306,7 @@ class EventStoreClient:
             page_size=page_size,
             page_token=page_token,
             visible_event_id=str(visible_event_id) if visible_event_id else "",
+            count_total=count_total,
         )
         if start is not None:
             getattr(request, "from").FromDatetime(start)
@@ -319,10 +321,36 @@ class EventStoreClient:
         token = ""
         while True:
             page = await self.query_events(page_token=token, **kwargs)
-            events += [_event_from_proto(e) for e in page.events]
+            events += [event_from_proto(e) for e in page.events]
             token = page.next_page_token
             if not token:
                 return events
+
+    async def save_snapshot(
+        self,
+        aggregate_id: str,
+        version: int,
+        state: bytes,
+        state_type: str,
+        schema_version: int = 1,
+    ) -> None:
+        request = pb.SaveSnapshotRequest(
+            aggregate_id=aggregate_id,
+            version=version,
+            state=state,
+            state_type=state_type,
+            schema_version=schema_version,
+        )
+        await self._with_retries(self._stub.SaveSnapshot, request)
+
+    async def get_snapshot(self, aggregate_id: str, max_version: int = 0) -> pb.Snapshot | None:
+        """The latest snapshot at or below max_version (0: any), or None."""
+        request = pb.GetSnapshotRequest(aggregate_id=aggregate_id, max_version=max_version)
+        try:
+            snapshot: pb.Snapshot = await self._with_retries(self._stub.GetSnapshot, request)
+        except AggregateNotFoundError:
+            return None
+        return snapshot
 
     async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
         return [event async for event in self.read(aggregate_id, **kwargs)]

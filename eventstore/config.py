@@ -120,6 +120,7 @@ class LimitSettings(BaseSettings):
     max_events_per_append: int = Field(1000, ge=1)
     max_event_bytes: int = Field(1024 * 1024, ge=1)
     max_append_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    max_snapshot_bytes: int = Field(4 * 1024 * 1024, ge=1)
 
     def to_limits(self) -> Limits:
         return Limits(
@@ -128,6 +129,7 @@ class LimitSettings(BaseSettings):
             max_events_per_append=self.max_events_per_append,
             max_event_bytes=self.max_event_bytes,
             max_append_bytes=self.max_append_bytes,
+            max_snapshot_bytes=self.max_snapshot_bytes,
         )
 
 

@@ -10,6 +10,7 @@ from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
 from eventstore.domain.queries import Cursor, EventQuery, Freshness
+from eventstore.domain.snapshots import Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,12 +183,24 @@ class EventIndex(ABC):
     """The search index (OpenSearch), fed by the indexer."""
 
     @abstractmethod
-    async def search(self, query: EventQuery) -> tuple[list[RecordedEvent], Cursor | None]:
-        """One page in (recorded_at, aggregate_id, version) order, and where it ended (None
-        when it was the last)."""
+    async def search(
+        self, query: EventQuery
+    ) -> tuple[list[RecordedEvent], Cursor | None, int | None]:
+        """One page in (recorded_at, aggregate_id, version) order, where it ended (None when
+        it was the last) and, if the query asks, how many events match in all."""
 
     @abstractmethod
     async def freshness(self, visible_event_id: UUID | None) -> Freshness: ...
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class SnapshotStore(ABC):
+    @abstractmethod
+    async def save(self, snapshot: Snapshot) -> None:
+        """Store it (replacing a snapshot of the same aggregate and version)."""
+
+    @abstractmethod
+    async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
+        """The snapshot with the highest version <= max_version (None: any)."""

@@ -20,17 +20,26 @@ from eventstore.api.servicer import EventStoreServicer
 from eventstore.config import ServerSettings
 from eventstore.failpoints import Failpoints
 from eventstore.observability import configure_logging
-from eventstore.ports import EventIndex, EventLog, EventPublisher, EventStorage, PublicationLog
+from eventstore.ports import (
+    EventIndex,
+    EventLog,
+    EventPublisher,
+    EventStorage,
+    PublicationLog,
+    SnapshotStore,
+)
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
 from eventstore.search.opensearch import OpenSearchEventIndex
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
+from eventstore.storage.snapshots import CassandraSnapshotStore
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
 
@@ -48,6 +57,7 @@ class Components:
     publisher: EventPublisher | None = None
     log: EventLog | None = None
     index: EventIndex | None = None
+    snapshots: SnapshotStore | None = None
     connection: CassandraConnection | None = None
 
     @classmethod
@@ -67,6 +77,7 @@ class Components:
             publisher,
             KafkaEventLog(settings.kafka),
             OpenSearchEventIndex(settings.opensearch),
+            await CassandraSnapshotStore.create(connection),
             connection,
         )
 
@@ -136,6 +147,11 @@ async def start(settings: ServerSettings, components: Components | None = None) 
             else None
         ),
         query=QueryEvents(components.index) if components.index is not None else None,
+        snapshots=(
+            (SaveSnapshot(storage, components.snapshots), GetSnapshot(components.snapshots))
+            if components.snapshots is not None
+            else None
+        ),
     )
     # Room for the largest valid append plus protobuf framing, so an oversized request reaches
     # our validation (INVALID_ARGUMENT naming the field) instead of a transport error.

@@ -1,8 +1,176 @@
-"""eventstore-replay entry point. The replay CLI is not built yet (issue #6); say so plainly."""
+"""eventstore-replay: rebuild state from events, export history, re-publish it.
 
+Examples:
+  eventstore-replay state user-1 --reducer replayer.examples.users:reduce
+  eventstore-replay state order-7 --reducer myapp.orders:reduce --to-version 120 --save-snapshot
+  eventstore-replay export --types OrderShipped --from 2026-11-01 --to 2026-11-02 > shipped.jsonl
+  eventstore-replay republish --aggregate-types Order --topic orders-rebuild --rate 500
+  eventstore-replay republish --types OrderPlaced --topic rebuild --dry-run
+
+The server is EVENTSTORE_SERVER (default 127.0.0.1:50051) or --server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
 import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from eventstore.client import ClientError, EventStoreClient, RetryPolicy
+from replayer import commands
+from replayer.reducers import ReplayError
 
 
-def main() -> None:
-    print("eventstore-replay: not implemented yet (see issue #6)", file=sys.stderr)
-    raise SystemExit(2)
+def _time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO time such as 2026-11-26 or 2026-11-26T10:00:00Z"
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--types", nargs="+", default=[], metavar="EVENT_TYPE", help="only these event types"
+    )
+    parser.add_argument(
+        "--aggregate-types",
+        nargs="+",
+        default=[],
+        metavar="TYPE",
+        help="only these aggregate types",
+    )
+    parser.add_argument("--aggregate-id", default="", help="only this aggregate")
+    parser.add_argument(
+        "--from", dest="start", type=_time, help="recorded at or after (ISO time; UTC if no zone)"
+    )
+    parser.add_argument("--to", dest="end", type=_time, help="recorded before (ISO time)")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="eventstore-replay",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    root.add_argument("--server", default=os.environ.get("EVENTSTORE_SERVER", "127.0.0.1:50051"))
+    root.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    state = sub.add_parser(
+        "state",
+        help="fold an aggregate's events through a reducer and print the state as JSON",
+        description="Fold the events of AGGREGATE_ID through REDUCER (a function "
+        "reduce(state, event) -> state; state starts as None) and print the final state as JSON. "
+        "Starts from the latest snapshot at or below the target that this reducer made, unless "
+        "--no-snapshot.\n\n"
+        "Example: eventstore-replay state user-1 --reducer replayer.examples.users:reduce",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    state.add_argument("aggregate_id")
+    state.add_argument("--reducer", required=True, metavar="MODULE:FUNCTION")
+    state.add_argument(
+        "--to-version", type=int, default=0, help="stop at this version (default: the last)"
+    )
+    state.add_argument(
+        "--no-snapshot", action="store_true", help="replay every event from version 1"
+    )
+    state.add_argument(
+        "--save-snapshot", action="store_true", help="store the result as a snapshot"
+    )
+
+    export = sub.add_parser(
+        "export",
+        help="write matching events as JSON lines, in (recorded_at, aggregate_id, version) order",
+        description="Stream the events matching the filters, in order, as JSON lines.\n\n"
+        "Example: eventstore-replay export --types OrderShipped --from 2026-11-01 --to 2026-11-02",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _filters(export)
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--output", type=Path, help="file to write (default: stdout)")
+
+    republish = sub.add_parser(
+        "republish",
+        help="send matching history to a Kafka topic, resumably",
+        description="Send the events matching the filters, in order, to TOPIC in the live "
+        "record format (key = aggregate id, protobuf value, headers). Interrupt with Ctrl-C and "
+        "run the same command again to resume from the checkpoint file.\n\n"
+        "Example: eventstore-replay republish --aggregate-types Order --topic orders-rebuild "
+        "--rate 500",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _filters(republish)
+    republish.add_argument("--topic", required=True)
+    republish.add_argument("--rate", type=float, help="events per second at most")
+    republish.add_argument("--dry-run", action="store_true", help="print what would be sent")
+    republish.add_argument(
+        "--kafka", default=os.environ.get("EVENTSTORE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    )
+    republish.add_argument("--checkpoint", type=Path, help="default: ./.republish-<topic>.json")
+    return root
+
+
+async def run(args: argparse.Namespace) -> None:
+    async with EventStoreClient(args.server, retry=RetryPolicy(attempts=3), timeout_s=30) as client:
+        if args.command == "state":
+            await commands.state(
+                client,
+                args.aggregate_id,
+                args.reducer,
+                args.to_version,
+                use_snapshot=not args.no_snapshot,
+                save_snapshot=args.save_snapshot,
+                out=sys.stdout,
+            )
+            return
+        filters = commands.Filters(
+            args.types, args.aggregate_types, args.aggregate_id, args.start, args.end
+        )
+        if args.command == "export":
+            if args.output:
+                with args.output.open("w") as out:
+                    count = await commands.export(client, filters, out)
+            else:
+                count = await commands.export(client, filters, sys.stdout)
+            print(f"exported {count} events", file=sys.stderr)
+            return
+        checkpoint = args.checkpoint or Path(f".republish-{args.topic}.json")
+        sent = await commands.republish(
+            client, filters, args.topic, args.kafka, args.rate, args.dry_run, checkpoint, sys.stdout
+        )
+        print(
+            f"{'would send' if args.dry_run else 'sent'} {sent} events to {args.topic}",
+            file=sys.stderr,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        asyncio.run(run(args))
+    except ReplayError as exc:
+        if args.debug:
+            raise
+        print(f"eventstore-replay: {exc}", file=sys.stderr)
+        raise SystemExit(exc.code) from None
+    except ClientError as exc:
+        if args.debug:
+            raise
+        message: Any = exc.message
+        if exc.code.name == "UNAVAILABLE":
+            message = f"cannot reach the event store at {args.server} (is it running? `make run`)"
+        print(f"eventstore-replay: {message}", file=sys.stderr)
+        raise SystemExit(3) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

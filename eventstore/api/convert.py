@@ -15,6 +15,7 @@ from eventstore.domain.events import (
     RecordedEvent,
 )
 from eventstore.domain.queries import QueryPage
+from eventstore.domain.snapshots import Snapshot
 from eventstore.domain.subscriptions import StartAt, SubscriptionItem
 from eventstore.domain.validation import RawAppend, RawEvent
 from eventstore.v1 import eventstore_pb2 as pb
@@ -151,4 +152,16 @@ def query_page_to_proto(page: QueryPage) -> pb.QueryEventsResponse:
         events=[event_to_proto(e) for e in page.events],
         next_page_token=page.next_page_token,
         freshness=freshness,
+        total_hits=page.total_hits or 0,
+    )
+
+
+def snapshot_to_proto(snapshot: Snapshot) -> pb.Snapshot:
+    return pb.Snapshot(
+        aggregate_id=snapshot.aggregate_id,
+        version=snapshot.version,
+        state=snapshot.state,
+        state_type=snapshot.state_type,
+        schema_version=snapshot.schema_version,
+        created_at=timestamp(snapshot.created_at),
     )

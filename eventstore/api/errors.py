@@ -18,6 +18,7 @@ from eventstore.api.convert import expected_to_proto
 from eventstore.domain.errors import (
     AggregateNotFound,
     InvalidArgument,
+    SnapshotNotFound,
     StorageUnavailable,
     WrongExpectedVersion,
 )
@@ -84,6 +85,13 @@ def to_status(exc: BaseException, request_id: str) -> status_pb2.Status:
     if isinstance(exc, AggregateNotFound):
         resource = error_details_pb2.ResourceInfo(
             resource_type="aggregate", resource_name=exc.aggregate_id
+        )
+        return status_pb2.Status(
+            code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(resource, request_info)
+        )
+    if isinstance(exc, SnapshotNotFound):
+        resource = error_details_pb2.ResourceInfo(
+            resource_type="snapshot", resource_name=exc.aggregate_id
         )
         return status_pb2.Status(
             code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(resource, request_info)

@@ -13,18 +13,20 @@ from grpc_status import rpc_status
 
 from eventstore.api import convert
 from eventstore.api.errors import is_expected, to_status
-from eventstore.domain.errors import StorageUnavailable
+from eventstore.domain.errors import InvalidArgument, StorageUnavailable
 from eventstore.domain.validation import (
     Limits,
     validate_aggregate_id,
     validate_append,
     validate_query,
     validate_read,
+    validate_snapshot,
     validate_subscribe,
 )
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
@@ -106,6 +108,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         limits: Limits,
         subscribe: Subscribe | None = None,
         query: QueryEvents | None = None,
+        snapshots: tuple[SaveSnapshot, GetSnapshot] | None = None,
     ) -> None:
         self._append = append
         self._read = read
@@ -113,6 +116,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._limits = limits
         self._subscribe = subscribe
         self._query = query
+        self._snapshots = snapshots
 
     @unary
     async def Append(
@@ -169,8 +173,44 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.page_token,
             request.visible_event_id,
             self._limits,
+            count_total=request.count_total,
         )
         return convert.query_page_to_proto(await self._query(query))
+
+    @unary
+    async def SaveSnapshot(
+        self, request: pb.SaveSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SaveSnapshotResponse:
+        if self._snapshots is None:
+            raise BackendNotConfigured("snapshots need their store")
+        validate_snapshot(
+            request.aggregate_id,
+            request.version,
+            request.state,
+            request.state_type,
+            request.schema_version,
+            self._limits,
+        )
+        saved = await self._snapshots[0](
+            request.aggregate_id,
+            request.version,
+            request.state,
+            request.state_type,
+            request.schema_version,
+        )
+        return pb.SaveSnapshotResponse(created_at=convert.timestamp(saved.created_at))
+
+    @unary
+    async def GetSnapshot(
+        self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Snapshot:
+        if self._snapshots is None:
+            raise BackendNotConfigured("snapshots need their store")
+        validate_aggregate_id(request.aggregate_id, self._limits)
+        if request.max_version < 0:
+            raise InvalidArgument.of("max_version", "must be 0 (latest) or a version")
+        snapshot = await self._snapshots[1](request.aggregate_id, request.max_version or None)
+        return convert.snapshot_to_proto(snapshot)
 
     @unary
     async def GetAggregate(

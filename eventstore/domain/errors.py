@@ -47,6 +47,13 @@ class AggregateNotFound(EventStoreError):
         super().__init__(f"aggregate {aggregate_id!r} has no events")
 
 
+class SnapshotNotFound(EventStoreError):
+    def __init__(self, aggregate_id: str, max_version: int | None) -> None:
+        self.aggregate_id = aggregate_id
+        where = f" at or below version {max_version}" if max_version else ""
+        super().__init__(f"aggregate {aggregate_id!r} has no snapshot{where}")
+
+
 class StorageUnavailable(EventStoreError):
     """A backend (Cassandra, Kafka, OpenSearch) did not answer in time or is down. Retrying
     (idempotently) is safe."""

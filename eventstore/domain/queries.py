@@ -30,6 +30,7 @@ class EventQuery:
     page_size: int = DEFAULT_PAGE_SIZE
     after: Cursor | None = None
     visible_event_id: UUID | None = None
+    count_total: bool = False
 
     def fingerprint(self) -> str:
         """Identifies the filters, so a page token cannot be replayed against other ones."""
@@ -58,6 +59,7 @@ class QueryPage:
     events: list[RecordedEvent]
     next_page_token: str
     freshness: Freshness
+    total_hits: int | None = None
 
 
 def encode_page_token(query: EventQuery, cursor: Cursor) -> str:

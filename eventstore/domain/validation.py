@@ -56,6 +56,7 @@ class Limits:
     #: the same, summed over one append
     max_append_bytes: int = 4 * 1024 * 1024
     max_metadata_key_length: int = 128
+    max_snapshot_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +290,7 @@ def validate_query(
     page_token: str,
     visible_event_id: str,
     limits: Limits,
+    count_total: bool = False,
 ) -> EventQuery:
     out = _Collector()
     for index, name in enumerate(event_types):
@@ -316,7 +318,28 @@ def validate_query(
         end=end,
         page_size=page_size or DEFAULT_PAGE_SIZE,
         visible_event_id=visible,
+        count_total=count_total,
     )
     if page_token:
         return dataclasses.replace(query, after=decode_page_token(query, page_token))
     return query
+
+
+def validate_snapshot(
+    aggregate_id: str,
+    version: int,
+    state: bytes,
+    state_type: str,
+    schema_version: int,
+    limits: Limits,
+) -> None:
+    out = _Collector()
+    check_aggregate_id(aggregate_id, limits, "aggregate_id", out)
+    if not 1 <= version <= MAX_VERSION:
+        out.add("version", "must be a version of the aggregate (1 or more)")
+    if len(state) > limits.max_snapshot_bytes:
+        out.add("state", f"is {len(state)} bytes; the limit is {limits.max_snapshot_bytes}")
+    check_type_name(state_type, limits, "state_type", out)
+    if schema_version < 0:
+        out.add("schema_version", "must be 0 or more")
+    out.raise_if_any()

@@ -49,7 +49,9 @@ class OpenSearchEventIndex(EventIndex):
         except (OpenSearchConnectionError, TransportError) as exc:
             raise StorageUnavailable(f"OpenSearch: {type(exc).__name__}") from exc
 
-    async def search(self, query: EventQuery) -> tuple[list[RecordedEvent], Cursor | None]:
+    async def search(
+        self, query: EventQuery
+    ) -> tuple[list[RecordedEvent], Cursor | None, int | None]:
         filters: list[dict[str, Any]] = []
         if query.event_types:
             filters.append({"terms": {"event_type": list(query.event_types)}})
@@ -68,7 +70,7 @@ class OpenSearchEventIndex(EventIndex):
             "size": query.page_size,
             "sort": SORT,
             "query": {"bool": {"filter": filters}},
-            "track_total_hits": False,
+            "track_total_hits": query.count_total,
         }
         if query.after:
             body["search_after"] = list(query.after)
@@ -85,7 +87,8 @@ class OpenSearchEventIndex(EventIndex):
         if len(hits) == query.page_size:
             millis, aggregate_id, version = hits[-1]["sort"]
             cursor = (int(millis), str(aggregate_id), int(version))
-        return events, cursor
+        total = int(response["hits"]["total"]["value"]) if query.count_total else None
+        return events, cursor, total
 
     async def freshness(self, visible_event_id: uuid.UUID | None) -> Freshness:
         visible = False

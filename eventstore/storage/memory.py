@@ -10,6 +10,7 @@ from datetime import datetime
 from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
+from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import (
     AppendOutcome,
     Committed,
@@ -17,6 +18,7 @@ from eventstore.ports import (
     ExistingEvent,
     PublicationLog,
     Rejected,
+    SnapshotStore,
     StreamState,
 )
 
@@ -126,3 +128,21 @@ class InMemoryPublicationLog(PublicationLog):
 
     async def pending(self, older_than: datetime) -> list[str]:
         return sorted(a for a, m in self.markers.items() if any(t < older_than for t in m.values()))
+
+
+class InMemorySnapshotStore(SnapshotStore):
+    """Snapshots in memory, held to tests/contract/snapshots.py like the real store."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, dict[int, Snapshot]] = {}
+
+    async def save(self, snapshot: Snapshot) -> None:
+        self._snapshots.setdefault(snapshot.aggregate_id, {})[snapshot.version] = snapshot
+
+    async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
+        versions = [
+            v
+            for v in self._snapshots.get(aggregate_id, {})
+            if max_version is None or v <= max_version
+        ]
+        return self._snapshots[aggregate_id][max(versions)] if versions else None

@@ -65,6 +65,18 @@ def table_cql(keyspace: str) -> list[str]:
             published    bigint
         ) WITH comment = 'Per aggregate: versions 1..published are in Kafka'
         """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.snapshots (
+            aggregate_id   text,
+            version        bigint,
+            state          blob,
+            state_type     text,
+            schema_version int,
+            created_at     timestamp,
+            PRIMARY KEY ((aggregate_id), version)
+        ) WITH CLUSTERING ORDER BY (version DESC)
+          AND comment = 'Aggregate state as of a version; derived data, never replaces events'
+        """,
         # Bookkeeping, not events: rows come and go. Short gc_grace because a resurrected
         # marker only causes a harmless re-check.
         f"""

@@ -13,8 +13,8 @@ class QueryEvents:
         self._index = index
 
     async def __call__(self, query: EventQuery) -> QueryPage:
-        (events, cursor), freshness = await asyncio.gather(
+        (events, cursor, total), freshness = await asyncio.gather(
             self._index.search(query), self._index.freshness(query.visible_event_id)
         )
         token = encode_page_token(query, cursor) if cursor else ""
-        return QueryPage(events, token, freshness)
+        return QueryPage(events, token, freshness, total)

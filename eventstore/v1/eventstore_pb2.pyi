@@ -532,6 +532,7 @@ class QueryEventsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VISIBLE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    COUNT_TOTAL_FIELD_NUMBER: _builtins.int
     aggregate_id: _builtins.str
     """Only this aggregate, if set."""
     page_size: _builtins.int
@@ -540,6 +541,8 @@ class QueryEventsRequest(_message.Message):
     """next_page_token of the previous page, with the same filters."""
     visible_event_id: _builtins.str
     """An event id (e.g. from AppendResponse): the answer says whether it is searchable yet."""
+    count_total: _builtins.bool
+    """Count every match (total_hits); costs more, so ask only on a first page."""
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Any of these event types; empty means all."""
@@ -562,10 +565,11 @@ class QueryEventsRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         visible_event_id: _builtins.str = ...,
+        count_total: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_types", b"aggregate_types", "event_types", b"event_types", "from", b"from", "page_size", b"page_size", "page_token", b"page_token", "to", b"to", "visible_event_id", b"visible_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_types", b"aggregate_types", "count_total", b"count_total", "event_types", b"event_types", "from", b"from", "page_size", b"page_size", "page_token", b"page_token", "to", b"to", "visible_event_id", b"visible_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -578,8 +582,11 @@ class QueryEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FRESHNESS_FIELD_NUMBER: _builtins.int
+    TOTAL_HITS_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Empty on the last page."""
+    total_hits: _builtins.int
+    """All matches of the query, when count_total was set (else 0)."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
         """Sorted by (recorded_at, aggregate_id, version)."""
@@ -592,14 +599,127 @@ class QueryEventsResponse(_message.Message):
         events: _abc.Iterable[Global___Event] | None = ...,
         next_page_token: _builtins.str = ...,
         freshness: Global___IndexFreshness | None = ...,
+        total_hits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["freshness", b"freshness"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "freshness", b"freshness", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "freshness", b"freshness", "next_page_token", b"next_page_token", "total_hits", b"total_hits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryEventsResponse: _TypeAlias = QueryEventsResponse  # noqa: Y015
+
+@_typing.final
+class Snapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_TYPE_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    aggregate_id: _builtins.str
+    version: _builtins.int
+    state: _builtins.bytes
+    state_type: _builtins.str
+    """What `state` is, e.g. the reducer or class that produced it."""
+    schema_version: _builtins.int
+    """The version of that state's shape, so readers can ignore outdated snapshots."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        aggregate_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        state: _builtins.bytes = ...,
+        state_type: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "created_at", b"created_at", "schema_version", b"schema_version", "state", b"state", "state_type", b"state_type", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Snapshot: _TypeAlias = Snapshot  # noqa: Y015
+
+@_typing.final
+class SaveSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_TYPE_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    aggregate_id: _builtins.str
+    version: _builtins.int
+    """A version the aggregate has."""
+    state: _builtins.bytes
+    state_type: _builtins.str
+    schema_version: _builtins.int
+    def __init__(
+        self,
+        *,
+        aggregate_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        state: _builtins.bytes = ...,
+        state_type: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "schema_version", b"schema_version", "state", b"state", "state_type", b"state_type", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveSnapshotRequest: _TypeAlias = SaveSnapshotRequest  # noqa: Y015
+
+@_typing.final
+class SaveSnapshotResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SaveSnapshotResponse: _TypeAlias = SaveSnapshotResponse  # noqa: Y015
+
+@_typing.final
+class GetSnapshotRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGGREGATE_ID_FIELD_NUMBER: _builtins.int
+    MAX_VERSION_FIELD_NUMBER: _builtins.int
+    aggregate_id: _builtins.str
+    max_version: _builtins.int
+    """The latest snapshot at or below this version; 0 means the latest of all."""
+    def __init__(
+        self,
+        *,
+        aggregate_id: _builtins.str = ...,
+        max_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "max_version", b"max_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSnapshotRequest: _TypeAlias = GetSnapshotRequest  # noqa: Y015
 
 @_typing.final
 class IndexFreshness(_message.Message):

@@ -59,6 +59,16 @@ class EventStoreStub:
                 request_serializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsRequest.SerializeToString,
                 response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsResponse.FromString,
                 _registered_method=True)
+        self.SaveSnapshot = channel.unary_unary(
+                '/eventstore.v1.EventStore/SaveSnapshot',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.SaveSnapshotRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SaveSnapshotResponse.FromString,
+                _registered_method=True)
+        self.GetSnapshot = channel.unary_unary(
+                '/eventstore.v1.EventStore/GetSnapshot',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.GetSnapshotRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.Snapshot.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -103,6 +113,21 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SaveSnapshot(self, request, context):
+        """Stores the state of an aggregate as of one of its versions. Snapshots never replace or
+        delete events; saving the same version again replaces that snapshot.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSnapshot(self, request, context):
+        """The latest snapshot at or below a version; NOT_FOUND when there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +155,16 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.QueryEvents,
                     request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsRequest.FromString,
                     response_serializer=eventstore_dot_v1_dot_eventstore__pb2.QueryEventsResponse.SerializeToString,
+            ),
+            'SaveSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.SaveSnapshot,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SaveSnapshotRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.SaveSnapshotResponse.SerializeToString,
+            ),
+            'GetSnapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSnapshot,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.GetSnapshotRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.Snapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +302,60 @@ class EventStore:
             '/eventstore.v1.EventStore/QueryEvents',
             eventstore_dot_v1_dot_eventstore__pb2.QueryEventsRequest.SerializeToString,
             eventstore_dot_v1_dot_eventstore__pb2.QueryEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SaveSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/SaveSnapshot',
+            eventstore_dot_v1_dot_eventstore__pb2.SaveSnapshotRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.SaveSnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSnapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/GetSnapshot',
+            eventstore_dot_v1_dot_eventstore__pb2.GetSnapshotRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.Snapshot.FromString,
             options,
             channel_credentials,
             insecure,

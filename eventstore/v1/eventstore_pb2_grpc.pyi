@@ -50,6 +50,12 @@ class EventStoreStub:
     """Events by type and time across aggregates, from the search index (eventually consistent:
     the answer says how fresh the index is).
     """
+    SaveSnapshot: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.SaveSnapshotRequest, _eventstore_pb2.SaveSnapshotResponse]
+    """Stores the state of an aggregate as of one of its versions. Snapshots never replace or
+    delete events; saving the same version again replaces that snapshot.
+    """
+    GetSnapshot: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.GetSnapshotRequest, _eventstore_pb2.Snapshot]
+    """The latest snapshot at or below a version; NOT_FOUND when there is none."""
 
 @_typing.type_check_only
 class EventStoreAsyncStub(EventStoreStub):
@@ -71,6 +77,12 @@ class EventStoreAsyncStub(EventStoreStub):
     """Events by type and time across aggregates, from the search index (eventually consistent:
     the answer says how fresh the index is).
     """
+    SaveSnapshot: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.SaveSnapshotRequest, _eventstore_pb2.SaveSnapshotResponse]  # type: ignore[assignment]
+    """Stores the state of an aggregate as of one of its versions. Snapshots never replace or
+    delete events; saving the same version again replaces that snapshot.
+    """
+    GetSnapshot: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.GetSnapshotRequest, _eventstore_pb2.Snapshot]  # type: ignore[assignment]
+    """The latest snapshot at or below a version; NOT_FOUND when there is none."""
 
 class EventStoreServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -119,5 +131,23 @@ class EventStoreServicer(metaclass=_abc_1.ABCMeta):
         """Events by type and time across aggregates, from the search index (eventually consistent:
         the answer says how fresh the index is).
         """
+
+    @_abc_1.abstractmethod
+    def SaveSnapshot(
+        self,
+        request: _eventstore_pb2.SaveSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.SaveSnapshotResponse, _abc.Awaitable[_eventstore_pb2.SaveSnapshotResponse]]:
+        """Stores the state of an aggregate as of one of its versions. Snapshots never replace or
+        delete events; saving the same version again replaces that snapshot.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSnapshot(
+        self,
+        request: _eventstore_pb2.GetSnapshotRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.Snapshot, _abc.Awaitable[_eventstore_pb2.Snapshot]]:
+        """The latest snapshot at or below a version; NOT_FOUND when there is none."""
 
 def add_EventStoreServicer_to_server(servicer: EventStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,6 +26,7 @@ from eventstore.search.setup import make_client
 from eventstore.server import Components, RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
 from eventstore.storage.outbox import CassandraPublicationLog
+from eventstore.storage.snapshots import CassandraSnapshotStore
 
 pytestmark = pytest.mark.integration
 
@@ -155,6 +156,7 @@ async def server(
         publisher=KafkaEventPublisher(server_settings.kafka),
         log=KafkaEventLog(server_settings.kafka),
         index=OpenSearchEventIndex(server_settings.opensearch),
+        snapshots=await CassandraSnapshotStore.create(cassandra_storage.connection),
     )
     running = await start(server_settings, components)
     yield running

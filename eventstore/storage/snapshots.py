@@ -1,0 +1,75 @@
+"""SnapshotStore on Cassandra: one partition per aggregate, newest version first."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC
+
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
+
+from eventstore.domain.errors import StorageUnavailable
+from eventstore.domain.snapshots import Snapshot
+from eventstore.ports import SnapshotStore
+from eventstore.storage.aio import wrap
+from eventstore.storage.connection import CassandraConnection
+
+MAX_VERSION = 2**63 - 1
+
+
+class CassandraSnapshotStore(SnapshotStore):
+    def __init__(self, connection: CassandraConnection) -> None:
+        """Prepares its statements: blocking, so call it off the event loop."""
+        self._session = connection.session
+        settings = connection.settings
+        ks = settings.keyspace
+        self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
+        self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
+        self._insert = self._session.prepare(
+            f"INSERT INTO {ks}.snapshots (aggregate_id, version, state, state_type, "
+            "schema_version, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+        )
+        self._select = self._session.prepare(
+            f"SELECT version, state, state_type, schema_version, created_at FROM {ks}.snapshots "
+            "WHERE aggregate_id = ? AND version <= ? LIMIT 1"
+        )
+
+    @classmethod
+    async def create(cls, connection: CassandraConnection) -> CassandraSnapshotStore:
+        return await asyncio.to_thread(cls, connection)
+
+    async def save(self, snapshot: Snapshot) -> None:
+        bound = self._insert.bind(
+            (
+                snapshot.aggregate_id,
+                snapshot.version,
+                snapshot.state,
+                snapshot.state_type,
+                snapshot.schema_version,
+                snapshot.created_at,
+            )
+        )
+        bound.consistency_level = self._write
+        try:
+            await wrap(self._session.execute_async(bound))
+        except (DriverException, OperationTimedOut) as exc:
+            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+
+    async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
+        bound = self._select.bind((aggregate_id, max_version or MAX_VERSION))
+        bound.consistency_level = self._read
+        try:
+            rows = await wrap(self._session.execute_async(bound))
+        except (DriverException, OperationTimedOut) as exc:
+            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+        if not rows:
+            return None
+        row = rows[0]
+        created_at = row.created_at
+        return Snapshot(
+            aggregate_id=aggregate_id,
+            version=row.version,
+            state=row.state or b"",
+            state_type=row.state_type,
+            schema_version=row.schema_version,
+            created_at=created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC),
+        )

@@ -1,0 +1,48 @@
+"""Save and fetch snapshots. A snapshot must name a version the aggregate really has."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from eventstore.domain.errors import InvalidArgument, SnapshotNotFound
+from eventstore.domain.snapshots import Snapshot
+from eventstore.ports import EventStorage, SnapshotStore
+from eventstore.usecases.append import utc_now_ms
+
+
+class SaveSnapshot:
+    def __init__(
+        self,
+        storage: EventStorage,
+        snapshots: SnapshotStore,
+        clock: Callable[[], datetime] = utc_now_ms,
+    ) -> None:
+        self._storage = storage
+        self._snapshots = snapshots
+        self._clock = clock
+
+    async def __call__(
+        self, aggregate_id: str, version: int, state: bytes, state_type: str, schema_version: int
+    ) -> Snapshot:
+        info = await self._storage.describe(aggregate_id)
+        current = info.version if info else 0
+        if version > current:
+            raise InvalidArgument.of(
+                "version",
+                f"aggregate {aggregate_id!r} has no version {version} (it is at {current})",
+            )
+        snapshot = Snapshot(aggregate_id, version, state, state_type, schema_version, self._clock())
+        await self._snapshots.save(snapshot)
+        return snapshot
+
+
+class GetSnapshot:
+    def __init__(self, snapshots: SnapshotStore) -> None:
+        self._snapshots = snapshots
+
+    async def __call__(self, aggregate_id: str, max_version: int | None) -> Snapshot:
+        snapshot = await self._snapshots.latest(aggregate_id, max_version)
+        if snapshot is None:
+            raise SnapshotNotFound(aggregate_id, max_version)
+        return snapshot

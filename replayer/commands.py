@@ -1,0 +1,310 @@
+"""The replay commands: state, export, republish."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from confluent_kafka import Producer
+
+from eventstore.client import AggregateNotFoundError, EventStoreClient, event_from_proto
+from eventstore.domain.events import RecordedEvent
+from eventstore.domain.validation import is_json_content_type
+from eventstore.publishing.records import record_headers, record_value
+from replayer.progress import Progress
+from replayer.reducers import ReplayError, ReplayEvent, load_reducer, state_type
+
+
+@dataclass(frozen=True)
+class Filters:
+    event_types: list[str]
+    aggregate_types: list[str]
+    aggregate_id: str
+    start: datetime | None
+    end: datetime | None
+
+    def query(self) -> dict[str, Any]:
+        return {
+            "event_types": self.event_types,
+            "aggregate_types": self.aggregate_types,
+            "aggregate_id": self.aggregate_id,
+            "start": self.start,
+            "end": self.end,
+        }
+
+    def key(self) -> str:
+        return json.dumps(self.query(), default=str, sort_keys=True)
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+async def state(
+    client: EventStoreClient,
+    aggregate_id: str,
+    reducer_spec: str,
+    to_version: int,
+    use_snapshot: bool,
+    save_snapshot: bool,
+    out: TextIO,
+) -> None:
+    reducer = load_reducer(reducer_spec)
+    kind = state_type(reducer_spec)
+    try:
+        info = await client.get_aggregate(aggregate_id)
+    except AggregateNotFoundError:
+        raise ReplayError(f"aggregate {aggregate_id!r} has no events") from None
+    target = min(to_version, info.version) if to_version else info.version
+    current: Any = None
+    version = 0
+    if use_snapshot:
+        snapshot = await client.get_snapshot(aggregate_id, max_version=target)
+        if snapshot is not None and snapshot.state_type == kind:
+            current = json.loads(snapshot.state)
+            version = snapshot.version
+            print(f"starting from the snapshot at version {version}", file=sys.stderr)
+        elif snapshot is not None:
+            print(
+                f"ignoring the snapshot at version {snapshot.version}: it was made by "
+                f"{snapshot.state_type!r}, not {kind!r}",
+                file=sys.stderr,
+            )
+    progress = Progress(f"replaying {aggregate_id}", target - version)
+    if version < target:
+        async for event in client.read(
+            aggregate_id, from_version=version + 1, max_count=target - version
+        ):
+            try:
+                current = reducer(current, ReplayEvent.of(event))
+            except Exception as exc:
+                raise ReplayError(
+                    f"reducer {reducer_spec} failed on version {event.version} "
+                    f"({event.event_type}): {type(exc).__name__}: {exc}",
+                    code=1,
+                ) from exc
+            version = event.version
+            progress.advance()
+    progress.finish()
+    if save_snapshot and version > 0:
+        encoded = json.dumps(current, separators=(",", ":")).encode()
+        await client.save_snapshot(aggregate_id, version, encoded, kind)
+        print(f"snapshot saved at version {version}", file=sys.stderr)
+    json.dump(current, out, indent=2, sort_keys=True, default=str)
+    out.write("\n")
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def to_json_line(event: RecordedEvent) -> str:
+    line: dict[str, Any] = {
+        "event_id": str(event.event_id),
+        "aggregate_id": event.aggregate_id,
+        "aggregate_type": event.aggregate_type,
+        "version": event.version,
+        "event_type": event.event_type,
+        "recorded_at": event.recorded_at.isoformat(timespec="milliseconds"),
+        "content_type": event.content_type,
+        "metadata": dict(event.metadata),
+    }
+    if is_json_content_type(event.content_type) and event.data:
+        line["data"] = json.loads(event.data)
+    else:
+        line["data_base64"] = base64.b64encode(event.data).decode()
+    return json.dumps(line, separators=(",", ":"), sort_keys=True)
+
+
+async def pages(
+    client: EventStoreClient, filters: Filters, token: str = "", page_size: int = 500
+) -> AsyncIterator[tuple[str, list[RecordedEvent], str, int]]:
+    """(token used, events, next token, total) per page of the query, in order."""
+    first = True
+    while True:
+        page = await client.query_events(
+            page_token=token, page_size=page_size, count_total=first, **filters.query()
+        )
+        events = [event_from_proto(e) for e in page.events]
+        yield token, events, page.next_page_token, page.total_hits
+        if not page.next_page_token:
+            return
+        token, first = page.next_page_token, False
+
+
+async def export(client: EventStoreClient, filters: Filters, out: TextIO) -> int:
+    written = 0
+    progress: Progress | None = None
+    async for _, events, _, total in pages(client, filters):
+        progress = progress or Progress("exporting", total or None)
+        for event in events:
+            out.write(to_json_line(event) + "\n")
+        written += len(events)
+        progress.advance(len(events))
+    if progress:
+        progress.finish()
+    out.flush()
+    return written
+
+
+# --- republish ----------------------------------------------------------------------------
+
+
+class Interrupted(Exception):
+    pass
+
+
+async def republish(
+    client: EventStoreClient,
+    filters: Filters,
+    topic: str,
+    bootstrap: str,
+    rate: float | None,
+    dry_run: bool,
+    checkpoint_path: Path,
+    out: TextIO,
+) -> int:
+    """Send every matching event, in order, to `topic`; resumable from `checkpoint_path`.
+
+    The checkpoint (page token + position in the page) is written after the producer has
+    confirmed everything before it, and again when interrupted (SIGINT/SIGTERM), so a resumed
+    run sends each event exactly once. Only a hard kill can repeat the events sent since the
+    last checkpoint (at most one page); they carry the same (aggregate_id, version) to drop.
+    """
+    checkpoint = _read_checkpoint(checkpoint_path, filters, topic) if not dry_run else None
+    if checkpoint and checkpoint.get("complete"):
+        print(
+            f"already complete ({checkpoint['sent']} events); delete {checkpoint_path} to redo",
+            file=sys.stderr,
+        )
+        return 0
+    token = checkpoint["page_token"] if checkpoint else ""
+    skip = checkpoint["done_in_page"] if checkpoint else 0
+    sent = checkpoint["sent"] if checkpoint else 0
+    if checkpoint:
+        print(f"resuming after {sent} events", file=sys.stderr)
+    producer = (
+        None
+        if dry_run
+        else Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "partitioner": "murmur2_random",
+            }
+        )
+    )
+    failures: list[str] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    interval = 1.0 / rate if rate else 0.0
+    next_at = time.monotonic()
+    progress: Progress | None = None
+
+    def save(page_token: str, done: int, complete: bool = False) -> None:
+        if producer is not None:
+            while producer.flush(5) > 0:
+                pass
+            if failures:
+                raise ReplayError(f"Kafka refused records: {failures[0]}", code=3)
+        _write_checkpoint(checkpoint_path, filters, topic, page_token, done, sent, complete)
+
+    try:
+        async for page_token, events, next_token, total in pages(client, filters, token):
+            progress = progress or Progress(
+                f"republishing to {topic}", (total + sent) if total else None
+            )
+            for index, event in enumerate(events):
+                if index < skip:
+                    continue
+                if stop.is_set():
+                    save(page_token, index)
+                    raise Interrupted
+                if interval:
+                    next_at += interval
+                    delay = next_at - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                if producer is None:
+                    out.write(
+                        json.dumps(
+                            {
+                                "topic": topic,
+                                "key": event.aggregate_id,
+                                "version": event.version,
+                                "event_type": event.event_type,
+                                "event_id": str(event.event_id),
+                            }
+                        )
+                        + "\n"
+                    )
+                else:
+                    producer.produce(
+                        topic,
+                        key=event.aggregate_id.encode(),
+                        value=record_value(event),
+                        headers=record_headers(event),
+                        on_delivery=lambda err, _msg: failures.append(str(err)) if err else None,
+                    )
+                    producer.poll(0)
+                sent += 1
+                progress.advance()
+            skip = 0
+            if producer is not None:
+                save(next_token, 0, complete=not next_token)
+        if progress:
+            progress.finish()
+    except Interrupted:
+        if progress:
+            progress.finish()
+        print(
+            f"interrupted after {sent} events; run the same command again to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return sent
+
+
+def _read_checkpoint(path: Path, filters: Filters, topic: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ReplayError(f"checkpoint file {path} is not valid JSON: {exc}") from exc
+    if data.get("filters") != filters.key() or data.get("topic") != topic:
+        raise ReplayError(
+            f"checkpoint file {path} belongs to another republish (other filters or topic)"
+        )
+    return data
+
+
+def _write_checkpoint(
+    path: Path, filters: Filters, topic: str, page_token: str, done: int, sent: int, complete: bool
+) -> None:
+    body = {
+        "filters": filters.key(),
+        "topic": topic,
+        "page_token": page_token,
+        "done_in_page": done,
+        "sent": sent,
+        "complete": complete,
+    }
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(json.dumps(body))
+    os.replace(partial, path)  # atomic: a crash leaves the old checkpoint or the new one

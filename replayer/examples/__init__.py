@@ -1,0 +1,1 @@
+"""Example reducers for eventstore-replay."""
