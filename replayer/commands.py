@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from eventstore.client import AggregateNotFoundError, EventStoreClient, event_from_proto
+from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import is_json_content_type
+from eventstore.ports import PublishFailed
+from eventstore.publishing.kafka import ensure_topic
 from eventstore.publishing.records import record_headers, record_value
 from replayer.progress import Progress
 from replayer.reducers import ReplayError, ReplayEvent, load_reducer, state_type
@@ -191,6 +195,8 @@ async def republish(
     sent = checkpoint["sent"] if checkpoint else 0
     if checkpoint:
         print(f"resuming after {sent} events", file=sys.stderr)
+    if not dry_run:
+        await _ensure_topic(bootstrap, topic)
     producer = (
         None
         if dry_run
@@ -308,3 +314,13 @@ def _write_checkpoint(
     partial = path.with_name(path.name + ".tmp")
     partial.write_text(json.dumps(body))
     os.replace(partial, path)  # atomic: a crash leaves the old checkpoint or the new one
+
+
+async def _ensure_topic(bootstrap: str, topic: str) -> None:
+    settings = KafkaSettings(bootstrap=bootstrap)
+    try:
+        await ensure_topic(
+            AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}), topic, settings
+        )
+    except PublishFailed as exc:
+        raise ReplayError(f"cannot use topic {topic!r} at {bootstrap}: {exc}", code=3) from exc

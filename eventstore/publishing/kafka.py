@@ -45,6 +45,20 @@ async def ensure_topic(admin: AdminClient, name: str, settings: KafkaSettings) -
         error = exc.args[0]
         if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise PublishFailed(f"cannot create topic {name}: {error}") from exc
+    # Creation returns once the controller has it; brokers learn of it a moment later, and a
+    # record sent before then is refused as UNKNOWN_TOPIC_OR_PART. Wait for leaders.
+    for _ in range(100):
+        metadata = await asyncio.to_thread(admin.list_topics, name, 5)
+        topic = metadata.topics.get(name)
+        if (
+            topic is not None
+            and topic.error is None
+            and topic.partitions
+            and all(p.leader >= 0 for p in topic.partitions.values())
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise PublishFailed(f"topic {name} has no leaders yet")
 
 
 class _Delivery(Delivery):
