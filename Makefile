@@ -59,6 +59,7 @@ test: lint services-up  ## lint, then the whole suite against the real services
 bench: migrate  ## append, publication, indexing and query figures against the real stack
 	$(PY) -m benchmarks.append
 	$(PY) -m benchmarks.query
+	$(PY) -m benchmarks.replay
 
 clean:  ## remove the virtualenv (the stack's data and the download cache stay)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
