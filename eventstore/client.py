@@ -28,7 +28,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from eventstore.api.convert import expected_to_proto
+from eventstore.api.convert import event_from_proto, expected_to_proto
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
@@ -146,20 +146,6 @@ def _error(exc: grpc.aio.AioRpcError) -> ClientError:
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     cls = _ERRORS.get(exc.code(), ClientError)
     return cls(exc.code(), exc.details() or "", status)
-
-
-def event_from_proto(event: pb.Event) -> RecordedEvent:
-    return RecordedEvent(
-        event_id=uuid.UUID(event.event_id),
-        aggregate_id=event.aggregate_id,
-        aggregate_type=event.aggregate_type,
-        version=event.version,
-        event_type=event.event_type,
-        data=event.data,
-        content_type=event.content_type,
-        metadata=dict(event.metadata),
-        recorded_at=event.recorded_at.ToDatetime(tzinfo=_UTC),
-    )
 
 
 class EventStoreClient:

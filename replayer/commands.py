@@ -18,7 +18,8 @@ from typing import Any, TextIO
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from eventstore.client import AggregateNotFoundError, EventStoreClient, event_from_proto
+from eventstore.api.convert import event_from_proto
+from eventstore.client import AggregateNotFoundError, EventStoreClient
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import is_json_content_type

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -102,6 +103,20 @@ def event_to_proto(event: RecordedEvent) -> pb.Event:
         content_type=event.content_type,
         metadata=dict(event.metadata),
         recorded_at=timestamp(event.recorded_at),
+    )
+
+
+def event_from_proto(event: pb.Event) -> RecordedEvent:
+    return RecordedEvent(
+        event_id=uuid.UUID(event.event_id),
+        aggregate_id=event.aggregate_id,
+        aggregate_type=event.aggregate_type,
+        version=event.version,
+        event_type=event.event_type,
+        data=event.data,
+        content_type=event.content_type,
+        metadata=dict(event.metadata),
+        recorded_at=event.recorded_at.ToDatetime(tzinfo=UTC),
     )
 
 

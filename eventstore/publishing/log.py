@@ -13,12 +13,12 @@ import asyncio
 import time
 import uuid
 from collections.abc import Mapping
-from datetime import UTC
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
+from eventstore.api.convert import event_from_proto
 from eventstore.config import KafkaSettings
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import RecordedEvent
@@ -33,19 +33,10 @@ TOPIC_REFRESH_S = 5.0
 
 
 def decode_event(value: bytes) -> RecordedEvent:
+    """A Kafka record value (a serialized eventstore.v1.Event) as a RecordedEvent."""
     message = pb.Event()
     message.ParseFromString(value)
-    return RecordedEvent(
-        event_id=uuid.UUID(message.event_id),
-        aggregate_id=message.aggregate_id,
-        aggregate_type=message.aggregate_type,
-        version=message.version,
-        event_type=message.event_type,
-        data=message.data,
-        content_type=message.content_type,
-        metadata=dict(message.metadata),
-        recorded_at=message.recorded_at.ToDatetime(tzinfo=UTC),
-    )
+    return event_from_proto(message)
 
 
 class KafkaLogReader(LogReader):
