@@ -175,9 +175,8 @@ async def test_indexer_killed_mid_stream_indexes_everything_once(
 @pytest.fixture
 def stoppable_opensearch() -> str:
     if os.environ.get("EVENTSTORE_OPENSEARCH_URL"):
-        pytest.skip(
-            "OpenSearch is an external cluster here; this test stops it"
-        )  # allowed-skip: an external cluster cannot be stopped by a test; CI runs the local one
+        why = "OpenSearch is an external cluster here; this test stops it"
+        pytest.skip(why)  # allowed-skip: external clusters cannot be stopped; CI runs the local one
     return "opensearch"
 
 

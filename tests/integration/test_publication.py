@@ -111,9 +111,8 @@ def server_process(settings: ServerSettings, tmp_path: Path, failpoints: str = "
 @pytest.fixture
 def stoppable_kafka() -> str:
     if os.environ.get("EVENTSTORE_KAFKA_BOOTSTRAP"):
-        pytest.skip(
-            "Kafka is an external cluster here; this test stops and starts Kafka"
-        )  # allowed-skip: an external cluster cannot be stopped by a test; CI runs the local one
+        why = "Kafka is an external cluster here; this test stops and starts Kafka"
+        pytest.skip(why)  # allowed-skip: external clusters cannot be stopped; CI runs the local one
     return "kafka"
 
 
