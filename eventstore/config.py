@@ -6,9 +6,9 @@ One class per adapter; each field is documented and named after its variable, e.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.domain.validation import Limits
@@ -144,6 +144,9 @@ class ServerSettings(BaseSettings):
     )
     read_page_size: int = Field(500, ge=1, le=10_000, description="Events per ReadAggregate page")
     grace_period_s: float = Field(10.0, ge=0, description="Time in-flight RPCs get at shutdown")
+    startup_timeout_s: float = Field(
+        60.0, gt=0, description="Give up (exit 1) if Cassandra does not answer within this"
+    )
     subscription_heartbeat_s: float = Field(
         15.0, gt=0, description="A subscription with nothing to send sends a heartbeat this often"
     )
@@ -160,3 +163,36 @@ class ServerSettings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong; the message names the environment variable."""
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Read settings from the environment, turning validation errors into one clear message."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefixes = {
+            sub.__name__: str(sub.model_config.get("env_prefix", ""))
+            for sub in (
+                CassandraSettings,
+                KafkaSettings,
+                OpenSearchSettings,
+                RelaySettings,
+                LimitSettings,
+                ServerSettings,
+                cls,
+            )
+        }
+        prefix = prefixes.get(exc.title, "EVENTSTORE_")
+        problems = [
+            f"{prefix}{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+            f" (got {error['input']!r})"
+            for error in exc.errors()
+        ]
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -29,5 +29,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    # The driver logs every reconnection attempt at WARNING; keep what matters.
-    logging.getLogger("cassandra").setLevel(logging.ERROR)
+    # The driver logs every failed (re)connection, with tracebacks; adapters translate those
+    # failures into our errors and log them once, with context.
+    logging.getLogger("cassandra").setLevel(logging.CRITICAL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from eventstore import metrics
 from eventstore.api.servicer import EventStoreServicer
-from eventstore.config import ServerSettings
+from eventstore.config import ConfigError, ServerSettings, load
+from eventstore.domain.errors import StorageUnavailable
 from eventstore.failpoints import Failpoints
 from eventstore.observability import configure_logging
 from eventstore.ports import (
@@ -180,9 +182,31 @@ async def start(settings: ServerSettings, components: Components | None = None) 
     return RunningServer(server, components, health_servicer, port, publication, relay)
 
 
+class StartupFailed(Exception):
+    pass
+
+
+async def build_with_retries(settings: ServerSettings) -> Components:
+    """Connect to the backends, retrying until `startup_timeout_s` (they may start after us)."""
+    deadline = time.monotonic() + settings.startup_timeout_s
+    delay = 0.5
+    while True:
+        try:
+            return await Components.build(settings)
+        except StorageUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise StartupFailed(
+                    f"{exc} (gave up after {settings.startup_timeout_s:.0f} s; "
+                    "check EVENTSTORE_CASSANDRA_HOSTS)"
+                ) from exc
+            log.warning("backend not reachable yet; retrying", error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def serve(settings: ServerSettings) -> None:
     started = time.monotonic()
-    running = await start(settings)
+    running = await start(settings, await build_with_retries(settings))
     host = settings.listen.rpartition(":")[0]
     log.info(
         "eventstore server listening",
@@ -215,9 +239,18 @@ async def _update_gauges(running: RunningServer) -> None:
 
 
 def main() -> None:
-    settings = ServerSettings()
+    try:
+        settings = load(ServerSettings)
+    except ConfigError as exc:
+        sys.stderr.write(f"eventstore-server: {exc}\n")
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except StartupFailed as exc:
+        log.error("start-up failed", reason=str(exc))
+        sys.stderr.write(f"eventstore-server: {exc}\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import asyncio
 import json
 import re
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from opensearchpy.exceptions import TransportError
 from prometheus_client import Counter, Gauge, start_http_server
 
+from eventstore.config import ConfigError, load
 from eventstore.observability import configure_logging
 from eventstore.publishing.kafka import ensure_topic
 from eventstore.publishing.log import decode_event
@@ -306,7 +308,11 @@ class Indexer:
 
 
 def main() -> None:
-    settings = IndexerSettings()
+    try:
+        settings = load(IndexerSettings)
+    except ConfigError as exc:
+        sys.stderr.write(f"eventstore-indexer: {exc}\n")
+        raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)

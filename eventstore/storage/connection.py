@@ -6,7 +6,13 @@ import asyncio
 
 from cassandra import ConsistencyLevel, DriverException
 from cassandra.auth import PlainTextAuthProvider
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, Session
+from cassandra.cluster import (
+    EXEC_PROFILE_DEFAULT,
+    Cluster,
+    ExecutionProfile,
+    NoHostAvailable,
+    Session,
+)
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from eventstore.config import CassandraSettings
@@ -48,7 +54,7 @@ class CassandraConnection:
         cluster = make_cluster(settings)
         try:
             session = await asyncio.to_thread(cluster.connect)
-        except DriverException as exc:
+        except (DriverException, NoHostAvailable) as exc:
             cluster.shutdown()
             raise StorageUnavailable(f"cannot connect to Cassandra at {settings.hosts}") from exc
         return cls(cluster, session, settings)

@@ -1,0 +1,56 @@
+"""Misconfiguration fails fast, naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from eventstore.config import ConfigError, ServerSettings, load
+
+
+def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTSTORE_CASSANDRA_SERIAL_CONSISTENCY", "SOMETIMES")
+    with pytest.raises(ConfigError, match="EVENTSTORE_CASSANDRA_SERIAL_CONSISTENCY"):
+        load(ServerSettings)
+
+
+def test_a_bad_top_level_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTSTORE_READ_PAGE_SIZE", "lots")
+    with pytest.raises(ConfigError, match="EVENTSTORE_READ_PAGE_SIZE"):
+        load(ServerSettings)
+
+
+def test_the_server_exits_at_once_on_bad_configuration() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "eventstore.server"],
+        env={"EVENTSTORE_KAFKA_PARTITIONS": "-3", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "EVENTSTORE_KAFKA_PARTITIONS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unreachable_cassandra_fails_after_the_startup_timeout() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "eventstore.server"],
+        env={
+            "EVENTSTORE_CASSANDRA_HOSTS": "127.0.0.1:1",
+            "EVENTSTORE_CASSANDRA_REQUEST_TIMEOUT_S": "1",
+            "EVENTSTORE_STARTUP_TIMEOUT_S": "2",
+            "EVENTSTORE_LISTEN": "127.0.0.1:0",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "cannot connect to Cassandra at 127.0.0.1:1" in result.stderr
+    assert "Traceback" not in result.stderr
