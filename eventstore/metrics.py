@@ -3,7 +3,7 @@ the HTTP endpoint starts only from main(), on EVENTSTORE_METRICS_PORT."""
 
 from __future__ import annotations
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 UNPUBLISHED_AGGREGATES = Gauge(
     "eventstore_unpublished_aggregates",
@@ -11,4 +11,23 @@ UNPUBLISHED_AGGREGATES = Gauge(
 )
 PRODUCER_QUEUE = Gauge(
     "eventstore_producer_queue_records", "Records handed to the Kafka producer, not yet confirmed"
+)
+
+RPC_REQUESTS = Counter(
+    "eventstore_rpc_requests", "RPCs finished, by method and status code", ["method", "code"]
+)
+RPC_LATENCY = Histogram(
+    "eventstore_rpc_latency_seconds",
+    "Time to answer a unary RPC (to the end of the stream for streaming ones)",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 10.0),
+)
+APPEND_CONFLICTS = Counter(
+    "eventstore_append_conflicts", "Appends refused because the expected version did not hold"
+)
+SUBSCRIPTIONS = Gauge("eventstore_subscriptions_active", "Subscribe streams open now")
+PUBLISH_LAG = Histogram(
+    "eventstore_publish_lag_seconds",
+    "From the commit of an append to Kafka confirming its events (request path)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0),
 )

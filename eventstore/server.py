@@ -130,6 +130,7 @@ async def start(settings: ServerSettings, components: Components | None = None) 
             interval_s=settings.relay.interval_s,
             min_age_s=settings.relay.min_age_s,
             max_in_flight=settings.relay.max_in_flight,
+            on_published=metrics.PUBLISH_LAG.observe,
         )
         relay = asyncio.create_task(publication.run(), name="relay")
     limits = settings.limits.to_limits()

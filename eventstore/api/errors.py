@@ -46,7 +46,9 @@ def _retry_info() -> error_details_pb2.RetryInfo:
     )
 
 
-def to_status(exc: BaseException, request_id: str) -> status_pb2.Status:
+def to_status(
+    exc: BaseException, request_id: str, log_unexpected: bool = True
+) -> status_pb2.Status:
     request_info = error_details_pb2.RequestInfo(request_id=request_id)
     if isinstance(exc, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
@@ -112,7 +114,8 @@ def to_status(exc: BaseException, request_id: str) -> status_pb2.Status:
             message=str(exc),
             details=_pack(info, _retry_info(), request_info),
         )
-    log.error("unexpected error", request_id=request_id, exc_info=exc)
+    if log_unexpected:
+        log.error("unexpected error", request_id=request_id, exc_info=exc)
     return status_pb2.Status(
         code=code_pb2.INTERNAL,
         message=f"internal error (request id {request_id})",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
@@ -11,8 +13,9 @@ import grpc
 import structlog
 from grpc_status import rpc_status
 
+from eventstore import metrics
 from eventstore.api import convert
-from eventstore.api.errors import is_expected, to_status
+from eventstore.api.errors import grpc_code, is_expected, to_status
 from eventstore.domain.errors import InvalidArgument, StorageUnavailable
 from eventstore.domain.validation import (
     Limits,
@@ -44,6 +47,17 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     return uuid.uuid4().hex
 
 
+def _code_name(exc: Exception, request_id: str) -> str:
+    return grpc_code(to_status(exc, request_id, log_unexpected=False)).name
+
+
+def _observe(method: str, code: str, seconds: float) -> None:
+    metrics.RPC_REQUESTS.labels(method, code).inc()
+    metrics.RPC_LATENCY.labels(method).observe(seconds)
+    if method == "Append" and code == "FAILED_PRECONDITION":
+        metrics.APPEND_CONFLICTS.inc()
+
+
 async def _abort(
     exc: Exception, request_id: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> None:
@@ -56,9 +70,13 @@ async def _abort(
 def unary(
     method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """Request context, metrics, and every error through the one mapping to a status."""
+
     @wraps(method)
     async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         request_id = _request_id(context)
+        started = time.perf_counter()
+        code = "OK"
         with structlog.contextvars.bound_contextvars(
             request_id=request_id,
             rpc=method.__name__,
@@ -67,8 +85,11 @@ def unary(
             try:
                 return await method(self, request, context)
             except Exception as exc:
+                code = _code_name(exc, request_id)
                 await _abort(exc, request_id, context)
                 raise AssertionError("unreachable: abort raises") from exc
+            finally:
+                _observe(method.__name__, code, time.perf_counter() - started)
 
     return handler
 
@@ -76,11 +97,15 @@ def unary(
 def server_streaming(
     method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    """As `unary`, for server-streaming RPCs."""
+
     @wraps(method)
     async def handler(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
         request_id = _request_id(context)
+        started = time.perf_counter()
+        code = "OK"
         with structlog.contextvars.bound_contextvars(
             request_id=request_id,
             rpc=method.__name__,
@@ -89,8 +114,14 @@ def server_streaming(
             try:
                 async for item in method(self, request, context):
                     yield item
-            except Exception as exc:  # noqa: BLE001
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # the client went away
+                raise
+            except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
+                code = _code_name(exc, request_id)
                 await _abort(exc, request_id, context)
+            finally:
+                _observe(method.__name__, code, time.perf_counter() - started)
 
     return handler
 
@@ -154,8 +185,12 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.checkpoint,
             self._limits,
         )
-        async for item in self._subscribe(subscription, start):
-            yield convert.subscription_item_to_proto(item)
+        metrics.SUBSCRIPTIONS.inc()
+        try:
+            async for item in self._subscribe(subscription, start):
+                yield convert.subscription_item_to_proto(item)
+        finally:
+            metrics.SUBSCRIPTIONS.dec()
 
     @unary
     async def QueryEvents(

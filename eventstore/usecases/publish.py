@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -33,6 +34,8 @@ from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.ports import Delivery, EventPublisher, EventStorage, PublicationLog, PublishFailed
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 READ_PAGE = 500
 #: Per-aggregate state kept for this many recently published aggregates.
@@ -62,6 +65,7 @@ class Publication:
         interval_s: float = 1.0,
         min_age_s: float = 5.0,
         max_in_flight: int = 10_000,
+        on_published: Callable[[float], None] | None = None,
     ) -> None:
         self._storage = storage
         self._outbox = outbox
@@ -69,8 +73,10 @@ class Publication:
         self._interval = interval_s
         self._min_age = timedelta(seconds=min_age_s)
         self._max_in_flight = max_in_flight
+        #: told, for each append the request path published, the seconds since its commit
+        self._on_published = on_published
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: aggregate -> confirmed version whose cursor/markers still need writing
         self._dirty: dict[str, int] = {}
         self._stopping = asyncio.Event()
@@ -90,8 +96,11 @@ class Publication:
 
     async def _publish_committed(self, events: Sequence[RecordedEvent]) -> None:
         aggregate_id = events[0].aggregate_id
+        committed = time.monotonic()
         try:
-            await self._publish(aggregate_id, events[-1].version, list(events))
+            confirmation = await self._publish(aggregate_id, events[-1].version, list(events))
+            if confirmation is not None and await confirmation and self._on_published:
+                self._on_published(time.monotonic() - committed)
         except (PublishFailed, StorageUnavailable) as exc:
             log.warning(
                 "publish failed; the relay will retry", aggregate_id=aggregate_id, error=str(exc)
@@ -171,7 +180,9 @@ class Publication:
                 return
             del self._streams[aggregate_id]
 
-    async def _publish(self, aggregate_id: str, last: int, fresh: list[RecordedEvent]) -> None:
+    async def _publish(
+        self, aggregate_id: str, last: int, fresh: list[RecordedEvent]
+    ) -> asyncio.Task[bool] | None:
         """Hand the aggregate's unpublished events up to `last` to the producer, in order.
 
         Returns once they are handed over; their confirmation is awaited in the background so
@@ -187,7 +198,7 @@ class Publication:
                     state.handed = state.confirmed = known
                 state.loaded = True
             if state.handed >= last:
-                return
+                return None
             if state.handed < first_fresh - 1:
                 # Someone else may have published the gap meanwhile (another replica).
                 known = await self._outbox.published_through(aggregate_id)
@@ -196,7 +207,7 @@ class Publication:
                     state.confirmed = max(state.confirmed, known)
             start = state.handed + 1
             if start > last:
-                return
+                return None
             deliveries = []
             version = start
             try:
@@ -220,11 +231,11 @@ class Publication:
                 raise
             state.handed = last
             state.in_flight += 1
-        self._spawn(self._confirmed(aggregate_id, state, deliveries, start, last))
+        return self._spawn(self._confirmed(aggregate_id, state, deliveries, start, last))
 
     async def _confirmed(
         self, aggregate_id: str, state: _Stream, deliveries: list[Delivery], first: int, last: int
-    ) -> None:
+    ) -> bool:
         try:
             for delivery in deliveries:
                 await delivery.wait()
@@ -233,20 +244,22 @@ class Publication:
                 "publish failed; the relay will retry", aggregate_id=aggregate_id, error=str(exc)
             )
             self._forget(aggregate_id, state)
-            return
+            return False
         finally:
             state.in_flight -= 1
         self._confirm(aggregate_id, state, first, last)
+        return True
 
     def _forget(self, aggregate_id: str, state: _Stream) -> None:
         """Drop what we believed handed over; the next attempt starts from the cursor."""
         if self._streams.get(aggregate_id) is state:
             del self._streams[aggregate_id]
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def drain(self) -> None:
         """Wait for every publication in flight, then write the cursors."""
