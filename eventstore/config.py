@@ -6,12 +6,30 @@ One class per adapter; each field is documented and named after its variable, e.
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import ssl
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.domain.validation import Limits
+
+
+def _read_secret(path: Path | None) -> SecretStr | None:
+    """A secret from a file (Kubernetes Secrets are mounted as files)."""
+    if path is None:
+        return None
+    try:
+        return SecretStr(path.read_text().strip())
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _check_readable(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return path
 
 
 class CassandraSettings(BaseSettings):
@@ -27,7 +45,37 @@ class CassandraSettings(BaseSettings):
     read_consistency: Literal["QUORUM", "LOCAL_QUORUM", "ALL", "ONE", "LOCAL_ONE"] = "QUORUM"
     request_timeout_s: float = Field(5.0, gt=0, description="Per-request client-side timeout")
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = Field(None, description="Never logged")
+    password_file: Path | None = Field(None, description="File holding the password")
+    tls_ca_file: Path | None = Field(None, description="CA bundle: turns TLS on")
+    tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS)")
+    tls_key_file: Path | None = Field(None, description="Client key (mutual TLS)")
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_readable(cls, value: Path | None) -> Path | None:
+        _read_secret(value)
+        return value
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> Any:
+        # The file wins over the variable. (Frozen model: set it while it is being built.)
+        if self.password_file is not None:
+            object.__setattr__(self, "password", _read_secret(self.password_file))
+        return self
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _check_readable(value)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_ca_file is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls_ca_file))
+        if self.tls_cert_file and self.tls_key_file:
+            context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file))
+        return context
 
     @field_validator("hosts")
     @classmethod
@@ -66,9 +114,56 @@ class KafkaSettings(BaseSettings):
         "eventstore.dead-letter",
         description="Where the indexer puts records it cannot index, with the reason",
     )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = Field(None, description="Never logged")
+    sasl_password_file: Path | None = Field(None, description="File holding the SASL password")
+    ssl_ca_file: Path | None = Field(None, description="CA bundle for SSL/SASL_SSL")
+    ssl_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS)")
+    ssl_key_file: Path | None = Field(None, description="Client key (mutual TLS)")
+
+    @field_validator("sasl_password_file")
+    @classmethod
+    def _password_readable(cls, value: Path | None) -> Path | None:
+        _read_secret(value)
+        return value
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> Any:
+        if self.sasl_password_file is not None:
+            object.__setattr__(self, "sasl_password", _read_secret(self.sasl_password_file))
+        return self
+
+    @field_validator("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _check_readable(value)
 
     def topic(self, aggregate_type: str) -> str:
         return f"{self.topic_prefix}{aggregate_type}"
+
+    def client_config(self) -> dict[str, str | int | float | bool]:
+        """Connection settings shared by every Kafka client we create."""
+        config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": self.security_protocol,
+            "log_level": 3,
+        }
+        if self.security_protocol.startswith("SASL"):
+            config["sasl.mechanism"] = self.sasl_mechanism
+            config["sasl.username"] = self.sasl_username or ""
+            config["sasl.password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else ""
+            )
+        for key, path in (
+            ("ssl.ca.location", self.ssl_ca_file),
+            ("ssl.certificate.location", self.ssl_cert_file),
+            ("ssl.key.location", self.ssl_key_file),
+        ):
+            if path is not None:
+                config[key] = str(path)
+        return config
 
 
 class RelaySettings(BaseSettings):
@@ -90,7 +185,9 @@ class OpenSearchSettings(BaseSettings):
 
     url: str = Field("http://127.0.0.1:9200", description="OpenSearch endpoint")
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = Field(None, description="Never logged")
+    password_file: Path | None = Field(None, description="File holding the password")
+    ca_file: Path | None = Field(None, description="CA bundle for an https URL")
     index_prefix: str = Field(
         "eventstore-events",
         pattern=r"^[a-z][a-z0-9_-]*$",
@@ -99,6 +196,35 @@ class OpenSearchSettings(BaseSettings):
     replicas: int = Field(0, ge=0, description="Replicas of each event index")
     shards: int = Field(1, ge=1, description="Primary shards of each monthly event index")
     request_timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("password_file")
+    @classmethod
+    def _password_readable(cls, value: Path | None) -> Path | None:
+        _read_secret(value)
+        return value
+
+    @model_validator(mode="after")
+    def _password_from_file(self) -> Any:
+        # The file wins over the variable. (Frozen model: set it while it is being built.)
+        if self.password_file is not None:
+            object.__setattr__(self, "password", _read_secret(self.password_file))
+        return self
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        return _check_readable(value)
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection options shared by the sync (indexer) and async (server) clients."""
+        options: dict[str, Any] = {"hosts": [self.url], "timeout": self.request_timeout_s}
+        if self.username and self.password:
+            options["http_auth"] = (self.username, self.password.get_secret_value())
+        if self.url.startswith("https"):
+            options.update(use_ssl=True, verify_certs=True)
+            if self.ca_file:
+                options["ca_certs"] = str(self.ca_file)
+        return options
 
     @property
     def alias(self) -> str:
@@ -190,9 +316,9 @@ def load(cls: type[S]) -> S:
             )
         }
         prefix = prefixes.get(exc.title, "EVENTSTORE_")
-        problems = [
-            f"{prefix}{'_'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
-            f" (got {error['input']!r})"
-            for error in exc.errors()
-        ]
+        problems = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"])
+            shown = "" if "password" in name else f" (got {error['input']!r})"
+            problems.append(f"{prefix}{name.upper()}: {error['msg']}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

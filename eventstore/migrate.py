@@ -24,7 +24,7 @@ async def migrate(
     opensearch: OpenSearchSettings,
 ) -> None:
     await apply_schema(cassandra)
-    admin = AdminClient({"bootstrap.servers": kafka.bootstrap})
+    admin = AdminClient(kafka.client_config())
     await ensure_topic(admin, kafka.dead_letter_topic, kafka)
     client = make_client(opensearch)
     try:

@@ -70,7 +70,7 @@ class Indexer:
         kafka = settings.kafka
         self.consumer = Consumer(
             {
-                "bootstrap.servers": kafka.bootstrap,
+                **kafka.client_config(),
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -80,10 +80,10 @@ class Indexer:
         )
         self.dead_letters = Producer(
             {
-                "bootstrap.servers": kafka.bootstrap,
+                **kafka.client_config(),
                 "enable.idempotence": True,
                 "acks": "all",
-                "log_level": 3,
+                "message.timeout.ms": 30_000,
             }
         )
         self.stop = threading.Event()
@@ -99,7 +99,7 @@ class Indexer:
             "put the index template", lambda: ensure_template(self.client, self.settings.opensearch)
         )
         kafka = self.settings.kafka
-        admin = AdminClient({"bootstrap.servers": kafka.bootstrap, "log_level": 3})
+        admin = AdminClient(kafka.client_config())
         asyncio.run(ensure_topic(admin, kafka.dead_letter_topic, kafka))
         pattern = f"^{re.escape(self.settings.kafka.topic_prefix)}.*"
         self.consumer.subscribe([pattern])

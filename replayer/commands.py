@@ -203,7 +203,7 @@ async def republish(
         if dry_run
         else Producer(
             {
-                "bootstrap.servers": bootstrap,
+                **KafkaSettings(bootstrap=bootstrap).client_config(),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
@@ -320,8 +320,6 @@ def _write_checkpoint(
 async def _ensure_topic(bootstrap: str, topic: str) -> None:
     settings = KafkaSettings(bootstrap=bootstrap)
     try:
-        await ensure_topic(
-            AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}), topic, settings
-        )
+        await ensure_topic(AdminClient(settings.client_config()), topic, settings)
     except PublishFailed as exc:
         raise ReplayError(f"cannot use topic {topic!r} at {bootstrap}: {exc}", code=3) from exc

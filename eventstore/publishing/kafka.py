@@ -75,10 +75,7 @@ class _Delivery(Delivery):
 class KafkaEventPublisher(EventPublisher):
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
-        common: dict[str, str | int | float | bool] = {
-            "bootstrap.servers": settings.bootstrap,
-            "log_level": 3,
-        }
+        common = settings.client_config()
         self._producer = Producer(
             {
                 **common,

@@ -53,7 +53,7 @@ class KafkaLogReader(LogReader):
         self._key = key
         self._consumer = Consumer(
             {
-                "bootstrap.servers": settings.bootstrap,
+                **settings.client_config(),
                 "group.id": f"eventstore-subscription-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,

@@ -36,12 +36,7 @@ def _parse_time(value: str | None) -> datetime | None:
 class OpenSearchEventIndex(EventIndex):
     def __init__(self, settings: OpenSearchSettings) -> None:
         self._settings = settings
-        auth = None
-        if settings.username and settings.password:
-            auth = (settings.username, settings.password.get_secret_value())
-        self._client = AsyncOpenSearch(
-            hosts=[settings.url], http_auth=auth, timeout=settings.request_timeout_s
-        )
+        self._client = AsyncOpenSearch(**settings.client_options())
 
     async def _call(self, method: Any, **kwargs: Any) -> Any:
         try:

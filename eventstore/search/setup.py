@@ -9,15 +9,8 @@ from eventstore.search.documents import index_template, template_name
 
 
 def make_client(settings: OpenSearchSettings) -> OpenSearch:
-    auth = None
-    if settings.username and settings.password:
-        auth = (settings.username, settings.password.get_secret_value())
-    return OpenSearch(
-        hosts=[settings.url],
-        http_auth=auth,
-        timeout=settings.request_timeout_s,
-        max_retries=0,  # we retry ourselves, with backoff, without losing the batch
-    )
+    # max_retries=0: we retry ourselves, with backoff, without losing the batch.
+    return OpenSearch(**settings.client_options(), max_retries=0)
 
 
 def ensure_template(client: OpenSearch, settings: OpenSearchSettings) -> None:

@@ -39,6 +39,7 @@ def make_cluster(settings: CassandraSettings) -> Cluster:
         auth_provider=auth,
         protocol_version=5,
         connect_timeout=settings.request_timeout_s,
+        ssl_context=settings.ssl_context(),
     )
 
 

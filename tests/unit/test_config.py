@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,35 @@ def test_an_unreachable_cassandra_fails_after_the_startup_timeout() -> None:
     assert result.returncode == 1
     assert "cannot connect to Cassandra at 127.0.0.1:1" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_secrets_come_from_files_and_are_never_shown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    monkeypatch.setenv("EVENTSTORE_CASSANDRA_USERNAME", "app")
+    monkeypatch.setenv("EVENTSTORE_CASSANDRA_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("EVENTSTORE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("EVENTSTORE_KAFKA_SASL_USERNAME", "app")
+    monkeypatch.setenv("EVENTSTORE_KAFKA_SASL_PASSWORD_FILE", str(secret))
+    settings = load(ServerSettings)
+    assert settings.cassandra.password is not None
+    assert settings.cassandra.password.get_secret_value() == "s3cret"
+    kafka = settings.kafka.client_config()
+    assert kafka["sasl.password"] == "s3cret"
+    assert kafka["security.protocol"] == "SASL_SSL"
+    assert "s3cret" not in repr(settings)
+    assert "s3cret" not in str(settings.model_dump())
+
+
+def test_a_missing_credentials_file_fails_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTSTORE_OPENSEARCH_PASSWORD_FILE", "/nonexistent/secret")
+    with pytest.raises(ConfigError, match=r"EVENTSTORE_OPENSEARCH_PASSWORD_FILE: .*cannot read"):
+        load(ServerSettings)
+
+
+def test_a_missing_ca_file_fails_naming_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTSTORE_CASSANDRA_TLS_CA_FILE", "/nonexistent/ca.pem")
+    with pytest.raises(ConfigError, match="EVENTSTORE_CASSANDRA_TLS_CA_FILE"):
+        load(ServerSettings)
