@@ -4,10 +4,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+CACHE ?= $(or $(EVENTSTORE_CACHE_DIR),$(HOME)/.cache/eventstore)
+HELM_VERSION := v3.22.0
+HELM := $(CACHE)/bin/helm-$(HELM_VERSION)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv protos services-up services-down services-status migrate run test test-unit \
-        test-integration lint format bench clean
+        test-integration lint format bench clean chart-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,8 +56,17 @@ format: $(INSTALLED)
 test-unit: $(INSTALLED)  ## unit tests only (no services)
 	$(PY) -m pytest tests/unit
 
-test: lint services-up  ## lint, then the whole suite against the real services
-	$(PY) -m pytest
+$(HELM):  ## helm, built once from the Go module proxy (pinned), for the chart checks
+	@echo "[make] building helm $(HELM_VERSION) with go install (once; cached in $(CACHE)/bin)"
+	mkdir -p $(CACHE)/bin/build
+	GOBIN=$(CACHE)/bin/build go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(CACHE)/bin/build/helm $@
+
+chart-check: $(INSTALLED) $(HELM)  ## helm lint/template with both value sets, validated against Kubernetes schemas
+	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest tests/unit/test_chart.py
+
+test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks included) against the real services
+	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest
 
 bench: migrate  ## append, publication, indexing and query figures against the real stack
 	$(PY) -m benchmarks.append

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from eventstore import metrics
+from eventstore.api.admission import Admission
 from eventstore.api.servicer import EventStoreServicer
 from eventstore.config import ConfigError, ServerSettings, load
 from eventstore.domain.errors import StorageUnavailable
@@ -46,6 +47,9 @@ from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
 
 log = structlog.get_logger(__name__)
+
+#: After draining, how long new requests are still refused before the listener closes.
+REFUSAL_LINGER_S = 1.0
 
 SERVICE_NAME = eventstore_pb2.DESCRIPTOR.services_by_name["EventStore"].full_name
 
@@ -100,12 +104,19 @@ class RunningServer:
     port: int
     publication: Publication | None
     relay: asyncio.Task[None] | None
+    admission: Admission
 
     async def stop(self, grace: float) -> None:
-        # Report NOT_SERVING first so load balancers stop sending, then drain in-flight RPCs,
-        # then let queued publications finish, then close the connections.
+        # Report NOT_SERVING first so load balancers stop sending; refuse new RPCs and let the
+        # ones in flight finish (admission.py); then stop gRPC, let queued publications be
+        # confirmed, and close the connections.
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        started = time.monotonic()
+        await self.admission.drain(grace)
+        # Keep refusing (cleanly, UNAVAILABLE) a little longer: a request already on its way
+        # when we drained would otherwise be cut off by gRPC's stop() as CANCELLED.
+        await asyncio.sleep(min(REFUSAL_LINGER_S, grace / 2))
+        await self.server.stop(max(grace - (time.monotonic() - started), 0.5))
         if self.publication is not None:
             await self.publication.stop(grace)
         if self.relay is not None:
@@ -134,7 +145,9 @@ async def start(settings: ServerSettings, components: Components | None = None) 
         )
         relay = asyncio.create_task(publication.run(), name="relay")
     limits = settings.limits.to_limits()
+    admission = Admission()
     servicer = EventStoreServicer(
+        admission=admission,
         append=AppendEvents(
             storage,
             outbox=components.outbox,
@@ -180,7 +193,7 @@ async def start(settings: ServerSettings, components: Components | None = None) 
     # Storage answered (connect prepared every statement), so we can serve.
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, components, health_servicer, port, publication, relay)
+    return RunningServer(server, components, health_servicer, port, publication, relay, admission)
 
 
 class StartupFailed(Exception):

@@ -15,6 +15,7 @@ from grpc_status import rpc_status
 
 from eventstore import metrics
 from eventstore.api import convert
+from eventstore.api.admission import Admission
 from eventstore.api.errors import grpc_code, is_expected, to_status
 from eventstore.domain.errors import InvalidArgument, StorageUnavailable
 from eventstore.domain.validation import (
@@ -83,7 +84,8 @@ def unary(
             aggregate_id=getattr(request, "aggregate_id", None),
         ):
             try:
-                return await method(self, request, context)
+                with self._admission.unary():
+                    return await method(self, request, context)
             except Exception as exc:
                 code = _code_name(exc, request_id)
                 await _abort(exc, request_id, context)
@@ -112,7 +114,7 @@ def server_streaming(
             aggregate_id=getattr(request, "aggregate_id", None),
         ):
             try:
-                async for item in method(self, request, context):
+                async for item in self._admission.stream(method(self, request, context)):
                     yield item
             except asyncio.CancelledError:
                 code = "CANCELLED"  # the client went away
@@ -140,6 +142,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         subscribe: Subscribe | None = None,
         query: QueryEvents | None = None,
         snapshots: tuple[SaveSnapshot, GetSnapshot] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._append = append
         self._read = read
@@ -148,6 +151,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._subscribe = subscribe
         self._query = query
         self._snapshots = snapshots
+        self._admission = admission or Admission()
 
     @unary
     async def Append(

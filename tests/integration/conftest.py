@@ -160,7 +160,7 @@ async def server(
     )
     running = await start(server_settings, components)
     yield running
-    await running.stop(grace=5)
+    await running.stop(grace=1)
 
 
 @pytest.fixture

@@ -1,0 +1,86 @@
+"""Graceful shutdown at the RPC level.
+
+Once shutdown begins, new RPCs are refused with UNAVAILABLE (retryable; another replica will
+answer), RPCs in flight are let finish, and streams end with UNAVAILABLE between two messages
+(the client resumes from the checkpoint of the last one). gRPC's own stop() would cancel what
+is still running when its grace ends, and a cancelled append leaves the client unsure whether
+it was written; draining first means clients only ever see a clean refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
+
+import structlog
+
+from eventstore.domain.errors import StorageUnavailable
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+class ShuttingDown(StorageUnavailable):
+    def __init__(self) -> None:
+        super().__init__("this server is shutting down; retry (another replica will answer)")
+
+
+class Admission:
+    def __init__(self) -> None:
+        self._draining = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def unary(self) -> Iterator[None]:
+        if self._draining.is_set():
+            raise ShuttingDown()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def stream(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Pass `items` through until shutdown begins, then end with ShuttingDown."""
+        if self._draining.is_set():
+            raise ShuttingDown()
+        iterator = aiter(items)
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            while True:
+                following = asyncio.ensure_future(anext(iterator))
+                await asyncio.wait({following, draining}, return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await following
+                    raise ShuttingDown()
+                try:
+                    item = following.result()
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            draining.cancel()
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new RPCs; wait (at most `timeout_s`) for the unary ones in flight."""
+        self._draining.set()
+        log.info("draining: refusing new RPCs", in_flight=self._in_flight)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("grace period over with RPCs in flight", in_flight=self._in_flight)
+        else:
+            log.info("drained")
