@@ -54,14 +54,12 @@ class Admission:
             raise ShuttingDown()
         iterator = aiter(items)
         draining = asyncio.ensure_future(self._draining.wait())
+        following: asyncio.Future[T] | None = None
         try:
             while True:
                 following = asyncio.ensure_future(anext(iterator))
                 await asyncio.wait({following, draining}, return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
-                    following.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await following
                     raise ShuttingDown()
                 try:
                     item = following.result()
@@ -69,7 +67,14 @@ class Admission:
                     return
                 yield item
         finally:
+            # Whether we end, are drained or the client went away (cancelled): stop the
+            # pending step first, or the generator cannot be closed (it would still be running
+            # and keep its resources, e.g. a subscription's Kafka consumer).
             draining.cancel()
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
             close = getattr(iterator, "aclose", None)
             if close is not None:
                 await close()

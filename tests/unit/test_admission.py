@@ -54,3 +54,27 @@ async def test_streams_end_between_messages() -> None:
         await task
     assert received == list(range(len(received)))
     assert received
+
+
+async def test_a_cancelled_stream_closes_its_source() -> None:
+    admission = Admission()
+    closed = asyncio.Event()
+
+    async def source() -> AsyncIterator[int]:
+        try:
+            yield 1
+            await asyncio.sleep(3600)  # waiting for the next event
+            yield 2
+        finally:
+            closed.set()
+
+    async def consume() -> None:
+        async for _ in admission.stream(source()):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()  # the client went away
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed.is_set(), "the source (and what it holds) must be closed"
