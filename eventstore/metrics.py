@@ -31,3 +31,23 @@ PUBLISH_LAG = Histogram(
     "From the commit of an append to Kafka confirming its events (request path)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0),
 )
+
+
+class SubscriptionLag:
+    """Sums the lag the open subscriptions report into one gauge."""
+
+    def __init__(self) -> None:
+        self._lags: dict[object, int] = {}
+        SUBSCRIPTION_LAG.set_function(lambda: float(sum(self._lags.values())))
+
+    def report(self, subscription: object, lag: int | None) -> None:
+        if lag is None:
+            self._lags.pop(subscription, None)
+        else:
+            self._lags[subscription] = lag
+
+
+SUBSCRIPTION_LAG = Gauge(
+    "eventstore_subscription_lag_records",
+    "Records the open wide subscriptions still have to read to reach the end of the log",
+)

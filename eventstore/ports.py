@@ -161,6 +161,10 @@ class LogReader(ABC):
         """Whether `positions` reach the log's end as it was when the reader opened."""
 
     @abstractmethod
+    def lag(self, positions: Mapping[tuple[str, int], int]) -> int:
+        """Records between `positions` and the log's end (as last seen; cheap)."""
+
+    @abstractmethod
     async def close(self) -> None: ...
 
 

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from eventstore import metrics
 from eventstore.api.admission import Admission
-from eventstore.api.servicer import EventStoreServicer
+from eventstore.api.servicer import DeferredServicer, EventStoreServicer
 from eventstore.config import ConfigError, ServerSettings, load
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.failpoints import Failpoints
@@ -98,13 +98,63 @@ class Components:
 
 @dataclass
 class RunningServer:
+    settings: ServerSettings
     server: grpc.aio.Server
-    components: Components
+    deferred: DeferredServicer
     health: health_aio.HealthServicer
     port: int
-    publication: Publication | None
-    relay: asyncio.Task[None] | None
     admission: Admission
+    components: Components | None = None
+    publication: Publication | None = None
+    relay: asyncio.Task[None] | None = None
+
+    async def attach(self, components: Components) -> None:
+        """Wire the use cases to the connected backends, start the relay, report SERVING."""
+        settings = self.settings
+        storage = components.storage
+        if components.outbox is not None and components.publisher is not None:
+            self.publication = Publication(
+                storage,
+                components.outbox,
+                components.publisher,
+                interval_s=settings.relay.interval_s,
+                min_age_s=settings.relay.min_age_s,
+                max_in_flight=settings.relay.max_in_flight,
+                on_published=metrics.PUBLISH_LAG.observe,
+            )
+            self.relay = asyncio.create_task(self.publication.run(), name="relay")
+        self.deferred.target = EventStoreServicer(
+            admission=self.admission,
+            append=AppendEvents(
+                storage,
+                outbox=components.outbox,
+                publication=self.publication,
+                failpoints=Failpoints(settings.failpoints),
+            ),
+            read=ReadAggregate(storage, settings.read_page_size),
+            describe=DescribeAggregate(storage),
+            limits=settings.limits.to_limits(),
+            subscribe=(
+                Subscribe(
+                    storage,
+                    components.log,
+                    settings.subscription_heartbeat_s,
+                    on_lag=metrics.SubscriptionLag().report,
+                )
+                if components.log is not None
+                else None
+            ),
+            query=QueryEvents(components.index) if components.index is not None else None,
+            snapshots=(
+                (SaveSnapshot(storage, components.snapshots), GetSnapshot(components.snapshots))
+                if components.snapshots is not None
+                else None
+            ),
+        )
+        self.components = components
+        # The backends answered (connecting prepared every statement): we can serve.
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
         # Report NOT_SERVING first so load balancers stop sending; refuse new RPCs and let the
@@ -123,52 +173,14 @@ class RunningServer:
             self.relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.relay
-        await self.components.close()
+        if self.components is not None:
+            await self.components.close()
 
 
-async def start(settings: ServerSettings, components: Components | None = None) -> RunningServer:
-    """Build and start the server; `components` lets tests pass fakes or prepared adapters."""
-    if components is None:
-        components = await Components.build(settings)
-    storage = components.storage
-    publication = None
-    relay = None
-    if components.outbox is not None and components.publisher is not None:
-        publication = Publication(
-            storage,
-            components.outbox,
-            components.publisher,
-            interval_s=settings.relay.interval_s,
-            min_age_s=settings.relay.min_age_s,
-            max_in_flight=settings.relay.max_in_flight,
-            on_published=metrics.PUBLISH_LAG.observe,
-        )
-        relay = asyncio.create_task(publication.run(), name="relay")
+async def listen(settings: ServerSettings) -> RunningServer:
+    """Open the port at once: health NOT_SERVING and every RPC refused (UNAVAILABLE) until
+    `attach` wires the backends, so probes see "starting" rather than "connection refused"."""
     limits = settings.limits.to_limits()
-    admission = Admission()
-    servicer = EventStoreServicer(
-        admission=admission,
-        append=AppendEvents(
-            storage,
-            outbox=components.outbox,
-            publication=publication,
-            failpoints=Failpoints(settings.failpoints),
-        ),
-        read=ReadAggregate(storage, settings.read_page_size),
-        describe=DescribeAggregate(storage),
-        limits=limits,
-        subscribe=(
-            Subscribe(storage, components.log, settings.subscription_heartbeat_s)
-            if components.log is not None
-            else None
-        ),
-        query=QueryEvents(components.index) if components.index is not None else None,
-        snapshots=(
-            (SaveSnapshot(storage, components.snapshots), GetSnapshot(components.snapshots))
-            if components.snapshots is not None
-            else None
-        ),
-    )
     # Room for the largest valid append plus protobuf framing, so an oversized request reaches
     # our validation (INVALID_ARGUMENT naming the field) instead of a transport error.
     max_message = 2 * limits.max_append_bytes + 1024 * 1024
@@ -180,7 +192,8 @@ async def start(settings: ServerSettings, components: Components | None = None) 
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    eventstore_pb2_grpc.add_EventStoreServicer_to_server(servicer, server)
+    deferred = DeferredServicer()
+    eventstore_pb2_grpc.add_EventStoreServicer_to_server(deferred, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -188,12 +201,22 @@ async def start(settings: ServerSettings, components: Components | None = None) 
     )
     port = server.add_insecure_port(settings.listen)
     if port == 0:
-        raise RuntimeError(f"cannot listen on {settings.listen}")
-    await server.start()
-    # Storage answered (connect prepared every statement), so we can serve.
+        raise StartupFailed(f"cannot listen on {settings.listen}")
     for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, components, health_servicer, port, publication, relay, admission)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    return RunningServer(settings, server, deferred, health_servicer, port, Admission())
+
+
+async def start(settings: ServerSettings, components: Components | None = None) -> RunningServer:
+    """Listen, connect (or use the given components: tests pass fakes), and serve."""
+    running = await listen(settings)
+    try:
+        await running.attach(components or await Components.build(settings))
+    except BaseException:
+        await running.stop(0)
+        raise
+    return running
 
 
 class StartupFailed(Exception):
@@ -220,21 +243,36 @@ async def build_with_retries(settings: ServerSettings) -> Components:
 
 async def serve(settings: ServerSettings) -> None:
     started = time.monotonic()
-    running = await start(settings, await build_with_retries(settings))
-    host = settings.listen.rpartition(":")[0]
-    log.info(
-        "eventstore server listening",
-        address=f"{host}:{running.port}",
-        keyspace=settings.cassandra.keyspace,
-        startup_s=round(time.monotonic() - started, 2),
-    )
-    if settings.metrics_port:
-        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
-    gauges = asyncio.create_task(_update_gauges(running), name="gauges")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if settings.metrics_port:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
+    running = await listen(settings)
+    host = settings.listen.rpartition(":")[0]
+    log.info("listening; connecting to the backends", address=f"{host}:{running.port}")
+    connecting = asyncio.create_task(build_with_retries(settings))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not connecting.done():  # asked to stop while still connecting
+        connecting.cancel()
+        await running.stop(0)
+        return
+    stopping.cancel()
+    try:
+        components = connecting.result()
+    except StartupFailed:
+        await running.stop(0)
+        raise
+    await running.attach(components)
+    log.info(
+        "eventstore server ready",
+        address=f"{host}:{running.port}",
+        keyspace=settings.cassandra.keyspace,
+        startup_s=round(time.monotonic() - started, 2),
+    )
+    gauges = asyncio.create_task(_update_gauges(running), name="gauges")
     await stop.wait()
     log.info("shutting down", grace_s=settings.grace_period_s)
     gauges.cancel()
@@ -243,7 +281,7 @@ async def serve(settings: ServerSettings) -> None:
 
 
 async def _update_gauges(running: RunningServer) -> None:
-    publisher = running.components.publisher
+    publisher = running.components.publisher if running.components else None
     while True:
         if running.publication is not None:
             metrics.UNPUBLISHED_AGGREGATES.set(running.publication.backlog)

@@ -257,3 +257,78 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.GetAggregateResponse:
         validate_aggregate_id(request.aggregate_id, self._limits)
         return convert.aggregate_to_proto(await self._describe(request.aggregate_id))
+
+
+class NotReady(StorageUnavailable):
+    def __init__(self) -> None:
+        super().__init__("the server is starting: its backends are not connected yet")
+
+
+class DeferredServicer(pb_grpc.EventStoreServicer):
+    """What gRPC serves from the moment the port opens: until the backends answer and the real
+    servicer is attached, every RPC is refused with UNAVAILABLE (and health says NOT_SERVING),
+    so probes and clients can tell "starting" from "down"."""
+
+    def __init__(self) -> None:
+        self.target: EventStoreServicer | None = None
+
+    async def _refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await _abort(NotReady(), _request_id(context), context)
+
+    async def Append(
+        self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AppendResponse:
+        if self.target is None:
+            await self._refuse(context)
+        assert self.target is not None
+        return await self.target.Append(request, context)
+
+    async def ReadAggregate(
+        self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.ReadAggregateResponse]:
+        if self.target is None:
+            await self._refuse(context)
+        assert self.target is not None
+        async for item in self.target.ReadAggregate(request, context):
+            yield item
+
+    async def GetAggregate(
+        self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetAggregateResponse:
+        if self.target is None:
+            await self._refuse(context)
+        assert self.target is not None
+        return await self.target.GetAggregate(request, context)
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SubscribeResponse]:
+        if self.target is None:
+            await self._refuse(context)
+        assert self.target is not None
+        async for item in self.target.Subscribe(request, context):
+            yield item
+
+    async def QueryEvents(
+        self, request: pb.QueryEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.QueryEventsResponse:
+        if self.target is None:
+            await self._refuse(context)
+        assert self.target is not None
+        return await self.target.QueryEvents(request, context)
+
+    async def SaveSnapshot(
+        self, request: pb.SaveSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SaveSnapshotResponse:
+        if self.target is None:
+            await self._refuse(context)
+        assert self.target is not None
+        return await self.target.SaveSnapshot(request, context)
+
+    async def GetSnapshot(
+        self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.Snapshot:
+        if self.target is None:
+            await self._refuse(context)
+        assert self.target is not None
+        return await self.target.GetSnapshot(request, context)

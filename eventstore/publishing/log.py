@@ -136,6 +136,20 @@ class KafkaLogReader(LogReader):
     def start_positions(self) -> dict[tuple[str, int], int]:
         return dict(self._assigned)
 
+    def lag(self, positions: Mapping[tuple[str, int], int]) -> int:
+        behind = 0
+        for (aggregate_type, partition), start in self._assigned.items():
+            tp = TopicPartition(self._settings.topic(aggregate_type), partition)
+            try:
+                watermarks = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if watermarks:
+                behind += max(
+                    int(watermarks[1]) - positions.get((aggregate_type, partition), start), 0
+                )
+        return behind
+
     def caught_up(self, positions: Mapping[tuple[str, int], int]) -> bool:
         return all(positions.get(where, 0) >= end for where, end in self._end_at_open.items())
 

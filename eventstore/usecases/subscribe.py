@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.events import Direction, RecordedEvent
@@ -36,10 +36,19 @@ DEDUPE_CAPACITY = 1_000_000
 
 
 class Subscribe:
-    def __init__(self, storage: EventStorage, log: EventLog, heartbeat_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        storage: EventStorage,
+        log: EventLog,
+        heartbeat_s: float = 15.0,
+        on_lag: Callable[[object, int | None], None] | None = None,
+    ) -> None:
         self._storage = storage
         self._log = log
         self._heartbeat_s = heartbeat_s
+        #: told (about once a second) how far each wide subscription is behind the log's end,
+        #: and None when it ends
+        self._on_lag = on_lag
 
     async def __call__(
         self, subscription: SubscriptionFilter, start: Start
@@ -160,29 +169,37 @@ class Subscribe:
         delivered: OrderedDict[str, int] = OrderedDict()
         caught_up = False
         last_sent = time.monotonic()
-        if reader.caught_up(positions):
-            caught_up = True
-            yield self._log_item(positions, caught_up=True)
-        while True:
-            for record in await reader.read(READ_BATCH):
-                positions[(record.aggregate_type, record.partition)] = record.offset + 1
-                event = record.event
-                if event.version <= delivered.get(event.aggregate_id, 0):
-                    continue  # a repeated copy
-                delivered[event.aggregate_id] = event.version
-                delivered.move_to_end(event.aggregate_id)
-                if len(delivered) > DEDUPE_CAPACITY:
-                    delivered.popitem(last=False)
-                if subscription.matches(event):
-                    yield self._log_item(positions, event=event)
-                    last_sent = time.monotonic()
-            if not caught_up and reader.caught_up(positions):
+        next_lag_report = 0.0
+        try:
+            if reader.caught_up(positions):
                 caught_up = True
                 yield self._log_item(positions, caught_up=True)
-                last_sent = time.monotonic()
-            elif time.monotonic() - last_sent >= self._heartbeat_s:
-                yield self._log_item(positions, heartbeat=True)
-                last_sent = time.monotonic()
+            while True:
+                for record in await reader.read(READ_BATCH):
+                    positions[(record.aggregate_type, record.partition)] = record.offset + 1
+                    event = record.event
+                    if event.version <= delivered.get(event.aggregate_id, 0):
+                        continue  # a repeated copy
+                    delivered[event.aggregate_id] = event.version
+                    delivered.move_to_end(event.aggregate_id)
+                    if len(delivered) > DEDUPE_CAPACITY:
+                        delivered.popitem(last=False)
+                    if subscription.matches(event):
+                        yield self._log_item(positions, event=event)
+                        last_sent = time.monotonic()
+                if self._on_lag is not None and time.monotonic() >= next_lag_report:
+                    self._on_lag(reader, reader.lag(positions))
+                    next_lag_report = time.monotonic() + 1.0
+                if not caught_up and reader.caught_up(positions):
+                    caught_up = True
+                    yield self._log_item(positions, caught_up=True)
+                    last_sent = time.monotonic()
+                elif time.monotonic() - last_sent >= self._heartbeat_s:
+                    yield self._log_item(positions, heartbeat=True)
+                    last_sent = time.monotonic()
+        finally:
+            if self._on_lag is not None:
+                self._on_lag(reader, None)
 
     @staticmethod
     def _log_item(

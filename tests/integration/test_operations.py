@@ -75,6 +75,7 @@ async def test_metrics_endpoint_serves_the_series(
         assert value(metrics, "eventstore_unpublished_aggregates") == 0
         assert value(metrics, "eventstore_producer_queue_records") == 0
         assert value(metrics, "eventstore_subscriptions_active") == 0
+        assert value(metrics, "eventstore_subscription_lag_records") == 0
     finally:
         await proc.kill()
 

@@ -41,11 +41,13 @@ class ServerProcess:
         self.log = log
         self.process: asyncio.subprocess.Process | None = None
 
-    async def start(self) -> None:
+    async def start(self, wait_until_serving: bool = True) -> None:
         with self.log.open("ab") as out:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "eventstore.server", env=self.env, stdout=out, stderr=out
             )
+        if not wait_until_serving:
+            return
         async with grpc.aio.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             for _ in range(300):
