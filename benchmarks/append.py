@@ -12,13 +12,13 @@ import argparse
 import asyncio
 import os
 import platform
-import socket
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+from benchmarks.support import free_port
 from eventstore.client import Event, EventStoreClient, ExpectedVersion
 from eventstore.config import CassandraSettings
 from eventstore.domain.events import NewEvent
@@ -62,13 +62,6 @@ def report(
         f"{percentiles(latencies)}",
         flush=True,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import random
-import socket
 import statistics
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from opensearchpy import helpers
 
+from benchmarks.support import free_port
 from eventstore.client import Event, EventStoreClient
 from eventstore.config import OpenSearchSettings
 from eventstore.domain.events import RecordedEvent
@@ -42,13 +42,6 @@ def pct(samples: list[float]) -> str:
     return (
         f"p50 {q[49] * 1000:7.1f} ms  p99 {q[98] * 1000:7.1f} ms  max {max(samples) * 1000:7.1f} ms"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def synthetic(count: int, seed: int) -> Iterator[dict[str, Any]]:

@@ -13,18 +13,10 @@ import sys
 import time
 import uuid
 
+from benchmarks.support import free_port
 from eventstore.client import Event, EventStoreClient
 from replayer import commands
 from replayer.commands import Filters
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def start_server(extra: dict[str, str]) -> tuple[asyncio.subprocess.Process, str]:
