@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC as _UTC
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "InvalidArgumentError",
     "RetryPolicy",
     "SubscriptionMessage",
+    "TlsOptions",
     "UnavailableError",
     "WrongExpectedVersionError",
 ]
@@ -73,6 +75,25 @@ class SubscriptionMessage:
     event: RecordedEvent | None = None
     caught_up: bool = False
     heartbeat: bool = False
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """TLS to the server: its CA (None: the system's), and a client certificate for mTLS."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
 
 
 @dataclass(frozen=True)
@@ -156,10 +177,12 @@ class EventStoreClient:
         retry: RetryPolicy | None = None,
         timeout_s: float = 10.0,
         channel: grpc.aio.Channel | None = None,
+        tls: TlsOptions | None = None,
     ) -> None:
-        self._channel = channel or grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if channel is None and tls is not None:
+            channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+        self._channel = channel or grpc.aio.insecure_channel(target, options=options)
         self._stub = pb_grpc.EventStoreStub(self._channel)
         self._retry = retry or RetryPolicy()
         self._timeout = timeout_s

@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import grpc
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -263,6 +264,11 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_", frozen=True)
 
     listen: str = Field("127.0.0.1:50051", description="gRPC listen address host:port")
+    tls_cert_file: Path | None = Field(None, description="Server certificate: serve TLS")
+    tls_key_file: Path | None = Field(None, description="Server private key")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA of client certificates: require mutual TLS"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     max_concurrent_rpcs: int | None = Field(
@@ -289,6 +295,31 @@ class ServerSettings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    @classmethod
+    def _tls_readable(cls, value: Path | None) -> Path | None:
+        return _check_readable(value)
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> Any:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS needs both EVENTSTORE_TLS_CERT_FILE and EVENTSTORE_TLS_KEY_FILE")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError(
+                "mutual TLS (EVENTSTORE_TLS_CLIENT_CA_FILE) needs the server's TLS too"
+            )
+        return self
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        client_ca = self.tls_client_ca_file.read_bytes() if self.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(self.tls_key_file.read_bytes(), self.tls_cert_file.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
 
 
 class ConfigError(Exception):

@@ -199,7 +199,11 @@ async def listen(settings: ServerSettings) -> RunningServer:
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    port = server.add_insecure_port(settings.listen)
+    credentials = settings.server_credentials()
+    if credentials is None:
+        port = server.add_insecure_port(settings.listen)
+    else:
+        port = server.add_secure_port(settings.listen, credentials)
     if port == 0:
         raise StartupFailed(f"cannot listen on {settings.listen}")
     for name in ("", SERVICE_NAME):

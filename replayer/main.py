@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from eventstore.client import ClientError, EventStoreClient, RetryPolicy
+from eventstore.client import ClientError, EventStoreClient, RetryPolicy, TlsOptions
 from replayer import commands
 from replayer.reducers import ReplayError
 
@@ -61,6 +61,21 @@ def parser() -> argparse.ArgumentParser:
     )
     root.add_argument("--server", default=os.environ.get("EVENTSTORE_SERVER", "127.0.0.1:50051"))
     root.add_argument("--debug", action="store_true", help="show tracebacks")
+    root.add_argument(
+        "--tls-ca",
+        default=os.environ.get("EVENTSTORE_CLIENT_TLS_CA"),
+        help="CA of the server's certificate: use TLS",
+    )
+    root.add_argument(
+        "--tls-cert",
+        default=os.environ.get("EVENTSTORE_CLIENT_TLS_CERT"),
+        help="client certificate (mutual TLS)",
+    )
+    root.add_argument(
+        "--tls-key",
+        default=os.environ.get("EVENTSTORE_CLIENT_TLS_KEY"),
+        help="client key (mutual TLS)",
+    )
     sub = root.add_subparsers(dest="command", required=True)
 
     state = sub.add_parser(
@@ -118,7 +133,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 async def run(args: argparse.Namespace) -> None:
-    async with EventStoreClient(args.server, retry=RetryPolicy(attempts=3), timeout_s=30) as client:
+    tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    async with EventStoreClient(
+        args.server, retry=RetryPolicy(attempts=3), timeout_s=30, tls=tls
+    ) as client:
         if args.command == "state":
             await commands.state(
                 client,

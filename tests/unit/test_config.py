@@ -87,3 +87,13 @@ def test_a_missing_ca_file_fails_naming_its_variable(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("EVENTSTORE_CASSANDRA_TLS_CA_FILE", "/nonexistent/ca.pem")
     with pytest.raises(ConfigError, match="EVENTSTORE_CASSANDRA_TLS_CA_FILE"):
         load(ServerSettings)
+
+
+def test_tls_needs_both_certificate_and_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    cert = tmp_path / "server.crt"
+    cert.write_text("not checked here")
+    monkeypatch.setenv("EVENTSTORE_TLS_CERT_FILE", str(cert))
+    with pytest.raises(ConfigError, match="EVENTSTORE_TLS_KEY_FILE"):
+        load(ServerSettings)

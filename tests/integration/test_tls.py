@@ -1,0 +1,155 @@
+"""Transport security: TLS, and mutual TLS with a client CA (certificates made with openssl)."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from eventstore.client import ClientError, Event, EventStoreClient, RetryPolicy, TlsOptions
+from eventstore.config import ServerSettings
+from eventstore.server import Components, RunningServer, start
+from eventstore.storage.cassandra import CassandraEventStorage
+
+pytestmark = pytest.mark.integration
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_ca(name: str, cwd: Path) -> None:
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.crt",
+        cwd=cwd,
+    )
+
+
+def make_cert(name: str, ca: str, cwd: Path, san: str | None = None) -> None:
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        cwd=cwd,
+    )
+    extra: list[str] = []
+    if san:
+        (cwd / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+        extra = ["-extfile", f"{name}.ext"]
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.crt",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        f"{name}.crt",
+        *extra,
+        cwd=cwd,
+    )
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pki")
+    make_ca("ca", path)
+    make_ca("other-ca", path)
+    make_cert("server", "ca", path, san="IP:127.0.0.1,DNS:localhost")
+    make_cert("client", "ca", path)
+    make_cert("stranger", "other-ca", path)
+    return path
+
+
+async def serve(settings: ServerSettings, storage: CassandraEventStorage) -> RunningServer:
+    return await start(settings, Components(storage=storage))
+
+
+@pytest.fixture
+async def tls_server(
+    server_settings: ServerSettings, cassandra_storage: CassandraEventStorage, pki: Path
+) -> AsyncIterator[RunningServer]:
+    settings = server_settings.model_copy(
+        update={"tls_cert_file": pki / "server.crt", "tls_key_file": pki / "server.key"}
+    )
+    running = await serve(settings, cassandra_storage)
+    yield running
+    await running.stop(grace=1)
+
+
+@pytest.fixture
+async def mtls_server(
+    server_settings: ServerSettings, cassandra_storage: CassandraEventStorage, pki: Path
+) -> AsyncIterator[RunningServer]:
+    settings = server_settings.model_copy(
+        update={
+            "tls_cert_file": pki / "server.crt",
+            "tls_key_file": pki / "server.key",
+            "tls_client_ca_file": pki / "ca.crt",
+        }
+    )
+    running = await serve(settings, cassandra_storage)
+    yield running
+    await running.stop(grace=1)
+
+
+async def append_with(address: str, tls: TlsOptions | None) -> int:
+    async with EventStoreClient(
+        address, tls=tls, retry=RetryPolicy(attempts=1), timeout_s=5
+    ) as client:
+        result = await client.append("tls-check", "T", [Event("E", {})])
+        return result.last_version
+
+
+async def test_tls_server_refuses_plaintext(tls_server: RunningServer, pki: Path) -> None:
+    address = f"127.0.0.1:{tls_server.port}"
+    with pytest.raises(ClientError) as caught:
+        await append_with(address, None)
+    assert caught.value.code.name == "UNAVAILABLE"
+    assert await append_with(address, TlsOptions(ca_file=str(pki / "ca.crt"))) >= 1
+
+
+async def test_mutual_tls_needs_a_certificate_from_the_client_ca(
+    mtls_server: RunningServer, pki: Path
+) -> None:
+    address = f"127.0.0.1:{mtls_server.port}"
+    ca = str(pki / "ca.crt")
+    with pytest.raises(ClientError):
+        await append_with(address, TlsOptions(ca_file=ca))  # no client certificate
+    with pytest.raises(ClientError):
+        await append_with(
+            address,
+            TlsOptions(
+                ca_file=ca, cert_file=str(pki / "stranger.crt"), key_file=str(pki / "stranger.key")
+            ),
+        )
+    valid = TlsOptions(
+        ca_file=ca, cert_file=str(pki / "client.crt"), key_file=str(pki / "client.key")
+    )
+    assert await append_with(address, valid) >= 1
