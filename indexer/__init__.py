@@ -1,1 +1,1 @@
-"""Kafka → OpenSearch indexer (issue #5): not built yet."""
+"""eventstore-indexer: mirrors the Kafka event topics into OpenSearch (see indexer/main.py)."""

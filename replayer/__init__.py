@@ -1,1 +1,1 @@
-"""Replay CLI (issue #6): not built yet."""
+"""eventstore-replay: rebuild state, export and re-publish history (see replayer/main.py)."""
