@@ -166,7 +166,19 @@ async def test_resume_from_checkpoint_across_a_server_restart(
                 not in {(s.aggregate_id, s.version) for s in seen_wide}
             ]
             resumed = Collector(client.subscribe(start=wide_checkpoint))
-            await resumed.wait_for(lambda c: len(c.events) >= len(rest))
+            try:
+                await resumed.wait_for(lambda c: len(c.events) >= len(rest))
+            except AssertionError:
+                got = {(e.aggregate_id, e.version) for e in resumed.events}
+                missing = sorted(
+                    (e.aggregate_id, e.version)
+                    for e in rest
+                    if (e.aggregate_id, e.version) not in got
+                )
+                seen = sorted((e.aggregate_id, e.version) for e in seen_wide)
+                # A rare failure under full-suite load was seen once and not reproduced:
+                # say exactly what was missing, to find out why.
+                raise AssertionError(f"missing {missing}; got {sorted(got)}; seen {seen}") from None
             await resumed.settle()
             assert_exactly(resumed.events, rest)
             await resumed.stop()
