@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import grpc
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -29,12 +29,33 @@ def _read_secret(path: Path | None) -> SecretStr | None:
 
 def _check_readable(path: Path | None) -> Path | None:
     if path is not None and not path.is_file():
-        raise ValueError(f"no such file: {path}")
+        raise ValueError(f"cannot read {path}: no such file")
     return path
 
 
-class CassandraSettings(BaseSettings):
+class _FileBacked(BaseSettings):
+    """Settings whose secrets may come from files (Kubernetes mounts Secrets as files).
+
+    `_secret_files` maps a secret field to the field naming its file; the file wins over the
+    variable. The file fields are checked like every other path (so an error names the
+    variable); here each is read once.
+    """
+
+    _secret_files: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Any:
+        for secret, file_field in self._secret_files.items():
+            path = getattr(self, file_field)
+            if path is not None:
+                # Frozen model: set it while it is being built.
+                object.__setattr__(self, secret, _read_secret(path))
+        return self
+
+
+class CassandraSettings(_FileBacked):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_CASSANDRA_", frozen=True)
+    _secret_files: ClassVar[dict[str, str]] = {"password": "password_file"}
 
     hosts: str = Field("127.0.0.1:9042", description="Contact points, host[:port],… (one port)")
     keyspace: str = Field("eventstore", pattern=r"^[a-z][a-z0-9_]{0,47}$")
@@ -52,20 +73,7 @@ class CassandraSettings(BaseSettings):
     tls_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS)")
     tls_key_file: Path | None = Field(None, description="Client key (mutual TLS)")
 
-    @field_validator("password_file")
-    @classmethod
-    def _password_readable(cls, value: Path | None) -> Path | None:
-        _read_secret(value)
-        return value
-
-    @model_validator(mode="after")
-    def _password_from_file(self) -> Any:
-        # The file wins over the variable. (Frozen model: set it while it is being built.)
-        if self.password_file is not None:
-            object.__setattr__(self, "password", _read_secret(self.password_file))
-        return self
-
-    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @field_validator("password_file", "tls_ca_file", "tls_cert_file", "tls_key_file")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
@@ -98,8 +106,9 @@ class CassandraSettings(BaseSettings):
         return hosts, port
 
 
-class KafkaSettings(BaseSettings):
+class KafkaSettings(_FileBacked):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_KAFKA_", frozen=True)
+    _secret_files: ClassVar[dict[str, str]] = {"sasl_password": "sasl_password_file"}
 
     bootstrap: str = Field("127.0.0.1:9092", description="bootstrap.servers")
     topic_prefix: str = Field(
@@ -124,19 +133,7 @@ class KafkaSettings(BaseSettings):
     ssl_cert_file: Path | None = Field(None, description="Client certificate (mutual TLS)")
     ssl_key_file: Path | None = Field(None, description="Client key (mutual TLS)")
 
-    @field_validator("sasl_password_file")
-    @classmethod
-    def _password_readable(cls, value: Path | None) -> Path | None:
-        _read_secret(value)
-        return value
-
-    @model_validator(mode="after")
-    def _password_from_file(self) -> Any:
-        if self.sasl_password_file is not None:
-            object.__setattr__(self, "sasl_password", _read_secret(self.sasl_password_file))
-        return self
-
-    @field_validator("ssl_ca_file", "ssl_cert_file", "ssl_key_file")
+    @field_validator("sasl_password_file", "ssl_ca_file", "ssl_cert_file", "ssl_key_file")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
@@ -181,8 +178,9 @@ class RelaySettings(BaseSettings):
     )
 
 
-class OpenSearchSettings(BaseSettings):
+class OpenSearchSettings(_FileBacked):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_OPENSEARCH_", frozen=True)
+    _secret_files: ClassVar[dict[str, str]] = {"password": "password_file"}
 
     url: str = Field("http://127.0.0.1:9200", description="OpenSearch endpoint")
     username: str | None = None
@@ -198,20 +196,7 @@ class OpenSearchSettings(BaseSettings):
     shards: int = Field(1, ge=1, description="Primary shards of each monthly event index")
     request_timeout_s: float = Field(10.0, gt=0)
 
-    @field_validator("password_file")
-    @classmethod
-    def _password_readable(cls, value: Path | None) -> Path | None:
-        _read_secret(value)
-        return value
-
-    @model_validator(mode="after")
-    def _password_from_file(self) -> Any:
-        # The file wins over the variable. (Frozen model: set it while it is being built.)
-        if self.password_file is not None:
-            object.__setattr__(self, "password", _read_secret(self.password_file))
-        return self
-
-    @field_validator("ca_file")
+    @field_validator("password_file", "ca_file")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)

@@ -264,6 +264,27 @@ class NotReady(StorageUnavailable):
         super().__init__("the server is starting: its backends are not connected yet")
 
 
+def _forward_unary(name: str) -> Any:
+    async def method(
+        self: DeferredServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Any:
+        return await getattr(await self._target(context), name)(request, context)
+
+    method.__name__ = name
+    return method
+
+
+def _forward_stream(name: str) -> Any:
+    async def method(
+        self: DeferredServicer, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async for item in getattr(await self._target(context), name)(request, context):
+            yield item
+
+    method.__name__ = name
+    return method
+
+
 class DeferredServicer(pb_grpc.EventStoreServicer):
     """What gRPC serves from the moment the port opens: until the backends answer and the real
     servicer is attached, every RPC is refused with UNAVAILABLE (and health says NOT_SERVING),
@@ -272,63 +293,16 @@ class DeferredServicer(pb_grpc.EventStoreServicer):
     def __init__(self) -> None:
         self.target: EventStoreServicer | None = None
 
-    async def _refuse(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await _abort(NotReady(), _request_id(context), context)
-
-    async def Append(
-        self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.AppendResponse:
+    async def _target(self, context: grpc.aio.ServicerContext[Any, Any]) -> EventStoreServicer:
         if self.target is None:
-            await self._refuse(context)
+            await _abort(NotReady(), _request_id(context), context)
         assert self.target is not None
-        return await self.target.Append(request, context)
+        return self.target
 
-    async def ReadAggregate(
-        self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.ReadAggregateResponse]:
-        if self.target is None:
-            await self._refuse(context)
-        assert self.target is not None
-        async for item in self.target.ReadAggregate(request, context):
-            yield item
-
-    async def GetAggregate(
-        self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.GetAggregateResponse:
-        if self.target is None:
-            await self._refuse(context)
-        assert self.target is not None
-        return await self.target.GetAggregate(request, context)
-
-    async def Subscribe(
-        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.SubscribeResponse]:
-        if self.target is None:
-            await self._refuse(context)
-        assert self.target is not None
-        async for item in self.target.Subscribe(request, context):
-            yield item
-
-    async def QueryEvents(
-        self, request: pb.QueryEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.QueryEventsResponse:
-        if self.target is None:
-            await self._refuse(context)
-        assert self.target is not None
-        return await self.target.QueryEvents(request, context)
-
-    async def SaveSnapshot(
-        self, request: pb.SaveSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.SaveSnapshotResponse:
-        if self.target is None:
-            await self._refuse(context)
-        assert self.target is not None
-        return await self.target.SaveSnapshot(request, context)
-
-    async def GetSnapshot(
-        self, request: pb.GetSnapshotRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.Snapshot:
-        if self.target is None:
-            await self._refuse(context)
-        assert self.target is not None
-        return await self.target.GetSnapshot(request, context)
+    Append = _forward_unary("Append")
+    GetAggregate = _forward_unary("GetAggregate")
+    QueryEvents = _forward_unary("QueryEvents")
+    SaveSnapshot = _forward_unary("SaveSnapshot")
+    GetSnapshot = _forward_unary("GetSnapshot")
+    ReadAggregate = _forward_stream("ReadAggregate")
+    Subscribe = _forward_stream("Subscribe")
