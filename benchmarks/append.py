@@ -116,6 +116,7 @@ async def main(args: argparse.Namespace) -> None:
         "EVENTSTORE_LISTEN": f"127.0.0.1:{port}",
         "EVENTSTORE_CASSANDRA_KEYSPACE": settings.keyspace,
         "EVENTSTORE_LOG_LEVEL": "WARNING",
+        "EVENTSTORE_AUTH_DISABLED": "true",
     }
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "eventstore.server", env=env

@@ -116,6 +116,7 @@ async def query_latency(queries: int) -> None:
             "EVENTSTORE_LISTEN": f"127.0.0.1:{port}",
             "EVENTSTORE_OPENSEARCH_INDEX_PREFIX": "bench-events",
             "EVENTSTORE_LOG_LEVEL": "WARNING",
+            "EVENTSTORE_AUTH_DISABLED": "true",
         },
     )
     rng = random.Random(1)
@@ -170,6 +171,7 @@ async def pipeline(events: int, live: int) -> None:
         "EVENTSTORE_INDEXER_GROUP_ID": f"bench-{run}",
         "EVENTSTORE_LOG_LEVEL": "WARNING",
         "EVENTSTORE_INDEXER_LOG_LEVEL": "WARNING",
+        "EVENTSTORE_AUTH_DISABLED": "true",
     }
     settings = OpenSearchSettings(index_prefix=f"bench-pipe-{run}")
     os_client = make_client(settings)

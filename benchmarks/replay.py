@@ -25,6 +25,7 @@ async def start_server(extra: dict[str, str]) -> tuple[asyncio.subprocess.Proces
         **os.environ,
         "EVENTSTORE_LISTEN": f"127.0.0.1:{port}",
         "EVENTSTORE_LOG_LEVEL": "WARNING",
+        "EVENTSTORE_AUTH_DISABLED": "true",
         **extra,
     }
     process = await asyncio.create_subprocess_exec(

@@ -21,6 +21,10 @@ def main() -> int:
     env = {**os.environ}
     env.setdefault("EVENTSTORE_LOG_FORMAT", "console")
     env.setdefault("EVENTSTORE_INDEXER_LOG_FORMAT", "console")
+    if "EVENTSTORE_PERMISSIONS_FILE" not in env:
+        # A local stack on loopback: no keys to hand out, so authentication is explicitly off
+        # (the server warns). Set EVENTSTORE_PERMISSIONS_FILE to try it with authentication.
+        env.setdefault("EVENTSTORE_AUTH_DISABLED", "true")
     children = {name: subprocess.Popen(cmd, env=env) for name, cmd in COMMANDS.items()}
     stopping = False
 

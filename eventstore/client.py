@@ -41,9 +41,12 @@ __all__ = [
     "EventStoreClient",
     "ExpectedVersion",
     "InvalidArgumentError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
     "RetryPolicy",
     "SubscriptionMessage",
     "TlsOptions",
+    "UnauthenticatedError",
     "UnavailableError",
     "WrongExpectedVersionError",
 ]
@@ -155,11 +158,43 @@ class UnavailableError(ClientError):
     pass
 
 
+class UnauthenticatedError(ClientError):
+    """No API key or client certificate, or one the server does not know (any more)."""
+
+
+class PermissionDeniedError(ClientError):
+    """The principal may not do this operation on this aggregate type; nothing was written."""
+
+    @property
+    def reason(self) -> dict[str, str]:
+        """principal, operation and aggregate_type."""
+        for detail in self.status.details if self.status else ():
+            info = error_details_pb2.ErrorInfo()
+            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+                return dict(info.metadata)
+        return {}
+
+
+class ResourceExhaustedError(ClientError):
+    """Over a quota: try again after `retry_after_s`."""
+
+    @property
+    def retry_after_s(self) -> float | None:
+        for detail in self.status.details if self.status else ():
+            info = error_details_pb2.RetryInfo()
+            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+                return float(info.retry_delay.ToNanoseconds()) / 1e9
+        return None
+
+
 _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: WrongExpectedVersionError,
     grpc.StatusCode.NOT_FOUND: AggregateNotFoundError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
 }
 
 
@@ -178,7 +213,13 @@ class EventStoreClient:
         timeout_s: float = 10.0,
         channel: grpc.aio.Channel | None = None,
         tls: TlsOptions | None = None,
+        api_key: str | None = None,
     ) -> None:
+        """`api_key` is sent with every call (`authorization: Bearer …`); with mutual TLS the
+        client certificate in `tls` can identify the caller instead."""
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
         options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if channel is None and tls is not None:
             channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
@@ -252,7 +293,7 @@ class EventStoreClient:
             max_count=max_count,
         )
         try:
-            async for page in self._stub.ReadAggregate(request):
+            async for page in self._stub.ReadAggregate(request, metadata=self._metadata):
                 for event in page.events:
                     yield event_from_proto(event)
         except grpc.aio.AioRpcError as exc:
@@ -279,7 +320,7 @@ class EventStoreClient:
             request.from_end.SetInParent()
         else:
             request.checkpoint = start
-        call = self._stub.Subscribe(request)
+        call = self._stub.Subscribe(request, metadata=self._metadata)
         try:
             async for message in call:
                 kind = message.WhichOneof("message")
@@ -380,7 +421,7 @@ class EventStoreClient:
         backoff = self._retry.initial_backoff_s
         for attempt in range(1, self._retry.attempts + 1):
             try:
-                return await method(request, timeout=self._timeout)
+                return await method(request, timeout=self._timeout, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE or attempt == self._retry.attempts:
                     raise _error(exc) from None

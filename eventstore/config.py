@@ -249,10 +249,27 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_", frozen=True)
 
     listen: str = Field("127.0.0.1:50051", description="gRPC listen address host:port")
+    health_listen: str = Field(
+        "",
+        description="Also serve grpc.health.v1 (only) in plaintext on host:port, for probes "
+        "that cannot speak TLS (Kubernetes); empty: off",
+    )
     tls_cert_file: Path | None = Field(None, description="Server certificate: serve TLS")
     tls_key_file: Path | None = Field(None, description="Server private key")
     tls_client_ca_file: Path | None = Field(
         None, description="CA of client certificates: require mutual TLS"
+    )
+    permissions_file: Path | None = Field(
+        None,
+        description="Principals, their API key hashes, certificate identities, grants, quotas",
+    )
+    permissions_reload_s: float = Field(
+        5.0, gt=0, description="How often the permissions file is checked for changes"
+    )
+    auth_disabled: bool = Field(
+        False,
+        description="Serve without authentication (every caller may do everything); logged "
+        "as a warning at start. Only for local development.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -281,7 +298,7 @@ class ServerSettings(BaseSettings):
     opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
 
-    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file")
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "permissions_file")
     @classmethod
     def _tls_readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
@@ -293,6 +310,17 @@ class ServerSettings(BaseSettings):
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError(
                 "mutual TLS (EVENTSTORE_TLS_CLIENT_CA_FILE) needs the server's TLS too"
+            )
+        if self.permissions_file is None and not self.auth_disabled:
+            raise ValueError(
+                "EVENTSTORE_PERMISSIONS_FILE is required: every call is authenticated. "
+                "To run without authentication (local development only), set "
+                "EVENTSTORE_AUTH_DISABLED=true"
+            )
+        if self.permissions_file is not None and self.auth_disabled:
+            raise ValueError(
+                "EVENTSTORE_PERMISSIONS_FILE and EVENTSTORE_AUTH_DISABLED=true contradict "
+                "each other: set one"
             )
         return self
 
@@ -335,6 +363,9 @@ def load(cls: type[S]) -> S:
         problems = []
         for error in exc.errors():
             name = "_".join(str(part) for part in error["loc"])
+            if not name:  # a rule across several settings: its message names them
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
+                continue
             shown = "" if "password" in name else f" (got {error['input']!r})"
             problems.append(f"{prefix}{name.upper()}: {error['msg']}{shown}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

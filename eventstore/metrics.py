@@ -51,3 +51,9 @@ SUBSCRIPTION_LAG = Gauge(
     "eventstore_subscription_lag_records",
     "Records the open wide subscriptions still have to read to reach the end of the log",
 )
+
+POLICY_RELOADS = Counter(
+    "eventstore_permission_file_reloads",
+    "Changes of the permission file seen, by outcome (applied, or failed and ignored)",
+    ["outcome"],
+)

@@ -18,11 +18,15 @@ from grpc_reflection.v1alpha import reflection
 
 from eventstore import metrics
 from eventstore.api.admission import Admission
+from eventstore.api.auth import Authenticator
+from eventstore.api.quotas import Quotas
 from eventstore.api.servicer import DeferredServicer, EventStoreServicer
 from eventstore.config import ConfigError, ServerSettings, load
+from eventstore.domain.access import PolicyError
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.failpoints import Failpoints
 from eventstore.observability import configure_logging
+from eventstore.policy_file import PolicyFile
 from eventstore.ports import (
     EventIndex,
     EventLog,
@@ -104,6 +108,12 @@ class RunningServer:
     health: health_aio.HealthServicer
     port: int
     admission: Admission
+    authenticator: Authenticator
+    #: the permissions file being watched (None: authentication turned off)
+    permissions: PolicyFile | None = None
+    watcher: asyncio.Task[None] | None = None
+    #: the plaintext health-only server (EVENTSTORE_HEALTH_LISTEN)
+    health_server: grpc.aio.Server | None = None
     components: Components | None = None
     publication: Publication | None = None
     relay: asyncio.Task[None] | None = None
@@ -125,6 +135,8 @@ class RunningServer:
             self.relay = asyncio.create_task(self.publication.run(), name="relay")
         self.deferred.target = EventStoreServicer(
             admission=self.admission,
+            authenticator=self.authenticator,
+            quotas=Quotas(),
             append=AppendEvents(
                 storage,
                 outbox=components.outbox,
@@ -146,7 +158,10 @@ class RunningServer:
             ),
             query=QueryEvents(components.index) if components.index is not None else None,
             snapshots=(
-                (SaveSnapshot(storage, components.snapshots), GetSnapshot(components.snapshots))
+                (
+                    SaveSnapshot(storage, components.snapshots),
+                    GetSnapshot(storage, components.snapshots),
+                )
                 if components.snapshots is not None
                 else None
             ),
@@ -167,19 +182,43 @@ class RunningServer:
         # when we drained would otherwise be cut off by gRPC's stop() as CANCELLED.
         await asyncio.sleep(min(REFUSAL_LINGER_S, grace / 2))
         await self.server.stop(max(grace - (time.monotonic() - started), 0.5))
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         if self.publication is not None:
             await self.publication.stop(grace)
-        if self.relay is not None:
-            self.relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.relay
+        for task in (self.relay, self.watcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.components is not None:
             await self.components.close()
+
+
+def _authentication(settings: ServerSettings) -> tuple[Authenticator, PolicyFile | None]:
+    """The permissions file, read now: a wrong one stops the start (PolicyError)."""
+    if settings.permissions_file is None:
+        log.warning(
+            "AUTHENTICATION IS OFF (EVENTSTORE_AUTH_DISABLED=true): any caller may read and "
+            "write every aggregate type, and events record no principal"
+        )
+        return Authenticator(None), None
+    permissions = PolicyFile.load(settings.permissions_file)
+    policy = permissions.current()
+    log.info(
+        "permissions loaded",
+        path=str(settings.permissions_file),
+        principals=len(policy.principals),
+        keys=len(policy.keys),
+        certificates=len(policy.certificates),
+    )
+    return Authenticator(permissions.current), permissions
 
 
 async def listen(settings: ServerSettings) -> RunningServer:
     """Open the port at once: health NOT_SERVING and every RPC refused (UNAVAILABLE) until
     `attach` wires the backends, so probes see "starting" rather than "connection refused"."""
+    authenticator, permissions = _authentication(settings)
     limits = settings.limits.to_limits()
     # Room for the largest valid append plus protobuf framing, so an oversized request reaches
     # our validation (INVALID_ARGUMENT naming the field) instead of a transport error.
@@ -209,7 +248,39 @@ async def listen(settings: ServerSettings) -> RunningServer:
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    return RunningServer(settings, server, deferred, health_servicer, port, Admission())
+    health_server = await _health_only_server(settings.health_listen, health_servicer)
+    watcher = (
+        asyncio.create_task(permissions.watch(settings.permissions_reload_s), name="permissions")
+        if permissions is not None
+        else None
+    )
+    return RunningServer(
+        settings,
+        server,
+        deferred,
+        health_servicer,
+        port,
+        Admission(),
+        authenticator,
+        permissions,
+        watcher,
+        health_server,
+    )
+
+
+async def _health_only_server(
+    address: str, servicer: health_aio.HealthServicer
+) -> grpc.aio.Server | None:
+    """Kubernetes' gRPC probes speak no TLS: they get the health service alone, in plaintext,
+    on its own port. It shares the servicer, so it reports exactly what the main port does."""
+    if not address:
+        return None
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise StartupFailed(f"cannot listen on {address} (EVENTSTORE_HEALTH_LISTEN)")
+    await server.start()
+    return server
 
 
 async def start(settings: ServerSettings, components: Components | None = None) -> RunningServer:
@@ -254,6 +325,16 @@ async def serve(settings: ServerSettings) -> None:
     if settings.metrics_port:
         prometheus_client.start_http_server(settings.metrics_port, addr=settings.metrics_host)
     running = await listen(settings)
+    if running.permissions is not None:
+        # Rotate keys now rather than at the next poll: kill -HUP <pid>.
+        reloads: set[asyncio.Task[bool]] = set()  # held, or the loop may drop them mid-way
+
+        def reload_now(permissions: PolicyFile = running.permissions) -> None:
+            task = loop.create_task(permissions.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_now)
     host = settings.listen.rpartition(":")[0]
     log.info("listening; connecting to the backends", address=f"{host}:{running.port}")
     connecting = asyncio.create_task(build_with_retries(settings))
@@ -303,6 +384,9 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve(settings))
+    except PolicyError as exc:
+        sys.stderr.write(f"eventstore-server: EVENTSTORE_PERMISSIONS_FILE: {exc}\n")
+        raise SystemExit(2) from None
     except StartupFailed as exc:
         log.error("start-up failed", reason=str(exc))
         sys.stderr.write(f"eventstore-server: {exc}\n")

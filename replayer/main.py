@@ -76,6 +76,13 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("EVENTSTORE_CLIENT_TLS_KEY"),
         help="client key (mutual TLS)",
     )
+    root.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=os.environ.get("EVENTSTORE_API_KEY_FILE"),
+        help="file holding the API key (or set EVENTSTORE_API_KEY; never on the command line, "
+        "where other users could see it)",
+    )
     sub = root.add_subparsers(dest="command", required=True)
 
     state = sub.add_parser(
@@ -132,10 +139,21 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file is not None:
+        try:
+            return str(args.api_key_file.read_text().strip()) or None
+        except OSError as exc:
+            raise ReplayError(
+                f"cannot read --api-key-file {args.api_key_file}: {exc.strerror}"
+            ) from None
+    return os.environ.get("EVENTSTORE_API_KEY") or None
+
+
 async def run(args: argparse.Namespace) -> None:
     tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     async with EventStoreClient(
-        args.server, retry=RetryPolicy(attempts=3), timeout_s=30, tls=tls
+        args.server, retry=RetryPolicy(attempts=3), timeout_s=30, tls=tls, api_key=_api_key(args)
     ) as client:
         if args.command == "state":
             await commands.state(

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from eventstore.api.convert import expected_to_proto
+from eventstore.domain.access import PermissionDenied, QuotaExceeded, Unauthenticated
 from eventstore.domain.errors import (
     AggregateNotFound,
     InvalidArgument,
@@ -40,10 +41,10 @@ def _pack(*details: Message) -> list[any_pb2.Any]:
     return packed
 
 
-def _retry_info() -> error_details_pb2.RetryInfo:
-    return error_details_pb2.RetryInfo(
-        retry_delay=duration_pb2.Duration(nanos=RETRY_DELAY_MS * 1_000_000)
-    )
+def _retry_info(seconds: float = RETRY_DELAY_MS / 1000) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(int(seconds * 1e9), 1_000_000))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
 
 
 def to_status(
@@ -98,6 +99,38 @@ def to_status(
         return status_pb2.Status(
             code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(resource, request_info)
         )
+    if isinstance(exc, Unauthenticated):
+        info = error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain=DOMAIN)
+        return status_pb2.Status(
+            code=code_pb2.UNAUTHENTICATED, message=str(exc), details=_pack(info, request_info)
+        )
+    if isinstance(exc, PermissionDenied):
+        info = error_details_pb2.ErrorInfo(
+            reason="PERMISSION_DENIED",
+            domain=DOMAIN,
+            metadata={
+                "principal": exc.principal,
+                "operation": exc.operation.value,
+                "aggregate_type": exc.aggregate_type,
+            },
+        )
+        return status_pb2.Status(
+            code=code_pb2.PERMISSION_DENIED, message=str(exc), details=_pack(info, request_info)
+        )
+    if isinstance(exc, QuotaExceeded):
+        failure = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"principal:{exc.principal}",
+                    description=f"{exc.quota} is {exc.limit:g}",
+                )
+            ]
+        )
+        return status_pb2.Status(
+            code=code_pb2.RESOURCE_EXHAUSTED,
+            message=str(exc),
+            details=_pack(failure, _retry_info(exc.retry_after_s), request_info),
+        )
     if isinstance(exc, StorageUnavailable):
         info = error_details_pb2.ErrorInfo(reason="BACKEND_UNAVAILABLE", domain=DOMAIN)
         return status_pb2.Status(
@@ -131,7 +164,10 @@ def is_expected(exc: BaseException) -> bool:
         | WrongExpectedVersion
         | AggregateNotFound
         | StorageUnavailable
-        | ContentionExhausted,
+        | ContentionExhausted
+        | Unauthenticated
+        | PermissionDenied
+        | QuotaExceeded,
     )
 
 

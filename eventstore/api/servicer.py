@@ -16,7 +16,10 @@ from grpc_status import rpc_status
 from eventstore import metrics
 from eventstore.api import convert
 from eventstore.api.admission import Admission
+from eventstore.api.auth import Authenticator
 from eventstore.api.errors import grpc_code, is_expected, to_status
+from eventstore.api.quotas import Quotas
+from eventstore.domain.access import Operation, Principal, record_principal
 from eventstore.domain.errors import InvalidArgument, StorageUnavailable
 from eventstore.domain.validation import (
     Limits,
@@ -143,6 +146,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         query: QueryEvents | None = None,
         snapshots: tuple[SaveSnapshot, GetSnapshot] | None = None,
         admission: Admission | None = None,
+        authenticator: Authenticator | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self._append = append
         self._read = read
@@ -152,19 +157,31 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._query = query
         self._snapshots = snapshots
         self._admission = admission or Admission()
+        # None: authentication explicitly turned off (the composition root decides and warns).
+        self._authenticator = authenticator or Authenticator(None)
+        self._quotas = quotas or Quotas()
+
+    def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        principal = self._authenticator.authenticate(context)
+        structlog.contextvars.bind_contextvars(principal=principal.name)
+        return principal
 
     @unary
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AppendResponse:
+        principal = self._principal(context)
         validated = validate_append(convert.append_from_proto(request), self._limits)
-        result = await self._append(validated)
+        principal.require(Operation.APPEND, validated.aggregate_type)
+        self._quotas.take_append(principal, len(validated.events))
+        result = await self._append(record_principal(validated, principal))
         return convert.append_result_to_proto(result)
 
     @server_streaming
     async def ReadAggregate(
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReadAggregateResponse]:
+        principal = self._principal(context)
         validated = validate_read(
             request.aggregate_id,
             request.from_version,
@@ -172,7 +189,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.max_count,
             self._limits,
         )
-        async for page in self._read.pages(validated):
+        async for page in self._read.pages(validated, principal):
             yield pb.ReadAggregateResponse(events=[convert.event_to_proto(e) for e in page])
 
     @server_streaming
@@ -181,6 +198,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> AsyncIterator[pb.SubscribeResponse]:
         if self._subscribe is None:
             raise BackendNotConfigured("subscriptions need the event log (Kafka)")
+        principal = self._principal(context)
         subscription, start = validate_subscribe(
             request.aggregate_id,
             list(request.aggregate_types),
@@ -189,12 +207,13 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.checkpoint,
             self._limits,
         )
-        metrics.SUBSCRIPTIONS.inc()
-        try:
-            async for item in self._subscribe(subscription, start):
-                yield convert.subscription_item_to_proto(item)
-        finally:
-            metrics.SUBSCRIPTIONS.dec()
+        with self._quotas.subscription(principal):
+            metrics.SUBSCRIPTIONS.inc()
+            try:
+                async for item in self._subscribe(subscription, start, principal):
+                    yield convert.subscription_item_to_proto(item)
+            finally:
+                metrics.SUBSCRIPTIONS.dec()
 
     @unary
     async def QueryEvents(
@@ -202,6 +221,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.QueryEventsResponse:
         if self._query is None:
             raise BackendNotConfigured("queries need the search index (OpenSearch)")
+        principal = self._principal(context)
         query = validate_query(
             list(request.event_types),
             list(request.aggregate_types),
@@ -214,7 +234,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             self._limits,
             count_total=request.count_total,
         )
-        return convert.query_page_to_proto(await self._query(query))
+        return convert.query_page_to_proto(await self._query(query, principal))
 
     @unary
     async def SaveSnapshot(
@@ -222,6 +242,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.SaveSnapshotResponse:
         if self._snapshots is None:
             raise BackendNotConfigured("snapshots need their store")
+        principal = self._principal(context)
         validate_snapshot(
             request.aggregate_id,
             request.version,
@@ -236,6 +257,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.state,
             request.state_type,
             request.schema_version,
+            principal,
         )
         return pb.SaveSnapshotResponse(created_at=convert.timestamp(saved.created_at))
 
@@ -245,18 +267,22 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.Snapshot:
         if self._snapshots is None:
             raise BackendNotConfigured("snapshots need their store")
+        principal = self._principal(context)
         validate_aggregate_id(request.aggregate_id, self._limits)
         if request.max_version < 0:
             raise InvalidArgument.of("max_version", "must be 0 (latest) or a version")
-        snapshot = await self._snapshots[1](request.aggregate_id, request.max_version or None)
+        snapshot = await self._snapshots[1](
+            request.aggregate_id, request.max_version or None, principal
+        )
         return convert.snapshot_to_proto(snapshot)
 
     @unary
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:
+        principal = self._principal(context)
         validate_aggregate_id(request.aggregate_id, self._limits)
-        return convert.aggregate_to_proto(await self._describe(request.aggregate_id))
+        return convert.aggregate_to_proto(await self._describe(request.aggregate_id, principal))
 
 
 class NotReady(StorageUnavailable):

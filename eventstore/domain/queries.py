@@ -31,6 +31,9 @@ class EventQuery:
     after: Cursor | None = None
     visible_event_id: UUID | None = None
     count_total: bool = False
+    #: set by the server, not the client: the aggregate types the caller may query (None: all).
+    #: Not part of the fingerprint: it narrows what a page holds, not where the next one starts.
+    permitted_types: frozenset[str] | None = None
 
     def fingerprint(self) -> str:
         """Identifies the filters, so a page token cannot be replayed against other ones."""

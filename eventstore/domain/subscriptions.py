@@ -23,10 +23,13 @@ class SubscriptionFilter:
     aggregate_types: frozenset[str] = frozenset()
     #: empty: every event type
     event_types: frozenset[str] = frozenset()
+    #: set by the server: the aggregate types the subscriber may see (None: all)
+    permitted_types: frozenset[str] | None = None
 
     def matches(self, event: RecordedEvent) -> bool:
         return (
             (self.aggregate_id is None or event.aggregate_id == self.aggregate_id)
+            and (self.permitted_types is None or event.aggregate_type in self.permitted_types)
             and (not self.aggregate_types or event.aggregate_type in self.aggregate_types)
             and (not self.event_types or event.event_type in self.event_types)
         )

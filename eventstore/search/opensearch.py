@@ -52,6 +52,8 @@ class OpenSearchEventIndex(EventIndex):
             filters.append({"terms": {"event_type": list(query.event_types)}})
         if query.aggregate_types:
             filters.append({"terms": {"aggregate_type": list(query.aggregate_types)}})
+        if query.permitted_types is not None:
+            filters.append({"terms": {"aggregate_type": sorted(query.permitted_types)}})
         if query.aggregate_id:
             filters.append({"term": {"aggregate_id": query.aggregate_id}})
         if query.start or query.end:

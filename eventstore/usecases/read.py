@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from eventstore.domain.access import UNRESTRICTED, Operation, Principal
 from eventstore.domain.errors import AggregateNotFound
 from eventstore.domain.events import AggregateInfo, Direction, RecordedEvent
 from eventstore.domain.validation import ReadRequest
@@ -15,7 +16,9 @@ class ReadAggregate:
         self._storage = storage
         self._page_size = page_size
 
-    async def pages(self, request: ReadRequest) -> AsyncIterator[list[RecordedEvent]]:
+    async def pages(
+        self, request: ReadRequest, principal: Principal = UNRESTRICTED
+    ) -> AsyncIterator[list[RecordedEvent]]:
         """Yield the events in pages; never holds more than one page in memory."""
         remaining = request.max_count
         start = request.from_version
@@ -27,6 +30,9 @@ class ReadAggregate:
                 if first_page and await self._storage.describe(request.aggregate_id) is None:
                     raise AggregateNotFound(request.aggregate_id)
                 return
+            if first_page:
+                # Every event of an aggregate has its type: the first one tells.
+                principal.require(Operation.READ, page[0].aggregate_type)
             first_page = False
             yield page
             if len(page) < limit:
@@ -46,8 +52,11 @@ class DescribeAggregate:
     def __init__(self, storage: EventStorage) -> None:
         self._storage = storage
 
-    async def __call__(self, aggregate_id: str) -> AggregateInfo:
+    async def __call__(
+        self, aggregate_id: str, principal: Principal = UNRESTRICTED
+    ) -> AggregateInfo:
         info = await self._storage.describe(aggregate_id)
         if info is None:
             raise AggregateNotFound(aggregate_id)
+        principal.require(Operation.READ, info.aggregate_type)
         return info

@@ -16,7 +16,9 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
+from eventstore.domain.access import UNRESTRICTED, Operation, Principal
 from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.domain.subscriptions import (
@@ -51,19 +53,28 @@ class Subscribe:
         self._on_lag = on_lag
 
     async def __call__(
-        self, subscription: SubscriptionFilter, start: Start
+        self,
+        subscription: SubscriptionFilter,
+        start: Start,
+        principal: Principal = UNRESTRICTED,
     ) -> AsyncIterator[SubscriptionItem]:
         if subscription.aggregate_id is not None:
-            stream = self._one_aggregate(subscription, subscription.aggregate_id, start)
+            stream = self._one_aggregate(subscription, subscription.aggregate_id, start, principal)
         else:
-            stream = self._many(subscription, start)
+            # Only the topics of permitted types are read at all; `matches` checks again.
+            permitted = principal.narrow(Operation.SUBSCRIBE, subscription.aggregate_types)
+            stream = self._many(replace(subscription, permitted_types=permitted), start)
         async for item in stream:
             yield item
 
     # --- one aggregate -----------------------------------------------------------------
 
     async def _one_aggregate(
-        self, subscription: SubscriptionFilter, aggregate_id: str, start: Start
+        self,
+        subscription: SubscriptionFilter,
+        aggregate_id: str,
+        start: Start,
+        principal: Principal,
     ) -> AsyncIterator[SubscriptionItem]:
         info = await self._storage.describe(aggregate_id)
         if info is not None:
@@ -75,6 +86,7 @@ class Subscribe:
                 "aggregate_types",
                 f"aggregate {aggregate_id!r} has no events yet: name its type (exactly one)",
             )
+        principal.require(Operation.SUBSCRIBE, aggregate_type)
         if start.at is StartAt.CHECKPOINT:
             checkpoint = start.checkpoint
             if (
@@ -155,7 +167,9 @@ class Subscribe:
             where: dict[tuple[str, int], int] | str = dict(start.checkpoint.positions)
         else:
             where = start.at.value
-        reader = await self._log.open(subscription.aggregate_types, where)
+        reader = await self._log.open(
+            subscription.aggregate_types or subscription.permitted_types or frozenset(), where
+        )
         try:
             async for item in self._follow(subscription, reader):
                 yield item

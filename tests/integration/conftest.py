@@ -4,7 +4,7 @@ existing clusters), and every test gets fresh names (keyspace, topic, index)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from cassandra.cluster import Cluster
@@ -143,24 +143,40 @@ def server_settings(
         kafka=kafka_settings,
         opensearch=opensearch_settings,
         relay=RelaySettings(interval_s=0.2, min_age_s=1.0),
+        # Authentication has its own tests (test_security.py); the rest test everything else.
+        auth_disabled=True,
     )
+
+
+StartServer = Callable[[ServerSettings], Awaitable[RunningServer]]
 
 
 @pytest.fixture
-async def server(
-    server_settings: ServerSettings, cassandra_storage: CassandraEventStorage
-) -> AsyncIterator[RunningServer]:
-    components = Components(
-        storage=cassandra_storage,
-        outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
-        publisher=KafkaEventPublisher(server_settings.kafka),
-        log=KafkaEventLog(server_settings.kafka),
-        index=OpenSearchEventIndex(server_settings.opensearch),
-        snapshots=await CassandraSnapshotStore.create(cassandra_storage.connection),
-    )
-    running = await start(server_settings, components)
-    yield running
-    await running.stop(grace=1)
+async def start_server(cassandra_storage: CassandraEventStorage) -> AsyncIterator[StartServer]:
+    """Starts in-process servers on every real backend with the given settings; stops them."""
+    started: list[RunningServer] = []
+
+    async def start_one(settings: ServerSettings) -> RunningServer:
+        components = Components(
+            storage=cassandra_storage,
+            outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
+            publisher=KafkaEventPublisher(settings.kafka),
+            log=KafkaEventLog(settings.kafka),
+            index=OpenSearchEventIndex(settings.opensearch),
+            snapshots=await CassandraSnapshotStore.create(cassandra_storage.connection),
+        )
+        running = await start(settings, components)
+        started.append(running)
+        return running
+
+    yield start_one
+    for running in started:
+        await running.stop(grace=1)
+
+
+@pytest.fixture
+async def server(server_settings: ServerSettings, start_server: StartServer) -> RunningServer:
+    return await start_server(server_settings)
 
 
 @pytest.fixture

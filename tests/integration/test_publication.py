@@ -122,7 +122,9 @@ async def test_kafka_outage_appends_succeed_and_everything_is_published_after(
     kafka_settings: KafkaSettings,
     tmp_path: Path,
 ) -> None:
-    settings = ServerSettings(cassandra=cassandra_settings, kafka=kafka_settings)
+    settings = ServerSettings(
+        cassandra=cassandra_settings, kafka=kafka_settings, auth_disabled=True
+    )
     proc = server_process(settings, tmp_path)
     metrics_port = free_port()
     proc.env["EVENTSTORE_METRICS_PORT"] = str(metrics_port)

@@ -36,6 +36,7 @@ class ServerProcess:
             "EVENTSTORE_LISTEN": f"127.0.0.1:{port}",
             "EVENTSTORE_CASSANDRA_HOSTS": settings.hosts,
             "EVENTSTORE_CASSANDRA_KEYSPACE": settings.keyspace,
+            "EVENTSTORE_AUTH_DISABLED": "true",
         }
         self.address = f"127.0.0.1:{port}"
         self.log = log
@@ -65,6 +66,16 @@ class ServerProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         await self.process.wait()
+
+    async def stop(self) -> None:
+        """SIGTERM, as Kubernetes does; SIGKILL if it is not gone in 30 s."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), 30)
+        except TimeoutError:
+            await self.kill()
 
 
 @pytest.fixture

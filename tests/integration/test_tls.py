@@ -6,12 +6,17 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from eventstore.client import ClientError, Event, EventStoreClient, RetryPolicy, TlsOptions
 from eventstore.config import ServerSettings
 from eventstore.server import Components, RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage
+from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
+from tests.integration.test_restart import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +158,39 @@ async def test_mutual_tls_needs_a_certificate_from_the_client_ca(
         ca_file=ca, cert_file=str(pki / "client.crt"), key_file=str(pki / "client.key")
     )
     assert await append_with(address, valid) >= 1
+
+
+async def test_probes_get_plaintext_health_and_nothing_else_beside_a_tls_port(
+    server_settings: ServerSettings, cassandra_storage: CassandraEventStorage, pki: Path
+) -> None:
+    health_port = free_port()
+    settings = server_settings.model_copy(
+        update={
+            "tls_cert_file": pki / "server.crt",
+            "tls_key_file": pki / "server.key",
+            "tls_client_ca_file": pki / "ca.crt",
+            "health_listen": f"127.0.0.1:{health_port}",
+        }
+    )
+    running = await serve(settings, cassandra_storage)
+    stopped = False
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{health_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            for service in ("", "eventstore.v1.EventStore"):
+                reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            # No data on this port: the event store's own service is not there at all.
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pb_grpc.EventStoreStub(channel).GetAggregate(
+                    pb.GetAggregateRequest(aggregate_id="tls-check"), timeout=5
+                )
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            await running.stop(grace=1)
+            stopped = True
+            with pytest.raises(grpc.aio.AioRpcError) as gone:  # it stops with the server
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if not stopped:
+            await running.stop(grace=0)

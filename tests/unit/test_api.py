@@ -34,7 +34,7 @@ class ExplodingStorage(InMemoryEventStorage):
 
 async def serve(storage: InMemoryEventStorage, **settings: object) -> AsyncIterator[int]:
     running = await start(
-        ServerSettings(listen="127.0.0.1:0", **settings),  # type: ignore[arg-type]
+        ServerSettings(listen="127.0.0.1:0", **{"auth_disabled": True, **settings}),  # type: ignore[arg-type]
         Components(storage),
     )
     yield running.port

@@ -1,12 +1,16 @@
 """The Helm chart renders with default and production-like values, every object validates
-against the Kubernetes schemas, and a wrong-typed value is refused by values.schema.json."""
+against the Kubernetes schemas, and a wrong-typed value is refused by values.schema.json.
+Transport security and authentication: the server gets its certificates and permissions file
+from mounted Secrets, probes use the plaintext health port, and combinations the server would
+refuse at start are refused at render time."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pytest
 import yaml
@@ -31,11 +35,45 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
 
 
+def template(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run(helm, "template", "t", str(CHART), "--kube-version", KUBERNETES, *args)
+
+
 def render(helm: str, *values: str) -> str:
     extra = [arg for v in values for arg in ("-f", str(ROOT / "helm" / v))]
-    result = run(helm, "template", "t", str(CHART), "--kube-version", KUBERNETES, *extra)
+    result = template(helm, *extra)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def objects(manifest: str) -> dict[tuple[str, str], Any]:
+    """Every rendered object by (kind, name)."""
+    return {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(manifest) if d}
+
+
+def server_pod(helm: str, *sets: str) -> Any:
+    """The server Deployment's pod spec, rendered with default values and `--set` each of sets."""
+    result = template(helm, *[arg for s in sets for arg in ("--set", s)])
+    assert result.returncode == 0, result.stderr
+    return objects(result.stdout)[("Deployment", "t-eventstore-server")]["spec"]["template"]["spec"]
+
+
+def env_of(container: Any) -> dict[str, str | None]:
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def secret_behind(pod: Any, path: str) -> tuple[str, Any]:
+    """The Secret whose mounted volume holds the file `path`, and that volume's mount."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = [
+        m
+        for m in pod["containers"][0]["volumeMounts"]
+        if PurePosixPath(path).parent == PurePosixPath(m["mountPath"])
+    ]
+    assert len(mounts) == 1, f"{path}: not in exactly one mounted directory: {mounts}"
+    volume = volumes[mounts[0]["name"]]
+    assert "secret" in volume, volume
+    return volume["secret"]["secretName"], mounts[0]
 
 
 @pytest.mark.parametrize("values", [(), ("values-production.yaml",)], ids=["default", "production"])
@@ -68,11 +106,14 @@ def test_production_values_shape(helm: str) -> None:
     by_kind = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     server = by_kind[("Deployment", "t-eventstore-server")]["spec"]["template"]["spec"]
     container = server["containers"][0]
-    assert container["readinessProbe"]["grpc"]["port"] == 50051
+    assert container["readinessProbe"]["grpc"]["port"] == 8081  # plaintext health port
     assert server["securityContext"]["runAsNonRoot"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EVENTSTORE_CASSANDRA_PASSWORD_FILE"].startswith("/var/run/secrets/eventstore/")
     assert "EVENTSTORE_CASSANDRA_PASSWORD" not in env, "secrets only as mounted files"
+    assert {"EVENTSTORE_TLS_CERT_FILE", "EVENTSTORE_TLS_CLIENT_CA_FILE"} <= env.keys(), "mTLS"
+    assert env["EVENTSTORE_PERMISSIONS_FILE"]
+    assert "EVENTSTORE_AUTH_DISABLED" not in env
     assert ("HorizontalPodAutoscaler", "t-eventstore-server") in by_kind
     job = by_kind[("Job", "t-eventstore-migrate")]
     assert "pre-install" in job["metadata"]["annotations"]["helm.sh/hook"]
@@ -80,7 +121,17 @@ def test_production_values_shape(helm: str) -> None:
 
 @pytest.mark.parametrize(
     "override",
-    ["server.replicas=two", "cassandra.serialConsistency=SOMETIMES", "kafka.partitions=0"],
+    [
+        "server.replicas=two",
+        "cassandra.serialConsistency=SOMETIMES",
+        "kafka.partitions=0",
+        "server.healthPort=0",
+        "server.tls.enabled=yes",
+        "server.tls.secretName=Not_A_Name",
+        "auth.enabled=maybe",
+        "auth.reloadSeconds=0",
+        "auth.apiKey=secret",
+    ],
 )
 def test_bad_values_are_rejected_at_install(helm: str, override: str) -> None:
     result = run(helm, "template", "t", str(CHART), "--kube-version", KUBERNETES, "--set", override)
@@ -89,3 +140,98 @@ def test_bad_values_are_rejected_at_install(helm: str, override: str) -> None:
         "values don't meet the specifications of the schema" in result.stderr
         or "at '/" in result.stderr
     )
+
+
+def test_tls_and_permissions_come_from_mounted_secrets(helm: str) -> None:
+    pod = server_pod(
+        helm,
+        "server.tls.enabled=true",
+        "server.tls.secretName=es-server-tls",
+        "server.tls.clientCASecretName=es-client-ca",
+        "auth.permissionsSecretName=es-permissions",
+        "auth.reloadSeconds=2",
+        "server.healthPort=8181",
+    )
+    container = pod["containers"][0]
+    env = env_of(container)
+    files = {
+        "EVENTSTORE_TLS_CERT_FILE": ("es-server-tls", "tls.crt"),
+        "EVENTSTORE_TLS_KEY_FILE": ("es-server-tls", "tls.key"),
+        "EVENTSTORE_TLS_CLIENT_CA_FILE": ("es-client-ca", "ca.crt"),
+        "EVENTSTORE_PERMISSIONS_FILE": ("es-permissions", "permissions.yaml"),
+    }
+    for variable, (secret, key) in files.items():
+        path = env[variable]
+        assert path is not None, variable
+        assert PurePosixPath(path).name == key, (variable, path)
+        assert secret_behind(pod, path)[0] == secret, variable
+    assert env["EVENTSTORE_PERMISSIONS_RELOAD_S"] == "2"
+    assert "EVENTSTORE_AUTH_DISABLED" not in env
+    # A subPath mount never sees Secret updates: the keys could not rotate without a restart.
+    permissions = env["EVENTSTORE_PERMISSIONS_FILE"]
+    assert permissions is not None
+    assert "subPath" not in secret_behind(pod, permissions)[1]
+    assert not any("subPath" in m for m in container["volumeMounts"] if m["name"] != "tmp")
+    # The kubelet's gRPC probes speak no TLS: all of them use the plaintext health port.
+    listen = env["EVENTSTORE_HEALTH_LISTEN"]
+    assert listen is not None
+    health_port = int(listen.rpartition(":")[2])
+    assert health_port == 8181
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == health_port, probe
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == health_port
+    assert ports["grpc"] != health_port
+
+
+def test_health_port_is_not_in_the_service(helm: str) -> None:
+    service = objects(render(helm))[("Service", "t-eventstore")]
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+
+
+def test_default_values_authenticate_and_serve_health_in_plaintext(helm: str) -> None:
+    pod = server_pod(helm)
+    env = env_of(pod["containers"][0])
+    permissions = env["EVENTSTORE_PERMISSIONS_FILE"]
+    assert permissions is not None
+    assert secret_behind(pod, permissions)[0] == "eventstore-permissions"
+    assert "EVENTSTORE_AUTH_DISABLED" not in env
+    assert not any(name.startswith("EVENTSTORE_TLS_") for name in env)
+    assert env["EVENTSTORE_HEALTH_LISTEN"] == "0.0.0.0:8081"
+
+
+def test_auth_enabled_without_permissions_secret_is_refused(helm: str) -> None:
+    result = template(helm, "--set", "auth.enabled=true", "--set", "auth.permissionsSecretName=")
+    assert result.returncode != 0
+    assert "auth.permissionsSecretName" in result.stderr
+
+
+def test_auth_disabled_says_so_and_mounts_no_permissions(helm: str) -> None:
+    pod = server_pod(helm, "auth.enabled=false")
+    env = env_of(pod["containers"][0])
+    assert env["EVENTSTORE_AUTH_DISABLED"] == "true"
+    assert "EVENTSTORE_PERMISSIONS_FILE" not in env
+    assert "EVENTSTORE_PERMISSIONS_RELOAD_S" not in env
+    assert not any(
+        v.get("secret", {}).get("secretName") == "eventstore-permissions" for v in pod["volumes"]
+    )
+    assert "permissions" not in {m["name"] for m in pod["containers"][0]["volumeMounts"]}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["server.tls.clientCASecretName=es-client-ca"], "server.tls.clientCASecretName"),
+        (
+            ["server.tls.enabled=false", "server.tls.clientCASecretName=es-client-ca"],
+            "server.tls.enabled",
+        ),
+        (["server.tls.enabled=true"], "server.tls.secretName"),
+        (["server.healthPort=50051"], "server.healthPort"),
+    ],
+    ids=["client-ca-without-tls", "client-ca-with-tls-off", "tls-without-secret", "port-clash"],
+)
+def test_inconsistent_security_values_are_refused(helm: str, sets: list[str], message: str) -> None:
+    result = template(helm, *[arg for s in sets for arg in ("--set", s)])
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr

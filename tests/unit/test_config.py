@@ -45,6 +45,7 @@ def test_an_unreachable_cassandra_fails_after_the_startup_timeout() -> None:
             "EVENTSTORE_CASSANDRA_REQUEST_TIMEOUT_S": "1",
             "EVENTSTORE_STARTUP_TIMEOUT_S": "2",
             "EVENTSTORE_LISTEN": "127.0.0.1:0",
+            "EVENTSTORE_AUTH_DISABLED": "true",
             "PATH": "/usr/bin:/bin",
         },
         capture_output=True,
@@ -67,6 +68,7 @@ def test_secrets_come_from_files_and_are_never_shown(
     monkeypatch.setenv("EVENTSTORE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("EVENTSTORE_KAFKA_SASL_USERNAME", "app")
     monkeypatch.setenv("EVENTSTORE_KAFKA_SASL_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("EVENTSTORE_AUTH_DISABLED", "true")
     settings = load(ServerSettings)
     assert settings.cassandra.password is not None
     assert settings.cassandra.password.get_secret_value() == "s3cret"
@@ -97,3 +99,24 @@ def test_tls_needs_both_certificate_and_key(
     monkeypatch.setenv("EVENTSTORE_TLS_CERT_FILE", str(cert))
     with pytest.raises(ConfigError, match="EVENTSTORE_TLS_KEY_FILE"):
         load(ServerSettings)
+
+
+def test_authentication_is_on_unless_explicitly_turned_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("EVENTSTORE_AUTH_DISABLED", raising=False)
+    monkeypatch.delenv("EVENTSTORE_PERMISSIONS_FILE", raising=False)
+    with pytest.raises(ConfigError, match="EVENTSTORE_PERMISSIONS_FILE is required"):
+        load(ServerSettings)
+    monkeypatch.setenv("EVENTSTORE_PERMISSIONS_FILE", str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigError, match=r"EVENTSTORE_PERMISSIONS_FILE: .*cannot read"):
+        load(ServerSettings)
+    permissions = tmp_path / "permissions.yaml"
+    permissions.write_text("principals: {}\n")
+    monkeypatch.setenv("EVENTSTORE_PERMISSIONS_FILE", str(permissions))
+    assert load(ServerSettings).permissions_file == permissions
+    monkeypatch.setenv("EVENTSTORE_AUTH_DISABLED", "true")
+    with pytest.raises(ConfigError, match="contradict"):
+        load(ServerSettings)
+    monkeypatch.delenv("EVENTSTORE_PERMISSIONS_FILE")
+    assert load(ServerSettings).auth_disabled

@@ -26,7 +26,7 @@ def test_wheel_install_has_every_command(tmp_path: Path) -> None:
             python,
             "-c",
             "import eventstore.server, eventstore.migrate, indexer.main, replayer.main, "
-            "replayer.examples.users, eventstore.v1.eventstore_pb2_grpc",
+            "replayer.examples.users, eventstore.v1.eventstore_pb2_grpc, eventstore.access_cli",
         ],
         capture_output=True,
         text=True,
@@ -40,6 +40,7 @@ def test_wheel_install_has_every_command(tmp_path: Path) -> None:
         "eventstore-indexer",
         "eventstore-migrate",
         "eventstore-replay",
+        "eventstore-access",
     ):
         assert (venv / "bin" / command).is_file(), command
     help_text = subprocess.run(

@@ -71,6 +71,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end -}}
 
+{{/* Refuse, at render time and naming the value to change, what the server would refuse at
+start (or what cannot work). Included by server.yaml. */}}
+{{- define "eventstore.checkServerSecurity" -}}
+{{- $tls := .Values.server.tls -}}
+{{- if and $tls.enabled (not $tls.secretName) -}}
+{{- fail "server.tls.secretName is required when server.tls.enabled is true: the name of a kubernetes.io/tls Secret (tls.crt, tls.key)" -}}
+{{- end -}}
+{{- if and $tls.clientCASecretName (not $tls.enabled) -}}
+{{- fail "server.tls.clientCASecretName (mutual TLS) needs server.tls.enabled=true and server.tls.secretName: client certificates can only be verified over TLS" -}}
+{{- end -}}
+{{- if .Values.auth.enabled -}}
+{{- $_ := required "auth.permissionsSecretName is required when auth.enabled is true: the name of a Secret with the key permissions.yaml (see values.yaml), or set auth.enabled=false to run WITHOUT authentication" .Values.auth.permissionsSecretName -}}
+{{- end -}}
+{{- $health := int .Values.server.healthPort -}}
+{{- if or (eq $health (int .Values.server.port)) (eq $health (int .Values.server.metricsPort)) -}}
+{{- fail (printf "server.healthPort (%d) must differ from server.port and server.metricsPort" $health) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "eventstore.podSecurity" -}}
 securityContext:
   runAsNonRoot: true

@@ -1,0 +1,72 @@
+"""Authentication: which principal is calling, from an API key (`authorization: Bearer <key>`)
+and/or the identity in the client certificate that mutual TLS verified."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from eventstore.domain.access import UNRESTRICTED, AccessPolicy, Principal, Unauthenticated
+
+#: The subject common name and the subject alternative names of a verified client certificate.
+_CERTIFICATE_PROPERTIES = ("x509_common_name", "x509_subject_alternative_name")
+
+
+class Authenticator:
+    """`policy` returns the current policy (the file may be reloaded at any time); None means
+    authentication was explicitly turned off and every caller is `UNRESTRICTED`."""
+
+    def __init__(self, policy: Callable[[], AccessPolicy] | None) -> None:
+        self._policy = policy
+
+    @property
+    def enabled(self) -> bool:
+        return self._policy is not None
+
+    def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        if self._policy is None:
+            return UNRESTRICTED
+        policy = self._policy()
+        key = _bearer_token(context)
+        identities = _certificate_identities(context)
+        by_certificate = policy.by_certificate(identities) if identities else None
+        if key is not None:
+            principal = policy.by_key(key)
+            if principal is None:
+                raise Unauthenticated("the API key is not valid (unknown, or removed)")
+            if by_certificate is not None and by_certificate.name != principal.name:
+                raise Unauthenticated(
+                    "the API key and the client certificate identify different principals"
+                )
+            return principal
+        if by_certificate is not None:
+            return by_certificate
+        if identities:
+            raise Unauthenticated("the client certificate's identity is not a known principal")
+        raise Unauthenticated(
+            "no credential: send 'authorization: Bearer <API key>' or a client certificate"
+        )
+
+
+def _bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("the authorization header must be 'Bearer <API key>'")
+            return token.strip()
+    return None
+
+
+def _certificate_identities(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+    # Only present when the handshake verified a client certificate (mutual TLS).
+    auth_context = context.auth_context() or {}
+    identities: list[str] = []
+    for name in _CERTIFICATE_PROPERTIES:
+        for raw in auth_context.get(name, ()):
+            value = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if value not in identities:
+                identities.append(value)
+    return identities

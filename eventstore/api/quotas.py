@@ -1,0 +1,69 @@
+"""Per-principal quotas, enforced before any backend is touched: a principal over its rate is
+refused at the cost of a dictionary lookup, so it cannot take Cassandra time from the others.
+
+Quotas are per server process (a deployment of N replicas admits up to N times the rate).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from eventstore.domain.access import Principal, QuotaExceeded
+
+#: How long a client is told to wait when it holds too many subscriptions.
+SUBSCRIPTION_RETRY_S = 1.0
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class Quotas:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._subscriptions: dict[str, int] = {}
+
+    def take_append(self, principal: Principal, events: int) -> None:
+        """A token bucket that may go into debt: an append is admitted while the bucket is not
+        empty, whatever its size (so an append larger than the burst is not refused forever),
+        and its events are paid for by the following ones."""
+        rate = principal.quotas.append_events_per_s
+        if rate is None:
+            return
+        burst = principal.quotas.append_burst or rate
+        now = self._clock()
+        bucket = self._buckets.get(principal.name)
+        if bucket is None:
+            bucket = self._buckets[principal.name] = _Bucket(burst, now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        if bucket.tokens <= 0:
+            # Time until the bucket is positive again.
+            retry_after = (-bucket.tokens) / rate + 1.0 / rate
+            raise QuotaExceeded(principal.name, "append_events_per_s", rate, retry_after)
+        bucket.tokens -= events
+
+    @contextmanager
+    def subscription(self, principal: Principal) -> Iterator[None]:
+        limit = principal.quotas.max_subscriptions
+        if limit is None:
+            yield
+            return
+        open_now = self._subscriptions.get(principal.name, 0)
+        if open_now >= limit:
+            raise QuotaExceeded(principal.name, "max_subscriptions", limit, SUBSCRIPTION_RETRY_S)
+        self._subscriptions[principal.name] = open_now + 1
+        try:
+            yield
+        finally:
+            remaining = self._subscriptions[principal.name] - 1
+            if remaining:
+                self._subscriptions[principal.name] = remaining
+            else:
+                del self._subscriptions[principal.name]

@@ -1,0 +1,583 @@
+"""Authentication, authorization per aggregate type, the recorded principal, quotas and key
+rotation, against the real stack (Cassandra, Kafka, OpenSearch).
+
+Principals of these tests:
+  orders    appends Order; reads, queries and subscribes to Order and Payment
+  payments  appends Payment; reads, queries and subscribes to Payment; 20 events/s; 1 subscription
+  billing   appends Invoice only
+  auditor   reads, queries and subscribes to everything; appends nothing
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from eventstore.access_cli import new_key
+from eventstore.client import (
+    ClientError,
+    Event,
+    EventStoreClient,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    RetryPolicy,
+    TlsOptions,
+    UnauthenticatedError,
+)
+from eventstore.config import CassandraSettings, ServerSettings
+from eventstore.domain.access import PRINCIPAL_KEY, hash_key
+from eventstore.domain.events import Direction
+from eventstore.server import RunningServer
+from eventstore.storage.cassandra import CassandraEventStorage
+from tests.integration.conftest import StartServer
+from tests.integration.test_indexer import IndexerProcess
+from tests.integration.test_restart import ServerProcess, free_port
+from tests.integration.test_subscribe import Collector, events_at_least
+from tests.integration.test_tls import make_ca, make_cert
+
+pytestmark = pytest.mark.integration
+
+KEYS = {name: new_key() for name in ("orders", "payments", "billing", "auditor", "spare")}
+
+
+def permissions_yaml(keys: dict[str, list[str]], certificates: dict[str, list[str]]) -> str:
+    def listed(values: list[str]) -> str:
+        return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+    def entry(name: str, grants: str) -> str:
+        hashed = [hash_key(k) for k in keys.get(name, [])]
+        return (
+            f"  {name}:\n    keys: {listed(hashed)}\n"
+            f"    certificates: {listed(certificates.get(name, []))}\n{grants}"
+        )
+
+    return "principals:\n" + "".join(
+        [
+            entry(
+                "orders",
+                "    append: [Order]\n    read: [Order, Payment]\n"
+                "    query: [Order, Payment]\n    subscribe: [Order, Payment]\n",
+            ),
+            entry(
+                "payments",
+                "    append: [Payment]\n    read: [Payment]\n    query: [Payment]\n"
+                "    subscribe: [Payment]\n"
+                "    quotas: {append_events_per_s: 20, max_subscriptions: 1}\n",
+            ),
+            entry("billing", "    append: [Invoice]\n"),
+            entry("auditor", "    read: ['*']\n    query: ['*']\n    subscribe: ['*']\n"),
+        ]
+    )
+
+
+def default_keys() -> dict[str, list[str]]:
+    return {name: [KEYS[name]] for name in ("orders", "payments", "billing", "auditor")}
+
+
+@pytest.fixture
+def permissions(tmp_path: Path) -> Path:
+    path = tmp_path / "permissions.yaml"
+    path.write_text(permissions_yaml(default_keys(), {}))
+    return path
+
+
+@pytest.fixture
+async def secure_server(
+    server_settings: ServerSettings, start_server: StartServer, permissions: Path
+) -> RunningServer:
+    return await start_server(
+        server_settings.model_copy(
+            update={
+                "auth_disabled": False,
+                "permissions_file": permissions,
+                "permissions_reload_s": 0.2,
+            }
+        )
+    )
+
+
+Connect = Callable[..., EventStoreClient]
+
+
+@pytest.fixture
+async def connect(secure_server: RunningServer) -> AsyncIterator[Connect]:
+    clients: list[EventStoreClient] = []
+
+    def make(api_key: str | None = None, **options: object) -> EventStoreClient:
+        client = EventStoreClient(
+            f"127.0.0.1:{secure_server.port}",
+            api_key=api_key,
+            retry=RetryPolicy(attempts=1),
+            timeout_s=10,
+            **options,  # type: ignore[arg-type]
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def refused(call: Awaitable[object]) -> ClientError:
+    with pytest.raises(ClientError) as caught:
+        await call
+    return caught.value
+
+
+async def first_message(client: EventStoreClient, **filters: object) -> object:
+    async for message in client.subscribe(**filters):  # type: ignore[arg-type]
+        return message
+    return None
+
+
+async def test_every_rpc_needs_a_valid_credential(
+    connect: Connect, secure_server: RunningServer
+) -> None:
+    for key in (None, "esk_not-a-key-we-issued"):
+        client = connect(key)
+        calls: list[Awaitable[object]] = [
+            client.append("order-1", "Order", [Event("Placed", {})]),
+            client.read_all("order-1"),
+            client.get_aggregate("order-1"),
+            client.query_events(),
+            client.get_snapshot("order-1"),
+            first_message(client),
+        ]
+        for call in calls:
+            error = await refused(call)
+            assert isinstance(error, UnauthenticatedError), error
+    # Health stays open to probes, without credentials.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{secure_server.port}") as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    # …and nothing was written by any of it.
+    auditor = connect(KEYS["auditor"])
+    assert await auditor.query_all() == []
+    error = await refused(auditor.get_aggregate("order-1"))
+    assert error.code.name == "NOT_FOUND"
+
+
+async def test_a_forbidden_append_is_denied_naming_operation_and_type_and_writes_nothing(
+    connect: Connect, cassandra_storage: CassandraEventStorage
+) -> None:
+    orders = connect(KEYS["orders"])
+    denied = await refused(orders.append("payment-1", "Payment", [Event("Captured", {})]))
+    assert isinstance(denied, PermissionDeniedError)
+    assert denied.reason == {
+        "principal": "orders",
+        "operation": "append",
+        "aggregate_type": "Payment",
+    }
+    assert "'orders' may not append 'Payment'" in denied.message
+    assert await cassandra_storage.describe("payment-1") is None
+    auditor = connect(KEYS["auditor"])
+    assert isinstance(
+        await refused(auditor.append("order-9", "Order", [Event("Placed", {})])),
+        PermissionDeniedError,
+    )
+    assert await cassandra_storage.describe("order-9") is None
+    # Reading follows the read grants, by the type the aggregate really has.
+    payments = connect(KEYS["payments"])
+    await payments.append("payment-1", "Payment", [Event("Captured", {})])
+    await orders.append("order-1", "Order", [Event("Placed", {})])
+    assert len(await orders.read_all("payment-1")) == 1  # orders may read Payment
+    for call in (
+        payments.read_all("order-1"),
+        payments.get_aggregate("order-1"),
+        first_message(payments, aggregate_id="order-1"),
+    ):
+        error = await refused(call)
+        assert isinstance(error, PermissionDeniedError), error
+        assert error.reason["aggregate_type"] == "Order"
+    # Snapshots: writing one is as strong as appending; reading follows read grants.
+    assert isinstance(
+        await refused(orders.save_snapshot("payment-1", 1, b"{}", "state")),
+        PermissionDeniedError,
+    )
+    await payments.save_snapshot("payment-1", 1, b"{}", "state")
+    assert (await orders.get_snapshot("payment-1")) is not None
+    await orders.save_snapshot("order-1", 1, b"{}", "state")
+    assert isinstance(await refused(payments.get_snapshot("order-1")), PermissionDeniedError)
+
+
+async def test_the_recorded_principal_cannot_be_forged(
+    connect: Connect, cassandra_storage: CassandraEventStorage
+) -> None:
+    orders = connect(KEYS["orders"])
+    forged = await refused(
+        orders.append(
+            "order-1", "Order", [Event("Placed", {}, metadata={PRINCIPAL_KEY: "auditor"})]
+        )
+    )
+    assert isinstance(forged, InvalidArgumentError)
+    assert forged.fields == ["events[0].metadata[$principal]"]
+    assert await cassandra_storage.describe("order-1") is None
+    await orders.append(
+        "order-1", "Order", [Event("Placed", {}, metadata={"trace": "t-1"}), Event("Paid", {})]
+    )
+    stored = await cassandra_storage.read("order-1", 1, Direction.FORWARDS, 10)
+    assert [dict(e.metadata) for e in stored] == [
+        {"trace": "t-1", PRINCIPAL_KEY: "orders"},
+        {PRINCIPAL_KEY: "orders"},
+    ]
+    # What subscribers get is what was stored.
+    async for message in connect(KEYS["auditor"]).subscribe(aggregate_id="order-1"):
+        assert message.event is not None
+        assert message.event.metadata[PRINCIPAL_KEY] == "orders"
+        break
+
+
+async def append_mixed(connect: Connect) -> dict[str, set[tuple[str, int]]]:
+    """Events of three types by their three writers; what was written, by type."""
+    writers = {"Order": "orders", "Payment": "payments", "Invoice": "billing"}
+    written: dict[str, set[tuple[str, int]]] = {t: set() for t in writers}
+    for aggregate_type, writer in writers.items():
+        client = connect(KEYS[writer])
+        for i in range(3):
+            aggregate_id = f"{aggregate_type.lower()}-{i}"
+            result = await client.append(
+                aggregate_id, aggregate_type, [Event("A", {}), Event("B", {})]
+            )
+            written[aggregate_type] |= {
+                (aggregate_id, v) for v in range(result.first_version, result.last_version + 1)
+            }
+    return written
+
+
+async def test_wildcard_subscriptions_see_only_readable_types(
+    connect: Connect, cassandra_storage: CassandraEventStorage
+) -> None:
+    written = await append_mixed(connect)
+    # What Cassandra holds, by type, is what was acknowledged.
+    for aggregate_type, events in written.items():
+        for aggregate_id in {a for a, _ in events}:
+            info = await cassandra_storage.describe(aggregate_id)
+            assert info is not None
+            assert info.aggregate_type == aggregate_type
+    expected = {
+        "payments": written["Payment"],
+        "orders": written["Order"] | written["Payment"],
+        "auditor": written["Order"] | written["Payment"] | written["Invoice"],
+    }
+    collectors = {name: Collector(connect(KEYS[name]).subscribe()) for name in expected}
+    try:
+        # Topics of new types are found within seconds, so wait for the events, not caught-up.
+        for name, collector in collectors.items():
+            await collector.wait_for(events_at_least(len(expected[name])), within=60)
+        await collectors["auditor"].settle()
+        for name, collector in collectors.items():
+            seen = {(e.aggregate_id, e.version) for e in collector.events}
+            assert seen == expected[name], name
+        # Live events too: an Invoice appended now reaches the auditor only.
+        await connect(KEYS["billing"]).append("invoice-9", "Invoice", [Event("Issued", {})])
+        await collectors["auditor"].wait_for(
+            lambda c: any(e.aggregate_id == "invoice-9" for e in c.events)
+        )
+        await collectors["orders"].settle()
+        for name in ("orders", "payments"):
+            assert all(e.aggregate_type != "Invoice" for e in collectors[name].events), name
+    finally:
+        for collector in collectors.values():
+            await collector.stop()
+    # Naming a type one may not subscribe to is refused, not silently empty.
+    denied = await refused(first_message(connect(KEYS["payments"]), aggregate_types=["Order"]))
+    assert isinstance(denied, PermissionDeniedError)
+    assert denied.reason["operation"] == "subscribe"
+    assert isinstance(await refused(first_message(connect(KEYS["billing"]))), PermissionDeniedError)
+
+
+async def test_unfiltered_queries_see_only_readable_types(
+    connect: Connect, secure_server: RunningServer, tmp_path: Path
+) -> None:
+    settings = secure_server.settings
+    indexer = IndexerProcess(settings.kafka, settings.opensearch, tmp_path / "indexer.log")
+    await indexer.start()
+    try:
+        written = await append_mixed(connect)
+        auditor = connect(KEYS["auditor"])
+        everything = written["Order"] | written["Payment"] | written["Invoice"]
+        deadline = time.monotonic() + 90
+        while len(await auditor.query_all()) < len(everything):
+            assert time.monotonic() < deadline, "the indexer did not index every event"
+            await asyncio.sleep(0.5)
+
+        async def seen(name: str, **filters: object) -> set[tuple[str, int]]:
+            found = await connect(KEYS[name]).query_all(**filters)
+            return {(e.aggregate_id, e.version) for e in found}
+
+        assert await seen("auditor") == everything
+        assert await seen("payments") == written["Payment"]
+        assert await seen("orders") == written["Order"] | written["Payment"]
+        # By event type or by aggregate id, still only the readable types.
+        assert await seen("payments", event_types=["A"]) == {
+            (a, v) for a, v in written["Payment"] if v == 1
+        }
+        assert await seen("payments", aggregate_id="order-0") == set()
+        # Paging through a narrowed query works (the token is bound to the client's filters).
+        assert await seen("orders", page_size=4) == written["Order"] | written["Payment"]
+        denied = await refused(connect(KEYS["payments"]).query_events(aggregate_types=["Order"]))
+        assert isinstance(denied, PermissionDeniedError)
+        assert denied.reason == {
+            "principal": "payments",
+            "operation": "query",
+            "aggregate_type": "Order",
+        }
+    finally:
+        await indexer.kill()
+
+
+async def test_a_principal_over_its_rate_is_refused_while_others_keep_their_latency(
+    connect: Connect,
+) -> None:
+    noisy = connect(KEYS["payments"])  # 20 events/s
+    quiet = connect(KEYS["orders"])  # no quota
+    outcomes: list[str] = []
+    retry_after: list[float] = []
+
+    async def flood() -> None:
+        for i in range(300):
+            try:
+                await noisy.append(f"payment-{i % 10}", "Payment", [Event("Captured", {})])
+                outcomes.append("ok")
+            except ResourceExhaustedError as exc:
+                outcomes.append("refused")
+                retry_after.append(exc.retry_after_s or 0)
+
+    async def measure(count: int) -> list[float]:
+        latencies = []
+        for i in range(count):
+            started = time.perf_counter()
+            await quiet.append(f"order-{i % 5}", "Order", [Event("Placed", {})])
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+    baseline = await measure(20)
+    flooding = asyncio.create_task(flood())
+    during = await measure(40)
+    await flooding
+    admitted = outcomes.count("ok")
+    assert outcomes.count("refused") > 0
+    # 20/s with a burst of 20: the flood lasted a few seconds at most.
+    assert admitted <= 20 + 20 * 10, admitted
+    assert all(0 < delay <= 1.0 for delay in retry_after)
+    median_before, median_during = statistics.median(baseline), statistics.median(during)
+    print(
+        f"quiet principal append median {median_before * 1000:.1f} ms before, "
+        f"{median_during * 1000:.1f} ms during the flood; noisy admitted {admitted} of 300"
+    )
+    assert median_during < 0.2, median_during  # the product's latency target
+    # After waiting as told, the noisy principal is admitted again.
+    await asyncio.sleep(max(retry_after))
+    await noisy.append("payment-0", "Payment", [Event("Captured", {})])
+
+
+async def test_concurrent_subscriptions_are_limited_per_principal(connect: Connect) -> None:
+    payments = connect(KEYS["payments"])  # at most 1
+    first = Collector(payments.subscribe())
+    try:
+        await first.wait_for(lambda c: len(c.caught_up_at) > 0)
+        denied = await refused(first_message(payments))
+        assert isinstance(denied, ResourceExhaustedError)
+        assert denied.retry_after_s is not None
+        assert denied.retry_after_s > 0
+        # Someone else's subscriptions are not counted against it.
+        assert await first_message(connect(KEYS["orders"])) is not None
+    finally:
+        await first.stop()
+    deadline = time.monotonic() + 10
+    while True:  # the server sees the cancelled stream end shortly after
+        try:
+            assert await first_message(payments) is not None
+            break
+        except ResourceExhaustedError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+
+async def test_keys_rotate_without_a_restart(connect: Connect, permissions: Path) -> None:
+    old, new = KEYS["orders"], KEYS["spare"]
+    keys = default_keys()
+    keys["orders"] = [old, new]
+    await asyncio.to_thread(permissions.write_text, permissions_yaml(keys, {}))
+    await eventually_accepted(connect(new))
+    await connect(old).append("order-1", "Order", [Event("Placed", {})])  # both work
+    keys["orders"] = [new]
+    await asyncio.to_thread(permissions.write_text, permissions_yaml(keys, {}))
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await connect(old).append("order-1", "Order", [Event("Placed", {})])
+        except UnauthenticatedError:
+            break
+        assert time.monotonic() < deadline, "the removed key still works"
+        await asyncio.sleep(0.1)
+    result = await connect(new).append("order-1", "Order", [Event("Placed", {})])
+    assert result.last_version >= 3
+
+
+async def eventually_accepted(client: EventStoreClient) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            await client.append("order-1", "Order", [Event("Placed", {})])
+            return
+        except UnauthenticatedError:
+            assert time.monotonic() < deadline, "the added key was never accepted"
+            await asyncio.sleep(0.1)
+
+
+async def test_sighup_reloads_the_file_at_once(
+    cassandra_settings: CassandraSettings, tmp_path: Path
+) -> None:
+    path = tmp_path / "permissions.yaml"
+    keys = default_keys()
+    keys["orders"] = [KEYS["orders"], KEYS["spare"]]
+    path.write_text(permissions_yaml(keys, {}))
+    proc = ServerProcess(cassandra_settings, free_port(), tmp_path / "server.log")
+    del proc.env["EVENTSTORE_AUTH_DISABLED"]
+    proc.env["EVENTSTORE_PERMISSIONS_FILE"] = str(path)
+    proc.env["EVENTSTORE_PERMISSIONS_RELOAD_S"] = "3600"  # only the signal can reload it
+    await proc.start()
+    try:
+        async with EventStoreClient(
+            proc.address, api_key=KEYS["spare"], retry=RetryPolicy(attempts=1)
+        ) as spare:
+            await spare.append("order-1", "Order", [Event("Placed", {})])
+            keys["orders"] = [KEYS["orders"]]
+            path.write_text(permissions_yaml(keys, {}))
+            assert proc.process is not None
+            proc.process.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    await spare.append("order-1", "Order", [Event("Placed", {})])
+                except UnauthenticatedError:
+                    break
+                assert time.monotonic() < deadline, "SIGHUP did not reload the file"
+                await asyncio.sleep(0.1)
+        assert "permission file reloaded" in proc.log.read_text()
+    finally:
+        await proc.stop()
+
+
+async def test_without_authentication_the_server_warns_and_records_no_principal(
+    cassandra_settings: CassandraSettings, tmp_path: Path
+) -> None:
+    proc = ServerProcess(cassandra_settings, free_port(), tmp_path / "server.log")
+    assert proc.env["EVENTSTORE_AUTH_DISABLED"] == "true"
+    await proc.start()
+    try:
+        async with EventStoreClient(proc.address) as client:
+            await client.append("order-1", "Order", [Event("Placed", {})])
+            (event,) = await client.read_all("order-1")
+            assert PRINCIPAL_KEY not in event.metadata
+    finally:
+        await proc.stop()
+    assert "AUTHENTICATION IS OFF" in proc.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("identities")
+    make_ca("ca", path)
+    make_cert("server", "ca", path, san="IP:127.0.0.1,DNS:localhost")
+    make_cert("orders-client", "ca", path)
+    make_cert("unknown-client", "ca", path)
+    return path
+
+
+async def test_the_client_certificate_identifies_the_principal(
+    server_settings: ServerSettings,
+    start_server: StartServer,
+    identities: Path,
+    tmp_path: Path,
+    cassandra_storage: CassandraEventStorage,
+) -> None:
+    path = tmp_path / "permissions.yaml"
+    path.write_text(permissions_yaml(default_keys(), {"orders": ["orders-client"]}))
+    running = await start_server(
+        server_settings.model_copy(
+            update={
+                "auth_disabled": False,
+                "permissions_file": path,
+                "tls_cert_file": identities / "server.crt",
+                "tls_key_file": identities / "server.key",
+                "tls_client_ca_file": identities / "ca.crt",
+            }
+        )
+    )
+
+    def tls(name: str) -> TlsOptions:
+        return TlsOptions(
+            str(identities / "ca.crt"),
+            str(identities / f"{name}.crt"),
+            str(identities / f"{name}.key"),
+        )
+
+    address = f"127.0.0.1:{running.port}"
+    one_try = RetryPolicy(attempts=1)
+    async with EventStoreClient(address, tls=tls("orders-client"), retry=one_try) as orders:
+        await orders.append("order-1", "Order", [Event("Placed", {})])  # no key needed
+        denied = await refused(orders.append("payment-1", "Payment", [Event("Captured", {})]))
+        assert isinstance(denied, PermissionDeniedError)
+    stored = await cassandra_storage.read("order-1", 1, Direction.FORWARDS, 10)
+    assert [e.metadata[PRINCIPAL_KEY] for e in stored] == ["orders"]
+    # A valid certificate of no known principal, and a certificate and key that disagree.
+    async with EventStoreClient(address, tls=tls("unknown-client"), retry=one_try) as unknown:
+        error = await refused(unknown.append("order-1", "Order", [Event("Placed", {})]))
+        assert isinstance(error, UnauthenticatedError)
+    async with EventStoreClient(
+        address, tls=tls("orders-client"), api_key=KEYS["payments"], retry=one_try
+    ) as mixed:
+        error = await refused(mixed.append("order-1", "Order", [Event("Placed", {})]))
+        assert isinstance(error, UnauthenticatedError)
+    # With a known certificate, a key of the same principal is fine too.
+    async with EventStoreClient(
+        address, tls=tls("unknown-client"), api_key=KEYS["orders"], retry=one_try
+    ) as keyed:
+        await keyed.append("order-1", "Order", [Event("Placed", {})])
+
+
+def test_the_server_will_not_start_without_a_permissions_file_or_with_a_wrong_one(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
+    env["EVENTSTORE_LISTEN"] = "127.0.0.1:0"
+    missing = subprocess.run(
+        [sys.executable, "-m", "eventstore.server"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode == 2
+    assert "EVENTSTORE_PERMISSIONS_FILE is required" in missing.stderr
+    assert "EVENTSTORE_AUTH_DISABLED=true" in missing.stderr
+    wrong = tmp_path / "permissions.yaml"
+    wrong.write_text("principals:\n  orders:\n    keys: ['not-a-hash']\n")
+    env["EVENTSTORE_PERMISSIONS_FILE"] = str(wrong)
+    bad = subprocess.run(
+        [sys.executable, "-m", "eventstore.server"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "principals.orders.keys" in bad.stderr
