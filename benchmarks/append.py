@@ -14,13 +14,17 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from benchmarks.support import free_port
+from eventstore.access_cli import new_key
 from eventstore.client import Event, EventStoreClient, ExpectedVersion
 from eventstore.config import CassandraSettings
+from eventstore.domain.access import hash_key
 from eventstore.domain.events import NewEvent
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
 from eventstore.usecases.append import utc_now_ms
@@ -116,13 +120,25 @@ async def main(args: argparse.Namespace) -> None:
         "EVENTSTORE_LISTEN": f"127.0.0.1:{port}",
         "EVENTSTORE_CASSANDRA_KEYSPACE": settings.keyspace,
         "EVENTSTORE_LOG_LEVEL": "WARNING",
-        "EVENTSTORE_AUTH_DISABLED": "true",
     }
+    api_key = None
+    if args.auth:
+        # The production path: every call authenticated, authorized and its principal recorded.
+        api_key = new_key()
+        permissions = Path(tempfile.mkdtemp()) / "permissions.yaml"
+        permissions.write_text(
+            f"principals:\n  bench:\n    keys: ['{hash_key(api_key)}']\n"
+            "    append: ['*']\n    read: ['*']\n"
+        )
+        env["EVENTSTORE_PERMISSIONS_FILE"] = str(permissions)
+    else:
+        env["EVENTSTORE_AUTH_DISABLED"] = "true"
+    print(f"server: authentication {'on (API key)' if args.auth else 'off'}")
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "eventstore.server", env=env
     )
     try:
-        async with EventStoreClient(f"127.0.0.1:{port}") as client:
+        async with EventStoreClient(f"127.0.0.1:{port}", api_key=api_key) as client:
             for _ in range(100):
                 try:
                     await client.append(f"warmup-{run}", "Warmup", [Event("Up", {})])
@@ -169,4 +185,7 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--appends", type=int, default=800, help="appends per single-client run")
+    parser.add_argument(
+        "--auth", action="store_true", help="server with a permissions file, clients with a key"
+    )
     asyncio.run(main(parser.parse_args()))

@@ -11,9 +11,12 @@ Principals of these tests:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -552,9 +555,6 @@ async def test_the_client_certificate_identifies_the_principal(
 def test_the_server_will_not_start_without_a_permissions_file_or_with_a_wrong_one(
     tmp_path: Path,
 ) -> None:
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
     env["EVENTSTORE_LISTEN"] = "127.0.0.1:0"
     missing = subprocess.run(
@@ -581,3 +581,41 @@ def test_the_server_will_not_start_without_a_permissions_file_or_with_a_wrong_on
     )
     assert bad.returncode == 2
     assert "principals.orders.keys" in bad.stderr
+
+
+async def replay_cli(address: str, env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "replayer.main",
+        "--server",
+        address,
+        *args,
+        env={k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")} | env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_the_replay_cli_authenticates_with_a_key_from_the_environment_or_a_file(
+    connect: Connect, secure_server: RunningServer, tmp_path: Path
+) -> None:
+    await connect(KEYS["orders"]).append("order-1", "Order", [Event("Placed", {"n": 5})])
+    address = f"127.0.0.1:{secure_server.port}"
+    state = ("state", "order-1", "--reducer", "replayer.examples.counter:reduce")
+    code, out, _ = await replay_cli(address, {"EVENTSTORE_API_KEY": KEYS["orders"]}, *state)
+    assert code == 0
+    assert json.loads(out)["total"] == 5
+    key_file = tmp_path / "key"
+    key_file.write_text(KEYS["auditor"] + "\n")
+    code, out, _ = await replay_cli(address, {}, "--api-key-file", str(key_file), *state)
+    assert code == 0
+    code, _, err = await replay_cli(address, {}, *state)  # no key
+    assert code == 3
+    assert "no credential" in err
+    code, _, err = await replay_cli(address, {"EVENTSTORE_API_KEY": KEYS["payments"]}, *state)
+    assert code == 3
+    assert "'payments' may not read 'Order'" in err
