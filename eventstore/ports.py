@@ -194,7 +194,11 @@ class EventIndex(ABC):
         it was the last) and, if the query asks, how many events match in all."""
 
     @abstractmethod
-    async def freshness(self, visible_event_id: UUID | None) -> Freshness: ...
+    async def freshness(
+        self, visible_event_id: UUID | None, permitted_types: frozenset[str] | None = None
+    ) -> Freshness:
+        """How far the index is; whether the event is searchable (only if of a permitted
+        type: an event the caller may not query is reported as not visible)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -207,6 +207,10 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.checkpoint,
             self._limits,
         )
+        if subscription.aggregate_id is None:
+            # Refuse a forbidden filter as such, before it takes one of the principal's slots
+            # (the use case narrows the subscription again; this only fails fast).
+            principal.narrow(Operation.SUBSCRIBE, subscription.aggregate_types)
         with self._quotas.subscription(principal):
             metrics.SUBSCRIPTIONS.inc()
             try:

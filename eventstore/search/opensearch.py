@@ -87,13 +87,18 @@ class OpenSearchEventIndex(EventIndex):
         total = int(response["hits"]["total"]["value"]) if query.count_total else None
         return events, cursor, total
 
-    async def freshness(self, visible_event_id: uuid.UUID | None) -> Freshness:
+    async def freshness(
+        self, visible_event_id: uuid.UUID | None, permitted_types: frozenset[str] | None = None
+    ) -> Freshness:
         visible = False
         if visible_event_id is not None:
+            filters: list[dict[str, Any]] = [{"ids": {"values": [str(visible_event_id)]}}]
+            if permitted_types is not None:
+                filters.append({"terms": {"aggregate_type": sorted(permitted_types)}})
             found = await self._call(
                 self._client.search,
                 index=self._settings.alias,
-                body={"size": 0, "query": {"ids": {"values": [str(visible_event_id)]}}},
+                body={"size": 0, "query": {"bool": {"filter": filters}}},
                 ignore_unavailable=True,
                 allow_no_indices=True,
             )

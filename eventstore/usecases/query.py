@@ -20,7 +20,8 @@ class QueryEvents:
             query, permitted_types=principal.narrow(Operation.QUERY, query.aggregate_types)
         )
         (events, cursor, total), freshness = await asyncio.gather(
-            self._index.search(query), self._index.freshness(query.visible_event_id)
+            self._index.search(query),
+            self._index.freshness(query.visible_event_id, query.permitted_types),
         )
         token = encode_page_token(query, cursor) if cursor else ""
         return QueryPage(events, token, freshness, total)

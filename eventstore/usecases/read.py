@@ -27,8 +27,12 @@ class ReadAggregate:
             limit = self._page_size if remaining is None else min(self._page_size, remaining)
             page = await self._storage.read(request.aggregate_id, start, request.direction, limit)
             if not page:
-                if first_page and await self._storage.describe(request.aggregate_id) is None:
-                    raise AggregateNotFound(request.aggregate_id)
+                if first_page:
+                    # Past the end (or no such aggregate): still only for those who may read it.
+                    info = await self._storage.describe(request.aggregate_id)
+                    if info is None:
+                        raise AggregateNotFound(request.aggregate_id)
+                    principal.require(Operation.READ, info.aggregate_type)
                 return
             if first_page:
                 # Every event of an aggregate has its type: the first one tells.

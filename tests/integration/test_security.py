@@ -197,6 +197,7 @@ async def test_a_forbidden_append_is_denied_naming_operation_and_type_and_writes
     assert len(await orders.read_all("payment-1")) == 1  # orders may read Payment
     for call in (
         payments.read_all("order-1"),
+        payments.read_all("order-1", from_version=99),  # past the end: still not theirs
         payments.get_aggregate("order-1"),
         first_message(payments, aggregate_id="order-1"),
     ):
@@ -327,6 +328,13 @@ async def test_unfiltered_queries_see_only_readable_types(
             (a, v) for a, v in written["Payment"] if v == 1
         }
         assert await seen("payments", aggregate_id="order-0") == set()
+        # Whether an event of a type one may not query is indexed is not told either.
+        (order_event,) = await auditor.query_all(aggregate_id="order-0", event_types=["A"])
+        for name, visible in (("payments", False), ("orders", True)):
+            page = await connect(KEYS[name]).query_events(
+                visible_event_id=order_event.event_id, page_size=1
+            )
+            assert page.freshness.event_visible is visible, name
         # Paging through a narrowed query works (the token is bound to the client's filters).
         assert await seen("orders", page_size=4) == written["Order"] | written["Payment"]
         denied = await refused(connect(KEYS["payments"]).query_events(aggregate_types=["Order"]))
