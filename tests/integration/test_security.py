@@ -356,10 +356,13 @@ async def test_a_principal_over_its_rate_is_refused_while_others_keep_their_late
     outcomes: list[str] = []
     retry_after: list[float] = []
 
-    async def flood() -> None:
-        for i in range(300):
+    measuring = True
+
+    async def flood(worker: int) -> None:
+        # As fast as it can, ignoring retry-after: the worst neighbour.
+        while measuring:
             try:
-                await noisy.append(f"payment-{i % 10}", "Payment", [Event("Captured", {})])
+                await noisy.append(f"payment-{worker}", "Payment", [Event("Captured", {})])
                 outcomes.append("ok")
             except ResourceExhaustedError as exc:
                 outcomes.append("refused")
@@ -374,18 +377,23 @@ async def test_a_principal_over_its_rate_is_refused_while_others_keep_their_late
         return latencies
 
     baseline = await measure(20)
-    flooding = asyncio.create_task(flood())
-    during = await measure(40)
-    await flooding
+    started = time.monotonic()
+    flooding = [asyncio.create_task(flood(w)) for w in range(8)]
+    during = await measure(100)
+    measuring = False
+    await asyncio.gather(*flooding)
+    elapsed = time.monotonic() - started
     admitted = outcomes.count("ok")
     assert outcomes.count("refused") > 0
-    # 20/s with a burst of 20: the flood lasted a few seconds at most.
-    assert admitted <= 20 + 20 * 10, admitted
+    # 20 events/s with a burst of 20 (+1 in flight per worker when it ended).
+    assert admitted <= 20 + 20 * elapsed + 8, (admitted, elapsed)
     assert all(0 < delay <= 1.0 for delay in retry_after)
     median_before, median_during = statistics.median(baseline), statistics.median(during)
+    p99_during = statistics.quantiles(during, n=100)[98]
     print(
         f"quiet principal append median {median_before * 1000:.1f} ms before, "
-        f"{median_during * 1000:.1f} ms during the flood; noisy admitted {admitted} of 300"
+        f"{median_during * 1000:.1f} ms during the flood (p99 {p99_during * 1000:.1f} ms); "
+        f"noisy: {admitted} admitted, {outcomes.count('refused')} refused in {elapsed:.1f} s"
     )
     assert median_during < 0.2, median_during  # the product's latency target
     # After waiting as told, the noisy principal is admitted again.
