@@ -8,7 +8,13 @@ from typing import Any
 
 import grpc
 
-from eventstore.domain.access import UNRESTRICTED, AccessPolicy, Principal, Unauthenticated
+from eventstore.domain.access import (
+    UNRESTRICTED,
+    AccessPolicy,
+    GrantsChanged,
+    Principal,
+    Unauthenticated,
+)
 
 #: The subject common name and the subject alternative names of a verified client certificate.
 _CERTIFICATE_PROPERTIES = ("x509_common_name", "x509_subject_alternative_name")
@@ -24,6 +30,18 @@ class Authenticator:
     @property
     def enabled(self) -> bool:
         return self._policy is not None
+
+    def policy(self) -> AccessPolicy | None:
+        """The current policy object: a new one after every reload."""
+        return self._policy() if self._policy is not None else None
+
+    def recheck(self, context: grpc.aio.ServicerContext[Any, Any], principal: Principal) -> None:
+        """For a long-lived stream, after a reload: is the caller still who it was, with the
+        same grants? A removed key ends the stream as UNAUTHENTICATED; changed grants end it
+        (ABORTED) so that it is resumed, and narrowed, anew."""
+        fresh = self.authenticate(context)
+        if fresh.name != principal.name or fresh.grants != principal.grants:
+            raise GrantsChanged(principal.name)
 
     def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         if self._policy is None:

@@ -15,7 +15,12 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from eventstore.api.convert import expected_to_proto
-from eventstore.domain.access import PermissionDenied, QuotaExceeded, Unauthenticated
+from eventstore.domain.access import (
+    GrantsChanged,
+    PermissionDenied,
+    QuotaExceeded,
+    Unauthenticated,
+)
 from eventstore.domain.errors import (
     AggregateNotFound,
     InvalidArgument,
@@ -117,6 +122,13 @@ def to_status(
         return status_pb2.Status(
             code=code_pb2.PERMISSION_DENIED, message=str(exc), details=_pack(info, request_info)
         )
+    if isinstance(exc, GrantsChanged):
+        info = error_details_pb2.ErrorInfo(
+            reason="PERMISSIONS_CHANGED", domain=DOMAIN, metadata={"principal": exc.principal}
+        )
+        return status_pb2.Status(
+            code=code_pb2.ABORTED, message=str(exc), details=_pack(info, request_info)
+        )
     if isinstance(exc, QuotaExceeded):
         failure = error_details_pb2.QuotaFailure(
             violations=[
@@ -167,6 +179,7 @@ def is_expected(exc: BaseException) -> bool:
         | ContentionExhausted
         | Unauthenticated
         | PermissionDenied
+        | GrantsChanged
         | QuotaExceeded,
     )
 

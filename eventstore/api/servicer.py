@@ -211,10 +211,16 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             # Refuse a forbidden filter as such, before it takes one of the principal's slots
             # (the use case narrows the subscription again; this only fails fast).
             principal.narrow(Operation.SUBSCRIBE, subscription.aggregate_types)
+        policy = self._authenticator.policy()
         with self._quotas.subscription(principal):
             metrics.SUBSCRIPTIONS.inc()
             try:
                 async for item in self._subscribe(subscription, start, principal):
+                    if self._authenticator.policy() is not policy:
+                        # Reloaded: a removed key or changed grants end the stream (at the
+                        # latest one heartbeat after the change).
+                        policy = self._authenticator.policy()
+                        self._authenticator.recheck(context, principal)
                     yield convert.subscription_item_to_proto(item)
             finally:
                 metrics.SUBSCRIPTIONS.dec()

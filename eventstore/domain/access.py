@@ -46,6 +46,17 @@ class PermissionDenied(EventStoreError):
         super().__init__(f"principal {principal!r} may not {operation.value} {what}")
 
 
+class GrantsChanged(EventStoreError):
+    """The permissions changed under an open stream: it ends, and the client resumes from its
+    last checkpoint under the new grants (or is refused)."""
+
+    def __init__(self, principal: str) -> None:
+        self.principal = principal
+        super().__init__(
+            f"the permissions of {principal!r} changed; resume from the last checkpoint"
+        )
+
+
 class QuotaExceeded(EventStoreError):
     def __init__(self, principal: str, quota: str, limit: float, retry_after_s: float) -> None:
         self.principal = principal

@@ -104,6 +104,7 @@ async def secure_server(
                 "auth_disabled": False,
                 "permissions_file": permissions,
                 "permissions_reload_s": 0.2,
+                "subscription_heartbeat_s": 0.5,
             }
         )
     )
@@ -635,3 +636,39 @@ async def test_the_replay_cli_authenticates_with_a_key_from_the_environment_or_a
     code, _, err = await replay_cli(address, {"EVENTSTORE_API_KEY": KEYS["payments"]}, *state)
     assert code == 3
     assert "'payments' may not read 'Order'" in err
+
+
+async def test_open_subscriptions_end_when_their_key_is_removed_or_their_grants_change(
+    connect: Connect, permissions: Path
+) -> None:
+    async def follow(client: EventStoreClient, started: asyncio.Event) -> ClientError:
+        try:
+            async for _ in client.subscribe():
+                started.set()
+        except ClientError as ended:
+            return ended
+        raise AssertionError("the stream ended without a status")
+
+    keys = default_keys()
+    keys["orders"] = [KEYS["orders"], KEYS["spare"]]
+    await asyncio.to_thread(permissions.write_text, permissions_yaml(keys, {}))
+    await eventually_accepted(connect(KEYS["spare"]))
+    streams = {}
+    for name, key in (("orders", KEYS["orders"]), ("spare", KEYS["spare"])):
+        started = asyncio.Event()
+        streams[name] = asyncio.create_task(follow(connect(key), started))
+        await asyncio.wait_for(started.wait(), 30)  # open: heartbeats are flowing
+    # Remove one key: only the stream that authenticated with it ends, as UNAUTHENTICATED.
+    keys["orders"] = [KEYS["orders"]]
+    await asyncio.to_thread(permissions.write_text, permissions_yaml(keys, {}))
+    removed = await asyncio.wait_for(streams["spare"], 10)
+    assert isinstance(removed, UnauthenticatedError)
+    assert not streams["orders"].done()
+    # Narrow the principal's grants: its stream ends (ABORTED), to be resumed under the new ones.
+    narrowed = permissions_yaml(keys, {}).replace(
+        "    subscribe: [Order, Payment]\n", "    subscribe: [Order]\n"
+    )
+    await asyncio.to_thread(permissions.write_text, narrowed)
+    changed = await asyncio.wait_for(streams["orders"], 10)
+    assert changed.code.name == "ABORTED"
+    assert "resume from the last checkpoint" in changed.message
