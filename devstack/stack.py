@@ -54,6 +54,106 @@ def say(message: str) -> None:
     print(f"[stack] {message}", flush=True)
 
 
+# --- TLS material -------------------------------------------------------------------------
+
+#: Kafka's second listener: SASL (SCRAM-SHA-512) over TLS, to test what production uses.
+KAFKA_TLS_BOOTSTRAP = "127.0.0.1:9094"
+#: Protects only the local stack's throw-away keystore (the JVMs require one).
+KEYSTORE_PASSWORD = "eventstore-dev"  # noqa: S105 - a local, throw-away keystore
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A local CA and one server certificate (127.0.0.1, localhost) for the stack's TLS."""
+
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.crt"
+
+    @property
+    def keystore(self) -> Path:
+        """PKCS#12: the server key and certificate, for Cassandra and Kafka."""
+        return self.root / "server.p12"
+
+
+def pki() -> Pki:
+    """Made once with openssl, kept in the state directory (valid ten years; local only)."""
+    found = Pki(state_dir() / "pki")
+    if found.keystore.exists():
+        return found
+    root = found.root
+    root.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True, timeout=120)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=eventstore-dev-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (root / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    )
+    openssl(
+        "pkcs12",
+        "-export",
+        "-in",
+        "server.crt",
+        "-inkey",
+        "server.key",
+        "-certfile",
+        "ca.crt",
+        "-name",
+        "server",
+        "-out",
+        "server.p12.tmp",
+        "-password",
+        f"pass:{KEYSTORE_PASSWORD}",
+    )
+    (root / "server.p12.tmp").rename(found.keystore)
+    return found
+
+
 # --- Java -------------------------------------------------------------------------------
 
 
@@ -293,6 +393,7 @@ def is_ours(pid: int, home: Path) -> bool:
 
 def cassandra_prepare(home: Path, java: Path) -> list[str]:
     jars = resolve_classpath("cassandra", CASSANDRA_VERSION)
+    tls = pki()
     for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "logs", "tmp"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     (home / "cassandra.yaml").write_text(
@@ -318,6 +419,15 @@ saved_caches_directory: {home / "saved_caches"}
 hints_directory: {home / "hints"}
 cdc_raw_directory: {home / "cdc_raw"}
 auto_snapshot: false
+# TLS is optional on the native port: plaintext clients (the default) and TLS clients (tests of
+# EVENTSTORE_CASSANDRA_TLS_*) share 9042.
+client_encryption_options:
+  enabled: true
+  optional: true
+  keystore: {tls.keystore}
+  keystore_password: {KEYSTORE_PASSWORD}
+  store_type: PKCS12
+  require_client_auth: false
 # Paxos v2 halves the round trips of a lightweight transaction (the append path).
 paxos_variant: v2
 storage_compatibility_mode: NONE
@@ -392,6 +502,7 @@ storage_compatibility_mode: NONE
 
 def kafka_prepare(home: Path, java: Path) -> list[str]:
     jars = resolve_classpath("kafka", KAFKA_VERSION)
+    tls = pki()
     (home / "logs").mkdir(parents=True, exist_ok=True)
     data = home / "data"
     props = home / "server.properties"
@@ -400,10 +511,20 @@ def kafka_prepare(home: Path, java: Path) -> list[str]:
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:9093
-listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
-advertised.listeners=PLAINTEXT://127.0.0.1:9092
+listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_SSL://{KAFKA_TLS_BOOTSTRAP}
+advertised.listeners=PLAINTEXT://127.0.0.1:9092,SASL_SSL://{KAFKA_TLS_BOOTSTRAP}
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+# The SASL_SSL listener is what production uses; tests create SCRAM users through the admin
+# API on the plaintext one.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\
+  org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PKCS12
+listener.name.sasl_ssl.ssl.keystore.location={tls.keystore}
+listener.name.sasl_ssl.ssl.keystore.password={KEYSTORE_PASSWORD}
+listener.name.sasl_ssl.ssl.key.password={KEYSTORE_PASSWORD}
 log.dirs={data}
 num.partitions=3
 offsets.topic.replication.factor=1
@@ -514,7 +635,7 @@ SERVICES = [
         "kafka",
         "EVENTSTORE_KAFKA_BOOTSTRAP",
         "127.0.0.1:9092",
-        (9092, 9093),
+        (9092, 9093, 9094),
         kafka_answers,
         kafka_prepare,
     ),
