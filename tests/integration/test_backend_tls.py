@@ -5,9 +5,11 @@ not run; its settings are unit-tested.)"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from eventstore.publishing.log import KafkaEventLog
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.usecases.append import utc_now_ms
 from tests.integration.conftest import StartServer
+from tests.integration.test_indexer import IndexerProcess
 from tests.integration.test_subscribe import Collector, events_at_least
 from tests.support import unique
 
@@ -95,11 +98,12 @@ def tls_kafka(base: KafkaSettings, pki: stack.Pki, user: str, password_file: Pat
     )
 
 
-async def test_the_server_publishes_and_subscribes_over_sasl_ssl(
+async def test_the_server_and_the_indexer_use_kafka_over_sasl_ssl(
     server_settings: ServerSettings,
     start_server: StartServer,
     kafka_pki: stack.Pki,
     scram_user: tuple[str, Path],
+    tmp_path: Path,
 ) -> None:
     user, password_file = scram_user
     # Read as the server would: through the settings' own validation (password from the file).
@@ -119,6 +123,25 @@ async def test_the_server_publishes_and_subscribes_over_sasl_ssl(
             ]
         finally:
             await collector.stop()
+        # The indexer, configured through its environment as in production, consumes the same.
+        indexer = IndexerProcess(kafka, running.settings.opensearch, tmp_path / "indexer.log")
+        indexer.env.update(
+            {
+                "EVENTSTORE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "EVENTSTORE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "EVENTSTORE_KAFKA_SASL_USERNAME": user,
+                "EVENTSTORE_KAFKA_SASL_PASSWORD_FILE": str(password_file),
+                "EVENTSTORE_KAFKA_SSL_CA_FILE": str(kafka_pki.ca),
+            }
+        )
+        await indexer.start()
+        try:
+            deadline = time.monotonic() + 60
+            while len(await client.query_all(aggregate_types=["Order"])) < 5:
+                assert time.monotonic() < deadline, indexer.log.read_text()[-2000:]
+                await asyncio.sleep(0.5)
+        finally:
+            await indexer.kill()
 
 
 async def test_a_wrong_kafka_password_or_ca_is_refused(
