@@ -420,11 +420,23 @@ class EventStoreClient:
     async def _with_retries(self, method: Any, request: Any) -> Any:
         backoff = self._retry.initial_backoff_s
         for attempt in range(1, self._retry.attempts + 1):
+            wait = random.uniform(0, backoff)
             try:
                 return await method(request, timeout=self._timeout, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self._retry.attempts:
-                    raise _error(exc) from None
-            await asyncio.sleep(random.uniform(0, backoff))
+                error = _error(exc)
+                # Over a quota: the server says when to come back (retrying an append is safe:
+                # its event ids make it idempotent). Without that advice it is not a quota of
+                # ours (e.g. the server's concurrency limit) and is not retried.
+                quota_wait = (
+                    error.retry_after_s if isinstance(error, ResourceExhaustedError) else None
+                )
+                if attempt == self._retry.attempts or (
+                    exc.code() not in RETRYABLE and quota_wait is None
+                ):
+                    raise error from None
+                if quota_wait is not None:
+                    wait = quota_wait + random.uniform(0, backoff)
+            await asyncio.sleep(wait)
             backoff = min(backoff * 2, self._retry.max_backoff_s)
         raise AssertionError("unreachable")
