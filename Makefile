@@ -71,6 +71,7 @@ test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks incl
 bench: migrate  ## append, publication, indexing and query figures against the real stack
 	$(PY) -m benchmarks.append
 	$(PY) -m benchmarks.append --auth
+	$(PY) -m benchmarks.quotas
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay
 

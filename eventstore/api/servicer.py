@@ -171,9 +171,11 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AppendResponse:
         principal = self._principal(context)
+        # The quota first: a principal over its rate is refused before its events are even
+        # decoded and validated, so refusing it costs little of the CPU others need.
+        self._quotas.take_append(principal, len(request.events))
         validated = validate_append(convert.append_from_proto(request), self._limits)
         principal.require(Operation.APPEND, validated.aggregate_type)
-        self._quotas.take_append(principal, len(validated.events))
         result = await self._append(record_principal(validated, principal))
         return convert.append_result_to_proto(result)
 

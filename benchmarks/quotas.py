@@ -1,0 +1,137 @@
+"""A noisy principal over its quota next to a quiet one (make bench).
+
+The server runs in its own process with a permissions file; the noisy principal floods from a
+second process (several workers, ignoring retry-after: the worst neighbour), and this process
+measures the quiet principal's single-event appends before and during the flood. Prints
+numbers; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.support import free_port
+from eventstore.access_cli import new_key
+from eventstore.client import (
+    Event,
+    EventStoreClient,
+    ResourceExhaustedError,
+    RetryPolicy,
+)
+from eventstore.config import CassandraSettings
+from eventstore.domain.access import hash_key
+from eventstore.storage.cassandra import apply_schema
+
+KEYSPACE = "eventstore_bench"
+
+
+def summary(samples: list[float]) -> str:
+    q = statistics.quantiles(sorted(samples), n=100, method="inclusive")
+    return f"p50 {q[49] * 1000:6.2f} ms  p99 {q[98] * 1000:6.2f} ms  (n={len(samples)})"
+
+
+async def quiet(address: str, key: str, count: int) -> list[float]:
+    latencies = []
+    async with EventStoreClient(address, api_key=key, retry=RetryPolicy(attempts=1)) as client:
+        for i in range(count):
+            started = time.perf_counter()
+            await client.append(f"quiet-{os.getpid()}-{i % 10}", "Order", [Event("Placed", {})])
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+async def flood(address: str, key: str, workers: int, seconds: float) -> None:
+    admitted = refused = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker(w: int, client: EventStoreClient) -> None:
+        nonlocal admitted, refused
+        while time.monotonic() < deadline:
+            try:
+                await client.append(f"noisy-{os.getpid()}-{w}", "Payment", [Event("Paid", {})])
+                admitted += 1
+            except ResourceExhaustedError:
+                refused += 1
+
+    async with EventStoreClient(address, api_key=key, retry=RetryPolicy(attempts=1)) as client:
+        await asyncio.gather(*(worker(w, client) for w in range(workers)))
+    print(
+        f"noisy principal, {workers} workers for {seconds:.0f} s: "
+        f"{admitted} admitted ({admitted / seconds:.0f}/s), {refused} refused "
+        f"({refused / seconds:.0f}/s)",
+        flush=True,
+    )
+
+
+async def main(args: argparse.Namespace) -> None:
+    if args.flood:
+        await flood(args.flood, os.environ["BENCH_NOISY_KEY"], args.workers, args.seconds)
+        return
+    await apply_schema(CassandraSettings(keyspace=KEYSPACE))
+    quiet_key, noisy_key = new_key(), new_key()
+    permissions = Path(tempfile.mkdtemp()) / "permissions.yaml"
+    permissions.write_text(
+        "principals:\n"
+        f"  quiet:\n    keys: ['{hash_key(quiet_key)}']\n    append: [Order]\n"
+        f"  noisy:\n    keys: ['{hash_key(noisy_key)}']\n    append: [Payment]\n"
+        + (f"    quotas: {{append_events_per_s: {args.quota}}}\n" if args.quota else "")
+    )
+    print(f"noisy principal's quota: {args.quota or 'none'} events/s", flush=True)
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {
+        **os.environ,
+        "EVENTSTORE_LISTEN": address,
+        "EVENTSTORE_CASSANDRA_KEYSPACE": KEYSPACE,
+        "EVENTSTORE_LOG_LEVEL": "WARNING",
+        "EVENTSTORE_PERMISSIONS_FILE": str(permissions),
+    }
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "eventstore.server", env=env
+    )
+    try:
+        async with EventStoreClient(address, api_key=quiet_key) as client:
+            for _ in range(100):
+                try:
+                    await client.append("warmup", "Order", [Event("Up", {})])
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    await asyncio.sleep(0.1)
+        print(f"quiet principal alone:         {summary(await quiet(address, quiet_key, 500))}")
+        noisy = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks.quotas",
+            "--flood",
+            address,
+            "--workers",
+            str(args.workers),
+            "--seconds",
+            str(args.seconds),
+            env={**os.environ, "BENCH_NOISY_KEY": noisy_key},
+        )
+        await asyncio.sleep(1.0)  # the flood is under way
+        during = await quiet(address, quiet_key, 500)
+        print(f"quiet principal during flood:  {summary(during)}")
+        await noisy.wait()
+    finally:
+        server.terminate()
+        await server.wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--flood", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--quota", type=int, default=100, help="noisy principal's events/s (0: no quota)"
+    )
+    asyncio.run(main(parser.parse_args()))
