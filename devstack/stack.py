@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.certificates import make_ca, make_cert, openssl
+
 MAVEN_DIR = Path(__file__).resolve().parent / "maven"
 
 CASSANDRA_VERSION = "5.0.9"
@@ -85,70 +87,13 @@ def pki() -> Pki:
         return found
     root = found.root
     root.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True, timeout=120)
-
+    make_ca("ca", root, days=3650)
+    make_cert("server", "ca", root, san="IP:127.0.0.1,DNS:localhost", days=3650)
     openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=eventstore-dev-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    )
-    (root / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "3650",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.crt",
-    )
-    openssl(
-        "pkcs12",
-        "-export",
-        "-in",
-        "server.crt",
-        "-inkey",
-        "server.key",
-        "-certfile",
-        "ca.crt",
-        "-name",
-        "server",
-        "-out",
-        "server.p12.tmp",
-        "-password",
-        f"pass:{KEYSTORE_PASSWORD}",
+        root,
+        *("pkcs12", "-export", "-in", "server.crt", "-inkey", "server.key", "-certfile"),
+        *("ca.crt", "-name", "server", "-out", "server.p12.tmp"),
+        *("-password", f"pass:{KEYSTORE_PASSWORD}"),
     )
     (root / "server.p12.tmp").rename(found.keystore)
     return found

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from confluent_kafka.admin._scram import (  # not re-exported for type checkers
 )
 
 from devstack import stack
+from devstack.certificates import make_ca
 from eventstore.client import Event, EventStoreClient
 from eventstore.config import CassandraSettings, KafkaSettings, ServerSettings
 from eventstore.domain.errors import StorageUnavailable
@@ -57,12 +57,7 @@ def cassandra_pki(endpoints: dict[str, str]) -> stack.Pki:
 
 def other_ca(directory: Path) -> Path:
     """A CA that signed nothing of the stack's."""
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=other", "-keyout", "other.key", "-out", "other.crt"],
-        cwd=directory, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return directory / "other.crt"
+    return make_ca("other", directory, days=1)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.certificates import make_ca, make_cert
 from eventstore.access_cli import new_key
 from eventstore.client import (
     ClientError,
@@ -46,7 +47,6 @@ from tests.integration.conftest import StartServer
 from tests.integration.test_indexer import IndexerProcess
 from tests.integration.test_restart import ServerProcess, free_port
 from tests.integration.test_subscribe import Collector, events_at_least
-from tests.integration.test_tls import make_ca, make_cert
 
 pytestmark = pytest.mark.integration
 
@@ -310,7 +310,9 @@ async def test_unfiltered_queries_see_only_readable_types(
     await indexer.start()
     try:
         written = await append_mixed(connect)
-        auditor = connect(KEYS["auditor"])
+        # Retries as clients do by default: while the indexer creates the first index, a search
+        # may briefly get UNAVAILABLE.
+        auditor = connect(KEYS["auditor"], retry=RetryPolicy())
         everything = written["Order"] | written["Payment"] | written["Invoice"]
         deadline = time.monotonic() + 90
         while len(await auditor.query_all()) < len(everything):
@@ -579,28 +581,25 @@ def test_the_server_will_not_start_without_a_permissions_file_or_with_a_wrong_on
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTSTORE_")}
     env["EVENTSTORE_LISTEN"] = "127.0.0.1:0"
-    missing = subprocess.run(
-        [sys.executable, "-m", "eventstore.server"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+
+    def server_exit() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "eventstore.server"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    missing = server_exit()
     assert missing.returncode == 2
     assert "EVENTSTORE_PERMISSIONS_FILE is required" in missing.stderr
     assert "EVENTSTORE_AUTH_DISABLED=true" in missing.stderr
     wrong = tmp_path / "permissions.yaml"
     wrong.write_text("principals:\n  orders:\n    keys: ['not-a-hash']\n")
     env["EVENTSTORE_PERMISSIONS_FILE"] = str(wrong)
-    bad = subprocess.run(
-        [sys.executable, "-m", "eventstore.server"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bad = server_exit()
     assert bad.returncode == 2
     assert "principals.orders.keys" in bad.stderr
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.certificates import make_ca, make_cert
 from eventstore.client import ClientError, Event, EventStoreClient, RetryPolicy, TlsOptions
 from eventstore.config import ServerSettings
 from eventstore.server import Components, RunningServer, start
@@ -19,66 +19,6 @@ from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
 from tests.integration.test_restart import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_ca(name: str, cwd: Path) -> None:
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name}",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.crt",
-        cwd=cwd,
-    )
-
-
-def make_cert(name: str, ca: str, cwd: Path, san: str | None = None) -> None:
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        f"/CN={name}",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        cwd=cwd,
-    )
-    extra: list[str] = []
-    if san:
-        (cwd / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        extra = ["-extfile", f"{name}.ext"]
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        f"{ca}.crt",
-        "-CAkey",
-        f"{ca}.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        f"{name}.crt",
-        *extra,
-        cwd=cwd,
-    )
 
 
 @pytest.fixture(scope="module")
