@@ -300,7 +300,7 @@ class ServerSettings(BaseSettings):
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "permissions_file")
     @classmethod
-    def _tls_readable(cls, value: Path | None) -> Path | None:
+    def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection
 from eventstore import metrics
 from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
-from eventstore.api.quotas import Quotas
+from eventstore.api.quotas import QuotaLimiter
 from eventstore.api.servicer import DeferredServicer, EventStoreServicer
 from eventstore.config import ConfigError, ServerSettings, load
 from eventstore.domain.access import PolicyError
@@ -136,7 +136,7 @@ class RunningServer:
         self.deferred.target = EventStoreServicer(
             admission=self.admission,
             authenticator=self.authenticator,
-            quotas=Quotas(),
+            quotas=QuotaLimiter(),
             append=AppendEvents(
                 storage,
                 outbox=components.outbox,

@@ -27,10 +27,6 @@ class Authenticator:
     def __init__(self, policy: Callable[[], AccessPolicy] | None) -> None:
         self._policy = policy
 
-    @property
-    def enabled(self) -> bool:
-        return self._policy is not None
-
     def policy(self) -> AccessPolicy | None:
         """The current policy object: a new one after every reload."""
         return self._policy() if self._policy is not None else None

@@ -23,7 +23,9 @@ class _Bucket:
     updated: float
 
 
-class Quotas:
+class QuotaLimiter:
+    """Applies each principal's `Quotas` (from the permissions file) in this process."""
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}

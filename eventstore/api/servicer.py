@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +19,7 @@ from eventstore.api import convert
 from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
 from eventstore.api.errors import grpc_code, is_expected, to_status
-from eventstore.api.quotas import Quotas
+from eventstore.api.quotas import QuotaLimiter
 from eventstore.domain.access import Operation, Principal, record_principal
 from eventstore.domain.errors import InvalidArgument, StorageUnavailable
 from eventstore.domain.validation import (
@@ -71,6 +72,12 @@ async def _abort(
     await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+def _log_context(rpc: str, request: object, request_id: str) -> Any:
+    return structlog.contextvars.bound_contextvars(
+        request_id=request_id, rpc=rpc, aggregate_id=getattr(request, "aggregate_id", None)
+    )
+
+
 def unary(
     method: Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
 ) -> Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
@@ -81,11 +88,7 @@ def unary(
         request_id = _request_id(context)
         started = time.perf_counter()
         code = "OK"
-        with structlog.contextvars.bound_contextvars(
-            request_id=request_id,
-            rpc=method.__name__,
-            aggregate_id=getattr(request, "aggregate_id", None),
-        ):
+        with _log_context(method.__name__, request, request_id):
             try:
                 with self._admission.unary():
                     return await method(self, request, context)
@@ -111,11 +114,7 @@ def server_streaming(
         request_id = _request_id(context)
         started = time.perf_counter()
         code = "OK"
-        with structlog.contextvars.bound_contextvars(
-            request_id=request_id,
-            rpc=method.__name__,
-            aggregate_id=getattr(request, "aggregate_id", None),
-        ):
+        with _log_context(method.__name__, request, request_id):
             try:
                 async for item in self._admission.stream(method(self, request, context)):
                     yield item
@@ -147,7 +146,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         snapshots: tuple[SaveSnapshot, GetSnapshot] | None = None,
         admission: Admission | None = None,
         authenticator: Authenticator | None = None,
-        quotas: Quotas | None = None,
+        quotas: QuotaLimiter | None = None,
     ) -> None:
         self._append = append
         self._read = read
@@ -159,7 +158,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._admission = admission or Admission()
         # None: authentication explicitly turned off (the composition root decides and warns).
         self._authenticator = authenticator or Authenticator(None)
-        self._quotas = quotas or Quotas()
+        self._quotas = quotas or QuotaLimiter()
 
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         principal = self._authenticator.authenticate(context)
@@ -209,23 +208,23 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.checkpoint,
             self._limits,
         )
-        if subscription.aggregate_id is None:
-            # Refuse a forbidden filter as such, before it takes one of the principal's slots
-            # (the use case narrows the subscription again; this only fails fast).
-            principal.narrow(Operation.SUBSCRIBE, subscription.aggregate_types)
+        # A forbidden filter is refused here, before it takes one of the principal's slots.
+        items = self._subscribe(subscription, start, principal)
         policy = self._authenticator.policy()
-        with self._quotas.subscription(principal):
-            metrics.SUBSCRIPTIONS.inc()
-            try:
-                async for item in self._subscribe(subscription, start, principal):
-                    if self._authenticator.policy() is not policy:
-                        # Reloaded: a removed key or changed grants end the stream (at the
-                        # latest one heartbeat after the change).
-                        policy = self._authenticator.policy()
-                        self._authenticator.recheck(context, principal)
-                    yield convert.subscription_item_to_proto(item)
-            finally:
-                metrics.SUBSCRIPTIONS.dec()
+        # aclosing: a cancelled stream closes the reader (its Kafka consumer) at once.
+        async with contextlib.aclosing(items):
+            with self._quotas.subscription(principal):
+                metrics.SUBSCRIPTIONS.inc()
+                try:
+                    async for item in items:
+                        if self._authenticator.policy() is not policy:
+                            # Reloaded: a removed key or changed grants end the stream (at
+                            # the latest one heartbeat after the change).
+                            policy = self._authenticator.policy()
+                            self._authenticator.recheck(context, principal)
+                        yield convert.subscription_item_to_proto(item)
+                finally:
+                    metrics.SUBSCRIPTIONS.dec()
 
     @unary
     async def QueryEvents(

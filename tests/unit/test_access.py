@@ -12,7 +12,7 @@ import pytest
 from eventstore.access_cli import main as access_main
 from eventstore.access_cli import new_key
 from eventstore.api.auth import Authenticator
-from eventstore.api.quotas import Quotas
+from eventstore.api.quotas import QuotaLimiter
 from eventstore.domain.access import (
     ANY_TYPE,
     PRINCIPAL_KEY,
@@ -134,7 +134,7 @@ class Clock:
 
 def test_append_rate_is_a_token_bucket_per_principal() -> None:
     clock = Clock()
-    quotas = Quotas(clock)
+    quotas = QuotaLimiter(clock)
     policy = parse_policy(
         {
             "principals": {
@@ -165,7 +165,7 @@ def test_append_rate_is_a_token_bucket_per_principal() -> None:
 
 
 def test_concurrent_subscriptions_are_counted_and_released() -> None:
-    quotas = Quotas()
+    quotas = QuotaLimiter()
     orders = parse_policy(DOCUMENT).principals["orders-service"]
     with (
         quotas.subscription(orders),
