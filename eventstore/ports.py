@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
@@ -113,16 +113,75 @@ class EventPublisher(ABC):
         """Deliver what is queued (bounded by the transport's timeout) and release resources."""
 
 
-class PublicationLog(ABC):
-    """Outbox bookkeeping: which aggregates may have committed events not yet published.
+class PublisherUnavailable(PublishFailed):
+    """The transport takes nothing now (e.g. its queue is full while Kafka is unreachable).
 
-    A marker is written *before* the commit it announces, so a crash at any point after the
-    commit leaves it behind for the relay; finding work reads the markers, never the events.
+    Not a fault of any one aggregate: retry later, and do not park the aggregate for it.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class WriterState:
+    """A server process's publication bookkeeping, as every replica sees it."""
+
+    writer: UUID
+    #: the last time the writer said it was alive
+    heartbeat: datetime
+    #: every journal entry with seq <= resolved is published (or was not committed)
+    resolved: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedAggregate:
+    """An aggregate whose publication keeps failing; retried with its own backoff."""
+
+    aggregate_id: str
+    reason: str
+    since: datetime
+    attempts: int
+    next_attempt_at: datetime
+
+
+class PublicationLog(ABC):
+    """Publication bookkeeping: what a crash may have left committed but unpublished.
+
+    * The **journal**: before its commit, every append is announced in its writer's journal
+      (the server process's), many appends to one write (group commit). Entries are numbered
+      per writer; the writer's heartbeat says up to which entry everything is published. A
+      writer that stops beating is taken over by another replica, which publishes what its
+      journal names after that point.
+    * **Cursors**: per aggregate, the highest version known published with all earlier ones
+      (written coalesced, never per append).
+    * **Parked** aggregates: those whose publication keeps failing, listed for operators.
     """
 
     @abstractmethod
-    async def mark_pending(self, aggregate_id: str, through_version: int, at: datetime) -> None:
-        """Announce an append that would end at `through_version`."""
+    async def record(self, writer: UUID, seq: int, aggregate_ids: Sequence[str]) -> None:
+        """Journal entry `seq` of `writer`: these aggregates may get committed events."""
+
+    @abstractmethod
+    async def entries(
+        self, writer: UUID, after: int, limit: int
+    ) -> list[tuple[int, list[str]]]:
+        """The writer's journal entries with seq > `after`, in order, at most `limit`."""
+
+    @abstractmethod
+    async def heartbeat(self, writer: UUID, resolved: int, at: datetime) -> None:
+        """The writer is alive at `at`; its entries up to `resolved` are settled."""
+
+    @abstractmethod
+    async def settle(self, writer: UUID, resolved: int) -> None:
+        """Another replica settled the (silent) writer's entries up to `resolved`."""
+
+    @abstractmethod
+    async def writers(self) -> list[WriterState]:
+        """Every writer with a journal."""
+
+    @abstractmethod
+    async def forget(self, writer: UUID, after: int, through: int, retire: bool = False) -> None:
+        """Free the storage of settled entries in (after, through]: the adapter may keep some
+        (it frees whole groups). With `retire`, the writer is gone and fully settled: drop all
+        of them and the writer too."""
 
     @abstractmethod
     async def published_through(self, aggregate_id: str) -> int:
@@ -130,11 +189,42 @@ class PublicationLog(ABC):
 
     @abstractmethod
     async def mark_published(self, aggregate_id: str, through_version: int) -> None:
-        """Record that versions 1..through_version are published; retire their markers."""
+        """Record that versions 1..through_version are published (never moves backwards)."""
 
     @abstractmethod
-    async def pending(self, older_than: datetime) -> list[str]:
-        """Aggregates with a marker written before `older_than`."""
+    async def park(self, parked: ParkedAggregate) -> None:
+        """Record (or update) a failing aggregate."""
+
+    @abstractmethod
+    async def unpark(self, aggregate_id: str) -> None:
+        """The aggregate is published again."""
+
+    @abstractmethod
+    async def parked(self) -> list[ParkedAggregate]:
+        """Every parked aggregate."""
+
+
+class AggregateCatalog(ABC):
+    """Which aggregates exist, walkable by type and creation day (Cassandra cannot list its
+    partitions cheaply). Written once per aggregate, before the append that creates it."""
+
+    @abstractmethod
+    async def register_type(self, aggregate_type: str, at: datetime) -> str | None:
+        """Record the type (once per type, cluster-wide). Returns the existing type it
+        collides with (its Kafka topic name would be the same), or None."""
+
+    @abstractmethod
+    async def add(self, entries: Sequence[tuple[str, str]], at: datetime) -> None:
+        """(aggregate_type, aggregate_id) pairs created on `at`'s day (UTC)."""
+
+    @abstractmethod
+    async def types(self) -> dict[str, date]:
+        """Every registered type, with the first day it was registered."""
+
+    @abstractmethod
+    async def aggregates(self, aggregate_type: str, day: date) -> list[str]:
+        """The aggregates of the type created that day (an append that then failed may leave
+        an id whose aggregate has no events: callers check)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,33 +1,36 @@
-"""PublicationLog on Cassandra: outbox markers and per-aggregate publication cursors.
+"""PublicationLog on Cassandra: writer journals, publication cursors, parked aggregates.
 
-* ``unpublished``: one row per announced append, (shard, aggregate_id, last_version), written
-  before the append's Paxos round. Finding work reads these 16 small partitions, never the
-  events table. Rows are removed by a range delete once the cursor passes them.
+* ``publication_journal``: one row per group commit of a server process (a *writer*), naming
+  the aggregates whose appends it is about to commit. Partitioned by (writer, seq bucket); read
+  only above the writer's settled point and removed whole partitions at a time, so no read
+  ever walks tombstones, however long the service runs.
+* ``publication_writers``: one small partition; per writer its heartbeat and settled point.
 * ``publication_cursor``: the highest version published with all earlier ones. Written with
   ``USING TIMESTAMP <version>`` so that the highest version always wins, whichever replica or
   retry writes last: the cursor can never move backwards.
+* ``publication_parked``: aggregates whose publication keeps failing (rare; one partition).
 """
 
 from __future__ import annotations
 
 import asyncio
-import zlib
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
 
 from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra.cluster import NoHostAvailable
 
 from eventstore.domain.errors import StorageUnavailable
-from eventstore.ports import PublicationLog
+from eventstore.ports import ParkedAggregate, PublicationLog, WriterState
 from eventstore.storage.aio import wrap
 from eventstore.storage.connection import CassandraConnection
-from eventstore.storage.schema import UNPUBLISHED_SHARDS
-
-#: Relay reads at most this many markers per shard per pass; the rest wait for the next one.
-PENDING_PAGE = 1000
+from eventstore.storage.schema import JOURNAL_BUCKET
 
 
-def shard_of(aggregate_id: str) -> int:
-    return zlib.crc32(aggregate_id.encode()) % UNPUBLISHED_SHARDS
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class CassandraPublicationLog(PublicationLog):
@@ -38,16 +41,29 @@ class CassandraPublicationLog(PublicationLog):
         self._write = ConsistencyLevel.name_to_value[connection.settings.write_consistency]
         self._read = ConsistencyLevel.name_to_value[connection.settings.read_consistency]
         prepare = self._session.prepare
-        self._insert_marker = prepare(
-            f"INSERT INTO {ks}.unpublished (shard, aggregate_id, last_version, created_at) "
+        self._insert_entry = prepare(
+            f"INSERT INTO {ks}.publication_journal (writer, bucket, seq, aggregates) "
             "VALUES (?, ?, ?, ?)"
         )
-        self._delete_markers = prepare(
-            f"DELETE FROM {ks}.unpublished "
-            "WHERE shard = ? AND aggregate_id = ? AND last_version <= ?"
+        self._select_entries = prepare(
+            f"SELECT seq, aggregates FROM {ks}.publication_journal "
+            "WHERE writer = ? AND bucket = ? AND seq > ? LIMIT ?"
         )
-        self._select_markers = prepare(
-            f"SELECT aggregate_id, created_at FROM {ks}.unpublished WHERE shard = ? LIMIT ?"
+        self._delete_bucket = prepare(
+            f"DELETE FROM {ks}.publication_journal WHERE writer = ? AND bucket = ?"
+        )
+        self._beat = prepare(
+            f"UPDATE {ks}.publication_writers SET heartbeat = ?, resolved = ? "
+            "WHERE shard = 0 AND writer = ?"
+        )
+        self._settle = prepare(
+            f"UPDATE {ks}.publication_writers SET resolved = ? WHERE shard = 0 AND writer = ?"
+        )
+        self._select_writers = prepare(
+            f"SELECT writer, heartbeat, resolved FROM {ks}.publication_writers WHERE shard = 0"
+        )
+        self._delete_writer = prepare(
+            f"DELETE FROM {ks}.publication_writers WHERE shard = 0 AND writer = ?"
         )
         self._select_cursor = prepare(
             f"SELECT published FROM {ks}.publication_cursor WHERE aggregate_id = ?"
@@ -56,47 +72,121 @@ class CassandraPublicationLog(PublicationLog):
             f"UPDATE {ks}.publication_cursor USING TIMESTAMP ? SET published = ? "
             "WHERE aggregate_id = ?"
         )
+        self._insert_parked = prepare(
+            f"INSERT INTO {ks}.publication_parked (shard, aggregate_id, reason, since, attempts, "
+            "next_attempt_at) VALUES (0, ?, ?, ?, ?, ?)"
+        )
+        self._delete_parked = prepare(
+            f"DELETE FROM {ks}.publication_parked WHERE shard = 0 AND aggregate_id = ?"
+        )
+        self._select_parked = prepare(
+            f"SELECT aggregate_id, reason, since, attempts, next_attempt_at "
+            f"FROM {ks}.publication_parked WHERE shard = 0"
+        )
 
     @classmethod
     async def create(cls, connection: CassandraConnection) -> CassandraPublicationLog:
         return await asyncio.to_thread(cls, connection)
 
-    async def _run(self, statement: object, params: tuple[object, ...], level: int) -> list[object]:
-        bound = statement.bind(params)  # type: ignore[attr-defined]
+    async def _run(self, statement: Any, params: tuple[object, ...], level: int) -> list[Any]:
+        bound = statement.bind(params)
         bound.consistency_level = level
         try:
             return await wrap(self._session.execute_async(bound))
-        except (DriverException, OperationTimedOut) as exc:
+        except (DriverException, OperationTimedOut, NoHostAvailable) as exc:
             raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
 
-    async def mark_pending(self, aggregate_id: str, through_version: int, at: datetime) -> None:
+    # --- journal -------------------------------------------------------------------------
+
+    async def record(self, writer: UUID, seq: int, aggregate_ids: Sequence[str]) -> None:
         await self._run(
-            self._insert_marker,
-            (shard_of(aggregate_id), aggregate_id, through_version, at),
+            self._insert_entry,
+            (writer, seq // JOURNAL_BUCKET, seq, list(aggregate_ids)),
             self._write,
         )
+
+    async def entries(self, writer: UUID, after: int, limit: int) -> list[tuple[int, list[str]]]:
+        bucket = (after + 1) // JOURNAL_BUCKET
+        while True:
+            rows = await self._run(self._select_entries, (writer, bucket, after, limit), self._read)
+            if rows:
+                return [(int(row.seq), list(row.aggregates or [])) for row in rows]
+            # Entries are dense per writer, so an empty bucket after the current one is the end.
+            # A bucket can only be empty up to its end when its writer's writes all failed.
+            following = await self._run(
+                self._select_entries, (writer, bucket + 1, after, 1), self._read
+            )
+            if not following:
+                return []
+            bucket += 1
+
+    async def heartbeat(self, writer: UUID, resolved: int, at: datetime) -> None:
+        await self._run(self._beat, (at, resolved, writer), self._write)
+
+    async def settle(self, writer: UUID, resolved: int) -> None:
+        await self._run(self._settle, (resolved, writer), self._write)
+
+    async def writers(self) -> list[WriterState]:
+        rows = await self._run(self._select_writers, (), self._read)
+        return [
+            WriterState(row.writer, _utc(row.heartbeat), int(row.resolved or 0))
+            for row in rows
+            if row.heartbeat is not None
+        ]
+
+    async def forget(self, writer: UUID, after: int, through: int, retire: bool = False) -> None:
+        # Whole buckets only: a partition delete is one tombstone that no read ever meets
+        # (entries are read above the settled point, i.e. in later buckets).
+        first = max(after, 0) // JOURNAL_BUCKET
+        # Without `retire`, the bucket holding `through` stays until its last entry is settled.
+        last = through // JOURNAL_BUCKET if retire else (through + 1) // JOURNAL_BUCKET - 1
+        await asyncio.gather(
+            *(
+                self._run(self._delete_bucket, (writer, bucket), self._write)
+                for bucket in range(first, last + 1)
+            )
+        )
+        if retire:
+            await self._run(self._delete_writer, (writer,), self._write)
+
+    # --- cursors -------------------------------------------------------------------------
 
     async def published_through(self, aggregate_id: str) -> int:
         rows = await self._run(self._select_cursor, (aggregate_id,), self._read)
-        return int(rows[0].published) if rows else 0  # type: ignore[attr-defined]
+        return int(rows[0].published) if rows else 0
 
     async def mark_published(self, aggregate_id: str, through_version: int) -> None:
-        # Cursor first: if we stop between the two, the markers merely cause a re-check.
         await self._run(
             self._advance_cursor, (through_version, through_version, aggregate_id), self._write
         )
+
+    # --- parked aggregates ---------------------------------------------------------------
+
+    async def park(self, parked: ParkedAggregate) -> None:
         await self._run(
-            self._delete_markers,
-            (shard_of(aggregate_id), aggregate_id, through_version),
+            self._insert_parked,
+            (
+                parked.aggregate_id,
+                parked.reason,
+                parked.since,
+                parked.attempts,
+                parked.next_attempt_at,
+            ),
             self._write,
         )
 
-    async def pending(self, older_than: datetime) -> list[str]:
-        found: set[str] = set()
-        for shard in range(UNPUBLISHED_SHARDS):
-            rows = await self._run(self._select_markers, (shard, PENDING_PAGE), self._read)
-            for row in rows:
-                created_at = row.created_at.replace(tzinfo=older_than.tzinfo)  # type: ignore[attr-defined]
-                if created_at < older_than:
-                    found.add(row.aggregate_id)  # type: ignore[attr-defined]
-        return sorted(found)
+    async def unpark(self, aggregate_id: str) -> None:
+        await self._run(self._delete_parked, (aggregate_id,), self._write)
+
+    async def parked(self) -> list[ParkedAggregate]:
+        rows = await self._run(self._select_parked, (), self._read)
+        return [
+            ParkedAggregate(
+                row.aggregate_id,
+                row.reason or "",
+                _utc(row.since),
+                int(row.attempts or 0),
+                _utc(row.next_attempt_at),
+            )
+            for row in rows
+        ]

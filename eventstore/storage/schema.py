@@ -20,9 +20,8 @@ from dataclasses import dataclass
 EVENT_ROW = 0
 EVENT_ID_ROW = 1
 
-#: Markers of possibly unpublished appends are spread over this many partitions. Every replica
-#: must agree on it, for ever: changing it would strand markers.
-UNPUBLISHED_SHARDS = 16
+#: Journal entries per partition of publication_journal (a writer's entries are read in order).
+JOURNAL_BUCKET = 10_000
 
 
 def keyspace_cql(
@@ -77,17 +76,57 @@ def table_cql(keyspace: str) -> list[str]:
         ) WITH CLUSTERING ORDER BY (version DESC)
           AND comment = 'Aggregate state as of a version; derived data, never replaces events'
         """,
-        # Bookkeeping, not events: rows come and go. Short gc_grace because a resurrected
-        # marker only causes a harmless re-check.
+        # Publication bookkeeping (storage/outbox.py). Journal entries are only ever read
+        # above a writer's settled point, and removed a whole partition at a time: a read never
+        # meets a tombstone. Resurrected rows would only cause a harmless re-publication.
         f"""
-        CREATE TABLE IF NOT EXISTS {keyspace}.unpublished (
-            shard        int,
-            aggregate_id text,
-            last_version bigint,
-            created_at   timestamp,
-            PRIMARY KEY ((shard), aggregate_id, last_version)
+        CREATE TABLE IF NOT EXISTS {keyspace}.publication_journal (
+            writer     uuid,
+            bucket     bigint,
+            seq        bigint,
+            aggregates frozen<list<text>>,
+            PRIMARY KEY ((writer, bucket), seq)
         ) WITH gc_grace_seconds = 10800
-          AND comment = 'Outbox markers: appends that may not be in Kafka yet'
+          AND comment = 'Per server process: appends announced before their commit (group commit)'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.publication_writers (
+            shard     int,
+            writer    uuid,
+            heartbeat timestamp,
+            resolved  bigint,
+            PRIMARY KEY ((shard), writer)
+        ) WITH gc_grace_seconds = 3600
+          AND comment = 'Server processes with a journal: liveness and how far it is settled'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.publication_parked (
+            shard           int,
+            aggregate_id    text,
+            reason          text,
+            since           timestamp,
+            attempts        int,
+            next_attempt_at timestamp,
+            PRIMARY KEY ((shard), aggregate_id)
+        ) WITH gc_grace_seconds = 3600
+          AND comment = 'Aggregates whose publication keeps failing (retried with backoff)'
+        """,
+        # The catalog: Cassandra cannot list its partitions cheaply, so aggregates are listed
+        # here once, by type and creation day, for reconciliation (eventstore-replay verify).
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.aggregate_types (
+            topic_key      text PRIMARY KEY,
+            aggregate_type text,
+            first_day      date
+        ) WITH comment = 'Aggregate types; topic_key refuses two types sharing one Kafka topic'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.aggregates_by_day (
+            aggregate_type text,
+            day            date,
+            aggregate_id   text,
+            PRIMARY KEY ((aggregate_type, day), aggregate_id)
+        ) WITH comment = 'Every aggregate, by type and the day of its first append'
         """,
     ]
 
