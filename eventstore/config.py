@@ -170,8 +170,11 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_RELAY_", frozen=True)
 
     interval_s: float = Field(1.0, gt=0, description="How often to look for unpublished events")
-    min_age_s: float = Field(
-        5.0, ge=0, description="Leave younger work to the request path that committed it"
+    takeover_after_s: float = Field(
+        10.0,
+        gt=0,
+        description="A replica whose heartbeat is this old is presumed dead: another publishes "
+        "what its journal names",
     )
     max_in_flight: int = Field(
         10_000, ge=1, description="Publications in flight per process; beyond, the relay takes over"

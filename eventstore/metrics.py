@@ -7,7 +7,16 @@ from prometheus_client import Counter, Gauge, Histogram
 
 UNPUBLISHED_AGGREGATES = Gauge(
     "eventstore_unpublished_aggregates",
-    "Aggregates with committed events older than the relay's minimum age not yet in Kafka",
+    "Aggregates the relay is catching up now or has parked (committed events not yet in Kafka)",
+)
+PARKED_AGGREGATES = Gauge(
+    "eventstore_parked_aggregates",
+    "Aggregates whose publication keeps failing for a reason of their own (eventstore-replay "
+    "parked lists them); each is retried with its own backoff and blocks no other",
+)
+JOURNAL_OPEN_ENTRIES = Gauge(
+    "eventstore_journal_open_entries",
+    "Journal entries of this process not yet settled (appends in flight or awaiting Kafka)",
 )
 PRODUCER_QUEUE = Gauge(
     "eventstore_producer_queue_records", "Records handed to the Kafka producer, not yet confirmed"

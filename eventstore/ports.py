@@ -160,9 +160,7 @@ class PublicationLog(ABC):
         """Journal entry `seq` of `writer`: these aggregates may get committed events."""
 
     @abstractmethod
-    async def entries(
-        self, writer: UUID, after: int, limit: int
-    ) -> list[tuple[int, list[str]]]:
+    async def entries(self, writer: UUID, after: int, limit: int) -> list[tuple[int, list[str]]]:
         """The writer's journal entries with seq > `after`, in order, at most `limit`."""
 
     @abstractmethod

@@ -28,6 +28,7 @@ from eventstore.failpoints import Failpoints
 from eventstore.observability import configure_logging
 from eventstore.policy_file import PolicyFile
 from eventstore.ports import (
+    AggregateCatalog,
     EventIndex,
     EventLog,
     EventPublisher,
@@ -39,10 +40,12 @@ from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
 from eventstore.search.opensearch import OpenSearchEventIndex
 from eventstore.storage.cassandra import CassandraEventStorage
+from eventstore.storage.catalog import CassandraAggregateCatalog
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.storage.snapshots import CassandraSnapshotStore
 from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.journal import WriterJournal
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
@@ -65,6 +68,7 @@ class Components:
     storage: EventStorage
     outbox: PublicationLog | None = None
     publisher: EventPublisher | None = None
+    catalog: AggregateCatalog | None = None
     log: EventLog | None = None
     index: EventIndex | None = None
     snapshots: SnapshotStore | None = None
@@ -76,19 +80,21 @@ class Components:
         try:
             storage = await asyncio.to_thread(CassandraEventStorage, connection)
             outbox = await CassandraPublicationLog.create(connection)
+            catalog = await CassandraAggregateCatalog.create(connection)
         except Exception:
             await connection.close()
             raise
         # Kafka may be down now: that must not stop appends (the relay catches up later).
         publisher = KafkaEventPublisher(settings.kafka)
         return cls(
-            storage,
-            outbox,
-            publisher,
-            KafkaEventLog(settings.kafka),
-            OpenSearchEventIndex(settings.opensearch),
-            await CassandraSnapshotStore.create(connection),
-            connection,
+            storage=storage,
+            outbox=outbox,
+            publisher=publisher,
+            catalog=catalog,
+            log=KafkaEventLog(settings.kafka),
+            index=OpenSearchEventIndex(settings.opensearch),
+            snapshots=await CassandraSnapshotStore.create(connection),
+            connection=connection,
         )
 
     async def close(self) -> None:
@@ -127,11 +133,14 @@ class RunningServer:
                 storage,
                 components.outbox,
                 components.publisher,
+                WriterJournal(components.outbox, components.catalog),
                 interval_s=settings.relay.interval_s,
-                min_age_s=settings.relay.min_age_s,
+                takeover_after_s=settings.relay.takeover_after_s,
                 max_in_flight=settings.relay.max_in_flight,
                 on_published=metrics.PUBLISH_LAG.observe,
             )
+            # The writer exists for the other replicas before its first announcement.
+            await self.publication.start()
             self.relay = asyncio.create_task(self.publication.run(), name="relay")
         self.deferred.target = EventStoreServicer(
             admission=self.admission,
@@ -139,8 +148,8 @@ class RunningServer:
             quotas=QuotaLimiter(),
             append=AppendEvents(
                 storage,
-                outbox=components.outbox,
                 publication=self.publication,
+                catalog=components.catalog,
                 failpoints=Failpoints(settings.failpoints),
             ),
             read=ReadAggregate(storage, settings.read_page_size),
@@ -370,6 +379,8 @@ async def _update_gauges(running: RunningServer) -> None:
     while True:
         if running.publication is not None:
             metrics.UNPUBLISHED_AGGREGATES.set(running.publication.backlog)
+            metrics.PARKED_AGGREGATES.set(running.publication.parked_count)
+            metrics.JOURNAL_OPEN_ENTRIES.set(running.publication.journal.open_entries)
         if isinstance(publisher, KafkaEventPublisher):
             metrics.PRODUCER_QUEUE.set(publisher.queued())
         await asyncio.sleep(1)

@@ -6,20 +6,23 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import (
+    AggregateCatalog,
     AppendOutcome,
     Committed,
     EventStorage,
     ExistingEvent,
+    ParkedAggregate,
     PublicationLog,
     Rejected,
     SnapshotStore,
     StreamState,
+    WriterState,
 )
 
 
@@ -106,28 +109,77 @@ class InMemoryEventStorage(EventStorage):
 
 
 class InMemoryPublicationLog(PublicationLog):
-    """Outbox bookkeeping in memory, held to tests/contract/outbox.py like the real one."""
+    """Publication bookkeeping in memory, held to tests/contract/outbox.py like the real one."""
 
     def __init__(self) -> None:
-        self.markers: dict[str, dict[int, datetime]] = {}
+        self.journal: dict[UUID, dict[int, list[str]]] = {}
+        self.heartbeats: dict[UUID, tuple[datetime, int]] = {}
         self.cursors: dict[str, int] = {}
+        self.parked_aggregates: dict[str, ParkedAggregate] = {}
 
-    async def mark_pending(self, aggregate_id: str, through_version: int, at: datetime) -> None:
-        self.markers.setdefault(aggregate_id, {})[through_version] = at
+    async def record(self, writer: UUID, seq: int, aggregate_ids: Sequence[str]) -> None:
+        self.journal.setdefault(writer, {})[seq] = list(aggregate_ids)
+
+    async def entries(self, writer: UUID, after: int, limit: int) -> list[tuple[int, list[str]]]:
+        entries = self.journal.get(writer, {})
+        return [(seq, list(entries[seq])) for seq in sorted(entries) if seq > after][:limit]
+
+    async def heartbeat(self, writer: UUID, resolved: int, at: datetime) -> None:
+        self.heartbeats[writer] = (at, resolved)
+
+    async def settle(self, writer: UUID, resolved: int) -> None:
+        if writer in self.heartbeats:
+            self.heartbeats[writer] = (self.heartbeats[writer][0], resolved)
+
+    async def writers(self) -> list[WriterState]:
+        return [WriterState(w, at, resolved) for w, (at, resolved) in self.heartbeats.items()]
+
+    async def forget(self, writer: UUID, after: int, through: int, retire: bool = False) -> None:
+        entries = self.journal.get(writer, {})
+        for seq in [s for s in entries if s <= through]:
+            del entries[seq]
+        if retire:
+            self.journal.pop(writer, None)
+            self.heartbeats.pop(writer, None)
 
     async def published_through(self, aggregate_id: str) -> int:
         return self.cursors.get(aggregate_id, 0)
 
     async def mark_published(self, aggregate_id: str, through_version: int) -> None:
         self.cursors[aggregate_id] = max(self.cursors.get(aggregate_id, 0), through_version)
-        markers = self.markers.get(aggregate_id, {})
-        for version in [v for v in markers if v <= through_version]:
-            del markers[version]
-        if not markers:
-            self.markers.pop(aggregate_id, None)
 
-    async def pending(self, older_than: datetime) -> list[str]:
-        return sorted(a for a, m in self.markers.items() if any(t < older_than for t in m.values()))
+    async def park(self, parked: ParkedAggregate) -> None:
+        self.parked_aggregates[parked.aggregate_id] = parked
+
+    async def unpark(self, aggregate_id: str) -> None:
+        self.parked_aggregates.pop(aggregate_id, None)
+
+    async def parked(self) -> list[ParkedAggregate]:
+        return list(self.parked_aggregates.values())
+
+
+class InMemoryAggregateCatalog(AggregateCatalog):
+    """The catalog in memory, held to tests/contract/catalog.py like the real one."""
+
+    def __init__(self) -> None:
+        self.by_topic: dict[str, tuple[str, date]] = {}
+        self.by_day: dict[tuple[str, date], set[str]] = {}
+
+    async def register_type(self, aggregate_type: str, at: datetime) -> str | None:
+        key = aggregate_type.replace(".", "_")
+        existing = self.by_topic.setdefault(key, (aggregate_type, at.astimezone(UTC).date()))
+        return None if existing[0] == aggregate_type else existing[0]
+
+    async def add(self, entries: Sequence[tuple[str, str]], at: datetime) -> None:
+        day = at.astimezone(UTC).date()
+        for aggregate_type, aggregate_id in entries:
+            self.by_day.setdefault((aggregate_type, day), set()).add(aggregate_id)
+
+    async def types(self) -> dict[str, date]:
+        return dict(self.by_topic.values())
+
+    async def aggregates(self, aggregate_type: str, day: date) -> list[str]:
+        return sorted(self.by_day.get((aggregate_type, day), ()))
 
 
 class InMemorySnapshotStore(SnapshotStore):

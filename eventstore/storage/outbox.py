@@ -137,7 +137,8 @@ class CassandraPublicationLog(PublicationLog):
     async def forget(self, writer: UUID, after: int, through: int, retire: bool = False) -> None:
         # Whole buckets only: a partition delete is one tombstone that no read ever meets
         # (entries are read above the settled point, i.e. in later buckets).
-        first = max(after, 0) // JOURNAL_BUCKET
+        # A writer that stopped may have left the bucket before its settled point, too.
+        first = max(after // JOURNAL_BUCKET - (1 if retire else 0), 0)
         # Without `retire`, the bucket holding `through` stays until its last entry is settled.
         last = through // JOURNAL_BUCKET if retire else (through + 1) // JOURNAL_BUCKET - 1
         await asyncio.gather(

@@ -13,7 +13,7 @@ import structlog
 from eventstore.domain.errors import InvalidArgument, WrongExpectedVersion
 from eventstore.domain.events import AppendRequest, AppendResult, Expectation, RecordedEvent
 from eventstore.failpoints import Failpoints
-from eventstore.ports import Committed, EventStorage, ExistingEvent, PublicationLog, Rejected
+from eventstore.ports import AggregateCatalog, Committed, EventStorage, ExistingEvent, Rejected
 from eventstore.usecases.publish import Publication
 
 log = structlog.get_logger(__name__)
@@ -40,19 +40,21 @@ class AppendEvents:
         storage: EventStorage,
         clock: Callable[[], datetime] = utc_now_ms,
         max_attempts: int = 64,
-        outbox: PublicationLog | None = None,
         publication: Publication | None = None,
+        catalog: AggregateCatalog | None = None,
         failpoints: Failpoints | None = None,
     ) -> None:
         self._storage = storage
         self._clock = clock
         self._max_attempts = max_attempts
-        self._outbox = outbox
         self._publication = publication
+        self._catalog = catalog
+        self._known_types: set[str] = set()
         self._failpoints = failpoints or Failpoints()
 
     async def __call__(self, request: AppendRequest) -> AppendResult:
         expected = request.expected
+        await self._register_type(request.aggregate_type)
         # Exact and NO_STREAM appends go straight to the conditional write: one round trip.
         # ANY and STREAM_EXISTS first learn the current version, then write at it; losing a race
         # just means writing at the newer version (never a duplicate: event ids are unique).
@@ -62,21 +64,56 @@ class AppendEvents:
             at = 0
         else:
             at = (await self._storage.stream_state(request.aggregate_id)).version
+        if not expected.admits(at):
+            raise WrongExpectedVersion(request.aggregate_id, expected, at)
+        if self._publication is None:
+            return await self._append(request, at, None)
+        # Announced before the commit (many appends share one journal write), so that no crash
+        # after it can leave the events unpublished without a trace for the relay to find.
+        seq = await self._publication.announce(
+            request.aggregate_id, request.aggregate_type if at == 0 else None
+        )
+        try:
+            result = await self._append(request, at, seq)
+        except (WrongExpectedVersion, InvalidArgument, ContentionExhausted):
+            self._publication.not_committed(seq)  # every attempt was refused: nothing written
+            raise
+        except BaseException:
+            # Unknown outcome (Cassandra did not say, or the caller went away meanwhile).
+            self._publication.outcome_unknown(seq)
+            raise
+        if result.already_committed:
+            # Committed by an earlier attempt, whose own announcement covers its publication.
+            self._publication.not_committed(seq)
+        return result
+
+    async def _register_type(self, aggregate_type: str) -> None:
+        """Once per type and process: refuse a type whose Kafka topic another type has."""
+        if self._catalog is None or aggregate_type in self._known_types:
+            return
+        clash = await self._catalog.register_type(aggregate_type, self._clock())
+        if clash is not None:
+            raise InvalidArgument.of(
+                "aggregate_type",
+                f"{aggregate_type!r} would share its Kafka topic with the existing aggregate "
+                f"type {clash!r} (Kafka treats '.' and '_' in topic names alike); choose "
+                "another name",
+            )
+        self._known_types.add(aggregate_type)
+
+    async def _append(self, request: AppendRequest, at: int, seq: int | None) -> AppendResult:
+        expected = request.expected
         for attempt in range(1, self._max_attempts + 1):
             if not expected.admits(at):
                 raise WrongExpectedVersion(request.aggregate_id, expected, at)
             now = self._clock()
-            if self._outbox is not None:
-                # Announced before the commit, so that no crash after it can leave the events
-                # unpublished without a trace for the relay to find.
-                await self._outbox.mark_pending(request.aggregate_id, at + len(request.events), now)
             outcome = await self._storage.append(
                 request.aggregate_id, request.aggregate_type, at, request.events, now
             )
             if isinstance(outcome, Committed):
                 self._failpoints.hit("append.after_commit")
                 if self._publication is not None:
-                    self._publication.committed(_recorded(request, outcome))
+                    self._publication.committed(_recorded(request, outcome), seq)
                 return AppendResult(
                     first_version=outcome.first_version,
                     last_version=outcome.last_version,

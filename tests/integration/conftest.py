@@ -25,6 +25,7 @@ from eventstore.search.opensearch import OpenSearchEventIndex
 from eventstore.search.setup import make_client
 from eventstore.server import Components, RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
+from eventstore.storage.catalog import CassandraAggregateCatalog
 from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.storage.snapshots import CassandraSnapshotStore
 
@@ -142,7 +143,7 @@ def server_settings(
         cassandra=cassandra_settings,
         kafka=kafka_settings,
         opensearch=opensearch_settings,
-        relay=RelaySettings(interval_s=0.2, min_age_s=1.0),
+        relay=RelaySettings(interval_s=0.2, takeover_after_s=1.0),
         # Authentication has its own tests (test_security.py); the rest test everything else.
         auth_disabled=True,
     )
@@ -161,6 +162,7 @@ async def start_server(cassandra_storage: CassandraEventStorage) -> AsyncIterato
             storage=cassandra_storage,
             outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
             publisher=KafkaEventPublisher(settings.kafka),
+            catalog=await CassandraAggregateCatalog.create(cassandra_storage.connection),
             log=KafkaEventLog(settings.kafka),
             index=OpenSearchEventIndex(settings.opensearch),
             snapshots=await CassandraSnapshotStore.create(cassandra_storage.connection),

@@ -1,92 +1,234 @@
-"""The publication use case over fakes: order per aggregate, recovery through the relay."""
+"""The publication use case over fakes: order per aggregate, the journal's group commit and
+settlement, isolation of failing aggregates, and taking over a silent writer."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from eventstore.domain.events import Direction, NewEvent
-from eventstore.storage.memory import InMemoryEventStorage, InMemoryPublicationLog
+import pytest
+
+from eventstore.domain.errors import WrongExpectedVersion
+from eventstore.domain.events import AppendRequest, Direction, ExpectedVersion, NewEvent
+from eventstore.storage.memory import (
+    InMemoryAggregateCatalog,
+    InMemoryEventStorage,
+    InMemoryPublicationLog,
+)
+from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.journal import WriterJournal
 from eventstore.usecases.publish import Publication
 from tests.fakes import RecordingPublisher
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-async def committed(storage: InMemoryEventStorage, aggregate: str, at: int, count: int) -> None:
-    events = [NewEvent(uuid.uuid4(), "E", b"{}", "application/json") for _ in range(count)]
-    await storage.append(aggregate, "T", at, events, NOW)
+class World:
+    """One store, one Kafka, one journal store, and any number of server processes."""
+
+    def __init__(self) -> None:
+        self.storage = InMemoryEventStorage()
+        self.outbox = InMemoryPublicationLog()
+        self.catalog = InMemoryAggregateCatalog()
+        self.publisher = RecordingPublisher()
+
+    def process(self, takeover_after_s: float = 10.0) -> tuple[Publication, AppendEvents]:
+        publication = Publication(
+            self.storage,
+            self.outbox,
+            self.publisher,
+            WriterJournal(self.outbox, self.catalog),
+            interval_s=0.01,
+            takeover_after_s=takeover_after_s,
+        )
+        return publication, AppendEvents(
+            self.storage, publication=publication, catalog=self.catalog
+        )
+
+    def first_copies(self, aggregate: str) -> list[int]:
+        seen: list[int] = []
+        for event in self.publisher.records:
+            if event.aggregate_id == aggregate and event.version not in seen:
+                seen.append(event.version)
+        return seen
 
 
-def first_copies(publisher: RecordingPublisher, aggregate: str) -> list[int]:
-    seen: list[int] = []
-    for event in publisher.records:
-        if event.aggregate_id == aggregate and event.version not in seen:
-            seen.append(event.version)
-    return seen
+def request(aggregate: str, count: int = 1, expected: int | None = None) -> AppendRequest:
+    events = tuple(NewEvent(uuid.uuid4(), "E", b"{}", "application/json") for _ in range(count))
+    version = ExpectedVersion.any() if expected is None else ExpectedVersion.exact(expected)
+    return AppendRequest(aggregate, "T", version, events)
+
+
+async def settle(publication: Publication) -> None:
+    """Let background publications finish and run relay rounds until nothing is pending."""
+    for _ in range(50):
+        await publication.drain()
+        await publication.relay_once()
+        await asyncio.sleep(0)
+        await publication.drain()
+        if not publication.journal.open_entries and not publication._replays:
+            return
+    raise AssertionError("publication did not settle")
+
+
+async def test_appends_are_published_and_their_journal_entries_settled() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    for _ in range(3):
+        await append(request("a", 2))
+    await settle(publication)
+    assert world.first_copies("a") == [1, 2, 3, 4, 5, 6]
+    assert publication.journal.settled_through == publication.journal.writes
+    assert await world.outbox.published_through("a") == 6
+
+
+async def test_concurrent_appends_share_journal_writes() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    await asyncio.gather(*(append(request(f"agg-{n}")) for n in range(50)))
+    await settle(publication)
+    journal = publication.journal
+    assert journal.announced == 50
+    assert journal.writes < 10, "announcements made while a write is in flight share the next"
+    assert all(world.first_copies(f"agg-{n}") == [1] for n in range(50))
 
 
 async def test_later_append_published_first_still_comes_out_in_order() -> None:
-    storage, outbox, publisher = (
-        InMemoryEventStorage(),
-        InMemoryPublicationLog(),
-        RecordingPublisher(),
-    )
-    publication = Publication(storage, outbox, publisher)
-    await committed(storage, "a", 0, 2)
-    await committed(storage, "a", 2, 2)
-    later = await storage.read("a", 3, Direction.FORWARDS, 10)
-    earlier = await storage.read("a", 1, Direction.FORWARDS, 2)
+    world = World()
+    publication, _ = world.process()
+    await world.storage.append("a", "T", 0, request("a", 2).events, NOW)
+    await world.storage.append("a", "T", 2, request("a", 2).events, NOW)
+    later = await world.storage.read("a", 3, Direction.FORWARDS, 10)
+    earlier = await world.storage.read("a", 1, Direction.FORWARDS, 2)
     publication.committed(later)  # the second append's task runs first
     publication.committed(earlier)
     await publication.stop(grace_s=5)
-    assert first_copies(publisher, "a") == [1, 2, 3, 4]
-    assert await outbox.published_through("a") == 4
-
-
-async def test_failed_delivery_is_recovered_by_the_relay() -> None:
-    storage, outbox, publisher = (
-        InMemoryEventStorage(),
-        InMemoryPublicationLog(),
-        RecordingPublisher(),
-    )
-    publication = Publication(storage, outbox, publisher, min_age_s=0)
-    await outbox.mark_pending("a", 3, NOW)
-    await committed(storage, "a", 0, 3)
-    publisher.fail_next = 1
-    publication.committed(await storage.read("a", 1, Direction.FORWARDS, 10))
-    await publication.drain()
-    assert first_copies(publisher, "a") == []
-    assert await outbox.pending(older_than=NOW + timedelta(days=1)) == ["a"]
-    assert await publication.relay_once() == 1
-    await publication.drain()
-    assert first_copies(publisher, "a") == [1, 2, 3]
-    assert await outbox.published_through("a") == 3
-    assert await outbox.pending(older_than=NOW + timedelta(days=1)) == []
-
-
-async def test_relay_leaves_young_markers_to_the_request_path() -> None:
-    storage, outbox, publisher = (
-        InMemoryEventStorage(),
-        InMemoryPublicationLog(),
-        RecordingPublisher(),
-    )
-    publication = Publication(storage, outbox, publisher, min_age_s=60)
-    await outbox.mark_pending("a", 1, datetime.now(UTC))
-    await committed(storage, "a", 0, 1)
-    assert await publication.relay_once() == 0
-    assert publisher.records == []
+    assert world.first_copies("a") == [1, 2, 3, 4]
+    assert await world.outbox.published_through("a") == 4
 
 
 async def test_gap_left_by_another_process_is_filled_from_storage() -> None:
-    storage, outbox, publisher = (
-        InMemoryEventStorage(),
-        InMemoryPublicationLog(),
-        RecordingPublisher(),
-    )
-    publication = Publication(storage, outbox, publisher)
-    await committed(storage, "a", 0, 3)  # versions 1-3 committed elsewhere, not published
-    await committed(storage, "a", 3, 1)
-    publication.committed(await storage.read("a", 4, Direction.FORWARDS, 10))
+    world = World()
+    publication, _ = world.process()
+    await world.storage.append("a", "T", 0, request("a", 3).events, NOW)  # not published
+    await world.storage.append("a", "T", 3, request("a", 1).events, NOW)
+    publication.committed(await world.storage.read("a", 4, Direction.FORWARDS, 10))
     await publication.stop(grace_s=5)
-    assert first_copies(publisher, "a") == [1, 2, 3, 4]
+    assert world.first_copies("a") == [1, 2, 3, 4]
+
+
+async def test_refused_appends_leave_no_open_entry() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    await append(request("a"))
+    for absurd in (10**6, 2**62, 5):
+        with pytest.raises(WrongExpectedVersion):
+            await append(request("a", expected=absurd))
+    same = request("a")
+    await append(same)
+    assert (await append(same)).already_committed  # a retry answered from storage
+    await settle(publication)
+    assert publication.journal.open_entries == 0
+    assert publication.journal.settled_through == publication.journal.writes
+    assert world.first_copies("a") == [1, 2]
+
+
+async def test_a_failed_delivery_is_caught_up_by_the_relay() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    world.publisher.fail_next = 1
+    await append(request("a", 3))
+    await publication.drain()
+    assert world.first_copies("a") == []
+    assert publication.journal.orphans(), "the entry is left for the relay"
+    await settle(publication)
+    assert world.first_copies("a") == [1, 2, 3]
+    assert publication.journal.open_entries == 0
+
+
+async def test_an_aggregate_that_cannot_be_published_is_parked_and_blocks_no_other() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    world.publisher.refused.add("broken")
+    await append(request("broken"))
+    await append(request("zzz-fine"))
+    await append(request("aaa-fine"))
+    await settle(publication)
+    assert world.first_copies("zzz-fine") == [1]
+    assert world.first_copies("aaa-fine") == [1]
+    parked = await world.outbox.parked()
+    assert [p.aggregate_id for p in parked] == ["broken"]
+    assert "injected refusal" in parked[0].reason
+    assert publication.journal.open_entries == 0, "parked: no longer this writer's to hold"
+    # Once the cause is gone, the retry (with its own backoff) publishes it.
+    world.publisher.refused.clear()
+    parked_at = parked[0].next_attempt_at
+    publication._clock = lambda: parked_at + timedelta(seconds=1)
+    await publication.relay_once()
+    await settle(publication)
+    assert world.first_copies("broken") == [1]
+    assert await world.outbox.parked() == []
+
+
+async def test_kafka_down_as_a_whole_parks_nothing_and_publishes_after() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    world.publisher.unavailable = True
+    for n in range(5):
+        await append(request(f"agg-{n}"))
+    for _ in range(3):
+        await publication.relay_once()
+        await publication.drain()
+    assert await world.outbox.parked() == []
+    assert publication.journal.open_entries == 5
+    world.publisher.unavailable = False
+    await settle(publication)
+    assert all(world.first_copies(f"agg-{n}") == [1] for n in range(5))
+
+
+async def test_a_silent_writers_journal_is_taken_over() -> None:
+    world = World()
+    dead, dead_append = world.process()
+    await dead.start()
+    world.publisher.unavailable = True  # it commits, then dies before publishing anything
+    await dead_append(request("a", 2))
+    await dead_append(request("b"))
+    await dead.drain()
+    world.publisher.unavailable = False
+    assert world.publisher.records == []
+    alive, _ = world.process(takeover_after_s=0.05)
+    await alive.start()
+    await asyncio.sleep(0.1)  # the dead writer's heartbeat is now older than the takeover age
+    await alive.journal.beat()
+    await settle(alive)
+    assert world.first_copies("a") == [1, 2]
+    assert world.first_copies("b") == [1]
+    state = {w.writer: w for w in await world.outbox.writers()}[dead.journal.writer]
+    assert state.resolved == dead.journal.writes, "settled for the others to see"
+
+
+async def test_an_abandoned_announcement_does_not_keep_its_entry_open() -> None:
+    world = World()
+    publication, _ = world.process()
+    announcing = asyncio.create_task(publication.announce("a"))
+    await asyncio.sleep(0)
+    announcing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await announcing
+    await asyncio.sleep(0.01)
+    assert publication.journal.open_entries == 0
+
+
+async def test_new_aggregates_are_cataloged_before_they_commit() -> None:
+    world = World()
+    _, append = world.process()
+    await append(request("a"))
+    await append(request("a"))
+    assert await world.catalog.aggregates("T", datetime.now(UTC).date()) == ["a"]
