@@ -31,6 +31,7 @@ from grpc_status import rpc_status
 
 from eventstore.api.convert import event_from_proto, expected_to_proto
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
+from eventstore.sizes import CLIENT_MAX_RECEIVE_BYTES
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
 
@@ -220,7 +221,8 @@ class EventStoreClient:
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        # The server refuses to start with limits that would make it send more (config.py).
+        options = [("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES)]
         if channel is None and tls is not None:
             channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
         self._channel = channel or grpc.aio.insecure_channel(target, options=options)

@@ -15,6 +15,17 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.domain.validation import Limits
+from eventstore.publishing.records import max_batch_bytes, required_message_bytes
+from eventstore.sizes import (
+    CLIENT_MAX_RECEIVE_BYTES,
+    GRPC_MAX_MESSAGE_BYTES,
+    max_append_request_bytes,
+    max_server_message_bytes,
+)
+
+#: Room in a fetch response beyond its records: per partition about 40 bytes of framing, per
+#: topic its name.
+FETCH_RESPONSE_FRAMING = 1024 * 1024
 
 
 def _read_secret(path: Path | None) -> SecretStr | None:
@@ -120,6 +131,16 @@ class KafkaSettings(_FileBacked):
         10.0, ge=0, description="At shutdown, wait this long for queued records to be confirmed"
     )
     linger_ms: int = Field(5, ge=0, description="Producer batching delay")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1000,
+        le=1_000_000_000,
+        description="The largest record batch the Kafka cluster takes: at most the brokers' "
+        "socket.request.max.bytes (100 MiB by default), lower where a managed cluster caps "
+        "max.message.bytes. The server refuses to start if its limits allow a larger record; "
+        "consumers take records up to this size; the dead-letter and republish topics are "
+        "created with it (event topics with what the limits need, see README)",
+    )
     dead_letter_topic: str = Field(
         "eventstore.dead-letter",
         description="Where the indexer puts records it cannot index, with the reason",
@@ -140,6 +161,20 @@ class KafkaSettings(_FileBacked):
 
     def topic(self, aggregate_type: str) -> str:
         return f"{self.topic_prefix}{aggregate_type}"
+
+    def consumer_size_config(self, fetch_max_bytes: int) -> dict[str, str | int | float | bool]:
+        """Fetch sizes of a consumer of our topics that may meet a record of max_message_bytes.
+
+        `fetch_max_bytes` is what it asks for per fetch (its read-ahead memory): the broker still
+        returns a larger first batch whole (KIP-74), and nothing after it. librdkafka drops a
+        response above receive.message.max.bytes, and wants that >= fetch.max.bytes + 512 (and
+        fetch.max.bytes >= its message.max.bytes, 1,000,000 by default).
+        """
+        return {
+            "fetch.max.bytes": fetch_max_bytes,
+            "receive.message.max.bytes": max(fetch_max_bytes, self.max_message_bytes)
+            + FETCH_RESPONSE_FRAMING,
+        }
 
     def client_config(self) -> dict[str, str | int | float | bool]:
         """Connection settings shared by every Kafka client we create."""
@@ -247,6 +282,40 @@ class LimitSettings(BaseSettings):
             max_snapshot_bytes=self.max_snapshot_bytes,
         )
 
+    def deliverable(self, kafka: KafkaSettings) -> list[str]:
+        """Why what these limits accept could not be delivered everywhere (invariant 11); empty
+        when it can. Each reason names the variables to change."""
+        limits = self.to_limits()
+        problems = []
+        batch, required = max_batch_bytes(limits), required_message_bytes(limits)
+        if required > kafka.max_message_bytes:
+            problems.append(
+                f"EVENTSTORE_LIMIT_MAX_EVENT_BYTES={self.max_event_bytes} (with "
+                f"EVENTSTORE_LIMIT_MAX_AGGREGATE_ID_BYTES={self.max_aggregate_id_bytes} and "
+                f"EVENTSTORE_LIMIT_MAX_TYPE_NAME_LENGTH={self.max_type_name_length}) allows Kafka "
+                f"records of up to {batch} bytes ({required} with a margin), more than "
+                f"EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES={kafka.max_message_bytes}: lower the limits, "
+                "or raise EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES if the brokers take more "
+                "(socket.request.max.bytes)"
+            )
+        sent = max_server_message_bytes(limits)
+        if sent > CLIENT_MAX_RECEIVE_BYTES:
+            problems.append(
+                f"EVENTSTORE_LIMIT_MAX_EVENT_BYTES={self.max_event_bytes} and "
+                f"EVENTSTORE_LIMIT_MAX_SNAPSHOT_BYTES={self.max_snapshot_bytes} allow gRPC "
+                f"messages to clients of up to {sent} bytes; clients take at most "
+                f"{CLIENT_MAX_RECEIVE_BYTES}"
+            )
+        received = max_append_request_bytes(limits)
+        if received > GRPC_MAX_MESSAGE_BYTES:
+            problems.append(
+                f"EVENTSTORE_LIMIT_MAX_APPEND_BYTES={self.max_append_bytes} and "
+                f"EVENTSTORE_LIMIT_MAX_EVENTS_PER_APPEND={self.max_events_per_append} allow "
+                f"append requests of up to {received} bytes; gRPC carries at most "
+                f"{GRPC_MAX_MESSAGE_BYTES}"
+            )
+        return problems
+
 
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_", frozen=True)
@@ -325,6 +394,13 @@ class ServerSettings(BaseSettings):
                 "EVENTSTORE_PERMISSIONS_FILE and EVENTSTORE_AUTH_DISABLED=true contradict "
                 "each other: set one"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _limits_deliverable(self) -> Any:
+        problems = self.limits.deliverable(self.kafka)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def server_credentials(self) -> grpc.ServerCredentials | None:

@@ -39,6 +39,12 @@ from eventstore.ports import (
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
 from eventstore.search.opensearch import OpenSearchEventIndex
+from eventstore.sizes import (
+    GRPC_MAX_MESSAGE_BYTES,
+    max_append_request_bytes,
+    max_server_message_bytes,
+    max_snapshot_request_bytes,
+)
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.catalog import CassandraAggregateCatalog
 from eventstore.storage.connection import CassandraConnection
@@ -85,7 +91,7 @@ class Components:
             await connection.close()
             raise
         # Kafka may be down now: that must not stop appends (the relay catches up later).
-        publisher = KafkaEventPublisher(settings.kafka)
+        publisher = KafkaEventPublisher(settings.kafka, settings.limits.to_limits())
         return cls(
             storage=storage,
             outbox=outbox,
@@ -229,13 +235,23 @@ async def listen(settings: ServerSettings) -> RunningServer:
     `attach` wires the backends, so probes see "starting" rather than "connection refused"."""
     authenticator, permissions = _authentication(settings)
     limits = settings.limits.to_limits()
-    # Room for the largest valid append plus protobuf framing, so an oversized request reaches
+    # Room for the largest valid append or snapshot (their encoding, not just the bytes the
+    # limits count: see eventstore/sizes.py), and beyond that for an oversized request to reach
     # our validation (INVALID_ARGUMENT naming the field) instead of a transport error.
-    max_message = 2 * limits.max_append_bytes + 1024 * 1024
+    receive = min(
+        GRPC_MAX_MESSAGE_BYTES,
+        max(
+            2 * limits.max_append_bytes + 1024 * 1024,
+            max_append_request_bytes(limits) + 1024 * 1024,
+            max_snapshot_request_bytes(limits) + 1024 * 1024,
+        ),
+    )
+    # The largest read, subscription or snapshot message (start-up checked that clients take it).
+    send = min(GRPC_MAX_MESSAGE_BYTES, max(receive, max_server_message_bytes(limits)))
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", max_message),
-            ("grpc.max_send_message_length", max_message),
+            ("grpc.max_receive_message_length", receive),
+            ("grpc.max_send_message_length", send),
             ("grpc.so_reuseport", 1),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,

@@ -2,13 +2,16 @@
 
 * Consumer group over every topic with the event prefix (a regex subscription: topics of new
   aggregate types are picked up without a restart).
-* Each batch is one bulk request; document _id = event_id, index = the event's month, so a
-  re-delivered event overwrites its own document: never a duplicate.
-* Offsets are committed only after the bulk (and any dead letters) succeeded. OpenSearch
-  unavailable: the partitions are paused (we keep polling, so the group keeps us) and the
-  same batch is retried with backoff.
-* A record that cannot be decoded or that OpenSearch rejects (4xx) goes to the dead-letter
-  topic with the reason; indexing goes on.
+* Each batch goes out in bulk requests of at most EVENTSTORE_INDEXER_MAX_BULK_BYTES; document
+  _id = event_id, index = the event's month, so a re-delivered event overwrites its own
+  document: never a duplicate.
+* Offsets are committed only after every document of the batch is indexed (and any dead
+  letters stored). OpenSearch unavailable: the partitions are paused (we keep polling, so the
+  group keeps us) and the same requests are retried with backoff.
+* Nothing wedges the indexer (indexer/bulk.py): a request refused as too large is split, a
+  document refused for its content is indexed again in a reduced form that says why
+  (`index_notes`). Only a record that cannot be decoded, or whose minimal document is refused
+  too, goes to the dead-letter topic with the reason; indexing goes on.
 * Lag per partition and last indexed offset are Prometheus metrics; progress is also written to
   the state index, where the query API reads how fresh the index is.
 """
@@ -16,13 +19,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import signal
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,17 +43,14 @@ from eventstore.config import ConfigError, load
 from eventstore.observability import configure_logging
 from eventstore.publishing.kafka import ensure_topic
 from eventstore.publishing.log import decode_event
-from eventstore.search.documents import index_name, to_document
+from eventstore.search.documents import index_name
 from eventstore.search.setup import ensure_template, make_client
+from indexer.bulk import BulkWriter, Item, make_item
 from indexer.config import IndexerSettings
 
 log = structlog.get_logger("indexer")
 
-INDEXED = Counter("eventstore_indexer_indexed", "Documents written")
 DEAD_LETTERS = Counter("eventstore_indexer_dead_letters", "Records sent to the dead-letter topic")
-BULK_FAILURES = Counter(
-    "eventstore_indexer_bulk_failures", "Bulk requests that failed and were retried"
-)
 LAG = Gauge(
     "eventstore_indexer_lag", "Records behind the end of the partition", ["topic", "partition"]
 )
@@ -85,6 +85,9 @@ class Indexer:
                 "acks": "all",
                 "message.timeout.ms": 30_000,
             }
+        )
+        self.writer = BulkWriter(
+            self._send, self._wait, settings.max_bulk_bytes, settings.max_document_bytes
         )
         self.stop = threading.Event()
         # One progress report per indexer instance (each knows only its own partitions).
@@ -121,70 +124,31 @@ class Indexer:
     # --- one batch ---------------------------------------------------------------------
 
     def process(self, batch: list[Message]) -> None:
-        actions: list[dict[str, Any]] = []
-        sources: list[Message] = []
         poison: list[Poison] = []
-        for message in batch:
-            try:
-                event = decode_event(bytes(message.value() or b""))
-                document = to_document(event)
-            except (DecodeError, ValueError, UnicodeDecodeError) as exc:
-                poison.append(Poison(message, f"undecodable: {type(exc).__name__}: {exc}"[:500]))
-                continue
-            actions.append(
-                {
-                    "index": {
-                        "_index": index_name(self.settings.opensearch, event.recorded_at),
-                        "_id": document["event_id"],
-                    }
-                }
-            )
-            actions.append(document)
-            sources.append(message)
-            if self.max_recorded_at is None or event.recorded_at > self.max_recorded_at:
-                self.max_recorded_at = event.recorded_at
-        if actions:
-            poison += self._bulk(actions, sources)
+
+        def items() -> Iterator[Item]:
+            # A generator: documents are built one request's worth at a time, not all at once.
+            for message in batch:
+                try:
+                    event = decode_event(bytes(message.value() or b""))
+                except (DecodeError, ValueError, UnicodeDecodeError) as exc:
+                    reason = f"undecodable: {type(exc).__name__}: {exc}"[:500]
+                    poison.append(Poison(message, reason))
+                    continue
+                index = index_name(self.settings.opensearch, event.recorded_at)
+                yield make_item(message, event, index, self.settings.max_document_bytes)
+                if self.max_recorded_at is None or event.recorded_at > self.max_recorded_at:
+                    self.max_recorded_at = event.recorded_at
+
+        refused = self.writer.write(items())
+        poison += [Poison(r.item.source, r.reason) for r in refused]
         if poison:
             self._dead_letter(poison)
         self._commit(batch)
 
-    def _bulk(self, actions: list[dict[str, Any]], sources: list[Message]) -> list[Poison]:
-        """Index until every document is in or rejected for good; returns the rejected."""
-        rejected: list[Poison] = []
-        pending = list(range(len(sources)))
-        backoff = 0.1
-        while pending:
-            body = [line for i in pending for line in actions[2 * i : 2 * i + 2]]
-            try:
-                response = self.client.bulk(body=body)
-            except (OpenSearchConnectionError, TransportError) as exc:
-                BULK_FAILURES.inc()
-                log.warning(
-                    "bulk failed; retrying the same batch", error=str(exc)[:200], backoff_s=backoff
-                )
-                backoff = self._wait(backoff)
-                continue
-            retry = []
-            for i, item in zip(pending, response["items"], strict=True):
-                result = item["index"]
-                status = result.get("status", 500)
-                if status < 300:
-                    INDEXED.inc()
-                elif status == 429 or status >= 500:
-                    retry.append(i)
-                else:
-                    rejected.append(
-                        Poison(
-                            sources[i],
-                            f"rejected by OpenSearch: {json.dumps(result.get('error'))}"[:500],
-                        )
-                    )
-            if retry:
-                BULK_FAILURES.inc()
-                backoff = self._wait(backoff)
-            pending = retry
-        return rejected
+    def _send(self, body: bytes) -> dict[str, Any]:
+        response: dict[str, Any] = self.client.bulk(body=body)
+        return response
 
     def _dead_letter(self, poison: list[Poison]) -> None:
         """Put every poison record in the dead-letter topic; return only once Kafka has them

@@ -39,6 +39,9 @@ from eventstore.domain.subscriptions import (
 
 DEFAULT_CONTENT_TYPE = "application/json"
 MAX_VERSION = 2**63 - 1
+#: The longest spelling of a UUID that uuid.UUID() reads ("urn:uuid:" + 36); it would also read
+#: "urn:" and "-" repeated without end, so the length is checked first.
+MAX_EVENT_ID_LENGTH = 45
 #: Metadata keys starting with this are set by the server only (e.g. the principal).
 RESERVED_METADATA_PREFIX = "$"
 
@@ -136,6 +139,8 @@ def _check_event(
     event_id: uuid.UUID | None = None
     if raw.event_id:
         try:
+            if len(raw.event_id) > MAX_EVENT_ID_LENGTH:
+                raise ValueError("too long")
             event_id = uuid.UUID(raw.event_id)
         except ValueError:
             out.add(

@@ -12,31 +12,54 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
+
+# Where they are defined: confluent_kafka.admin re-exports them without declaring it (for mypy).
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.validation import Limits
 from eventstore.ports import Delivery, EventPublisher, PublishFailed
-from eventstore.publishing.records import record_headers, record_value
+from eventstore.publishing.records import message_bytes, record_headers, record_value
 
 log = structlog.get_logger(__name__)
 
+#: After failing to check or raise a topic's max.message.bytes, try again after this long.
+TOPIC_SIZE_RETRY_S = 60.0
 
-def topic_config() -> dict[str, str]:
-    # Events are never deleted: keep every record for ever, whatever the broker defaults say.
-    return {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+
+def topic_config(max_message_bytes: int) -> dict[str, str]:
+    return {
+        # Events are never deleted: keep every record for ever, whatever the broker defaults say.
+        "retention.ms": "-1",
+        "retention.bytes": "-1",
+        "cleanup.policy": "delete",
+        # The largest record batch the topic takes: every event the store accepts must fit
+        # (records.message_bytes), whatever the broker's default (about 1 MB).
+        "max.message.bytes": str(max_message_bytes),
+    }
 
 
 async def ensure_topic(admin: AdminClient, name: str, settings: KafkaSettings) -> None:
     """Create the topic with our settings unless it exists (idempotent, any replica)."""
     futures = admin.create_topics(
-        [NewTopic(name, settings.partitions, settings.replication_factor, config=topic_config())],
+        [
+            NewTopic(
+                name,
+                settings.partitions,
+                settings.replication_factor,
+                config=topic_config(settings.max_message_bytes),
+            )
+        ],
         request_timeout=10,
     )
     try:
@@ -72,9 +95,55 @@ class _Delivery(Delivery):
                 raise PublishFailed(str(result)) from result
 
 
+async def _max_message_bytes(admin: AdminClient, resource: ConfigResource) -> int:
+    futures = admin.describe_configs([resource], request_timeout=10)
+    entries = await asyncio.wrap_future(futures[resource])
+    return int(entries["max.message.bytes"].value)
+
+
+async def ensure_max_message_bytes(admin: AdminClient, name: str, required: int) -> None:
+    """Raise the topic's max.message.bytes to `required` if it is lower: topics created before
+    we set it, by hand, or by a replica with smaller limits. Idempotent, for any replica: none
+    ever lowers it, and each checks again after raising, so replicas that race with different
+    requirements settle on the largest."""
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    try:
+        for _ in range(5):
+            found = await _max_message_bytes(admin, resource)
+            if found >= required:
+                return
+            change = ConfigResource(
+                ResourceType.TOPIC,
+                name,
+                incremental_configs=[
+                    ConfigEntry(
+                        "max.message.bytes",
+                        str(required),
+                        incremental_operation=AlterConfigOpType.SET,
+                    )
+                ],
+            )
+            futures = admin.incremental_alter_configs([change], request_timeout=10)
+            await asyncio.wrap_future(futures[change])
+            log.info("raised max.message.bytes of a topic", topic=name, was=found, now=required)
+    except (KafkaException, KeyError, ValueError) as exc:
+        raise PublishFailed(
+            f"cannot check or raise max.message.bytes of topic {name} to {required}: {exc}"
+        ) from exc
+    raise PublishFailed(f"max.message.bytes of topic {name} keeps falling below {required}")
+
+
 class KafkaEventPublisher(EventPublisher):
-    def __init__(self, settings: KafkaSettings) -> None:
+    def __init__(self, settings: KafkaSettings, limits: Limits) -> None:
         self._settings = settings
+        #: The topics' max.message.bytes and the producer's message.max.bytes: the largest record
+        #: an accepted event becomes, with a margin (at most settings.max_message_bytes, which
+        #: start-up checks).
+        self._message_bytes = message_bytes(limits, settings.max_message_bytes)
+        # Event topics are created with what the limits need rather than the ceiling.
+        self._topic_settings = settings.model_copy(
+            update={"max_message_bytes": self._message_bytes}
+        )
         common = settings.client_config()
         self._producer = Producer(
             {
@@ -90,10 +159,18 @@ class KafkaEventPublisher(EventPublisher):
                 # one would leave a gap in an aggregate's order. During an outage records wait
                 # here; if the queue fills, produce() refuses at once and the relay takes over.
                 "message.timeout.ms": 0,
+                # produce() refuses a record above this (key + value + headers + framing), so
+                # it must hold the largest accepted event. A batch of several records stays
+                # within min(this, batch.size = 1,000,000 by default), a batch of one large
+                # record within records.max_batch_bytes: the topics take both.
+                "message.max.bytes": self._message_bytes,
             }
         )
         self._admin = AdminClient(common)
         self._topics: set[str] = set()
+        #: Topics whose max.message.bytes was found (or made) large enough.
+        self._sized: set[str] = set()
+        self._size_retry_at: dict[str, float] = {}
         self._topic_lock = asyncio.Lock()
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
@@ -108,9 +185,30 @@ class KafkaEventPublisher(EventPublisher):
         if name not in self._topics:
             async with self._topic_lock:
                 if name not in self._topics:
-                    await ensure_topic(self._admin, name, self._settings)
+                    await ensure_topic(self._admin, name, self._topic_settings)
                     self._topics.add(name)
+        if name not in self._sized and time.monotonic() >= self._size_retry_at.get(name, 0.0):
+            async with self._topic_lock:
+                if name not in self._sized:
+                    await self._fit(name)
         return name
+
+    async def _fit(self, name: str) -> None:
+        try:
+            await ensure_max_message_bytes(self._admin, name, self._message_bytes)
+        except PublishFailed as exc:
+            # Not fatal to publishing: smaller records still fit, and a record the broker
+            # refuses fails on its own (the relay retries its aggregate). Said loudly, retried.
+            self._size_retry_at[name] = time.monotonic() + TOPIC_SIZE_RETRY_S
+            log.error(
+                "the topic may refuse the largest events; grant AlterConfigs on it or raise "
+                "its max.message.bytes",
+                topic=name,
+                needed=self._message_bytes,
+                error=str(exc),
+            )
+        else:
+            self._sized.add(name)
 
     async def send(self, events: Sequence[RecordedEvent]) -> Delivery:
         if not events:

@@ -58,6 +58,9 @@ class KafkaLogReader(LogReader):
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "queued.max.messages.kbytes": 1024,
+                # Read ahead about 1 MB, yet take a record of any size the store accepts (the
+                # broker returns a larger first batch whole).
+                **settings.consumer_size_config(fetch_max_bytes=1024 * 1024),
                 "fetch.wait.max.ms": 50,
                 "log_level": 3,
             }

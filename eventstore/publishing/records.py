@@ -1,9 +1,22 @@
-"""The Kafka record of an event: what other services consume (see README)."""
+"""The Kafka record of an event: what other services consume (see README), and its size."""
 
 from __future__ import annotations
 
 from eventstore.api.convert import event_to_proto
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.validation import MAX_VERSION, Limits
+from eventstore.sizes import max_event_bytes, varint_size
+
+#: Kafka's default max.message.bytes (broker and topic); topics we size never go below it
+#: unless EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES does.
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+#: Record batch v2 header: base offset, length, leader epoch, magic, CRC, attributes, last
+#: offset delta, first and max timestamp, producer id and epoch, base sequence, record count.
+RECORD_BATCH_OVERHEAD = 61
+#: Per record, every varint at its largest: length, attributes, timestamp delta, offset delta,
+#: key length, value length, header count (librdkafka's RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD,
+#: which its produce() adds to key + value + headers and compares with message.max.bytes).
+RECORD_OVERHEAD = 36
 
 
 def murmur2_partition(key: bytes, partitions: int) -> int:
@@ -45,3 +58,59 @@ def record_headers(event: RecordedEvent) -> list[tuple[str, str | bytes | None]]
         ("version", str(event.version).encode()),
         ("content_type", event.content_type.encode()),
     ]
+
+
+def _header_value_bounds(limits: Limits) -> dict[str, int]:
+    """Per header of `record_headers`, the most bytes its value can have."""
+    return {
+        "event_id": 36,
+        "event_type": limits.max_type_name_length,  # type names are ASCII
+        "aggregate_type": limits.max_type_name_length,
+        "version": len(str(MAX_VERSION)),
+        "content_type": 4 * limits.max_type_name_length,  # limited in characters, not bytes
+    }
+
+
+def max_headers_bytes(limits: Limits) -> int:
+    """The record headers at their largest: per header its name, value and their lengths (zigzag
+    varints, so twice the length is encoded)."""
+    return sum(
+        varint_size(2 * len(name)) + len(name) + varint_size(2 * size) + size
+        for name, size in _header_value_bounds(limits).items()
+    )
+
+
+def max_record_bytes(limits: Limits) -> int:
+    """The largest record of an accepted event: what librdkafka compares with the producer's
+    message.max.bytes when the record is produced."""
+    return (
+        RECORD_OVERHEAD
+        + limits.max_aggregate_id_bytes  # key
+        + max_event_bytes(limits)  # value
+        + max_headers_bytes(limits)
+    )
+
+
+def max_batch_bytes(limits: Limits) -> int:
+    """The largest record batch holding one accepted event: what the broker compares with the
+    topic's max.message.bytes. Compression never makes it larger: librdkafka sends a batch
+    uncompressed when compressing would grow it."""
+    return RECORD_BATCH_OVERHEAD + max_record_bytes(limits)
+
+
+def required_message_bytes(limits: Limits) -> int:
+    """What a topic's max.message.bytes and the producer's message.max.bytes must be at least:
+    the largest batch, with a margin for what the bound may one day miss (a new field)."""
+    bound = max_batch_bytes(limits)
+    return bound + max(64 * 1024, bound // 32)
+
+
+def message_bytes(limits: Limits, ceiling: int) -> int:
+    """max.message.bytes for our event topics and message.max.bytes for our producer.
+
+    Batches of many small records are at most min(message.max.bytes, batch.size) (librdkafka's
+    batch.size defaults to 1,000,000), and a batch of one large record at most
+    `max_batch_bytes`; both fit. Not below Kafka's default unless the ceiling
+    (EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES, checked at start-up to hold the requirement) is.
+    """
+    return max(required_message_bytes(limits), min(KAFKA_DEFAULT_MAX_MESSAGE_BYTES, ceiling))

@@ -161,7 +161,7 @@ async def start_server(cassandra_storage: CassandraEventStorage) -> AsyncIterato
         components = Components(
             storage=cassandra_storage,
             outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
-            publisher=KafkaEventPublisher(settings.kafka),
+            publisher=KafkaEventPublisher(settings.kafka, settings.limits.to_limits()),
             catalog=await CassandraAggregateCatalog.create(cassandra_storage.connection),
             log=KafkaEventLog(settings.kafka),
             index=OpenSearchEventIndex(settings.opensearch),

@@ -9,6 +9,7 @@ import pytest
 
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.validation import Limits
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import decode_event
 from tests.contract.publisher import EventPublisherContract, ReadBack
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.integration
 class TestKafkaPublisher(EventPublisherContract):
     @pytest.fixture
     async def publisher(self, kafka_settings: KafkaSettings) -> AsyncIterator[KafkaEventPublisher]:
-        publisher = KafkaEventPublisher(kafka_settings)
+        publisher = KafkaEventPublisher(kafka_settings, Limits())
         yield publisher
         await publisher.close()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventstore.config import ConfigError, ServerSettings, load
+from eventstore.config import ConfigError, KafkaSettings, ServerSettings, load
 
 
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,3 +120,32 @@ def test_authentication_is_on_unless_explicitly_turned_off(
         load(ServerSettings)
     monkeypatch.delenv("EVENTSTORE_PERMISSIONS_FILE")
     assert load(ServerSettings).auth_disabled
+
+
+def test_limits_whose_largest_kafka_record_would_not_fit_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The largest accepted event must fit a Kafka record (invariant 11): about three times
+    max_event_bytes once encoded, checked against EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES."""
+    monkeypatch.setenv("EVENTSTORE_AUTH_DISABLED", "true")
+    monkeypatch.setenv("EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES", "2000000")
+    with pytest.raises(ConfigError) as caught:
+        load(ServerSettings)
+    for variable in ("EVENTSTORE_LIMIT_MAX_EVENT_BYTES", "EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES"):
+        assert variable in str(caught.value)
+    monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_EVENT_BYTES", "500000")
+    assert load(ServerSettings).kafka.max_message_bytes == 2_000_000
+    monkeypatch.delenv("EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES")
+    monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_EVENT_BYTES", str(40 * 2**20))
+    monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_APPEND_BYTES", str(40 * 2**20))
+    with pytest.raises(ConfigError, match="clients take at most") as caught:
+        load(ServerSettings)
+    assert "EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES" in str(caught.value)
+
+
+def test_consumers_take_a_record_of_the_largest_size() -> None:
+    kafka = KafkaSettings(max_message_bytes=10_000_000)
+    sizes = kafka.consumer_size_config(fetch_max_bytes=1024 * 1024)
+    # librdkafka's own rule, and room for one batch of the largest size plus framing.
+    assert sizes["receive.message.max.bytes"] >= int(sizes["fetch.max.bytes"]) + 512
+    assert int(sizes["receive.message.max.bytes"]) > 10_000_000 + 512

@@ -110,3 +110,14 @@ def test_reads_default_to_everything_forwards() -> None:
 )
 def test_expected_version_admits(expected: ExpectedVersion, current: int, admits: bool) -> None:
     assert expected.admits(current) is admits
+
+
+def test_an_event_id_is_a_uuid_of_bounded_length() -> None:
+    """uuid.UUID() also reads "urn:" and "-" repeated without end; such ids are refused."""
+    canonical = "12345678-1234-5678-1234-567812345678"
+    for spelling in (canonical, "{" + canonical + "}", "urn:uuid:" + canonical):
+        validate_append(raw(events=[RawEvent(spelling, "E", b"{}", "")]), Limits())
+    for spelling in ("urn:" * 10 + "uuid:" + canonical, "-" * 100 + canonical):
+        with pytest.raises(InvalidArgument) as caught:
+            validate_append(raw(events=[RawEvent(spelling, "E", b"{}", "")]), Limits())
+        assert fields_of(caught) == ["events[0].event_id"]
