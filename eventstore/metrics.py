@@ -14,6 +14,18 @@ PARKED_AGGREGATES = Gauge(
     "Aggregates whose publication keeps failing for a reason of their own (eventstore-replay "
     "parked lists them); each is retried with its own backoff and blocks no other",
 )
+JOURNAL_WRITES = Gauge(
+    "eventstore_journal_writes",
+    "Journal writes (group commits) since start; compare to announcements",
+)
+JOURNAL_ANNOUNCEMENTS = Gauge(
+    "eventstore_journal_announcements", "Appends announced in the journal since start"
+)
+RELAY_ROUND = Histogram(
+    "eventstore_relay_round_seconds",
+    "Time the relay spends per round finding work (must stay flat however long the service runs)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 JOURNAL_OPEN_ENTRIES = Gauge(
     "eventstore_journal_open_entries",
     "Journal entries of this process not yet settled (appends in flight or awaiting Kafka)",

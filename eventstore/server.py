@@ -144,6 +144,7 @@ class RunningServer:
                 takeover_after_s=settings.relay.takeover_after_s,
                 max_in_flight=settings.relay.max_in_flight,
                 on_published=metrics.PUBLISH_LAG.observe,
+                on_round=metrics.RELAY_ROUND.observe,
             )
             # The writer exists for the other replicas before its first announcement.
             await self.publication.start()
@@ -396,7 +397,10 @@ async def _update_gauges(running: RunningServer) -> None:
         if running.publication is not None:
             metrics.UNPUBLISHED_AGGREGATES.set(running.publication.backlog)
             metrics.PARKED_AGGREGATES.set(running.publication.parked_count)
-            metrics.JOURNAL_OPEN_ENTRIES.set(running.publication.journal.open_entries)
+            journal = running.publication.journal
+            metrics.JOURNAL_OPEN_ENTRIES.set(journal.open_entries)
+            metrics.JOURNAL_WRITES.set(journal.writes)
+            metrics.JOURNAL_ANNOUNCEMENTS.set(journal.announced)
         if isinstance(publisher, KafkaEventPublisher):
             metrics.PRODUCER_QUEUE.set(publisher.queued())
         await asyncio.sleep(1)

@@ -101,6 +101,7 @@ class Publication:
         takeover_after_s: float = 10.0,
         max_in_flight: int = 10_000,
         on_published: Callable[[float], None] | None = None,
+        on_round: Callable[[float], None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._storage = storage
@@ -112,6 +113,8 @@ class Publication:
         self._max_in_flight = max_in_flight
         #: told, for each append the request path published, the seconds since its commit
         self._on_published = on_published
+        #: told how long each relay round took to find and start its work
+        self._on_round = on_round
         self._clock = clock
         self._streams: OrderedDict[str, _Stream] = OrderedDict()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -218,6 +221,7 @@ class Publication:
     async def relay_once(self) -> None:
         """One round: start catching up what needs it (in the background; each catch-up at
         most once at a time), then write the cursors."""
+        started = time.monotonic()
         for seq in self.journal.orphans()[:ENTRY_PAGE]:
             self._replay(("own", seq), self._replay_own(seq))
         writers = await self._outbox.writers()
@@ -225,6 +229,8 @@ class Publication:
             self._replay(("writer", silent.writer), self._take_over(silent))
         if self._leads(writers):
             self._replay("parked", self._retry_parked())
+        if self._on_round is not None:
+            self._on_round(time.monotonic() - started)
         await self.flush()
 
     def _replay(self, key: object, work: Coroutine[Any, Any, None]) -> None:
