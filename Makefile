@@ -69,6 +69,7 @@ test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks incl
 	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest
 
 bench: migrate  ## append, publication, indexing and query figures against the real stack
+	$(PY) -m benchmarks.publication --soak 300000
 	$(PY) -m benchmarks.append
 	$(PY) -m benchmarks.append --auth
 	$(PY) -m benchmarks.quotas
