@@ -123,6 +123,8 @@ class Publication:
         #: background catch-ups by key (own entry seq, silent writer), one at a time each
         self._replays: dict[object, asyncio.Task[None]] = {}
         self._catching_up: set[str] = set()
+        #: silent writers whose journal was read to its end, with the seq it ended at
+        self._drained: dict[UUID, int] = {}
         self._stopping = asyncio.Event()
         self.parked_count = 0
 
@@ -272,7 +274,8 @@ class Publication:
     async def _take_over(self, silent: WriterState) -> None:
         """Publish what a silent writer's unsettled entries name; retire it when done."""
         settled = silent.resolved
-        while True:
+        # A silent writer writes nothing more: once drained, no need to read its journal again.
+        while self._drained.get(silent.writer) != settled:
             entries = await self._outbox.entries(silent.writer, settled, ENTRY_PAGE)
             if not entries:
                 break
@@ -289,8 +292,10 @@ class Publication:
                 return
             settled = entries[-1][0]
             await self._outbox.settle(silent.writer, settled)
+        self._drained[silent.writer] = settled
         if self._clock() - silent.heartbeat > RETIRE_AFTER:
             await self._outbox.forget(silent.writer, silent.resolved, settled, retire=True)
+            self._drained.pop(silent.writer, None)
             log.info("relay: retired a silent writer", writer=str(silent.writer))
 
     async def _retry_parked(self) -> None:

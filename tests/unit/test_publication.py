@@ -232,3 +232,21 @@ async def test_new_aggregates_are_cataloged_before_they_commit() -> None:
     await append(request("a"))
     await append(request("a"))
     assert await world.catalog.aggregates("T", datetime.now(UTC).date()) == ["a"]
+
+
+async def test_a_drained_silent_writer_is_retired_after_an_hour() -> None:
+    world = World()
+    dead, dead_append = world.process()
+    await dead.start()
+    await dead_append(request("a"))
+    await dead.drain()
+    alive, _ = world.process(takeover_after_s=0.05)
+    await alive.start()
+    await asyncio.sleep(0.1)
+    await settle(alive)
+    assert dead.journal.writer in {w.writer for w in await world.outbox.writers()}
+    later = datetime.now(UTC) + timedelta(hours=2)
+    alive._clock = lambda: later
+    await settle(alive)
+    assert {w.writer for w in await world.outbox.writers()} == {alive.journal.writer}
+    assert dead.journal.writer not in world.outbox.journal
