@@ -101,36 +101,54 @@ async def _max_message_bytes(admin: AdminClient, resource: ConfigResource) -> in
     return int(entries["max.message.bytes"].value)
 
 
-async def ensure_max_message_bytes(admin: AdminClient, name: str, required: int) -> None:
+async def ensure_max_message_bytes(
+    admin: AdminClient, name: str, required: int, timeout_s: float = 15.0
+) -> None:
     """Raise the topic's max.message.bytes to `required` if it is lower: topics created before
     we set it, by hand, or by a replica with smaller limits. Idempotent, for any replica: none
     ever lowers it, and each checks again after raising, so replicas that race with different
-    requirements settle on the largest."""
+    requirements settle on the largest. Returns once the brokers report the new value (an
+    alteration takes a moment to show)."""
     resource = ConfigResource(ResourceType.TOPIC, name)
-    try:
-        for _ in range(5):
+    change = ConfigResource(
+        ResourceType.TOPIC,
+        name,
+        incremental_configs=[
+            ConfigEntry(
+                "max.message.bytes", str(required), incremental_operation=AlterConfigOpType.SET
+            )
+        ],
+    )
+    deadline = time.monotonic() + timeout_s
+    altered_at: float | None = None
+    problem = "no answer"
+    while time.monotonic() < deadline:
+        try:
             found = await _max_message_bytes(admin, resource)
             if found >= required:
                 return
-            change = ConfigResource(
-                ResourceType.TOPIC,
-                name,
-                incremental_configs=[
-                    ConfigEntry(
-                        "max.message.bytes",
-                        str(required),
-                        incremental_operation=AlterConfigOpType.SET,
-                    )
-                ],
-            )
-            futures = admin.incremental_alter_configs([change], request_timeout=10)
-            await asyncio.wrap_future(futures[change])
-            log.info("raised max.message.bytes of a topic", topic=name, was=found, now=required)
-    except (KafkaException, KeyError, ValueError) as exc:
-        raise PublishFailed(
-            f"cannot check or raise max.message.bytes of topic {name} to {required}: {exc}"
-        ) from exc
-    raise PublishFailed(f"max.message.bytes of topic {name} keeps falling below {required}")
+            problem = f"it is {found}"
+            now = time.monotonic()
+            # Again after a while: a replica needing less may have raised it at the same time.
+            if altered_at is None or now - altered_at > 3.0:
+                futures = admin.incremental_alter_configs([change], request_timeout=10)
+                await asyncio.wrap_future(futures[change])
+                altered_at = now
+                log.info("raising max.message.bytes of a topic", topic=name, was=found, to=required)
+        except KafkaException as exc:
+            error = exc.args[0]
+            # A topic just created is unknown to some brokers for a moment.
+            if not error.retriable() and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise PublishFailed(
+                    f"cannot check or raise max.message.bytes of topic {name}: {error}"
+                ) from exc
+            problem = str(error)
+        except (KeyError, ValueError) as exc:
+            raise PublishFailed(f"no max.message.bytes for topic {name}: {exc!r}") from exc
+        await asyncio.sleep(0.1)
+    raise PublishFailed(
+        f"max.message.bytes of topic {name} is not yet at least {required} ({problem})"
+    )
 
 
 class KafkaEventPublisher(EventPublisher):

@@ -7,6 +7,7 @@ import asyncio
 import os
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource
 from confluent_kafka.admin._resource import ResourceType
@@ -55,8 +56,15 @@ async def subscribe_until(
 
 async def topic_max_message_bytes(admin: AdminClient, topic: str) -> int:
     resource = ConfigResource(ResourceType.TOPIC, topic)
-    entries = await asyncio.wrap_future(admin.describe_configs([resource])[resource])
-    return int(entries["max.message.bytes"].value)
+    for _ in range(100):
+        try:
+            entries = await asyncio.wrap_future(admin.describe_configs([resource])[resource])
+            return int(entries["max.message.bytes"].value)
+        except KafkaException as exc:  # a topic just created is unknown for a moment
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"topic {topic} never appeared")
 
 
 async def test_the_largest_accepted_events_reach_kafka_and_a_subscriber(
