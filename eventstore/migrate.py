@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient
 from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.ports import PublishFailed
-from eventstore.publishing.kafka import ensure_topic
+from eventstore.publishing.kafka import ensure_max_message_bytes, ensure_topic
 from eventstore.search.setup import ensure_template, make_client
 from eventstore.storage.cassandra import apply_schema
 
@@ -26,6 +26,8 @@ async def migrate(
     await apply_schema(cassandra)
     admin = AdminClient(kafka.client_config())
     await ensure_topic(admin, kafka.dead_letter_topic, kafka)
+    # A dead letter is as large as the largest event record; the topic may predate that setting.
+    await ensure_max_message_bytes(admin, kafka.dead_letter_topic, kafka.max_message_bytes)
     client = make_client(opensearch)
     try:
         await asyncio.to_thread(ensure_template, client, opensearch)

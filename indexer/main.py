@@ -75,6 +75,8 @@ class Indexer:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "topic.metadata.refresh.interval.ms": 5000,
+                # Take a record of any size the store accepts (librdkafka's default fetch).
+                **kafka.consumer_size_config(fetch_max_bytes=50 * 1024 * 1024),
                 "log_level": 3,
             }
         )
@@ -84,6 +86,9 @@ class Indexer:
                 "enable.idempotence": True,
                 "acks": "all",
                 "message.timeout.ms": 30_000,
+                # A dead letter is a record as large as any we consume (produce() would refuse
+                # a larger one for good, and the batch would never be committed).
+                "message.max.bytes": kafka.max_message_bytes,
             }
         )
         self.writer = BulkWriter(

@@ -198,16 +198,19 @@ async def republish(
         print(f"resuming after {sent} events", file=sys.stderr)
     if not dry_run:
         await _ensure_topic(bootstrap, topic)
+    kafka = KafkaSettings(bootstrap=bootstrap)
     producer = (
         None
         if dry_run
         else Producer(
             {
-                **KafkaSettings(bootstrap=bootstrap).client_config(),
+                **kafka.client_config(),
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
                 "partitioner": "murmur2_random",
+                # As large as any record of the server's (a topic we create takes as much).
+                "message.max.bytes": kafka.max_message_bytes,
             }
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -104,6 +105,26 @@ def event_to_proto(event: RecordedEvent) -> pb.Event:
         metadata=dict(event.metadata),
         recorded_at=timestamp(event.recorded_at),
     )
+
+
+def read_responses(
+    events: Sequence[RecordedEvent], budget_bytes: int
+) -> Iterator[pb.ReadAggregateResponse]:
+    """A page of events as messages of at most `budget_bytes` of events each, or of one event
+    when that alone is larger: a page of large events never outgrows a gRPC message."""
+    message = pb.ReadAggregateResponse()
+    size = 0
+    for event in events:
+        proto = event_to_proto(event)
+        encoded = proto.ByteSize() + 6  # the field's tag and length
+        if message.events and size + encoded > budget_bytes:
+            yield message
+            message = pb.ReadAggregateResponse()
+            size = 0
+        message.events.append(proto)
+        size += encoded
+    if message.events:
+        yield message
 
 
 def event_from_proto(event: pb.Event) -> RecordedEvent:

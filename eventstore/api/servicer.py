@@ -31,6 +31,7 @@ from eventstore.domain.validation import (
     validate_snapshot,
     validate_subscribe,
 )
+from eventstore.sizes import READ_MESSAGE_BUDGET_BYTES
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
@@ -191,7 +192,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             self._limits,
         )
         async for page in self._read.pages(validated, principal):
-            yield pb.ReadAggregateResponse(events=[convert.event_to_proto(e) for e in page])
+            for message in convert.read_responses(page, READ_MESSAGE_BUDGET_BYTES):
+                yield message
 
     @server_streaming
     async def Subscribe(

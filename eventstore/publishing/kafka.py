@@ -14,14 +14,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # Where they are defined: confluent_kafka.admin re-exports them without declaring it (for mypy).
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
+from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
 
@@ -35,6 +35,8 @@ log = structlog.get_logger(__name__)
 
 #: After failing to check or raise a topic's max.message.bytes, try again after this long.
 TOPIC_SIZE_RETRY_S = 60.0
+#: How long ensure_topic waits for every partition of a topic to take records.
+TOPIC_READY_TIMEOUT_S = 30.0
 
 
 def topic_config(max_message_bytes: int) -> dict[str, str]:
@@ -68,24 +70,58 @@ async def ensure_topic(admin: AdminClient, name: str, settings: KafkaSettings) -
         error = exc.args[0]
         if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise PublishFailed(f"cannot create topic {name}: {error}") from exc
-    # Creation returns once the controller has it; brokers learn of it a moment later, and a
-    # record sent before then is refused as UNKNOWN_TOPIC_OR_PART. Wait for leaders.
-    for _ in range(100):
-        metadata = await asyncio.to_thread(admin.list_topics, name, 5)
-        topic = metadata.topics.get(name)
-        if (
-            topic is not None
-            and topic.error is None
-            and topic.partitions
-            and all(p.leader >= 0 for p in topic.partitions.values())
-        ):
+    await _wait_until_writable(admin, name)
+
+
+async def _wait_until_writable(admin: AdminClient, name: str) -> None:
+    """Return once every partition of the topic has a leader that holds the partition's log.
+
+    Leaders in the metadata are not enough. A broker lists a new topic's leaders before it has
+    made the partitions' logs (it publishes its metadata image, then its replica manager
+    creates the logs; many partitions at once take a while), and refuses a record sent in
+    between as NOT_LEADER_OR_FOLLOWER. The idempotent producer can then lose records with no
+    error: if a later batch of the partition is already on its way and lands once the log
+    exists, the broker takes it although its first sequence is not 0 (it has no state for
+    our producer there: KAFKA-15591), and librdkafka reports the refused records, still
+    waiting to be retried, as delivered ("implicitly acked by subsequent batch success",
+    rd_kafka_dr_implicit_ack). A broker answers ListOffsets for a partition only from the
+    leader's own log, so once every partition answers, records sent from then on find it.
+    (_settle still refuses a delivery reported without an offset: a leader can change later.)
+    """
+    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+    while True:
+        try:
+            missing = await _partitions_without_log(admin, name)
+        except KafkaException as exc:
+            missing = str(exc.args[0])
+        if not missing:
             return
-        await asyncio.sleep(0.1)
-    raise PublishFailed(f"topic {name} has no leaders yet")
+        if time.monotonic() >= deadline:
+            raise PublishFailed(f"topic {name} does not take records yet: {missing}")
+        await asyncio.sleep(0.05)
+
+
+async def _partitions_without_log(admin: AdminClient, name: str) -> str:
+    """What keeps the topic from taking records ("" when nothing does)."""
+    metadata = await asyncio.to_thread(admin.list_topics, name, 5)
+    topic = metadata.topics.get(name)
+    if topic is None or topic.error is not None or not topic.partitions:
+        return f"not in the metadata yet ({topic.error if topic is not None else 'absent'})"
+    earliest: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]
+    request = {TopicPartition(name, p): earliest for p in topic.partitions}
+    futures = admin.list_offsets(request, request_timeout=5)
+    missing: list[str] = []
+    for partition, future in futures.items():
+        try:
+            await asyncio.wrap_future(future)
+        except KafkaException as exc:
+            missing.append(f"[{partition.partition}] {exc.args[0]}")
+    return ", ".join(missing)
 
 
 class _Delivery(Delivery):
-    def __init__(self, futures: list[asyncio.Future[None]]) -> None:
+    def __init__(self, futures: list[asyncio.Future[tuple[int, int]]]) -> None:
+        #: One per record, in send order, each done with where the record is in the log.
         self._futures = futures
 
     async def wait(self) -> None:
@@ -94,6 +130,10 @@ class _Delivery(Delivery):
             if isinstance(result, BaseException):
                 raise PublishFailed(str(result)) from result
 
+    def positions(self) -> list[tuple[int, int]]:
+        """(partition, offset) of each record, in send order, once wait() has returned."""
+        return [future.result() for future in self._futures]
+
 
 async def _max_message_bytes(admin: AdminClient, resource: ConfigResource) -> int:
     futures = admin.describe_configs([resource], request_timeout=10)
@@ -101,36 +141,54 @@ async def _max_message_bytes(admin: AdminClient, resource: ConfigResource) -> in
     return int(entries["max.message.bytes"].value)
 
 
-async def ensure_max_message_bytes(admin: AdminClient, name: str, required: int) -> None:
+async def ensure_max_message_bytes(
+    admin: AdminClient, name: str, required: int, timeout_s: float = 15.0
+) -> None:
     """Raise the topic's max.message.bytes to `required` if it is lower: topics created before
     we set it, by hand, or by a replica with smaller limits. Idempotent, for any replica: none
     ever lowers it, and each checks again after raising, so replicas that race with different
-    requirements settle on the largest."""
+    requirements settle on the largest. Returns once the brokers report the new value (an
+    alteration takes a moment to show)."""
     resource = ConfigResource(ResourceType.TOPIC, name)
-    try:
-        for _ in range(5):
+    change = ConfigResource(
+        ResourceType.TOPIC,
+        name,
+        incremental_configs=[
+            ConfigEntry(
+                "max.message.bytes", str(required), incremental_operation=AlterConfigOpType.SET
+            )
+        ],
+    )
+    deadline = time.monotonic() + timeout_s
+    altered_at: float | None = None
+    problem = "no answer"
+    while time.monotonic() < deadline:
+        try:
             found = await _max_message_bytes(admin, resource)
             if found >= required:
                 return
-            change = ConfigResource(
-                ResourceType.TOPIC,
-                name,
-                incremental_configs=[
-                    ConfigEntry(
-                        "max.message.bytes",
-                        str(required),
-                        incremental_operation=AlterConfigOpType.SET,
-                    )
-                ],
-            )
-            futures = admin.incremental_alter_configs([change], request_timeout=10)
-            await asyncio.wrap_future(futures[change])
-            log.info("raised max.message.bytes of a topic", topic=name, was=found, now=required)
-    except (KafkaException, KeyError, ValueError) as exc:
-        raise PublishFailed(
-            f"cannot check or raise max.message.bytes of topic {name} to {required}: {exc}"
-        ) from exc
-    raise PublishFailed(f"max.message.bytes of topic {name} keeps falling below {required}")
+            problem = f"it is {found}"
+            now = time.monotonic()
+            # Again after a while: a replica needing less may have raised it at the same time.
+            if altered_at is None or now - altered_at > 3.0:
+                futures = admin.incremental_alter_configs([change], request_timeout=10)
+                await asyncio.wrap_future(futures[change])
+                altered_at = now
+                log.info("raising max.message.bytes of a topic", topic=name, was=found, to=required)
+        except KafkaException as exc:
+            error = exc.args[0]
+            # A topic just created is unknown to some brokers for a moment.
+            if not error.retriable() and error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise PublishFailed(
+                    f"cannot check or raise max.message.bytes of topic {name}: {error}"
+                ) from exc
+            problem = str(error)
+        except (KeyError, ValueError) as exc:
+            raise PublishFailed(f"no max.message.bytes for topic {name}: {exc!r}") from exc
+        await asyncio.sleep(0.1)
+    raise PublishFailed(
+        f"max.message.bytes of topic {name} is not yet at least {required} ({problem})"
+    )
 
 
 class KafkaEventPublisher(EventPublisher):
@@ -215,14 +273,19 @@ class KafkaEventPublisher(EventPublisher):
             return _Delivery([])
         topic = await self._topic(events[0].aggregate_type)
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[None]] = []
+        futures: list[asyncio.Future[tuple[int, int]]] = []
         for event in events:
-            future: asyncio.Future[None] = loop.create_future()
+            future: asyncio.Future[tuple[int, int]] = loop.create_future()
 
             def report(
-                err: KafkaError | None, _msg: Any, future: asyncio.Future[None] = future
+                err: KafkaError | None,
+                msg: Message,
+                future: asyncio.Future[tuple[int, int]] = future,
             ) -> None:
-                loop.call_soon_threadsafe(_settle, future, err)
+                # Only plain values cross to the loop: the message is librdkafka's, for now.
+                loop.call_soon_threadsafe(
+                    _settle, future, err, msg.topic(), msg.partition(), msg.offset()
+                )
 
             try:
                 self._producer.produce(
@@ -255,10 +318,36 @@ class KafkaEventPublisher(EventPublisher):
             )
 
 
-def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:
+def _settle(
+    future: asyncio.Future[tuple[int, int]],
+    err: KafkaError | None,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
+) -> None:
+    """Confirm a record only with its place in the log; anything else fails its delivery."""
     if future.done():
         return
-    if err is None:
-        future.set_result(None)
-    else:
+    if err is not None:
         future.set_exception(PublishFailed(str(err)))
+    elif partition is None or partition < 0 or offset is None or offset < 0:
+        # No error and no offset: librdkafka inferred the delivery instead of being told where
+        # the record is. It does so when a later batch of the partition succeeds while this
+        # record's batch waits to be retried after an error (rd_kafka_dr_implicit_ack; the
+        # offset stays OFFSET_INVALID), and the inference is wrong when the broker took the
+        # later batch without the earlier one (see _wait_until_writable). Not confirmed, so the
+        # caller publishes it again from its cursor; consumers drop a duplicate by
+        # (aggregate_id, version).
+        log.warning(
+            "delivery reported without a log offset; not counted as delivered",
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+        future.set_exception(
+            PublishFailed(
+                f"delivery to {topic} [{partition}] reported without a log offset ({offset})"
+            )
+        )
+    else:
+        future.set_result((partition, offset))

@@ -31,9 +31,9 @@ def installed_version(client: OpenSearch, settings: OpenSearchSettings) -> int |
 
 
 def ensure_template(client: OpenSearch, settings: OpenSearchSettings) -> None:
-    """Put the index template (idempotent: the same body every time), and the same mappings on
-    the existing monthly indices, which the template alone does not change: their strict
-    mapping would refuse documents with a field added since they were created.
+    """Put the index template (idempotent: the same body every time), and add the fields they
+    lack to the existing monthly indices, which the template alone does not change: their
+    strict mapping would refuse documents with a field added since.
 
     A newer template (a later indexer or migration already ran) is left as it is, so an older
     process starting during a rolling upgrade does not take fields away from next month's
@@ -47,11 +47,20 @@ def ensure_template(client: OpenSearch, settings: OpenSearchSettings) -> None:
         )
         return
     client.indices.put_index_template(name=template_name(settings), body=index_template(settings))
-    # Mappings only grow: putting the same properties again is a no-op, and a new field is
-    # added to every index of the prefix (open ones; a closed index takes no documents).
-    client.indices.put_mapping(
-        index=f"{settings.index_prefix}-*",
-        body={"properties": index_mappings()["properties"]},
-        allow_no_indices=True,
-        expand_wildcards="open",
+    add_missing_fields(client, settings)
+
+
+def add_missing_fields(client: OpenSearch, settings: OpenSearchSettings) -> None:
+    """Add the template's fields that an existing index of the prefix lacks (mappings only
+    grow; a field an index maps differently is left as it is, and documents that index
+    refuses for it are indexed in a reduced form)."""
+    wanted = index_mappings()["properties"]
+    existing = client.indices.get_mapping(
+        index=f"{settings.index_prefix}-*", allow_no_indices=True, expand_wildcards="open"
     )
+    for index, found in existing.items():
+        have = (found.get("mappings") or {}).get("properties") or {}
+        missing = {name: wanted[name] for name in wanted if name not in have}
+        if missing:
+            client.indices.put_mapping(index=index, body={"properties": missing})
+            log.info("added fields to an existing index", index=index, fields=sorted(missing))

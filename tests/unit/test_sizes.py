@@ -4,10 +4,12 @@ largest events the store accepts."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from eventstore.api.convert import append_from_proto, event_to_proto
+from eventstore.config import KafkaSettings
 from eventstore.domain.validation import Limits, validate_append
 from eventstore.publishing import records
 from eventstore.sizes import (
@@ -135,3 +137,14 @@ def test_topics_take_the_largest_record_but_never_less_than_kafka_s_default() ->
     assert records.message_bytes(SMALL, 64 * 2**20) == records.KAFKA_DEFAULT_MAX_MESSAGE_BYTES
     # A cluster capped below Kafka's default: small limits still fit under the cap.
     assert records.message_bytes(SMALL, 500_000) == 500_000
+
+
+def test_the_readme_states_the_bounds_of_the_default_limits() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for number in (
+        max_event_bytes(DEFAULT),
+        records.max_batch_bytes(DEFAULT),
+        records.message_bytes(DEFAULT, KafkaSettings().max_message_bytes),
+        max_append_request_bytes(DEFAULT),
+    ):
+        assert f"{number:,}" in readme
