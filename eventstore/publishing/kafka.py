@@ -4,8 +4,13 @@ The producer never blocks the event loop: produce() only enqueues, a background 
 poll() (where delivery reports are called) and hands each report back to the loop. Kafka being
 down does not fail anything here: records wait in the producer, in order, until it is back.
 If the producer's queue fills up, send() fails at once (nothing later is queued for that
-aggregate) and the relay publishes from the outbox later. A process that dies with records
-queued leaves its outbox markers behind, and the relay of any server publishes them.
+aggregate) with PublisherUnavailable, and the relay publishes from Cassandra later. A process
+that dies with records queued leaves its journal entries unsettled, and another server's relay
+publishes what they name (usecases/publish.py).
+
+Errors say whose fault they are: PublisherUnavailable when Kafka as a whole takes nothing now
+(queue full, brokers not answering), PublishFailed when this topic or record is refused (a topic
+name Kafka will not create, a record too large): the relay parks only the latter's aggregate.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 
 import structlog
@@ -28,7 +34,7 @@ from confluent_kafka.cimpl import NewTopic
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import Limits
-from eventstore.ports import Delivery, EventPublisher, PublishFailed
+from eventstore.ports import Delivery, EventPublisher, PublisherUnavailable, PublishFailed
 from eventstore.publishing.records import message_bytes, record_headers, record_value
 
 log = structlog.get_logger(__name__)
@@ -69,8 +75,27 @@ async def ensure_topic(admin: AdminClient, name: str, settings: KafkaSettings) -
     except KafkaException as exc:
         error = exc.args[0]
         if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise PublishFailed(f"cannot create topic {name}: {error}") from exc
+            raise _refusal(f"cannot create topic {name}", error) from exc
     await _wait_until_writable(admin, name)
+
+
+#: Errors that say nothing about the topic or record: Kafka is not answering (yet).
+_UNREACHABLE = {
+    KafkaError._TRANSPORT,
+    KafkaError._TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._RESOLVE,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError._QUEUE_FULL,
+}
+
+
+def _refusal(what: str, error: KafkaError) -> PublishFailed:
+    """PublisherUnavailable if Kafka was not reachable, else PublishFailed (this one refused)."""
+    if error.code() in _UNREACHABLE or error.retriable():
+        return PublisherUnavailable(f"{what}: {error}")
+    return PublishFailed(f"{what}: {error}")
 
 
 async def _wait_until_writable(admin: AdminClient, name: str) -> None:
@@ -89,14 +114,19 @@ async def _wait_until_writable(admin: AdminClient, name: str) -> None:
     (_settle still refuses a delivery reported without an offset: a leader can change later.)
     """
     deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+    unreachable: KafkaError | None = None
     while True:
         try:
             missing = await _partitions_without_log(admin, name)
+            unreachable = None
         except KafkaException as exc:
-            missing = str(exc.args[0])
+            unreachable = exc.args[0]
+            missing = str(unreachable)
         if not missing:
             return
         if time.monotonic() >= deadline:
+            if unreachable is not None:
+                raise _refusal(f"topic {name} does not take records yet", unreachable)
             raise PublishFailed(f"topic {name} does not take records yet: {missing}")
         await asyncio.sleep(0.05)
 
@@ -229,7 +259,8 @@ class KafkaEventPublisher(EventPublisher):
         #: Topics whose max.message.bytes was found (or made) large enough.
         self._sized: set[str] = set()
         self._size_retry_at: dict[str, float] = {}
-        self._topic_lock = asyncio.Lock()
+        #: One lock per topic: a topic that is slow to become ready holds back only its own.
+        self._topic_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._running = True
         self._poller = threading.Thread(target=self._poll, name="kafka-producer-poll", daemon=True)
         self._poller.start()
@@ -241,12 +272,12 @@ class KafkaEventPublisher(EventPublisher):
     async def _topic(self, aggregate_type: str) -> str:
         name = self._settings.topic(aggregate_type)
         if name not in self._topics:
-            async with self._topic_lock:
+            async with self._topic_locks[name]:
                 if name not in self._topics:
                     await ensure_topic(self._admin, name, self._topic_settings)
                     self._topics.add(name)
         if name not in self._sized and time.monotonic() >= self._size_retry_at.get(name, 0.0):
-            async with self._topic_lock:
+            async with self._topic_locks[name]:
                 if name not in self._sized:
                     await self._fit(name)
         return name
@@ -296,11 +327,14 @@ class KafkaEventPublisher(EventPublisher):
                     on_delivery=report,
                 )
             except (BufferError, KafkaException) as exc:
-                # The local queue is full (Kafka unreachable for a long time): fail this and
-                # every later record of the batch, so that order is kept; the relay takes over.
+                # Fail this and every later record of the batch, so that order is kept; the
+                # relay takes over. A full local queue (Kafka unreachable for a long time) is
+                # nobody's fault in particular; anything else is this record's.
                 for pending in futures:
                     pending.cancel()
-                raise PublishFailed(f"producer queue refused a record: {exc}") from exc
+                if isinstance(exc, BufferError):
+                    raise PublisherUnavailable(f"producer queue full: {exc}") from exc
+                raise _refusal("producer refused a record", exc.args[0]) from exc
             futures.append(future)
         return _Delivery(futures)
 
