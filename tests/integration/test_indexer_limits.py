@@ -23,18 +23,22 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from eventstore.client import Event, EventStoreClient
 from eventstore.config import KafkaSettings, OpenSearchSettings
+from eventstore.publishing.kafka import ensure_topic
 from eventstore.search.documents import INCOMPLETE_KEY, MAX_DEPTH, NOTES_FIELD, index_name
 from eventstore.search.setup import ensure_template, make_client
 from indexer.bulk import SPLITS
 from indexer.config import IndexerSettings
 from indexer.main import Indexer
+from tests.integration.test_indexer import IndexerProcess, distinct_ids
 from tests.support import read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -368,3 +372,59 @@ async def test_documents_opensearch_refuses_are_indexed_in_reduced_forms(
         (stored,) = await client.read_all("reduced-1")  # which has all of it
         assert stored.data == event.payload()
     await asyncio.to_thread(no_dead_letters, kafka_settings)
+
+
+async def test_killed_during_a_backlog_of_large_and_odd_events_indexes_each_once(
+    client: EventStoreClient,
+    kafka_settings: KafkaSettings,
+    opensearch_settings: OpenSearchSettings,
+    tmp_path: Path,
+) -> None:
+    # Faults together (invariant 12): a backlog of near-limit events, events whose documents
+    # must be changed, and a record that is not an event at all; the indexer process is killed
+    # (SIGKILL) while it works through them and started again.
+    topic = kafka_settings.topic("Junk")
+    admin = AdminClient({"bootstrap.servers": kafka_settings.bootstrap})
+    await ensure_topic(admin, topic, kafka_settings)
+    producer = Producer({"bootstrap.servers": kafka_settings.bootstrap})
+    producer.produce(topic, key=b"junk", value=b"\xff\x00 not an Event")
+    assert producer.flush(10) == 0
+    backlog = await append_backlog(client, kafka_settings)
+    odd = [
+        Event("Priced", b'{"amount": 1e400}'),
+        Event("Traced", {"ok": True}, metadata={"trace": "t" * 40_000}),
+        Event("Nested", nested(60)),
+    ]
+    await client.append("odd-1", "Odd", odd)
+    total = len(backlog) + len(odd)
+
+    process = IndexerProcess(kafka_settings, opensearch_settings, tmp_path / "indexer.log")
+    try:
+        await process.start(batch_size=16)
+
+        async def started_indexing() -> bool:
+            return await asyncio.to_thread(count, opensearch_settings) > 0
+
+        await until("the indexer starts indexing", started_indexing, within=60)
+        await process.kill()
+        done = await asyncio.to_thread(count, opensearch_settings)
+        assert done < total, "killed too late to prove anything"
+        await process.start(batch_size=16)
+
+        async def all_indexed() -> bool:
+            return await asyncio.to_thread(count, opensearch_settings) >= total
+
+        await until("everything is indexed", all_indexed)
+        await asyncio.sleep(1.5)  # nothing more may arrive
+    finally:
+        await process.kill()
+    assert await asyncio.to_thread(count, opensearch_settings) == total
+    assert await asyncio.to_thread(distinct_ids, opensearch_settings) == total
+    letters = await asyncio.to_thread(
+        read_topic, kafka_settings.bootstrap, kafka_settings.dead_letter_topic, 1
+    )
+    # The junk record, possibly twice (killed after storing its letter, before committing).
+    assert {m.value() for m in letters} == {b"\xff\x00 not an Event"}
+    noted = {"query": {"exists": {"field": NOTES_FIELD}}, "size": 10}
+    hits = await asyncio.to_thread(search, opensearch_settings, noted)
+    assert sorted(h["_source"]["event_type"] for h in hits) == ["Nested", "Priced", "Traced"]
