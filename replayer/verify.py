@@ -1,0 +1,455 @@
+"""Reconciliation: compare Cassandra (the source of truth) with Kafka and the search index for
+one aggregate type, and optionally republish to Kafka what it lacks.
+
+    report = await verify(cassandra_settings, kafka_settings, opensearch_settings, "Order")
+    assert report.ok, report.missing_from_kafka()
+
+How it works, in this order:
+
+1. The topic's end offsets are noted (records published later are not read).
+2. The catalog gives the aggregates (the type's days, or the days asked for); their events
+   are read from Cassandra in pages, keeping per aggregate the stored event ids (16 bytes each)
+   and the versions in scope as ranges.
+3. The whole topic (from its beginning) and the index documents of the type are read at the
+   same time, each copy compared with the stored event at its version as it arrives.
+4. Without a day range or an aggregate id, aggregates that the topic or the index hold but the
+   catalog does not list are looked up in Cassandra too (reported as uncataloged).
+
+Events recorded at or after the run's start (`as_of`) are not compared: they may still be on
+their way. Nothing here chooses an exit code or prints; `replayer.main` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from typing import TypeVar
+
+from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
+from eventstore.domain.events import Direction, RecordedEvent
+from eventstore.ports import AggregateCatalog, Delivery, EventPublisher, EventStorage, PublishFailed
+from eventstore.publishing.kafka import KafkaEventPublisher
+from eventstore.storage.cassandra import CassandraEventStorage
+from eventstore.storage.catalog import CassandraAggregateCatalog
+from eventstore.storage.connection import CassandraConnection
+from replayer.comparison import (
+    AggregateFindings,
+    EventRef,
+    IndexFindings,
+    KafkaFindings,
+    Report,
+    Stored,
+    Tally,
+    Versions,
+    Window,
+    index_findings,
+    kafka_findings,
+    late_versions,
+)
+from replayer.scans import CopyScan, IndexScan, TopicScan, micros
+
+__all__ = [
+    "AggregateFindings",
+    "EventRef",
+    "IndexFindings",
+    "KafkaFindings",
+    "Report",
+    "VerifyError",
+    "reconcile",
+    "verify",
+]
+
+T = TypeVar("T")
+
+#: Events per Cassandra read, and aggregates read at once.
+PAGE = 500
+CONCURRENCY = 16
+
+
+class VerifyError(Exception):
+    """The reconciliation cannot run as asked (contradictory arguments, an aggregate of
+    another type)."""
+
+
+async def verify(
+    cassandra: CassandraSettings | CassandraConnection,
+    kafka: KafkaSettings,
+    opensearch: OpenSearchSettings,
+    aggregate_type: str,
+    *,
+    aggregate_id: str | None = None,
+    since_day: date | None = None,
+    until_day: date | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    check_kafka: bool = True,
+    check_index: bool = True,
+    republish: bool = False,
+    as_of: datetime | None = None,
+) -> Report:
+    """Compare the stored events of `aggregate_type` with its topic and the index.
+
+    Scope: one aggregate, or the aggregates the catalog lists for the days since_day ..
+    until_day (default: the type's first day to tomorrow, UTC); only events recorded in
+    [start, end) and before `as_of` (default: now). `republish` sends what the topic lacks,
+    in version order per aggregate, and waits for Kafka to confirm it.
+
+    A connection passed in stays open; settings get a connection of their own. Raises
+    VerifyError for arguments that cannot be honoured and StorageUnavailable when a backend
+    does not answer.
+    """
+    moment = datetime.now(UTC) if as_of is None else _utc(as_of)
+    start = _utc(start) if start is not None else None
+    end = _utc(end) if end is not None else None
+    _check(aggregate_type, since_day, until_day, start, end, check_kafka, republish)
+    topic = TopicScan(kafka, kafka.topic(aggregate_type), aggregate_id) if check_kafka else None
+    index_end = min(end, moment) if end is not None else moment
+    index = (
+        IndexScan(opensearch, aggregate_type, aggregate_id, start, index_end)
+        if check_index
+        else None
+    )
+    owned = not isinstance(cassandra, CassandraConnection)
+    connection = (
+        await CassandraConnection.open(cassandra)
+        if isinstance(cassandra, CassandraSettings)
+        else cassandra
+    )
+    publisher: KafkaEventPublisher | None = None
+    try:
+        storage = await asyncio.to_thread(CassandraEventStorage, connection)
+        catalog = await CassandraAggregateCatalog.create(connection)
+        publisher = KafkaEventPublisher(kafka) if republish else None
+        return await reconcile(
+            storage,
+            catalog,
+            aggregate_type,
+            topic=topic,
+            index=index,
+            publisher=publisher,
+            aggregate_id=aggregate_id,
+            since_day=since_day,
+            until_day=until_day,
+            start=start,
+            end=end,
+            as_of=moment,
+        )
+    finally:
+        if publisher is not None:
+            await publisher.close()
+        if owned:
+            await connection.close()
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive times are UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _check(
+    aggregate_type: str,
+    since_day: date | None,
+    until_day: date | None,
+    start: datetime | None,
+    end: datetime | None,
+    check_kafka: bool,
+    republish: bool,
+) -> None:
+    if not aggregate_type:
+        raise VerifyError("an aggregate type is required")
+    if since_day and until_day and since_day > until_day:
+        raise VerifyError(f"since day {since_day} is after until day {until_day}")
+    if start and end and start >= end:
+        raise VerifyError(f"start {start.isoformat()} is not before end {end.isoformat()}")
+    if republish and not check_kafka:
+        raise VerifyError("republishing needs the Kafka check")
+
+
+async def reconcile(
+    storage: EventStorage,
+    catalog: AggregateCatalog,
+    aggregate_type: str,
+    *,
+    topic: CopyScan | None,
+    index: CopyScan | None,
+    publisher: EventPublisher | None = None,
+    aggregate_id: str | None = None,
+    since_day: date | None = None,
+    until_day: date | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    as_of: datetime,
+) -> Report:
+    """verify() over ports: the store, the catalog and the two copies (None: not checked).
+    With a publisher, what the topic lacks is sent to it."""
+    window = Window(micros(start) if start else None, micros(end) if end else None, micros(as_of))
+    notes: list[str] = []
+    scans = [scan for scan in (topic, index) if scan is not None]
+    try:
+        for scan in scans:
+            # Before the store is read: a record published later is not read, so an event
+            # committed later cannot look missing (it is recent, and left out).
+            await asyncio.to_thread(scan.open)
+        if topic is not None and not getattr(topic, "exists", True):
+            notes.append(f"topic {topic.name} does not exist")
+        discover = aggregate_id is None and since_day is None and until_day is None
+        if aggregate_id is not None:
+            ids = [aggregate_id]
+        else:
+            ids = await _cataloged(catalog, aggregate_type, since_day, until_day, end, notes)
+        stored = await _read_all(storage, ids, window)
+        for found in list(stored.values()):
+            if found.aggregate_type not in (None, aggregate_type):
+                if aggregate_id is not None:
+                    raise VerifyError(
+                        f"aggregate {aggregate_id!r} is of type {found.aggregate_type!r}, "
+                        f"not {aggregate_type!r}"
+                    )
+                notes.append(
+                    f"the catalog lists {found.aggregate_id!r} under {aggregate_type!r} but it "
+                    f"is of type {found.aggregate_type!r}: not compared"
+                )
+                del stored[found.aggregate_id]
+        if aggregate_id is not None and stored[aggregate_id].head == 0:
+            notes.append(f"aggregate {aggregate_id!r} has no events")
+
+        kafka_tallies: dict[str, Tally] = {}
+        index_tallies: dict[str, Tally] = {}
+
+        def collector(tallies: dict[str, Tally], keep_repeated: bool) -> _Visit:
+            def visit(
+                copy_of: str, version: int, event_id: bytes, recorded_at: int, partition: int
+            ) -> None:
+                known = stored.get(copy_of)
+                if known is None and not discover:
+                    return  # outside the days asked for
+                tally = tallies.get(copy_of)
+                if tally is None:
+                    tally = tallies[copy_of] = Tally()
+                in_range = window.contains(recorded_at)
+                if known is None:
+                    tally.defer(version, event_id, in_range, partition)
+                else:
+                    tally.observe(known, version, event_id, in_range, partition, keep_repeated)
+
+            return visit
+
+        reads: list[Awaitable[int]] = []
+        if topic is not None:
+            reads.append(asyncio.to_thread(topic.scan, collector(kafka_tallies, False)))
+        if index is not None:
+            reads.append(asyncio.to_thread(index.scan, collector(index_tallies, True)))
+        counts = await asyncio.gather(*reads)
+        records = counts[0] if topic is not None else 0
+        documents = counts[-1] if index is not None else 0
+
+        uncataloged = await _discover(
+            storage, aggregate_type, stored, kafka_tallies, index_tallies, window
+        )
+        findings = _findings(stored, kafka_tallies, index_tallies, topic, index)
+        if publisher is not None:
+            findings = await _republish(storage, publisher, findings, kafka_tallies, notes)
+        in_scope = [s for s in stored.values() if s.head]
+        return Report(
+            aggregate_type=aggregate_type,
+            as_of=as_of,
+            topic=topic.name if topic is not None else None,
+            index=index.name if index is not None else None,
+            aggregates=len(in_scope),
+            events=sum(len(s.scope) for s in in_scope),
+            recent=sum(s.recent for s in in_scope),
+            records=records,
+            documents=documents,
+            undecodable=sum(scan.undecodable for scan in scans),
+            findings=tuple(findings),
+            uncataloged=tuple(sorted(uncataloged)),
+            notes=tuple(notes),
+        )
+    finally:
+        for scan in scans:
+            await asyncio.to_thread(scan.close)
+
+
+_Visit = Callable[[str, int, bytes, int, int], None]
+
+
+async def _cataloged(
+    catalog: AggregateCatalog,
+    aggregate_type: str,
+    since_day: date | None,
+    until_day: date | None,
+    end: datetime | None,
+    notes: list[str],
+) -> list[str]:
+    """The aggregates the catalog lists for the type on the days asked for."""
+    first = (await catalog.types()).get(aggregate_type)
+    if first is None:
+        notes.append(f"the catalog has no aggregate type {aggregate_type!r}")
+        return []
+    low = max(first, since_day) if since_day else first
+    # Tomorrow too: a server whose clock runs ahead may have filed an aggregate there.
+    high = until_day or datetime.now(UTC).date() + timedelta(days=1)
+    if end is not None:
+        # An aggregate created after `end` has no event before it.
+        high = min(high, end.astimezone(UTC).date())
+    days = [low + timedelta(days=n) for n in range((high - low).days + 1)]
+    ids: set[str] = set()
+
+    async def day(on: date) -> None:
+        ids.update(await catalog.aggregates(aggregate_type, on))
+
+    await _each(days, day)
+    return sorted(ids)
+
+
+async def _read_all(storage: EventStorage, ids: Iterable[str], window: Window) -> dict[str, Stored]:
+    stored: dict[str, Stored] = {}
+
+    async def one(aggregate_id: str) -> None:
+        stored[aggregate_id] = await _read_stored(storage, aggregate_id, window)
+
+    await _each(ids, one)
+    return stored
+
+
+async def _read_stored(storage: EventStorage, aggregate_id: str, window: Window) -> Stored:
+    stored = Stored(aggregate_id)
+    version = 1
+    while True:
+        events = await storage.read(aggregate_id, version, Direction.FORWARDS, PAGE)
+        for event in events:
+            at = micros(event.recorded_at)
+            stored.aggregate_type = event.aggregate_type
+            stored.add(event.version, event.event_id, window.contains(at), window.recent(at))
+        if len(events) < PAGE:
+            return stored
+        version = events[-1].version + 1
+
+
+async def _each(items: Iterable[T], work: Callable[[T], Awaitable[None]]) -> None:
+    """Run `work` on every item, CONCURRENCY at a time."""
+    pending = iter(items)
+
+    async def worker() -> None:
+        for item in pending:
+            await work(item)
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+
+
+async def _discover(
+    storage: EventStorage,
+    aggregate_type: str,
+    stored: dict[str, Stored],
+    kafka_tallies: dict[str, Tally],
+    index_tallies: dict[str, Tally],
+    window: Window,
+) -> list[str]:
+    """Look up the aggregates the copies hold but the catalog did not list; compare their
+    copies now. Returns those that the store has (uncataloged)."""
+    unknown = sorted(
+        {a for a, t in kafka_tallies.items() if t.pending}
+        | {a for a, t in index_tallies.items() if t.pending}
+    )
+    if not unknown:
+        return []
+    found = await _read_all(storage, unknown, window)
+    uncataloged = []
+    for aggregate_id in unknown:
+        candidate = found[aggregate_id]
+        known: Stored | None = None
+        if candidate.head and candidate.aggregate_type == aggregate_type:
+            known = stored[aggregate_id] = candidate
+            uncataloged.append(aggregate_id)
+        if aggregate_id in kafka_tallies:
+            kafka_tallies[aggregate_id].resolve(known)
+        if aggregate_id in index_tallies:
+            index_tallies[aggregate_id].resolve(known, keep_repeated=True)
+    return uncataloged
+
+
+def _findings(
+    stored: dict[str, Stored],
+    kafka_tallies: dict[str, Tally],
+    index_tallies: dict[str, Tally],
+    topic: CopyScan | None,
+    index: CopyScan | None,
+) -> list[AggregateFindings]:
+    findings = []
+    for aggregate_id in sorted(stored.keys() | kafka_tallies.keys() | index_tallies.keys()):
+        known = stored.get(aggregate_id) or Stored(aggregate_id)
+        outcome = AggregateFindings(
+            aggregate_id,
+            len(known.scope),
+            kafka=(
+                kafka_findings(known, kafka_tallies.get(aggregate_id) or Tally())
+                if topic is not None
+                else KafkaFindings()
+            ),
+            index=(
+                index_findings(known, index_tallies.get(aggregate_id) or Tally())
+                if index is not None
+                else IndexFindings()
+            ),
+        )
+        if outcome.noteworthy:
+            findings.append(outcome)
+    return findings
+
+
+async def _republish(
+    storage: EventStorage,
+    publisher: EventPublisher,
+    findings: list[AggregateFindings],
+    tallies: dict[str, Tally],
+    notes: list[str],
+) -> list[AggregateFindings]:
+    """Send each aggregate's missing events in version order; wait for Kafka to confirm."""
+    sent: list[tuple[int, Delivery]] = []
+    for position, outcome in enumerate(findings):
+        if not outcome.kafka.missing:
+            continue
+        events = await _events(storage, outcome.aggregate_id, outcome.kafka.missing)
+        try:
+            sent.append((position, await publisher.send(events)))
+        except PublishFailed as exc:
+            notes.append(f"republishing {outcome.aggregate_id!r} failed: {exc}")
+    updated = list(findings)
+    for position, delivery in sent:
+        outcome = findings[position]
+        try:
+            await delivery.wait()
+        except PublishFailed as exc:
+            notes.append(f"republishing {outcome.aggregate_id!r} failed: {exc}")
+            continue
+        tally = tallies.get(outcome.aggregate_id) or Tally()
+        kafka = replace(
+            outcome.kafka,
+            republished=len(outcome.kafka.missing),
+            late=late_versions(outcome.kafka, tally),
+        )
+        updated[position] = replace(outcome, kafka=kafka)
+    return updated
+
+
+async def _events(
+    storage: EventStorage, aggregate_id: str, wanted: tuple[EventRef, ...]
+) -> list[RecordedEvent]:
+    """The stored events of `wanted` (ascending versions), read in pages."""
+    versions = Versions()
+    for ref in wanted:
+        versions.add(ref.version)
+    found: list[RecordedEvent] = []
+    for first, last in versions.ranges():
+        version = first
+        while version <= last:
+            page = await storage.read(
+                aggregate_id, version, Direction.FORWARDS, min(PAGE, last - version + 1)
+            )
+            if not page:
+                break
+            found.extend(e for e in page if e.version <= last)
+            version = page[-1].version + 1
+    return found
