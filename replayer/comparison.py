@@ -10,7 +10,7 @@ versions nearly always form one range), the stored event ids as 16 bytes each.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -381,6 +381,8 @@ class Report:
     #: topic or the index; an aggregate in none of them cannot be found)
     uncataloged: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: seconds spent per step (catalog, cassandra, kafka, index, republish, total)
+    timings: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -427,5 +429,6 @@ class Report:
             "republished": self.republished,
             "uncataloged": list(self.uncataloged),
             "notes": list(self.notes),
+            "timings": dict(self.timings),
             "findings": [f.to_dict() for f in self.findings],
         }

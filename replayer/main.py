@@ -315,6 +315,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(3) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as exc:
+        # A bug: say so in one line, and never with exit status 1 (which means findings).
+        if args.debug:
+            raise
+        print(
+            f"eventstore-replay: unexpected {type(exc).__name__}: {exc} (--debug shows where)",
+            file=sys.stderr,
+        )
+        raise SystemExit(4) from None
     if code:
         raise SystemExit(code)
 

@@ -10,13 +10,15 @@ from eventstore.config import CassandraSettings
 from eventstore.ports import ParkedAggregate
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
+from replayer.verify import setup_errors
 
 
 async def parked(cassandra: CassandraSettings) -> list[ParkedAggregate]:
     """Every parked aggregate, by aggregate id."""
     connection = await CassandraConnection.open(cassandra)
     try:
-        log = await CassandraPublicationLog.create(connection)
+        with setup_errors(cassandra.keyspace):
+            log = await CassandraPublicationLog.create(connection)
         return sorted(await log.parked(), key=lambda p: p.aggregate_id)
     finally:
         await connection.close()

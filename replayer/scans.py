@@ -82,6 +82,9 @@ class TopicScan(CopyScan):
                     "enable.auto.offset.store": False,
                     "enable.partition.eof": True,
                     "allow.auto.create.topics": False,
+                    # Connection failures surface as errors of the calls; no log lines for
+                    # each retry on the operator's terminal.
+                    "log_level": 2,
                 }
             )
             metadata = self._consumer.list_topics(self.name, timeout=10).topics.get(self.name)
@@ -105,7 +108,15 @@ class TopicScan(CopyScan):
                 )
                 return int(low), int(high)
             except KafkaException as exc:
-                if attempt == 19 or not exc.args[0].retriable():
+                error = exc.args[0]
+                # Leadership moves for a moment after a broker restarts; a loaded broker may
+                # not answer in time: ask again.
+                passing = error.retriable() or error.code() in (
+                    KafkaError._TIMED_OUT,
+                    KafkaError.NOT_LEADER_FOR_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE,
+                )
+                if attempt == 19 or not passing:
                     raise
                 time.sleep(0.25)
         raise AssertionError("unreachable")
@@ -124,7 +135,8 @@ class TopicScan(CopyScan):
             )
             last_progress = time.monotonic()
             while remaining:
-                messages = consumer.consume(num_messages=BATCH, timeout=1.0)
+                # consume() waits out its timeout unless the batch fills: keep it short.
+                messages = consumer.consume(num_messages=BATCH, timeout=0.1)
                 if not messages:
                     if time.monotonic() - last_progress > STALL_S:
                         raise StorageUnavailable(

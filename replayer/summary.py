@@ -111,6 +111,9 @@ def render(report: Report) -> str:
             )
     for note in report.notes:
         lines.append(f"note: {note}")
+    if report.timings:
+        steps = ", ".join(f"{k} {v:.1f} s" for k, v in report.timings.items() if k != "total")
+        lines.append(f"took {report.timings.get('total', 0):.1f} s ({steps})")
     lines.append("")
     if report.ok:
         lines.append(

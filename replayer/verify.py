@@ -22,12 +22,19 @@ their way. Nothing here chooses an exit code or prints; `replayer.main` does.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import TypeVar
 
+from cassandra import DriverException, InvalidRequest, OperationTimedOut
+from cassandra.cluster import NoHostAvailable
+
 from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
+from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.ports import AggregateCatalog, Delivery, EventPublisher, EventStorage, PublishFailed
 from eventstore.publishing.kafka import KafkaEventPublisher
@@ -58,14 +65,18 @@ __all__ = [
     "Report",
     "VerifyError",
     "reconcile",
+    "setup_errors",
     "verify",
 ]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Events per Cassandra read, and aggregates read at once.
 PAGE = 500
 CONCURRENCY = 16
+#: Attempts of each Cassandra read before the backend counts as unavailable.
+ATTEMPTS = 4
 
 
 class VerifyError(Exception):
@@ -119,8 +130,7 @@ async def verify(
     )
     publisher: KafkaEventPublisher | None = None
     try:
-        storage = await asyncio.to_thread(CassandraEventStorage, connection)
-        catalog = await CassandraAggregateCatalog.create(connection)
+        storage, catalog = await _adapters(connection)
         publisher = KafkaEventPublisher(kafka) if republish else None
         return await reconcile(
             storage,
@@ -141,6 +151,31 @@ async def verify(
             await publisher.close()
         if owned:
             await connection.close()
+
+
+@contextmanager
+def setup_errors(keyspace: str) -> Iterator[None]:
+    """Translate the driver errors that Cassandra adapters' constructors let through (they
+    prepare statements)."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        # Typically a keyspace or table that does not exist: configuration, not an outage.
+        raise VerifyError(
+            f"Cassandra keyspace {keyspace!r} is not usable (is EVENTSTORE_CASSANDRA_KEYSPACE "
+            f"right, and has eventstore-migrate run?): {exc}"
+        ) from exc
+    except (DriverException, OperationTimedOut, NoHostAvailable) as exc:
+        raise StorageUnavailable(f"Cassandra: {type(exc).__name__}: {exc}") from exc
+
+
+async def _adapters(
+    connection: CassandraConnection,
+) -> tuple[CassandraEventStorage, CassandraAggregateCatalog]:
+    with setup_errors(connection.settings.keyspace):
+        storage = await asyncio.to_thread(CassandraEventStorage, connection)
+        catalog = await CassandraAggregateCatalog.create(connection)
+    return storage, catalog
 
 
 def _utc(value: datetime) -> datetime:
@@ -186,6 +221,8 @@ async def reconcile(
     With a publisher, what the topic lacks is sent to it."""
     window = Window(micros(start) if start else None, micros(end) if end else None, micros(as_of))
     notes: list[str] = []
+    timings: dict[str, float] = {}
+    began = time.monotonic()
     scans = [scan for scan in (topic, index) if scan is not None]
     try:
         for scan in scans:
@@ -199,7 +236,9 @@ async def reconcile(
             ids = [aggregate_id]
         else:
             ids = await _cataloged(catalog, aggregate_type, since_day, until_day, end, notes)
+        timings["catalog"] = time.monotonic() - began
         stored = await _read_all(storage, ids, window)
+        timings["cassandra"] = time.monotonic() - began - timings["catalog"]
         for found in list(stored.values()):
             if found.aggregate_type not in (None, aggregate_type):
                 if aggregate_id is not None:
@@ -236,11 +275,17 @@ async def reconcile(
 
             return visit
 
+        async def timed(label: str, scan: CopyScan, visit: _Visit) -> int:
+            started = time.monotonic()
+            count = await asyncio.to_thread(scan.scan, visit)
+            timings[label] = time.monotonic() - started
+            return count
+
         reads: list[Awaitable[int]] = []
         if topic is not None:
-            reads.append(asyncio.to_thread(topic.scan, collector(kafka_tallies, False)))
+            reads.append(timed("kafka", topic, collector(kafka_tallies, False)))
         if index is not None:
-            reads.append(asyncio.to_thread(index.scan, collector(index_tallies, True)))
+            reads.append(timed("index", index, collector(index_tallies, True)))
         counts = await asyncio.gather(*reads)
         records = counts[0] if topic is not None else 0
         documents = counts[-1] if index is not None else 0
@@ -250,7 +295,10 @@ async def reconcile(
         )
         findings = _findings(stored, kafka_tallies, index_tallies, topic, index)
         if publisher is not None:
+            started = time.monotonic()
             findings = await _republish(storage, publisher, findings, kafka_tallies, notes)
+            timings["republish"] = time.monotonic() - started
+        timings["total"] = time.monotonic() - began
         in_scope = [s for s in stored.values() if s.head]
         return Report(
             aggregate_type=aggregate_type,
@@ -266,6 +314,7 @@ async def reconcile(
             findings=tuple(findings),
             uncataloged=tuple(sorted(uncataloged)),
             notes=tuple(notes),
+            timings={k: round(v, 3) for k, v in timings.items()},
         )
     finally:
         for scan in scans:
@@ -284,7 +333,7 @@ async def _cataloged(
     notes: list[str],
 ) -> list[str]:
     """The aggregates the catalog lists for the type on the days asked for."""
-    first = (await catalog.types()).get(aggregate_type)
+    first = (await _patiently(catalog.types)).get(aggregate_type)
     if first is None:
         notes.append(f"the catalog has no aggregate type {aggregate_type!r}")
         return []
@@ -298,7 +347,7 @@ async def _cataloged(
     ids: set[str] = set()
 
     async def day(on: date) -> None:
-        ids.update(await catalog.aggregates(aggregate_type, on))
+        ids.update(await _patiently(partial(catalog.aggregates, aggregate_type, on)))
 
     await _each(days, day)
     return sorted(ids)
@@ -318,7 +367,9 @@ async def _read_stored(storage: EventStorage, aggregate_id: str, window: Window)
     stored = Stored(aggregate_id)
     version = 1
     while True:
-        events = await storage.read(aggregate_id, version, Direction.FORWARDS, PAGE)
+        events = await _patiently(
+            partial(storage.read, aggregate_id, version, Direction.FORWARDS, PAGE)
+        )
         for event in events:
             at = micros(event.recorded_at)
             stored.aggregate_type = event.aggregate_type
@@ -326,6 +377,17 @@ async def _read_stored(storage: EventStorage, aggregate_id: str, window: Window)
         if len(events) < PAGE:
             return stored
         version = events[-1].version + 1
+
+
+async def _patiently(call: Callable[[], Awaitable[R]]) -> R:
+    """A read, asked again when it fails: reads are idempotent, and one slow answer from a
+    loaded cluster should not end a long reconciliation. Persistent failures still raise."""
+    for attempt in range(ATTEMPTS - 1):
+        try:
+            return await call()
+        except StorageUnavailable:
+            await asyncio.sleep(0.5 * 2**attempt)
+    return await call()
 
 
 async def _each(items: Iterable[T], work: Callable[[T], Awaitable[None]]) -> None:
@@ -408,16 +470,19 @@ async def _republish(
 ) -> list[AggregateFindings]:
     """Send each aggregate's missing events in version order; wait for Kafka to confirm."""
     sent: list[tuple[int, Delivery]] = []
-    for position, outcome in enumerate(findings):
-        if not outcome.kafka.missing:
-            continue
+
+    async def send(position: int) -> None:
+        # One send per aggregate, its versions ascending: they reach the partition in order.
+        outcome = findings[position]
         events = await _events(storage, outcome.aggregate_id, outcome.kafka.missing)
         try:
             sent.append((position, await publisher.send(events)))
         except PublishFailed as exc:
             notes.append(f"republishing {outcome.aggregate_id!r} failed: {exc}")
+
+    await _each((p for p, f in enumerate(findings) if f.kafka.missing), send)
     updated = list(findings)
-    for position, delivery in sent:
+    for position, delivery in sorted(sent, key=lambda s: s[0]):
         outcome = findings[position]
         try:
             await delivery.wait()
@@ -445,8 +510,9 @@ async def _events(
     for first, last in versions.ranges():
         version = first
         while version <= last:
-            page = await storage.read(
-                aggregate_id, version, Direction.FORWARDS, min(PAGE, last - version + 1)
+            size = min(PAGE, last - version + 1)
+            page = await _patiently(
+                partial(storage.read, aggregate_id, version, Direction.FORWARDS, size)
             )
             if not page:
                 break

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstore.domain.events import NewEvent
+from eventstore.domain.errors import StorageUnavailable
+from eventstore.domain.events import Direction, NewEvent, RecordedEvent
 from eventstore.ports import AggregateCatalog, Committed
 from eventstore.storage.memory import InMemoryEventStorage
 from replayer.comparison import (
@@ -339,3 +340,28 @@ async def test_reconcile_time_range(
         as_of=AS_OF,
     )
     assert report.missing_from_kafka() == {"a": missing}
+
+
+class FlakyStorage(InMemoryEventStorage):
+    """Fails the first read of each aggregate, as a loaded cluster's timeout would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed: set[str] = set()
+
+    async def read(
+        self, aggregate_id: str, start: int | None, direction: Direction, limit: int
+    ) -> list[RecordedEvent]:
+        if aggregate_id not in self.failed:
+            self.failed.add(aggregate_id)
+            raise StorageUnavailable("Cassandra: OperationTimedOut")
+        return await super().read(aggregate_id, start, direction, limit)
+
+
+async def test_reconcile_asks_again_when_a_read_fails_once() -> None:
+    storage, catalog = FlakyStorage(), MemoryCatalog()
+    a = await append(storage, catalog, "a", 2, T0)
+    topic = ScriptedCopy("events.T", copies_of("a", a, [1, 2]))
+    report = await reconcile(storage, catalog, "T", topic=topic, index=None, as_of=AS_OF)
+    assert report.ok
+    assert report.events == 2
