@@ -168,22 +168,40 @@ def parser() -> argparse.ArgumentParser:
         "catalog, reads every event in scope from Cassandra and the whole topic from its "
         "beginning. Events recorded after it starts are left out.\n\n"
         "Exit status: 0 nothing missing, 1 something missing, out of order, extra or repeated "
-        "in the index, 2 bad usage or configuration, 3 a backend unreachable.\n\n"
+        "in the index, 2 bad usage or configuration, 3 a backend unreachable, 4 an unexpected "
+        "error.\n\n"
         "Example: eventstore-replay verify --aggregate-type Order --since-day 2026-11-01",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    checking.add_argument("--aggregate-type", required=True)
-    checking.add_argument("--aggregate-id", help="only this aggregate (no catalog walk)")
+    checking.add_argument("--aggregate-type", required=True, metavar="TYPE")
     checking.add_argument(
-        "--since-day", type=_day, help="aggregates created on or after this day (UTC)"
+        "--aggregate-id",
+        action="append",
+        metavar="ID",
+        help="only this aggregate (repeat for several; the catalog is not walked)",
     )
     checking.add_argument(
-        "--until-day", type=_day, help="aggregates created on or before this day (UTC)"
+        "--since-day",
+        type=_day,
+        metavar="DAY",
+        help="aggregates created on or after this day (UTC)",
     )
     checking.add_argument(
-        "--from", dest="start", type=_time, help="events recorded at or after (ISO time)"
+        "--until-day",
+        type=_day,
+        metavar="DAY",
+        help="aggregates created on or before this day (UTC)",
     )
-    checking.add_argument("--to", dest="end", type=_time, help="events recorded before (ISO time)")
+    checking.add_argument(
+        "--from",
+        dest="start",
+        type=_time,
+        metavar="TIME",
+        help="events recorded at or after (ISO time)",
+    )
+    checking.add_argument(
+        "--to", dest="end", type=_time, metavar="TIME", help="events recorded before (ISO time)"
+    )
     checking.add_argument("--no-kafka", action="store_true", help="do not read the topic")
     checking.add_argument("--no-index", action="store_true", help="do not read the index")
     checking.add_argument(
@@ -221,7 +239,7 @@ async def run_verify(args: argparse.Namespace) -> int:
         load(KafkaSettings),
         load(OpenSearchSettings),
         args.aggregate_type,
-        aggregate_id=args.aggregate_id,
+        aggregate_ids=args.aggregate_id,
         since_day=args.since_day,
         until_day=args.until_day,
         start=args.start,

@@ -9,10 +9,11 @@ bytes, recorded_at in microseconds since the epoch, partition), in the copy's ow
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,8 @@ Visit = Callable[[str, int, bytes, int, int], None]
 #: Give up on a topic when no record arrives for this long while some are still to be read.
 STALL_S = 30.0
 BATCH = 5000
+#: OpenSearch's default index.max_terms_count
+MAX_TERMS = 65_536
 
 
 def micros(value: datetime) -> int:
@@ -62,14 +65,20 @@ class TopicScan(CopyScan):
     """A topic from its beginning to the end offsets it had at open(), with a plain consumer:
     partitions assigned by hand, nothing committed, no group joined."""
 
-    def __init__(self, settings: KafkaSettings, topic: str, key: str | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, topic: str, keys: Collection[str] | None = None
+    ) -> None:
         self.name = topic
         self._settings = settings
-        #: only records with this key (one aggregate) are decoded
-        self._key = key.encode() if key is not None else None
+        #: only records with these keys (aggregate ids) are decoded
+        self._keys = frozenset(k.encode() for k in keys) if keys is not None else None
         self._consumer: Consumer | None = None
         self._bounds: dict[int, tuple[int, int]] = {}
         self.exists = True
+        # close() may come from another thread while scan() runs (a cancelled run): it stops
+        # the loop and waits for it before closing the consumer under it.
+        self._stop = threading.Event()
+        self._busy = threading.Lock()
 
     def open(self) -> None:
         try:
@@ -122,6 +131,10 @@ class TopicScan(CopyScan):
         raise AssertionError("unreachable")
 
     def scan(self, visit: Visit) -> int:
+        with self._busy:
+            return self._scan(visit)
+
+    def _scan(self, visit: Visit) -> int:
         if self._consumer is None or not self.exists:
             return 0
         consumer = self._consumer
@@ -134,7 +147,7 @@ class TopicScan(CopyScan):
                 [TopicPartition(self.name, p, self._bounds[p][0]) for p in sorted(remaining)]
             )
             last_progress = time.monotonic()
-            while remaining:
+            while remaining and not self._stop.is_set():
                 # consume() waits out its timeout unless the batch fills: keep it short.
                 messages = consumer.consume(num_messages=BATCH, timeout=0.1)
                 if not messages:
@@ -164,7 +177,7 @@ class TopicScan(CopyScan):
                         remaining.discard(partition)
                     read += 1
                     key = message.key()
-                    if self._key is not None and key is not None and key != self._key:
+                    if self._keys is not None and key is not None and key not in self._keys:
                         continue
                     self._decode(message.value(), partition, visit)
         except KafkaException as exc:
@@ -182,7 +195,7 @@ class TopicScan(CopyScan):
         if not event.aggregate_id or event.version < 1:
             self.undecodable += 1
             return
-        if self._key is not None and event.aggregate_id.encode() != self._key:
+        if self._keys is not None and event.aggregate_id.encode() not in self._keys:
             return
         stamp = event.recorded_at
         visit(
@@ -194,20 +207,22 @@ class TopicScan(CopyScan):
         )
 
     def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+        self._stop.set()
+        with self._busy:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
 
 
 class IndexScan(CopyScan):
-    """The documents of one aggregate type (optionally one aggregate, a time range) through
+    """The documents of one aggregate type (optionally some aggregates, a time range) through
     the alias, with a scroll sorted by (aggregate_id, version)."""
 
     def __init__(
         self,
         settings: OpenSearchSettings,
         aggregate_type: str,
-        aggregate_id: str | None,
+        aggregate_ids: Collection[str] | None,
         start: datetime | None,
         end: datetime | None,
         page_size: int = 5000,
@@ -215,8 +230,9 @@ class IndexScan(CopyScan):
         self.name = settings.alias
         self._settings = settings
         self._filters: list[dict[str, Any]] = [{"term": {"aggregate_type": aggregate_type}}]
-        if aggregate_id is not None:
-            self._filters.append({"term": {"aggregate_id": aggregate_id}})
+        # Beyond what a terms query takes, the whole type is read (the visitor skips the rest).
+        if aggregate_ids is not None and len(aggregate_ids) <= MAX_TERMS:
+            self._filters.append({"terms": {"aggregate_id": sorted(aggregate_ids)}})
         if start is not None or end is not None:
             # Documents keep milliseconds: t >= start and t < end, exactly, in whole ones.
             bounds: dict[str, Any] = {"format": "epoch_millis"}

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -91,6 +91,7 @@ async def verify(
     aggregate_type: str,
     *,
     aggregate_id: str | None = None,
+    aggregate_ids: Collection[str] | None = None,
     since_day: date | None = None,
     until_day: date | None = None,
     start: datetime | None = None,
@@ -102,10 +103,11 @@ async def verify(
 ) -> Report:
     """Compare the stored events of `aggregate_type` with its topic and the index.
 
-    Scope: one aggregate, or the aggregates the catalog lists for the days since_day ..
-    until_day (default: the type's first day to tomorrow, UTC); only events recorded in
-    [start, end) and before `as_of` (default: now). `republish` sends what the topic lacks,
-    in version order per aggregate, and waits for Kafka to confirm it.
+    Scope: one aggregate (`aggregate_id`), the aggregates named (`aggregate_ids`: a test's
+    oracle need not trust the catalog), or the aggregates the catalog lists for the days
+    since_day .. until_day (default: the type's first day to tomorrow, UTC); only events
+    recorded in [start, end) and before `as_of` (default: now). `republish` sends what the
+    topic lacks, in version order per aggregate, and waits for Kafka to confirm it.
 
     A connection passed in stays open; settings get a connection of their own. Raises
     VerifyError for arguments that cannot be honoured and StorageUnavailable when a backend
@@ -115,13 +117,10 @@ async def verify(
     start = _utc(start) if start is not None else None
     end = _utc(end) if end is not None else None
     _check(aggregate_type, since_day, until_day, start, end, check_kafka, republish)
-    topic = TopicScan(kafka, kafka.topic(aggregate_type), aggregate_id) if check_kafka else None
+    chosen = _chosen(aggregate_id, aggregate_ids, since_day, until_day)
+    topic = TopicScan(kafka, kafka.topic(aggregate_type), chosen) if check_kafka else None
     index_end = min(end, moment) if end is not None else moment
-    index = (
-        IndexScan(opensearch, aggregate_type, aggregate_id, start, index_end)
-        if check_index
-        else None
-    )
+    index = IndexScan(opensearch, aggregate_type, chosen, start, index_end) if check_index else None
     owned = not isinstance(cassandra, CassandraConnection)
     connection = (
         await CassandraConnection.open(cassandra)
@@ -139,7 +138,7 @@ async def verify(
             topic=topic,
             index=index,
             publisher=publisher,
-            aggregate_id=aggregate_id,
+            aggregate_ids=chosen,
             since_day=since_day,
             until_day=until_day,
             start=start,
@@ -183,6 +182,27 @@ def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _chosen(
+    aggregate_id: str | None,
+    aggregate_ids: Collection[str] | None,
+    since_day: date | None,
+    until_day: date | None,
+) -> list[str] | None:
+    """The aggregates named, if any (then the catalog is not walked)."""
+    if aggregate_id is not None and aggregate_ids is not None:
+        raise VerifyError("name one aggregate or several, not both")
+    named = [aggregate_id] if aggregate_id is not None else aggregate_ids
+    if named is None:
+        return None
+    if isinstance(named, str):
+        raise VerifyError("aggregate_ids is a collection of ids, not one id")
+    if since_day or until_day:
+        raise VerifyError("days pick aggregates from the catalog: not with named aggregates")
+    if not all(named):
+        raise VerifyError("an aggregate id is empty")
+    return sorted(set(named))
+
+
 def _check(
     aggregate_type: str,
     since_day: date | None,
@@ -210,7 +230,7 @@ async def reconcile(
     topic: CopyScan | None,
     index: CopyScan | None,
     publisher: EventPublisher | None = None,
-    aggregate_id: str | None = None,
+    aggregate_ids: Sequence[str] | None = None,
     since_day: date | None = None,
     until_day: date | None = None,
     start: datetime | None = None,
@@ -218,7 +238,8 @@ async def reconcile(
     as_of: datetime,
 ) -> Report:
     """verify() over ports: the store, the catalog and the two copies (None: not checked).
-    With a publisher, what the topic lacks is sent to it."""
+    `aggregate_ids` replaces the catalog walk. With a publisher, what the topic lacks is sent
+    to it."""
     window = Window(micros(start) if start else None, micros(end) if end else None, micros(as_of))
     notes: list[str] = []
     timings: dict[str, float] = {}
@@ -231,9 +252,9 @@ async def reconcile(
             await asyncio.to_thread(scan.open)
         if topic is not None and not getattr(topic, "exists", True):
             notes.append(f"topic {topic.name} does not exist")
-        discover = aggregate_id is None and since_day is None and until_day is None
-        if aggregate_id is not None:
-            ids = [aggregate_id]
+        discover = aggregate_ids is None and since_day is None and until_day is None
+        if aggregate_ids is not None:
+            ids = list(aggregate_ids)
         else:
             ids = await _cataloged(catalog, aggregate_type, since_day, until_day, end, notes)
         timings["catalog"] = time.monotonic() - began
@@ -241,18 +262,19 @@ async def reconcile(
         timings["cassandra"] = time.monotonic() - began - timings["catalog"]
         for found in list(stored.values()):
             if found.aggregate_type not in (None, aggregate_type):
-                if aggregate_id is not None:
+                if aggregate_ids is not None:
                     raise VerifyError(
-                        f"aggregate {aggregate_id!r} is of type {found.aggregate_type!r}, "
-                        f"not {aggregate_type!r}"
+                        f"aggregate {found.aggregate_id!r} is of type "
+                        f"{found.aggregate_type!r}, not {aggregate_type!r}"
                     )
                 notes.append(
                     f"the catalog lists {found.aggregate_id!r} under {aggregate_type!r} but it "
                     f"is of type {found.aggregate_type!r}: not compared"
                 )
                 del stored[found.aggregate_id]
-        if aggregate_id is not None and stored[aggregate_id].head == 0:
-            notes.append(f"aggregate {aggregate_id!r} has no events")
+        for named in aggregate_ids or ():
+            if stored[named].head == 0:
+                notes.append(f"aggregate {named!r} has no events")
 
         kafka_tallies: dict[str, Tally] = {}
         index_tallies: dict[str, Tally] = {}
@@ -286,7 +308,12 @@ async def reconcile(
             reads.append(timed("kafka", topic, collector(kafka_tallies, False)))
         if index is not None:
             reads.append(timed("index", index, collector(index_tallies, True)))
-        counts = await asyncio.gather(*reads)
+        # Both threads run to their end before anything is closed, even if one fails.
+        outcomes = await asyncio.gather(*reads, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        counts = [int(c) for c in outcomes if not isinstance(c, BaseException)]
         records = counts[0] if topic is not None else 0
         documents = counts[-1] if index is not None else 0
 

@@ -24,7 +24,7 @@ from eventstore.search.documents import index_name, to_document
 from eventstore.search.setup import ensure_template, make_client
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.catalog import CassandraAggregateCatalog
-from replayer.verify import Report, verify
+from replayer.verify import Report, VerifyError, verify
 
 pytestmark = pytest.mark.integration
 
@@ -223,6 +223,15 @@ async def test_verify_scope_one_aggregate_and_time_range(world: World) -> None:
     days = await world.verify(since_day=datetime.now(UTC).date() + timedelta(days=2))
     assert days.aggregates == 0
     assert late[0].recorded_at >= cut
+    # Named aggregates need no catalog: an oracle may not trust it.
+    hidden = await world.store("hidden", 2, cataloged=False)
+    await world.publish_all(hidden)
+    named = await world.verify(aggregate_ids=["hidden", "early", "nobody"], check_index=False)
+    assert named.aggregates == 2
+    assert named.missing_from_kafka() == {"early": [2, 3]}
+    assert named.notes == ("aggregate 'nobody' has no events",)
+    with pytest.raises(VerifyError):
+        await world.verify(aggregate_id="late", aggregate_ids=["late"])
 
 
 async def test_verify_tens_of_thousands_of_events(world: World) -> None:

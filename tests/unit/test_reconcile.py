@@ -301,7 +301,7 @@ async def test_reconcile_days_and_one_aggregate_limit_the_scope() -> None:
     assert later.missing_from_kafka() == {"b": [1]}
     assert later.uncataloged == ()
     only_a = await reconcile(
-        storage, catalog, "T", topic=topic, index=None, aggregate_id="a", as_of=AS_OF
+        storage, catalog, "T", topic=topic, index=None, aggregate_ids=["a"], as_of=AS_OF
     )
     assert only_a.missing_from_kafka() == {"a": [2]}
     assert only_a.aggregates == 1
