@@ -381,7 +381,7 @@ class Report:
     #: topic or the index; an aggregate in none of them cannot be found)
     uncataloged: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    #: seconds spent per step (catalog, cassandra, kafka, index, republish, total)
+    #: seconds spent per step (open, catalog, cassandra, kafka, index, republish, total)
     timings: Mapping[str, float] = field(default_factory=dict)
 
     @property

@@ -49,6 +49,8 @@ class CopyScan(ABC):
     name: str
     #: copies skipped because they could not be decoded
     undecodable: int = 0
+    #: False when what is read does not exist (a topic never created)
+    exists: bool = True
 
     def open(self) -> None:  # noqa: B027 - optional hook
         """Fix where the scan ends (called before the store is read)."""

@@ -250,16 +250,17 @@ async def reconcile(
             # Before the store is read: a record published later is not read, so an event
             # committed later cannot look missing (it is recent, and left out).
             await asyncio.to_thread(scan.open)
-        if topic is not None and not getattr(topic, "exists", True):
+        if topic is not None and not topic.exists:
             notes.append(f"topic {topic.name} does not exist")
+        timings["open"] = time.monotonic() - began
         discover = aggregate_ids is None and since_day is None and until_day is None
         if aggregate_ids is not None:
             ids = list(aggregate_ids)
         else:
             ids = await _cataloged(catalog, aggregate_type, since_day, until_day, end, notes)
-        timings["catalog"] = time.monotonic() - began
+        timings["catalog"] = time.monotonic() - began - timings["open"]
         stored = await _read_all(storage, ids, window)
-        timings["cassandra"] = time.monotonic() - began - timings["catalog"]
+        timings["cassandra"] = time.monotonic() - began - timings["open"] - timings["catalog"]
         for found in list(stored.values()):
             if found.aggregate_type not in (None, aggregate_type):
                 if aggregate_ids is not None:
