@@ -6,23 +6,37 @@ Examples:
   eventstore-replay export --types OrderShipped --from 2026-11-01 --to 2026-11-02 > shipped.jsonl
   eventstore-replay republish --aggregate-types Order --topic orders-rebuild --rate 500
   eventstore-replay republish --types OrderPlaced --topic rebuild --dry-run
+  eventstore-replay verify --aggregate-type Order --since-day 2026-11-01 --republish
+  eventstore-replay parked
 
-The server is EVENTSTORE_SERVER (default 127.0.0.1:50051) or --server.
+The server is EVENTSTORE_SERVER (default 127.0.0.1:50051) or --server. `verify` and `parked`
+read the backends directly, configured like the server (EVENTSTORE_CASSANDRA_*,
+EVENTSTORE_KAFKA_*, EVENTSTORE_OPENSEARCH_*).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 from eventstore.client import ClientError, EventStoreClient, RetryPolicy, TlsOptions
-from replayer import commands
+from eventstore.config import (
+    CassandraSettings,
+    ConfigError,
+    KafkaSettings,
+    OpenSearchSettings,
+    load,
+)
+from eventstore.domain.errors import StorageUnavailable
+from replayer import commands, parked, summary, verify
 from replayer.reducers import ReplayError
+from replayer.verify import VerifyError
 
 
 def _time(value: str) -> datetime:
@@ -33,6 +47,13 @@ def _time(value: str) -> datetime:
             f"{value!r} is not an ISO time such as 2026-11-26 or 2026-11-26T10:00:00Z"
         ) from exc
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a day such as 2026-11-26") from exc
 
 
 def _filters(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +157,68 @@ def parser() -> argparse.ArgumentParser:
         "--kafka", default=os.environ.get("EVENTSTORE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     )
     republish.add_argument("--checkpoint", type=Path, help="default: ./.republish-<topic>.json")
+
+    checking = sub.add_parser(
+        "verify",
+        help="compare Cassandra with Kafka and the index; republish what Kafka lacks",
+        description="Compare the stored events of an aggregate type (Cassandra, the source of "
+        "truth) with its Kafka topic and with the search index, and print what is missing, out "
+        "of order, repeated or extra. Reads the backends directly (EVENTSTORE_CASSANDRA_*, "
+        "EVENTSTORE_KAFKA_*, EVENTSTORE_OPENSEARCH_*), not the server. Costs: it walks the "
+        "catalog, reads every event in scope from Cassandra and the whole topic from its "
+        "beginning. Events recorded after it starts are left out.\n\n"
+        "Exit status: 0 nothing missing, 1 something missing, out of order, extra or repeated "
+        "in the index, 2 bad usage or configuration, 3 a backend unreachable, 4 an unexpected "
+        "error.\n\n"
+        "Example: eventstore-replay verify --aggregate-type Order --since-day 2026-11-01",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    checking.add_argument("--aggregate-type", required=True, metavar="TYPE")
+    checking.add_argument(
+        "--aggregate-id",
+        action="append",
+        metavar="ID",
+        help="only this aggregate (repeat for several; the catalog is not walked)",
+    )
+    checking.add_argument(
+        "--since-day",
+        type=_day,
+        metavar="DAY",
+        help="aggregates created on or after this day (UTC)",
+    )
+    checking.add_argument(
+        "--until-day",
+        type=_day,
+        metavar="DAY",
+        help="aggregates created on or before this day (UTC)",
+    )
+    checking.add_argument(
+        "--from",
+        dest="start",
+        type=_time,
+        metavar="TIME",
+        help="events recorded at or after (ISO time)",
+    )
+    checking.add_argument(
+        "--to", dest="end", type=_time, metavar="TIME", help="events recorded before (ISO time)"
+    )
+    checking.add_argument("--no-kafka", action="store_true", help="do not read the topic")
+    checking.add_argument("--no-index", action="store_true", help="do not read the index")
+    checking.add_argument(
+        "--republish",
+        action="store_true",
+        help="send the events missing from Kafka to the topic (in version order per aggregate)",
+    )
+    checking.add_argument("--json", action="store_true", help="print the full report as JSON")
+
+    listing = sub.add_parser(
+        "parked",
+        help="list the aggregates whose publication keeps failing (read from Cassandra)",
+        description="List the aggregates the relay parked (their publication to Kafka keeps "
+        "failing; it retries them with backoff), with the reason. Reads Cassandra directly "
+        "(EVENTSTORE_CASSANDRA_*).",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON")
     return root
 
 
@@ -150,7 +233,46 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return os.environ.get("EVENTSTORE_API_KEY") or None
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run_verify(args: argparse.Namespace) -> int:
+    report = await verify.verify(
+        load(CassandraSettings),
+        load(KafkaSettings),
+        load(OpenSearchSettings),
+        args.aggregate_type,
+        aggregate_ids=args.aggregate_id,
+        since_day=args.since_day,
+        until_day=args.until_day,
+        start=args.start,
+        end=args.end,
+        check_kafka=not args.no_kafka,
+        check_index=not args.no_index,
+        republish=args.republish,
+    )
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(summary.render(report))
+    return 0 if report.ok else 1
+
+
+async def run_parked(args: argparse.Namespace) -> int:
+    entries = await parked.parked(load(CassandraSettings))
+    sys.stdout.write(parked.render(entries, args.json))
+    return 0
+
+
+async def run(args: argparse.Namespace) -> int:
+    """The command's exit status (0 unless it found something)."""
+    if args.command == "verify":
+        return await run_verify(args)
+    if args.command == "parked":
+        return await run_parked(args)
+    await run_client(args)
+    return 0
+
+
+async def run_client(args: argparse.Namespace) -> None:
     tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     async with EventStoreClient(
         args.server, retry=RetryPolicy(attempts=3), timeout_s=30, tls=tls, api_key=_api_key(args)
@@ -190,12 +312,17 @@ async def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        asyncio.run(run(args))
-    except ReplayError as exc:
+        code = asyncio.run(run(args))
+    except (ReplayError, VerifyError, ConfigError) as exc:
         if args.debug:
             raise
         print(f"eventstore-replay: {exc}", file=sys.stderr)
-        raise SystemExit(exc.code) from None
+        raise SystemExit(exc.code if isinstance(exc, ReplayError) else 2) from None
+    except StorageUnavailable as exc:
+        if args.debug:
+            raise
+        print(f"eventstore-replay: backend unavailable: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
     except ClientError as exc:
         if args.debug:
             raise
@@ -206,6 +333,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(3) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as exc:
+        # A bug: say so in one line, and never with exit status 1 (which means findings).
+        if args.debug:
+            raise
+        print(
+            f"eventstore-replay: unexpected {type(exc).__name__}: {exc} (--debug shows where)",
+            file=sys.stderr,
+        )
+        raise SystemExit(4) from None
+    if code:
+        raise SystemExit(code)
 
 
 if __name__ == "__main__":
