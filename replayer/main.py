@@ -30,6 +30,7 @@ from eventstore.config import (
     CassandraSettings,
     ConfigError,
     KafkaSettings,
+    LimitSettings,
     OpenSearchSettings,
     load,
 )
@@ -247,6 +248,7 @@ async def run_verify(args: argparse.Namespace) -> int:
         check_kafka=not args.no_kafka,
         check_index=not args.no_index,
         republish=args.republish,
+        limits=load(LimitSettings).to_limits(),
     )
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)

@@ -36,6 +36,7 @@ from cassandra.cluster import NoHostAvailable
 from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import Direction, RecordedEvent
+from eventstore.domain.validation import Limits
 from eventstore.ports import AggregateCatalog, Delivery, EventPublisher, EventStorage, PublishFailed
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.storage.cassandra import CassandraEventStorage
@@ -99,6 +100,7 @@ async def verify(
     check_kafka: bool = True,
     check_index: bool = True,
     republish: bool = False,
+    limits: Limits | None = None,
     as_of: datetime | None = None,
 ) -> Report:
     """Compare the stored events of `aggregate_type` with its topic and the index.
@@ -107,7 +109,8 @@ async def verify(
     oracle need not trust the catalog), or the aggregates the catalog lists for the days
     since_day .. until_day (default: the type's first day to tomorrow, UTC); only events
     recorded in [start, end) and before `as_of` (default: now). `republish` sends what the
-    topic lacks, in version order per aggregate, and waits for Kafka to confirm it.
+    topic lacks, in version order per aggregate, and waits for Kafka to confirm it (records
+    sized for `limits`, the server's; default: the default limits).
 
     A connection passed in stays open; settings get a connection of their own. Raises
     VerifyError for arguments that cannot be honoured and StorageUnavailable when a backend
@@ -130,7 +133,7 @@ async def verify(
     publisher: KafkaEventPublisher | None = None
     try:
         storage, catalog = await _adapters(connection)
-        publisher = KafkaEventPublisher(kafka) if republish else None
+        publisher = KafkaEventPublisher(kafka, limits or Limits()) if republish else None
         return await reconcile(
             storage,
             catalog,

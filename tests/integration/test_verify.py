@@ -18,6 +18,7 @@ import pytest
 
 from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
 from eventstore.domain.events import Direction, NewEvent, RecordedEvent
+from eventstore.domain.validation import Limits
 from eventstore.ports import Committed
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.search.documents import index_name, to_document
@@ -120,7 +121,7 @@ async def world(
     opensearch_settings: OpenSearchSettings,
 ) -> AsyncIterator[World]:
     catalog = await CassandraAggregateCatalog.create(cassandra_storage.connection)
-    publisher = KafkaEventPublisher(kafka_settings)
+    publisher = KafkaEventPublisher(kafka_settings, Limits())
     yield World(
         cassandra_storage,
         catalog,
