@@ -423,7 +423,7 @@ storage_compatibility_mode: NONE
     return [
         str(java / "bin" / "java"),
         "-Xms512m",
-        "-Xmx1g",
+        "-Xmx2g",
         "-Xss256k",
         "-XX:+UseG1GC",
         "-Djdk.attach.allowAttachSelf=true",

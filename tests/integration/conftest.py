@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 from cassandra.cluster import Cluster
@@ -44,29 +45,50 @@ def cassandra_hosts(endpoints: dict[str, str]) -> str:
     return endpoints["EVENTSTORE_CASSANDRA_HOSTS"]
 
 
+class KeyspaceJanitor:
+    """Drops each test's keyspace once the test is done, in the background.
+
+    Every table costs Cassandra heap (metadata, metrics, memtables): keeping a whole session's
+    keyspaces (about 150, each with its publication and catalog tables) until the end can
+    exhaust the local node's heap. A drop takes about 0.3 s; one thread does them while the
+    next tests run, and the session waits for the last ones at its end.
+    """
+
+    def __init__(self, hosts: str) -> None:
+        settings = CassandraSettings(hosts=hosts)
+        contact, port = settings.contact_points()
+        self._cluster = Cluster(contact, port=port, protocol_version=5)
+        self._session = self._cluster.connect()
+        self._drops = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyspace-janitor")
+        self._pending: list[Future[object]] = []
+
+    def drop(self, keyspace: str) -> None:
+        statement = f"DROP KEYSPACE IF EXISTS {keyspace}"
+        self._pending.append(self._drops.submit(self._session.execute, statement, timeout=120))
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._drops.shutdown()
+        self._cluster.shutdown()
+
+
 @pytest.fixture(scope="session")
-def created_keyspaces(cassandra_hosts: str) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    if names:
-        settings = CassandraSettings(hosts=cassandra_hosts)
-        hosts, port = settings.contact_points()
-        cluster = Cluster(hosts, port=port)
-        session = cluster.connect()
-        for name in names:
-            session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
-        cluster.shutdown()
+def keyspace_janitor(cassandra_hosts: str) -> Iterator[KeyspaceJanitor]:
+    janitor = KeyspaceJanitor(cassandra_hosts)
+    yield janitor
+    janitor.close()
 
 
 @pytest.fixture
 async def cassandra_settings(
-    cassandra_hosts: str, created_keyspaces: list[str]
-) -> CassandraSettings:
+    cassandra_hosts: str, keyspace_janitor: KeyspaceJanitor
+) -> AsyncIterator[CassandraSettings]:
     keyspace = f"test_{uuid.uuid4().hex[:12]}"
     settings = CassandraSettings(hosts=cassandra_hosts, keyspace=keyspace)
     await apply_schema(settings)
-    created_keyspaces.append(keyspace)
-    return settings
+    yield settings
+    keyspace_janitor.drop(keyspace)
 
 
 @pytest.fixture
