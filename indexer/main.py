@@ -41,6 +41,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 
 from eventstore.config import ConfigError, load
 from eventstore.observability import configure_logging
+from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic
 from eventstore.publishing.log import decode_event
 from eventstore.search.documents import index_name
@@ -108,7 +109,11 @@ class Indexer:
         )
         kafka = self.settings.kafka
         admin = AdminClient(kafka.client_config())
-        asyncio.run(ensure_topic(admin, kafka.dead_letter_topic, kafka))
+        # Kafka may be down or restarting as we start: wait for it (a crash loop helps nobody).
+        self._retry(
+            "create the dead-letter topic",
+            lambda: asyncio.run(ensure_topic(admin, kafka.dead_letter_topic, kafka)),
+        )
         pattern = f"^{re.escape(self.settings.kafka.topic_prefix)}.*"
         self.consumer.subscribe([pattern])
         log.info("indexer subscribed", pattern=pattern, group=self.settings.group_id)
@@ -235,7 +240,7 @@ class Indexer:
             try:
                 action()
                 return
-            except (OpenSearchConnectionError, TransportError) as exc:
+            except (OpenSearchConnectionError, TransportError, PublishFailed) as exc:
                 log.warning(f"cannot {what} yet", error=str(exc)[:200])
                 if self.stop.wait(backoff):
                     raise SystemExit(0) from exc
