@@ -177,6 +177,16 @@ class WriterJournal:
                 await self._log.forget(self.writer, self._forgotten, settled)
                 self._forgotten = settled
 
+    async def retire(self) -> bool:
+        """At a clean shutdown: if everything is settled, remove this writer and its journal,
+        so that no replica needs to look at it again; else beat once more (a replica will take
+        over what is left). Whether it was retired."""
+        if self._entries or self._batch is not None:
+            await self.beat()
+            return False
+        await self._log.forget(self.writer, self._forgotten, self._seq, retire=True)
+        return True
+
     async def close(self) -> None:
         if self._flusher is not None:
             with contextlib.suppress(Exception):

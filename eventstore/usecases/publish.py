@@ -394,7 +394,8 @@ class Publication:
             await asyncio.wait_for(self._settle(), grace_s)
         with contextlib.suppress(StorageUnavailable):
             await self.flush()
-            await self.journal.beat()
+            if await self.journal.retire():
+                log.info("publication settled; writer retired", writer=str(self.journal.writer))
         await self.journal.close()
 
     async def _settle(self) -> None:

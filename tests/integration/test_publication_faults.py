@@ -15,8 +15,10 @@ from confluent_kafka.cimpl import NewTopic
 
 from devstack import stack
 from eventstore.client import (
+    AggregateNotFoundError,
     Event,
     EventStoreClient,
+    InvalidArgumentError,
     RetryPolicy,
     UnavailableError,
     WrongExpectedVersionError,
@@ -240,3 +242,19 @@ async def test_kafka_outage_with_a_server_crash_loses_no_acknowledged_event(
         for proc in (first, second):
             if proc.process is not None and proc.process.returncode is None:
                 await proc.kill()
+
+
+async def test_types_sharing_a_topic_name_are_refused_before_anything_is_written(
+    client: EventStoreClient,
+) -> None:
+    """`X.a` and `X_a` would be one Kafka topic to Kafka: the second type is refused, naming
+    the field, and nothing of it is stored."""
+    stem = unique("Col").replace("-", "")
+    await client.append(unique("first"), f"{stem}.a", [Event("Created", {})], expected=0)
+    refused = unique("second")
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.append(refused, f"{stem}_a", [Event("Created", {})], expected=0)
+    assert caught.value.fields == ["aggregate_type"]
+    assert f"{stem}.a" in str(caught.value)
+    with pytest.raises(AggregateNotFoundError):
+        await client.get_aggregate(refused)

@@ -250,3 +250,25 @@ async def test_a_drained_silent_writer_is_retired_after_an_hour() -> None:
     await settle(alive)
     assert {w.writer for w in await world.outbox.writers()} == {alive.journal.writer}
     assert dead.journal.writer not in world.outbox.journal
+
+
+async def test_a_clean_stop_retires_the_writer_when_everything_is_settled() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    await append(request("a"))
+    await publication.stop(grace_s=5)
+    assert await world.outbox.writers() == []
+    assert world.first_copies("a") == [1]
+
+
+async def test_a_stop_with_unpublished_appends_leaves_them_to_the_others() -> None:
+    world = World()
+    publication, append = world.process()
+    await publication.start()
+    world.publisher.unavailable = True
+    await append(request("a"))
+    await publication.stop(grace_s=0.1)
+    (writer,) = await world.outbox.writers()
+    assert writer.writer == publication.journal.writer
+    assert writer.resolved < publication.journal.writes
