@@ -555,9 +555,18 @@ class Publication:
         """Write the cursors of what was confirmed since last time (coalesced: at most one
         write per aggregate per round, however many appends it had)."""
         dirty, self._dirty = self._dirty, {}
-        for aggregate_id, version in dirty.items():
-            try:
-                await self._outbox.mark_published(aggregate_id, version)
-            except StorageUnavailable:
-                self._dirty[aggregate_id] = max(self._dirty.get(aggregate_id, 0), version)
-                raise
+        gate = asyncio.Semaphore(CATCH_UP_CONCURRENCY)
+        failed: list[StorageUnavailable] = []
+
+        async def write(aggregate_id: str, version: int) -> None:
+            async with gate:
+                try:
+                    await self._outbox.mark_published(aggregate_id, version)
+                except StorageUnavailable as exc:
+                    # Next time, then (the cursor is an optimisation: never needed for safety).
+                    self._dirty[aggregate_id] = max(self._dirty.get(aggregate_id, 0), version)
+                    failed.append(exc)
+
+        await asyncio.gather(*(write(a, v) for a, v in dirty.items()))
+        if failed:
+            raise failed[0]
