@@ -64,17 +64,26 @@ def stack_pids() -> dict[str, int]:
 
 
 async def measure(
-    name: str, seconds: float, pids: dict[str, int], append: Callable[[int], Awaitable[None]]
+    name: str,
+    seconds: float,
+    pids: dict[str, int],
+    append: Callable[[int], Awaitable[None]],
+    rate: float | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """Run WORKERS loops of `append` for `seconds`; appends/s and CPU ms per append."""
+    """Run WORKERS loops of `append` for `seconds` (paced to `rate` appends/s in all, if
+    given); appends/s and CPU ms per append."""
     done = 0
     stop = time.monotonic() + seconds
 
     async def worker(w: int) -> None:
         nonlocal done
+        started, n = time.monotonic(), 0
         while time.monotonic() < stop:
             await append(w)
             done += 1
+            n += 1
+            if rate:
+                await asyncio.sleep(max(started + n * WORKERS / rate - time.monotonic(), 0))
 
     before = {p: cpu_s(pid) for p, pid in pids.items()}
     started = time.monotonic()
@@ -225,6 +234,28 @@ async def main(args: argparse.Namespace) -> None:
                 f"writes per append {server_writes / max(server_announced, 1):.3f}",
                 flush=True,
             )
+        # Cassandra's CPU per request grows as its load falls (fewer requests share each
+        # wake-up and network flush): compare with the adapter loop at the server's rate too.
+        paced_storage = await CassandraEventStorage.connect(settings)
+        paced_heads = [0] * WORKERS
+
+        async def paced(w: int) -> None:
+            event = NewEvent(uuid.uuid4(), "OrderPlaced", payload, "application/json")
+            await paced_storage.append(f"paced-{w}", "Order", paced_heads[w], [event], utc_now_ms())
+            paced_heads[w] += 1
+
+        try:
+            _, paced_cpu = await measure(
+                "adapter loop at that rate", args.seconds, pids, paced, rate=rate
+            )
+        finally:
+            await paced_storage.close()
+        print(
+            f"ratio at the same rate: Cassandra CPU per append through the server "
+            f"{cpu['cassandra'] / paced_cpu['cassandra']:.2f}x the adapter loop's",
+            flush=True,
+        )
+        async with EventStoreClient(f"127.0.0.1:{port}") as client:
             if args.soak:
                 await soak(args.soak, client, metrics_port, keyspace)
     finally:
