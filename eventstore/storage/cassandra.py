@@ -11,7 +11,6 @@ import structlog
 from cassandra import (
     ConsistencyLevel,
     DriverException,
-    OperationTimedOut,
     WriteTimeout,
 )
 from cassandra.query import BatchStatement, BatchType, PreparedStatement
@@ -27,7 +26,7 @@ from eventstore.ports import (
     Rejected,
     StreamState,
 )
-from eventstore.storage.aio import wrap
+from eventstore.storage.aio import DRIVER_ERRORS, execute, wrap
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.schema import cql, keyspace_cql, table_cql
 
@@ -93,10 +92,7 @@ class CassandraEventStorage(EventStorage):
     # --- execution ---------------------------------------------------------------------
 
     async def _run(self, statement: Any, params: Sequence[Any] | None = None) -> list[Any]:
-        try:
-            return await wrap(self._session.execute_async(statement, params))
-        except (DriverException, OperationTimedOut) as exc:
-            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+        return await execute(self._session, statement, params)
 
     def _bound(self, prepared: PreparedStatement, params: Sequence[Any]) -> Any:
         bound = prepared.bind(params)
@@ -169,7 +165,7 @@ class CassandraEventStorage(EventStorage):
             rows = await wrap(self._session.execute_async(batch))
         except WriteTimeout:
             raise
-        except (DriverException, OperationTimedOut) as exc:
+        except DRIVER_ERRORS as exc:
             # OperationTimedOut is the client giving up: the write may still apply. We cannot
             # resolve that here without risking a second timeout, so the caller gets a
             # retryable error, and the idempotent retry (same event ids) settles it.
@@ -216,7 +212,7 @@ class CassandraEventStorage(EventStorage):
             state_rows = await wrap(
                 self._session.execute_async(self._serial_read(self._select_head, (aggregate_id,)))
             )
-        except (DriverException, OperationTimedOut) as exc:
+        except DRIVER_ERRORS as exc:
             raise StorageUnavailable("Cassandra: append outcome unknown; retry it") from exc
         found = {
             row.event_id: ExistingEvent(row.committed_version, _utc(row.recorded_at))

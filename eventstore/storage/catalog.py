@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
-from cassandra.cluster import NoHostAvailable
+from cassandra import ConsistencyLevel
 from cassandra.query import BatchStatement, BatchType
 
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.ports import AggregateCatalog
-from eventstore.storage.aio import wrap
+from eventstore.storage.aio import DRIVER_ERRORS, execute
 from eventstore.storage.connection import CassandraConnection
 
 
@@ -60,10 +59,7 @@ class CassandraAggregateCatalog(AggregateCatalog):
         return await asyncio.to_thread(cls, connection)
 
     async def _run(self, statement: Any) -> list[Any]:
-        try:
-            return await wrap(self._session.execute_async(statement))
-        except (DriverException, OperationTimedOut, NoHostAvailable) as exc:
-            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+        return await execute(self._session, statement)
 
     async def register_type(self, aggregate_type: str, at: datetime) -> str | None:
         bound = self._register.bind((topic_key(aggregate_type), aggregate_type, _day(at)))
@@ -108,5 +104,5 @@ class CassandraAggregateCatalog(AggregateCatalog):
 
         try:
             return await asyncio.to_thread(fetch_all)
-        except (DriverException, OperationTimedOut, NoHostAvailable) as exc:
+        except DRIVER_ERRORS as exc:
             raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc

@@ -19,12 +19,10 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
-from cassandra.cluster import NoHostAvailable
+from cassandra import ConsistencyLevel
 
-from eventstore.domain.errors import StorageUnavailable
 from eventstore.ports import ParkedAggregate, PublicationLog, WriterState
-from eventstore.storage.aio import wrap
+from eventstore.storage.aio import execute
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.schema import JOURNAL_BUCKET
 
@@ -91,10 +89,7 @@ class CassandraPublicationLog(PublicationLog):
     async def _run(self, statement: Any, params: tuple[object, ...], level: int) -> list[Any]:
         bound = statement.bind(params)
         bound.consistency_level = level
-        try:
-            return await wrap(self._session.execute_async(bound))
-        except (DriverException, OperationTimedOut, NoHostAvailable) as exc:
-            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+        return await execute(self._session, bound)
 
     # --- journal -------------------------------------------------------------------------
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC
 
-from cassandra import ConsistencyLevel, DriverException, OperationTimedOut
+from cassandra import ConsistencyLevel
 
-from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import SnapshotStore
-from eventstore.storage.aio import wrap
+from eventstore.storage.aio import execute
 from eventstore.storage.connection import CassandraConnection
 
 MAX_VERSION = 2**63 - 1
@@ -49,18 +48,12 @@ class CassandraSnapshotStore(SnapshotStore):
             )
         )
         bound.consistency_level = self._write
-        try:
-            await wrap(self._session.execute_async(bound))
-        except (DriverException, OperationTimedOut) as exc:
-            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+        await execute(self._session, bound)
 
     async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
         bound = self._select.bind((aggregate_id, max_version or MAX_VERSION))
         bound.consistency_level = self._read
-        try:
-            rows = await wrap(self._session.execute_async(bound))
-        except (DriverException, OperationTimedOut) as exc:
-            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc
+        rows = await execute(self._session, bound)
         if not rows:
             return None
         row = rows[0]
