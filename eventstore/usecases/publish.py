@@ -231,6 +231,9 @@ class Publication:
             self._replay(("writer", silent.writer), self._take_over(silent))
         if self._leads(writers):
             self._replay("parked", self._retry_parked())
+        else:
+            # Only the leader retries them; every replica reports how many there are.
+            self.parked_count = len(await self._outbox.parked())
         if self._on_round is not None:
             self._on_round(time.monotonic() - started)
         await self.flush()
@@ -242,7 +245,12 @@ class Publication:
             return
         task = self._spawn(work)
         self._replays[key] = task
-        task.add_done_callback(lambda _t: self._replays.pop(key, None))
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._replays.get(key) is done:
+                del self._replays[key]
+
+        task.add_done_callback(forget)
 
     def _live(self, writers: list[WriterState]) -> list[UUID]:
         cutoff = self._clock() - self._takeover_after
