@@ -130,6 +130,9 @@ def _check_json(data: bytes, path: str, out: _Collector) -> None:
         json.loads(data, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         out.add(path, f"is not valid JSON ({type(exc).__name__}) but the content type says JSON")
+    except RecursionError:
+        # Python's parser gives up at about 1,000 levels; no reader of ours would fare better.
+        out.add(path, "is JSON nested too deeply to be read back (about 1,000 levels or more)")
 
 
 def _check_event(
@@ -196,6 +199,11 @@ def validate_append(raw: RawAppend, limits: Limits) -> AppendRequest:
     elif expected.expectation is Expectation.EXACT:
         if not NO_EVENTS <= expected.version <= MAX_VERSION:
             out.add("expected_version.exact", "must be 0 (no events yet) or a positive version")
+        elif expected.version > MAX_VERSION - max(len(raw.events), 1):
+            # Versions are int64: the events would have none left.
+            out.add(
+                "expected_version.exact", f"leaves no version for the events (max {MAX_VERSION})"
+            )
         elif expected.version == NO_EVENTS:
             expected = ExpectedVersion.no_stream()
     if not raw.events:

@@ -77,6 +77,14 @@ CASES: dict[str, tuple[Callable[[], pb.AppendRequest], str]] = {
         lambda: request(expected_version=pb.ExpectedVersion(exact=-1)),
         "expected_version.exact",
     ),
+    "exact at int64 max": (
+        lambda: request(expected_version=pb.ExpectedVersion(exact=2**63 - 1)),
+        "expected_version.exact",
+    ),
+    "json nested 1,000 deep": (
+        lambda: request(events=[event(data=b"[" * 1000 + b"]" * 1000)]),
+        "events[0].data",
+    ),
     "no events": (lambda: request(events=[]), "events"),
     "too many events": (lambda: request(events=[event() for _ in range(1001)]), "events"),
     "event over 1 MiB": (
