@@ -97,7 +97,8 @@ def test_the_largest_accepted_append_request_fits_its_bound() -> None:
     request = pb.AppendRequest(
         aggregate_id="a" * limits.max_aggregate_id_bytes,
         aggregate_type="T" * limits.max_type_name_length,
-        expected_version=pb.ExpectedVersion(exact=2**63 - 1),
+        # The highest version that leaves room for the events (as long a varint as 2^63-1).
+        expected_version=pb.ExpectedVersion(exact=2**63 - 1 - limits.max_events_per_append),
         events=[
             pb.EventData(
                 event_id=e.event_id,
