@@ -274,7 +274,7 @@ class Publication:
         entries = await self._outbox.entries(self.journal.writer, seq - 1, 1)
         aggregates = entries[0][1] if entries and entries[0][0] == seq else []
         try:
-            await self._catch_up_all(aggregates, park_on_failure=True)
+            await self._catch_up_all(aggregates)
         except _Global:
             return
         self.journal.replayed(seq)
@@ -295,7 +295,7 @@ class Publication:
             )
             aggregates = list(dict.fromkeys(a for _, ids in entries for a in ids))
             try:
-                await self._catch_up_all(aggregates, park_on_failure=True)
+                await self._catch_up_all(aggregates)
             except _Global:
                 return
             settled = entries[-1][0]
@@ -324,7 +324,7 @@ class Publication:
             self.parked_count -= 1
             log.info("relay: parked aggregate published", aggregate_id=entry.aggregate_id)
 
-    async def _catch_up_all(self, aggregates: Sequence[str], park_on_failure: bool) -> None:
+    async def _catch_up_all(self, aggregates: Sequence[str]) -> None:
         """Catch every aggregate up, each on its own: one that fails is parked, and does not
         hold back the others. Raises _Global if Kafka or Cassandra as a whole is down."""
         gate = asyncio.Semaphore(CATCH_UP_CONCURRENCY)
@@ -339,8 +339,7 @@ class Publication:
                 except _Global as exc:
                     down.append(exc)
                 except (PublishFailed, StorageUnavailable) as exc:
-                    if park_on_failure:
-                        await self._park(aggregate_id, str(exc), None)
+                    await self._park(aggregate_id, str(exc), None)
 
         await asyncio.gather(*(one(a) for a in aggregates))
         if down:
@@ -358,9 +357,7 @@ class Publication:
                 return  # an announced append that never committed
             try:
                 await self._publish(aggregate_id, head, [])
-            except PublisherUnavailable as exc:
-                raise _Global(str(exc)) from exc
-            except StorageUnavailable as exc:
+            except (PublisherUnavailable, StorageUnavailable) as exc:
                 raise _Global(str(exc)) from exc
             await self._watch(aggregate_id, head)
             state = self._streams.get(aggregate_id)
