@@ -28,18 +28,32 @@ def _settle(
 
 
 def wrap(response: ResponseFuture) -> asyncio.Future[list[Any]]:
-    """An asyncio future for the first page of `response` (the driver's I/O thread settles it)."""
+    """An asyncio future for every row of `response` (the driver's I/O thread settles it).
+
+    The driver pages results (5,000 rows by default) and hands over one page per callback:
+    further pages are fetched here, so a caller never mistakes the first page for the whole
+    answer (a 10,000-event read page once stopped at 5,000).
+    """
     loop = asyncio.get_running_loop()
     future: asyncio.Future[list[Any]] = loop.create_future()
+    collected: list[Any] = []
+
+    def on_page(rows: list[Any] | None) -> None:
+        if rows:
+            collected.extend(rows)
+        if response.has_more_pages and not future.cancelled():
+            response.start_fetching_next_page()  # calls on_page (or on_error) again
+            return
+        loop.call_soon_threadsafe(_settle, future, collected, None)
+
     response.add_callbacks(
-        lambda rows: loop.call_soon_threadsafe(_settle, future, rows, None),
-        lambda exc: loop.call_soon_threadsafe(_settle, future, None, exc),
+        on_page, lambda exc: loop.call_soon_threadsafe(_settle, future, None, exc)
     )
     return future
 
 
 async def execute(session: Session, statement: Any, params: Any = None) -> list[Any]:
-    """Run a statement; the first page of rows. Driver errors become StorageUnavailable."""
+    """Run a statement; all its rows. Driver errors become StorageUnavailable."""
     try:
         return await wrap(session.execute_async(statement, params))
     except DRIVER_ERRORS as exc:

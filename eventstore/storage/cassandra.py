@@ -13,7 +13,7 @@ from cassandra import (
     DriverException,
     WriteTimeout,
 )
-from cassandra.query import BatchStatement, BatchType, PreparedStatement
+from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
 from eventstore.config import CassandraSettings
 from eventstore.domain.errors import StorageUnavailable
@@ -138,7 +138,8 @@ class CassandraEventStorage(EventStorage):
                     event.event_type,
                     event.content_type,
                     event.data,
-                    dict(event.metadata) or None,
+                    # Binding null to a collection writes a tombstone; unset writes nothing.
+                    dict(event.metadata) or UNSET_VALUE,
                     recorded_at,
                 ),
             )

@@ -100,6 +100,20 @@ class EventStorageContract:
         assert await versions(None, Direction.BACKWARDS, 3) == [10, 9, 8]
         assert await versions(2, Direction.BACKWARDS, 3) == [2, 1]
 
+    async def test_a_read_returns_its_whole_page_beyond_the_drivers_paging(
+        self, storage: EventStorage
+    ) -> None:
+        # Pages may hold up to 10,000 events (EVENTSTORE_READ_PAGE_SIZE); Cassandra's driver
+        # pages results by 5,000 rows, and a read once returned only the driver's first page.
+        aggregate = unique("agg")
+        for start in range(0, 6_000, 200):
+            outcome = await storage.append(aggregate, "Order", start, new_events(200), NOW)
+            assert isinstance(outcome, Committed)
+        forwards = await storage.read(aggregate, 1, Direction.FORWARDS, 6_000)
+        assert [e.version for e in forwards] == list(range(1, 6_001))
+        backwards = await storage.read(aggregate, None, Direction.BACKWARDS, 5_500)
+        assert [e.version for e in backwards] == list(range(6_000, 500, -1))
+
     async def test_describe(self, storage: EventStorage) -> None:
         aggregate = unique("agg")
         later = NOW.replace(second=59)
