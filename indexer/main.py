@@ -12,8 +12,9 @@
   document refused for its content is indexed again in a reduced form that says why
   (`index_notes`). Only a record that cannot be decoded, or whose minimal document is refused
   too, goes to the dead-letter topic with the reason; indexing goes on.
-* Lag per partition and last indexed offset are Prometheus metrics; progress is also written to
-  the state index, where the query API reads how fresh the index is.
+* Lag per partition and last indexed offset are Prometheus metrics; each instance also writes
+  a progress report of its own partitions to the state index (eventstore/search/progress.py),
+  where the query API reads how fresh the index is.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic
 from eventstore.publishing.log import decode_event
 from eventstore.search.documents import index_name
+from eventstore.search.progress import ProgressReport
 from eventstore.search.setup import ensure_template, make_client
 from indexer.bulk import BulkWriter, Item, make_item
 from indexer.config import IndexerSettings
@@ -248,34 +250,49 @@ class Indexer:
 
     # --- progress ----------------------------------------------------------------------
 
-    def lag(self) -> int:
-        total = 0
+    def lags(self) -> dict[str, int]:
+        """Lag per assigned partition (-1 where Kafka could not tell the position)."""
+        assignment = self.consumer.assignment()
         try:
-            positions = self.consumer.position(self.consumer.assignment())
+            positions = self.consumer.position(assignment)
         except KafkaException:
-            return -1
+            return {f"{tp.topic}[{tp.partition}]": -1 for tp in assignment}
+        # A partition assigned by a rebalance has no position until a record arrives: where
+        # it is idle, its committed offset says how far it is indexed (else it would report
+        # its whole length as lag for as long as nothing new is written to it).
+        unpositioned = [tp for tp in positions if tp.offset < 0]
+        committed: dict[tuple[str, int], int] = {}
+        if unpositioned:
+            try:
+                for tp in self.consumer.committed(unpositioned, timeout=5):
+                    committed[(tp.topic, tp.partition)] = tp.offset
+            except KafkaException:
+                return {f"{tp.topic}[{tp.partition}]": -1 for tp in assignment}
+        lags: dict[str, int] = {}
         for tp in positions:
             low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
-            position = tp.offset if tp.offset >= 0 else low
+            position = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
+            position = position if position >= 0 else low
             behind = max(high - position, 0)
             LAG.labels(tp.topic, str(tp.partition)).set(behind)
-            total += behind
-        return total
+            lags[f"{tp.topic}[{tp.partition}]"] = behind
+        return lags
 
     def _report(self) -> None:
         if time.monotonic() < self._next_state:
             return
         self._next_state = time.monotonic() + self.settings.state_interval_s
-        state = {
-            "reported_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "lag": self.lag(),
-            "max_recorded_at": self.max_recorded_at.isoformat(timespec="milliseconds")
-            if self.max_recorded_at
-            else None,
-        }
+        report = ProgressReport(
+            instance=self.instance,
+            reported_at=datetime.now(UTC),
+            lags=self.lags(),
+            max_recorded_at=self.max_recorded_at,
+        )
         try:
             self.client.index(
-                index=self.settings.opensearch.state_index, id=self.settings.group_id, body=state
+                index=self.settings.opensearch.state_index,
+                id=self.instance,
+                body=report.to_document(),
             )
         except (OpenSearchConnectionError, TransportError) as exc:
             log.info("progress not recorded (OpenSearch unavailable)", error=str(exc)[:200])

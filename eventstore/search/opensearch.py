@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from opensearchpy import AsyncOpenSearch
@@ -16,21 +16,13 @@ from eventstore.domain.events import RecordedEvent
 from eventstore.domain.queries import Cursor, EventQuery, Freshness
 from eventstore.ports import EventIndex
 from eventstore.search.documents import from_document
+from eventstore.search.progress import REPORT_MAX_AGE, ProgressReport, combine
 
 SORT = [{"recorded_at": "asc"}, {"aggregate_id": "asc"}, {"version": "asc"}]
-#: Indexer reports older than this are not counted (that indexer is gone).
-REPORT_MAX_AGE = timedelta(minutes=2)
 
 
 def _millis(value: datetime) -> int:
     return int(value.timestamp() * 1000)
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class OpenSearchEventIndex(EventIndex):
@@ -107,21 +99,22 @@ class OpenSearchEventIndex(EventIndex):
         reports = await self._call(
             self._client.search,
             index=self._settings.state_index,
-            body={"size": 100, "query": {"range": {"reported_at": {"gte": since.isoformat()}}}},
+            body={"size": 1000, "query": {"range": {"reported_at": {"gte": since.isoformat()}}}},
             ignore_unavailable=True,
             allow_no_indices=True,
         )
-        sources = [hit["_source"] for hit in reports["hits"]["hits"]]
-        if not sources:
+        combined = combine(
+            report
+            for hit in reports["hits"]["hits"]
+            if (report := ProgressReport.from_document(hit["_source"])) is not None
+        )
+        if combined is None:
             return Freshness(event_visible=visible)
-        lags = [int(s.get("lag", -1)) for s in sources]
-        reported = [t for s in sources if (t := _parse_time(s.get("reported_at")))]
-        through = [t for s in sources if (t := _parse_time(s.get("max_recorded_at")))]
         return Freshness(
             event_visible=visible,
-            indexer_lag=-1 if min(lags) < 0 else sum(lags),
-            reported_at=min(reported) if reported else None,
-            indexed_through=min(through) if through else None,
+            indexer_lag=combined.lag,
+            reported_at=combined.reported_at,
+            indexed_through=combined.indexed_through,
         )
 
     async def close(self) -> None:

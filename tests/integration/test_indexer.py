@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from confluent_kafka import Producer
@@ -187,6 +187,54 @@ async def test_indexer_killed_mid_stream_indexes_everything_once(
     await indexer.start(batch_size=100)
     await wait_for_count(opensearch_settings, total)
     assert await asyncio.to_thread(distinct_ids, opensearch_settings) == total
+
+
+def progress_reports(settings: OpenSearchSettings) -> list[dict[str, Any]]:
+    client = make_client(settings)
+    try:
+        client.indices.refresh(index=settings.state_index, ignore_unavailable=True)
+        response = client.search(
+            index=settings.state_index, body={"size": 100}, ignore_unavailable=True
+        )
+        return [hit["_source"] for hit in response["hits"]["hits"]]
+    finally:
+        client.close()
+
+
+async def test_indexer_replicas_each_report_their_own_partitions(
+    client: EventStoreClient,
+    kafka_settings: KafkaSettings,
+    opensearch_settings: OpenSearchSettings,
+    tmp_path: Path,
+) -> None:
+    # Production runs two indexer replicas in one consumer group. They once wrote their
+    # progress under the group id, each overwriting the other's: freshness then described
+    # whichever wrote last, and its lag left out the other replica's partitions.
+    replicas = [
+        IndexerProcess(kafka_settings, opensearch_settings, tmp_path / f"indexer-{n}.log")
+        for n in range(2)
+    ]
+    group = unique("indexers")
+    total = await append_many(client, appends=21, per_append=5, tag="replicas")
+    try:
+        for replica in replicas:
+            replica.env["EVENTSTORE_INDEXER_GROUP_ID"] = group
+            await replica.start(batch_size=10)
+        await wait_for_count(opensearch_settings, total)
+        deadline = time.monotonic() + 60
+        while True:
+            reports = await asyncio.to_thread(progress_reports, opensearch_settings)
+            owned = [{p["partition"] for p in r.get("partitions", [])} for r in reports]
+            if len(owned) == 2 and all(owned) and not owned[0] & owned[1]:
+                break
+            assert time.monotonic() < deadline, f"replicas did not both report: {reports}"
+            await asyncio.sleep(0.5)
+        assert len(owned[0] | owned[1]) == kafka_settings.partitions
+        page = await client.query_events(event_types=["Indexed"], page_size=1)
+        assert page.freshness.indexer_lag == 0
+    finally:
+        for replica in replicas:
+            await replica.kill()
 
 
 @pytest.fixture
