@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import prometheus_client
@@ -69,7 +69,12 @@ SERVICE_NAME = eventstore_pb2.DESCRIPTOR.services_by_name["EventStore"].full_nam
 
 @dataclass
 class Components:
-    """The adapters and background services of one process."""
+    """The adapters and background services of one process.
+
+    Built from settings by `build` (production and the integration tests alike), which owns
+    what it opened and closes it, in reverse order, on `close` or when building fails half-way.
+    Components given by a caller (unit tests pass fakes) are the caller's to close.
+    """
 
     storage: EventStorage
     outbox: PublicationLog | None = None
@@ -78,38 +83,35 @@ class Components:
     log: EventLog | None = None
     index: EventIndex | None = None
     snapshots: SnapshotStore | None = None
-    connection: CassandraConnection | None = None
+    owned: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
     async def build(cls, settings: ServerSettings) -> Components:
-        connection = await CassandraConnection.open(settings.cassandra)
-        try:
+        async with contextlib.AsyncExitStack() as owned:
+            connection = await CassandraConnection.open(settings.cassandra)
+            owned.push_async_callback(connection.close)
             storage = await asyncio.to_thread(CassandraEventStorage, connection)
             outbox = await CassandraPublicationLog.create(connection)
             catalog = await CassandraAggregateCatalog.create(connection)
-        except Exception:
-            await connection.close()
-            raise
-        # Kafka may be down now: that must not stop appends (the relay catches up later).
-        publisher = KafkaEventPublisher(settings.kafka, settings.limits.to_limits())
-        return cls(
-            storage=storage,
-            outbox=outbox,
-            publisher=publisher,
-            catalog=catalog,
-            log=KafkaEventLog(settings.kafka),
-            index=OpenSearchEventIndex(settings.opensearch),
-            snapshots=await CassandraSnapshotStore.create(connection),
-            connection=connection,
-        )
+            snapshots = await CassandraSnapshotStore.create(connection)
+            # Kafka may be down now: that must not stop appends (the relay catches up later).
+            publisher = KafkaEventPublisher(settings.kafka, settings.limits.to_limits())
+            owned.push_async_callback(publisher.close)
+            index = OpenSearchEventIndex(settings.opensearch)
+            owned.push_async_callback(index.close)
+            return cls(
+                storage=storage,
+                outbox=outbox,
+                publisher=publisher,
+                catalog=catalog,
+                log=KafkaEventLog(settings.kafka),
+                index=index,
+                snapshots=snapshots,
+                owned=owned.pop_all(),
+            )
 
     async def close(self) -> None:
-        if self.publisher is not None:
-            await self.publisher.close()
-        if self.index is not None:
-            await self.index.close()
-        if self.connection is not None:
-            await self.connection.close()
+        await self.owned.aclose()
 
 
 @dataclass

@@ -20,15 +20,9 @@ from eventstore.config import (
     RelaySettings,
     ServerSettings,
 )
-from eventstore.publishing.kafka import KafkaEventPublisher
-from eventstore.publishing.log import KafkaEventLog
-from eventstore.search.opensearch import OpenSearchEventIndex
 from eventstore.search.setup import make_client
-from eventstore.server import Components, RunningServer, start
+from eventstore.server import RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
-from eventstore.storage.catalog import CassandraAggregateCatalog
-from eventstore.storage.outbox import CassandraPublicationLog
-from eventstore.storage.snapshots import CassandraSnapshotStore
 
 pytestmark = pytest.mark.integration
 
@@ -175,21 +169,13 @@ StartServer = Callable[[ServerSettings], Awaitable[RunningServer]]
 
 
 @pytest.fixture
-async def start_server(cassandra_storage: CassandraEventStorage) -> AsyncIterator[StartServer]:
-    """Starts in-process servers on every real backend with the given settings; stops them."""
+async def start_server(cassandra_settings: CassandraSettings) -> AsyncIterator[StartServer]:
+    """Starts in-process servers through the production bootstrap (each connects to every real
+    backend from its settings); stops them. The keyspace is the test's (`cassandra_settings`)."""
     started: list[RunningServer] = []
 
     async def start_one(settings: ServerSettings) -> RunningServer:
-        components = Components(
-            storage=cassandra_storage,
-            outbox=await CassandraPublicationLog.create(cassandra_storage.connection),
-            publisher=KafkaEventPublisher(settings.kafka, settings.limits.to_limits()),
-            catalog=await CassandraAggregateCatalog.create(cassandra_storage.connection),
-            log=KafkaEventLog(settings.kafka),
-            index=OpenSearchEventIndex(settings.opensearch),
-            snapshots=await CassandraSnapshotStore.create(cassandra_storage.connection),
-        )
-        running = await start(settings, components)
+        running = await start(settings)
         started.append(running)
         return running
 

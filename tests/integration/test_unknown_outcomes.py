@@ -54,6 +54,15 @@ class Faults:
 
 
 @pytest.fixture
+def server_storage(server: RunningServer) -> CassandraEventStorage:
+    """The storage adapter the server itself appends through (faults are injected into it)."""
+    assert server.components is not None
+    storage = server.components.storage
+    assert isinstance(storage, CassandraEventStorage)
+    return storage
+
+
+@pytest.fixture
 async def no_retry_client(server: RunningServer) -> AsyncIterator[EventStoreClient]:
     # No client retries: the server alone must get the answer right.
     async with EventStoreClient(f"127.0.0.1:{server.port}", retry=RetryPolicy(attempts=1)) as c:
@@ -61,11 +70,11 @@ async def no_retry_client(server: RunningServer) -> AsyncIterator[EventStoreClie
 
 
 async def test_timeout_after_commit_resolves_as_applied(
-    cassandra_storage: CassandraEventStorage, no_retry_client: EventStoreClient
+    server_storage: CassandraEventStorage, no_retry_client: EventStoreClient
 ) -> None:
     aggregate = unique("maybe")
     await no_retry_client.append(aggregate, "T", [Event("Seed", {})], expected=0)
-    cassandra_storage.fault_hook = faults = Faults(after_cas=cas_timeout())
+    server_storage.fault_hook = faults = Faults(after_cas=cas_timeout())
     events = [Event("A", {}), Event("B", {})]
     result = await no_retry_client.append(aggregate, "T", events, expected=1)
     assert faults.fired == ["after_cas"]
@@ -76,10 +85,10 @@ async def test_timeout_after_commit_resolves_as_applied(
 
 
 async def test_timeout_before_commit_resolves_as_not_applied_then_writes_once(
-    cassandra_storage: CassandraEventStorage, no_retry_client: EventStoreClient
+    server_storage: CassandraEventStorage, no_retry_client: EventStoreClient
 ) -> None:
     aggregate = unique("maybe")
-    cassandra_storage.fault_hook = faults = Faults(before_cas=cas_timeout())
+    server_storage.fault_hook = faults = Faults(before_cas=cas_timeout())
     events = [Event("A", {}), Event("B", {})]
     result = await no_retry_client.append(aggregate, "T", events, expected=0)
     assert faults.fired == ["before_cas"]
@@ -89,7 +98,7 @@ async def test_timeout_before_commit_resolves_as_not_applied_then_writes_once(
 
 
 async def test_timeout_with_concurrent_winner_is_a_conflict_not_a_guess(
-    cassandra_storage: CassandraEventStorage, no_retry_client: EventStoreClient
+    server_storage: CassandraEventStorage, no_retry_client: EventStoreClient
 ) -> None:
     """Not applied, and meanwhile someone else took the version: a real conflict."""
     aggregate = unique("maybe")
@@ -97,11 +106,11 @@ async def test_timeout_with_concurrent_winner_is_a_conflict_not_a_guess(
 
     async def someone_else_wins(stage: str) -> None:
         if stage == "before_cas":
-            cassandra_storage.fault_hook = None
-            await cassandra_storage.append(aggregate, "T", 0, [other], utc_now_ms())
+            server_storage.fault_hook = None
+            await server_storage.append(aggregate, "T", 0, [other], utc_now_ms())
             raise cas_timeout()
 
-    cassandra_storage.fault_hook = someone_else_wins
+    server_storage.fault_hook = someone_else_wins
     with pytest.raises(WrongExpectedVersionError) as caught:
         await no_retry_client.append(aggregate, "T", [Event("Mine", {})], expected=0)
     assert caught.value.actual_version == 1
@@ -110,10 +119,10 @@ async def test_timeout_with_concurrent_winner_is_a_conflict_not_a_guess(
 
 
 async def test_unresolvable_outcome_is_unavailable_and_the_retry_settles_it(
-    cassandra_storage: CassandraEventStorage, no_retry_client: EventStoreClient
+    server_storage: CassandraEventStorage, no_retry_client: EventStoreClient
 ) -> None:
     aggregate = unique("maybe")
-    cassandra_storage.fault_hook = Faults(
+    server_storage.fault_hook = Faults(
         after_cas=cas_timeout(),
         before_resolve=Unavailable(
             "injected", consistency=ConsistencyLevel.SERIAL, required_replicas=1, alive_replicas=0
