@@ -81,10 +81,8 @@ def up(names: Sequence[str] = ()) -> None:
     launched: dict[str, float] = {}
     for service in services:
         if service.external:
-            log.info(
-                "%s: using %s (%s); not starting one",
-                *(service.name, service.external, service.env_var),
-            )
+            name, external, variable = service.name, service.external, service.env_var
+            log.info("%s: using %s (%s); not starting one", name, external, variable)
             continue
         if java is None:
             java = java_home()

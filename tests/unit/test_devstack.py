@@ -172,3 +172,13 @@ def test_every_template_is_filled() -> None:
     for text in rendered:
         assert "$" not in text
         assert "/state/x/" in text
+
+
+def test_up_leaves_an_external_service_alone(
+    only_service: Callable[..., stack.Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEVSTACK_TEST_ENDPOINT", "elsewhere:1")
+    fake = only_service(["/bin/sh", "-c", "exit 3", "sh"], answers=True)
+    stack.up()
+    assert not fake.pid_file.exists()
+    assert not fake.log_file.exists()
