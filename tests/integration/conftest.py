@@ -3,6 +3,11 @@ existing clusters), and every test gets fresh names (keyspace, topic, index)."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
+import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -11,7 +16,9 @@ import pytest
 from cassandra.cluster import Cluster
 from confluent_kafka.admin import AdminClient
 
-from devstack import stack
+from devstack import kafka, stack
+from devstack.processes import port_open
+from devstack.proxy import FaultProxy
 from eventstore.client import EventStoreClient
 from eventstore.config import (
     CassandraSettings,
@@ -193,3 +200,47 @@ async def server(server_settings: ServerSettings, start_server: StartServer) -> 
 async def client(server: RunningServer) -> AsyncIterator[EventStoreClient]:
     async with EventStoreClient(f"127.0.0.1:{server.port}") as c:
         yield c
+
+
+# Fault proxies: fail one test's connections to a shared service, never the service itself.
+# Each proxy runs on the test's event loop, so blocking client calls made through it (a
+# confluent_kafka flush, urllib) must run in a thread (asyncio.to_thread).
+
+
+@pytest.fixture
+async def opensearch_fault_proxy(opensearch_url: str) -> AsyncIterator[FaultProxy]:
+    """A proxy in front of OpenSearch for this test alone: use f"http://{proxy.address}"."""
+    upstream = urllib.parse.urlsplit(opensearch_url)
+    async with FaultProxy(f"{upstream.hostname}:{upstream.port or 9200}") as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def kafka_fault_proxy(kafka_bootstrap: str) -> AsyncIterator[FaultProxy]:
+    """A proxy on the local Kafka's FAULTY listener: use `proxy.address` as the bootstrap.
+
+    The broker advertises that listener at the proxy's fixed port, so only one such proxy can
+    run on the machine at a time; a test in another process waits for it.
+    """
+    if os.environ.get("EVENTSTORE_KAFKA_BOOTSTRAP"):
+        pytest.skip("an external Kafka has no FAULTY listener")  # allowed-skip: CI runs local
+    host, _, port = kafka.FAULTY_LISTEN.rpartition(":")
+    if not port_open(host, int(port)):
+        pytest.fail(
+            f"the local Kafka has no FAULTY listener on {kafka.FAULTY_LISTEN}: it was started "
+            "before devstack added it; restart it (make services-down services-up)"
+        )
+    proxy = FaultProxy(kafka.FAULTY_LISTEN, int(kafka.FAULTY_BOOTSTRAP.rpartition(":")[2]))
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            await proxy.start()
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

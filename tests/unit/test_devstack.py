@@ -5,11 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from devstack import stack
+from devstack import __main__ as cli
+from devstack import kafka, stack, templates
+from devstack.errors import ServiceFailed, UnknownService
+from devstack.tls import Pki
 
 
 @pytest.fixture
@@ -51,3 +55,130 @@ def test_endpoint_variables_mean_external_services(monkeypatch: pytest.MonkeyPat
     kafka = stack.by_name(["kafka"])[0]
     assert kafka.external == "kafka.internal:9092"
     assert stack.endpoints()["EVENTSTORE_KAFKA_BOOTSTRAP"] == "kafka.internal:9092"
+
+
+@pytest.fixture
+def only_service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., stack.Service]:
+    """Makes `stack` know one made-up service, with its state under tmp_path."""
+    monkeypatch.setenv("EVENTSTORE_STACK_DIR", str(tmp_path))
+    monkeypatch.setattr(stack, "java_home", lambda: tmp_path / "no-jdk-needed")
+
+    def install(
+        command: list[str], answers: bool = False, env_var: str = "DEVSTACK_TEST_ENDPOINT"
+    ) -> stack.Service:
+        fake = stack.Service(
+            "fake",
+            env_var,
+            "127.0.0.1:1",
+            (),
+            lambda _endpoint: answers,
+            lambda home, _java: [*command, str(home)],
+            system_log="fake.log",
+        )
+        monkeypatch.setattr(stack, "SERVICES", [fake])
+        return fake
+
+    return install
+
+
+def test_a_service_that_exits_during_start_up_raises_with_its_log(
+    only_service: Callable[..., stack.Service],
+) -> None:
+    fake = only_service(["/bin/sh", "-c", "echo boom-on-stdout; exit 3", "sh"])
+    (fake.home / "logs").mkdir(parents=True)
+    (fake.home / "logs" / "fake.log").write_text("boom-in-system-log\n")
+    with pytest.raises(ServiceFailed) as failed:
+        stack.up()
+    message = str(failed.value)
+    assert "fake: the process exited during start-up" in message
+    assert "boom-on-stdout" in message
+    assert "boom-in-system-log" in message
+
+
+def test_unknown_service_names_raise_and_only_main_exits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(UnknownService, match="'nosuch'"):
+        stack.by_name(["kafka", "nosuch"])
+    assert cli.main(["status", "nosuch"]) == 1
+    assert "unknown service(s) ['nosuch']" in capsys.readouterr().err
+    assert cli.main(["restart"]) == 2
+
+
+def test_status_exits_zero_only_when_every_service_answers(
+    only_service: Callable[..., stack.Service],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("DEVSTACK_TEST_ENDPOINT", "elsewhere:1")
+    only_service([], answers=True)
+    assert cli.main(["status"]) == 0
+    assert capsys.readouterr().out.split() == [
+        *("fake", "up", "elsewhere:1", "external", "(DEVSTACK_TEST_ENDPOINT)")
+    ]
+    only_service([], answers=False)
+    assert cli.main(["status"]) == 1
+
+
+def properties(text: str) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {key: value for key, value in pairs}
+
+
+def listener_names(value: str) -> list[str]:
+    return [entry.split("://")[0] for entry in value.split(",")]
+
+
+def test_kafka_has_a_faulty_listener_advertised_where_a_test_proxy_listens(
+    tmp_path: Path,
+) -> None:
+    props = properties(kafka.server_properties(tmp_path, Pki(tmp_path / "pki")))
+    listeners = props["listeners"].split(",")
+    advertised = props["advertised.listeners"].split(",")
+    assert f"FAULTY://{kafka.FAULTY_LISTEN}" in listeners
+    assert f"FAULTY://{kafka.FAULTY_BOOTSTRAP}" in advertised
+    assert kafka.FAULTY_LISTEN != kafka.FAULTY_BOOTSTRAP
+    # The listeners that were there before are unchanged.
+    assert {"PLAINTEXT://127.0.0.1:9092", "CONTROLLER://127.0.0.1:9093"} <= set(listeners)
+    assert f"SASL_SSL://{kafka.TLS_BOOTSTRAP}" in listeners
+    assert "PLAINTEXT://127.0.0.1:9092" in advertised
+    assert f"SASL_SSL://{kafka.TLS_BOOTSTRAP}" in advertised
+    assert props["controller.listener.names"] == "CONTROLLER"
+    assert "CONTROLLER" not in listener_names(props["advertised.listeners"])
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    protocols = dict(pair.split(":") for pair in props["listener.security.protocol.map"].split(","))
+    assert set(protocols) == set(listener_names(props["listeners"]))
+    assert protocols["FAULTY"] == "PLAINTEXT"
+    assert protocols["SASL_SSL"] == "SASL_SSL"
+    assert props["listener.name.sasl_ssl.ssl.keystore.location"] == str(
+        tmp_path / "pki" / "server.p12"
+    )
+    assert props["log.dirs"] == str(tmp_path / "data")
+    # `up` refuses to start over a stranger on the new port too.
+    assert int(kafka.FAULTY_LISTEN.rpartition(":")[2]) in kafka.SERVICE.ports
+
+
+def test_every_template_is_filled() -> None:
+    home, tls = Path("/state/x"), Pki(Path("/state/pki"))
+    rendered = [
+        kafka.server_properties(home, tls),
+        templates.render("kafka-log4j.properties", home=home),
+        templates.render("cassandra-logback.xml", home=home),
+        templates.render(
+            "cassandra.yaml", home=home, keystore=tls.keystore, keystore_password="pw"
+        ),
+    ]
+    assert len(rendered) == len(list(templates.TEMPLATES_DIR.iterdir()))
+    for text in rendered:
+        assert "$" not in text
+        assert "/state/x/" in text
+
+
+def test_up_leaves_an_external_service_alone(
+    only_service: Callable[..., stack.Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEVSTACK_TEST_ENDPOINT", "elsewhere:1")
+    fake = only_service(["/bin/sh", "-c", "exit 3", "sh"], answers=True)
+    stack.up()
+    assert not fake.pid_file.exists()
+    assert not fake.log_file.exists()

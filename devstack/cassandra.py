@@ -1,0 +1,116 @@
+"""Cassandra: one node on 127.0.0.1:9042 (TLS optional on the same port), run from its jars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devstack.downloads import resolve_classpath
+from devstack.processes import port_open
+from devstack.service import Service
+from devstack.templates import render
+from devstack.tls import KEYSTORE_PASSWORD, pki
+
+VERSION = "5.0.9"
+
+# The flags of Cassandra's own jvm17-server.options.
+_OPENS = [
+    "java.base/java.lang",
+    "java.base/java.lang.module",
+    "java.base/java.lang.ref",
+    "java.base/java.lang.reflect",
+    "java.base/java.io",
+    "java.base/java.nio",
+    "java.base/java.math",
+    "java.base/java.net",
+    "java.base/java.util",
+    "java.base/java.util.concurrent",
+    "java.base/java.util.concurrent.atomic",
+    "java.base/jdk.internal.loader",
+    "java.base/jdk.internal.math",
+    "java.base/jdk.internal.module",
+    "java.base/jdk.internal.ref",
+    "java.base/jdk.internal.reflect",
+    "java.base/jdk.internal.util.jar",
+    "java.base/sun.nio.ch",
+    "jdk.management/com.sun.management.internal",
+]
+_EXPORTS = [
+    "java.base/jdk.internal.misc",
+    "java.base/java.lang.ref",
+    "java.management.rmi/com.sun.jmx.remote.internal.rmi",
+    "java.management/com.sun.jmx.remote.security",
+    "java.rmi/sun.rmi.registry",
+    "java.rmi/sun.rmi.server",
+    "java.sql/java.sql",
+    "jdk.unsupported/sun.misc",
+]
+
+
+def prepare(home: Path, java: Path) -> list[str]:
+    jars = resolve_classpath("cassandra", VERSION)
+    tls = pki()
+    for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "logs", "tmp"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    (home / "cassandra.yaml").write_text(
+        render(
+            "cassandra.yaml",
+            home=home,
+            keystore=tls.keystore,
+            keystore_password=KEYSTORE_PASSWORD,
+        )
+    )
+    (home / "logback.xml").write_text(render("cassandra-logback.xml", home=home))
+    return [
+        str(java / "bin" / "java"),
+        "-Xms512m",
+        "-Xmx2g",
+        "-Xss256k",
+        "-XX:+UseG1GC",
+        "-Djdk.attach.allowAttachSelf=true",
+        "-Dio.netty.tryReflectionSetAccessible=true",
+        *[arg for m in _EXPORTS for arg in ("--add-exports", f"{m}=ALL-UNNAMED")],
+        *[arg for m in _OPENS for arg in ("--add-opens", f"{m}=ALL-UNNAMED")],
+        f"-Dcassandra.config=file://{home / 'cassandra.yaml'}",
+        "-Dcassandra-foreground=yes",
+        f"-Dcassandra.storagedir={home}",
+        f"-Dcassandra.logdir={home / 'logs'}",
+        f"-Dlogback.configurationFile={home / 'logback.xml'}",
+        f"-Djava.io.tmpdir={home / 'tmp'}",
+        "-Dcassandra.skip_wait_for_gossip_to_settle=0",
+        "-Dcassandra.load_ring_state=false",
+        "-Dcassandra.unsafesystem=true",
+        "-cp",
+        f"{jars}/*",
+        "org.apache.cassandra.service.CassandraDaemon",
+    ]
+
+
+def answers(hosts: str) -> bool:
+    host, _, port = hosts.split(",")[0].strip().partition(":")
+    if not port_open(host, int(port or 9042)):
+        return False
+    # The venv's driver, imported late: `down` runs on the system Python, which lacks it.
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster(
+        [host], port=int(port or 9042), connect_timeout=5, control_connection_timeout=5
+    )
+    try:
+        session = cluster.connect()
+        row = session.execute("SELECT release_version FROM system.local", timeout=5).one()
+        return row is not None
+    except Exception:  # noqa: BLE001 - any failure means "not ready yet"
+        return False
+    finally:
+        cluster.shutdown()
+
+
+SERVICE = Service(
+    "cassandra",
+    "EVENTSTORE_CASSANDRA_HOSTS",
+    "127.0.0.1:9042",
+    (9042, 7000),
+    answers,
+    prepare,
+    system_log="system.log",
+)
