@@ -18,7 +18,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from opensearchpy.exceptions import TransportError
 
-from devstack import stack
+from devstack.proxy import FaultProxy
 from eventstore.client import Event, EventStoreClient
 from eventstore.config import KafkaSettings, OpenSearchSettings
 from eventstore.publishing.kafka import ensure_topic
@@ -237,29 +237,23 @@ async def test_indexer_replicas_each_report_their_own_partitions(
             await replica.kill()
 
 
-@pytest.fixture
-def stoppable_opensearch() -> str:
-    if os.environ.get("EVENTSTORE_OPENSEARCH_URL"):
-        why = "OpenSearch is an external cluster here; this test stops it"
-        pytest.skip(why)  # allowed-skip: external clusters cannot be stopped; CI runs the local one
-    return "opensearch"
-
-
 async def test_opensearch_outage_loses_and_duplicates_nothing(
-    stoppable_opensearch: str,
+    opensearch_fault_proxy: FaultProxy,
     client: EventStoreClient,
     indexer: IndexerProcess,
     opensearch_settings: OpenSearchSettings,
 ) -> None:
+    # The indexer reaches OpenSearch through a proxy this test cuts (others go on using it).
+    indexer.env["EVENTSTORE_OPENSEARCH_URL"] = f"http://{opensearch_fault_proxy.address}"
     await indexer.start(batch_size=200)
     total = await append_many(client, appends=10, per_append=50, tag="os1")
     await wait_for_count(opensearch_settings, total)
-    await asyncio.to_thread(stack.down, [stoppable_opensearch])
+    await opensearch_fault_proxy.cut()
     try:
         total += await append_many(client, appends=20, per_append=50, tag="os2")
         await asyncio.sleep(3)  # the indexer meets the outage and backs off
     finally:
-        await asyncio.to_thread(stack.up, [stoppable_opensearch])
+        await opensearch_fault_proxy.restore()
     total += await append_many(client, appends=5, per_append=50, tag="os3")
     await wait_for_count(opensearch_settings, total)
     assert await asyncio.to_thread(distinct_ids, opensearch_settings) == total

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from devstack import stack
+from devstack.proxy import FaultProxy
 from eventstore.client import (
     AggregateNotFoundError,
     Event,
@@ -42,7 +42,6 @@ from tests.integration.test_indexer import (
 from tests.integration.test_publication import (
     scrape,
     server_process,
-    stoppable_kafka,  # noqa: F401 - a fixture
 )
 from tests.integration.test_restart import free_port
 from tests.support import decode, read_topic, unique
@@ -147,7 +146,7 @@ async def test_failed_appends_leave_nothing_for_the_relay(
 
 
 async def test_kafka_outage_with_a_server_crash_loses_no_acknowledged_event(
-    stoppable_kafka: str,  # noqa: F811 - the fixture
+    kafka_fault_proxy: FaultProxy,
     cassandra_settings: CassandraSettings,
     kafka_settings: KafkaSettings,
     opensearch_settings: OpenSearchSettings,
@@ -158,9 +157,11 @@ async def test_kafka_outage_with_a_server_crash_loses_no_acknowledged_event(
     outage the server they write to is SIGKILLed (its queued records die with it) and the
     writers move to a second one. After Kafka is back, every acknowledged event is stored, in
     Kafka (first copies in version order) and indexed exactly once: `verify` is the oracle."""
-    settings = ServerSettings(
-        cassandra=cassandra_settings, kafka=kafka_settings, auth_disabled=True
-    )
+    # Every process of the store (servers, indexer) reaches Kafka through a proxy this test
+    # cuts: Kafka is down for them alone; the checks afterwards read Kafka directly.
+    through_proxy = kafka_settings.model_copy(update={"bootstrap": kafka_fault_proxy.address})
+    settings = ServerSettings(cassandra=cassandra_settings, kafka=through_proxy, auth_disabled=True)
+    indexer.env["EVENTSTORE_KAFKA_BOOTSTRAP"] = kafka_fault_proxy.address
     first = server_process(settings, tmp_path)
     second = server_process(settings, tmp_path)
     second.log = tmp_path / "second.log"
@@ -197,7 +198,7 @@ async def test_kafka_outage_with_a_server_crash_loses_no_acknowledged_event(
     writers = [asyncio.create_task(writer(w)) for w in range(8)]
     try:
         await asyncio.sleep(1)
-        await asyncio.to_thread(stack.down, [stoppable_kafka])
+        await kafka_fault_proxy.cut()
         outage_started = asyncio.get_running_loop().time()
         try:
             await asyncio.sleep(8)
@@ -205,7 +206,7 @@ async def test_kafka_outage_with_a_server_crash_loses_no_acknowledged_event(
             target["address"] = second.address
             await asyncio.sleep(max(20 - (asyncio.get_running_loop().time() - outage_started), 0))
         finally:
-            await asyncio.to_thread(stack.up, [stoppable_kafka])
+            await kafka_fault_proxy.restore()
         await asyncio.sleep(2)
         stop.set()
         await asyncio.gather(*writers)
