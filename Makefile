@@ -10,7 +10,7 @@ HELM := $(CACHE)/bin/helm-$(HELM_VERSION)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv protos services-up services-down services-status migrate run test test-unit \
-        test-integration lint format bench clean chart-check
+        test-integration lint format bench clean chart-check package-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -53,8 +53,11 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test-unit: $(INSTALLED)  ## unit tests only (no services)
+test-unit: $(INSTALLED)  ## unit tests only (no services, network or helm)
 	$(PY) -m pytest tests/unit
+
+package-check: $(INSTALLED)  ## install the distribution from constraints.txt as the image does (needs the package index)
+	$(PY) -m pytest tests/packaging
 
 $(HELM):  ## helm, built once from the Go module proxy (pinned), for the chart checks
 	@echo "[make] building helm $(HELM_VERSION) with go install (once; cached in $(CACHE)/bin)"
@@ -63,7 +66,7 @@ $(HELM):  ## helm, built once from the Go module proxy (pinned), for the chart c
 	mv $(CACHE)/bin/build/helm $@
 
 chart-check: $(INSTALLED) $(HELM)  ## helm lint/template with both value sets, validated against Kubernetes schemas
-	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest tests/unit/test_chart.py
+	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest tests/chart
 
 test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks included) against the real services
 	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest
