@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from uuid import UUID
 
 from eventstore.domain.events import RecordedEvent
-from eventstore.ports import Delivery, EventPublisher, PublisherUnavailable, PublishFailed
+from eventstore.domain.queries import Cursor, EventQuery, Freshness
+from eventstore.ports import (
+    Delivery,
+    EventIndex,
+    EventLog,
+    EventPublisher,
+    LogReader,
+    LogRecord,
+    PublisherUnavailable,
+    PublishFailed,
+)
+from eventstore.publishing.records import murmur2_partition
+
+#: How long an idle log read waits, like the Kafka reader's short sleep: the subscription loop
+#: awaits something even when nothing arrives.
+IDLE_WAIT_S = 0.005
 
 
 class _Done(Delivery):
@@ -43,3 +60,167 @@ class RecordingPublisher(EventPublisher):
             return _Done("injected delivery failure", self.delay_s)
         self.records.extend(events)
         return _Done(None, self.delay_s)
+
+
+Position = tuple[str, int]
+
+
+class InMemoryEventLog(EventLog, EventPublisher):
+    """The published log in memory, held to tests/contract/log.py like Kafka: a topic per
+    aggregate type (created by its first record), records keyed by aggregate id to one of
+    `partitions` partitions, every copy kept (publication is at least once)."""
+
+    def __init__(self, partitions: int = 3) -> None:
+        self.partitions = partitions
+        #: aggregate type -> one list of events per partition (the offset is the index)
+        self.topics: dict[str, list[list[RecordedEvent]]] = {}
+        self.readers: list[InMemoryLogReader] = []
+
+    def partition_of(self, aggregate_id: str) -> int:
+        return murmur2_partition(aggregate_id.encode(), self.partitions)
+
+    async def send(self, events: Sequence[RecordedEvent]) -> Delivery:
+        for event in events:
+            topic = self.topics.setdefault(
+                event.aggregate_type, [[] for _ in range(self.partitions)]
+            )
+            topic[self.partition_of(event.aggregate_id)].append(event)
+        return _Done(None, 0.0)
+
+    def end(self, where: Position) -> int:
+        aggregate_type, partition = where
+        return len(self.topics[aggregate_type][partition]) if aggregate_type in self.topics else 0
+
+    async def open(
+        self,
+        aggregate_types: frozenset[str],
+        start: Mapping[Position, int] | str,
+        key: str | None = None,
+    ) -> LogReader:
+        reader = InMemoryLogReader(self, aggregate_types, start, key)
+        self.readers.append(reader)
+        return reader
+
+
+class InMemoryLogReader(LogReader):
+    def __init__(
+        self,
+        log: InMemoryEventLog,
+        aggregate_types: frozenset[str],
+        start: Mapping[Position, int] | str,
+        key: str | None,
+    ) -> None:
+        self._log = log
+        self._types = aggregate_types
+        self._start = start
+        self._key = key
+        self._assigned: dict[Position, int] = {}
+        self._next: dict[Position, int] = {}
+        self.closed = False
+        self._end_at_open = self._assign_new(initial=True)
+
+    def _assign_new(self, initial: bool) -> dict[Position, int]:
+        ends = {}
+        for aggregate_type in self._log.topics:
+            if self._types and aggregate_type not in self._types:
+                continue
+            partitions = range(self._log.partitions)
+            if self._key is not None:
+                partitions = range(p := self._log.partition_of(self._key), p + 1)
+            for partition in partitions:
+                where = (aggregate_type, partition)
+                if where in self._assigned:
+                    continue
+                ends[where] = self._log.end(where)
+                if self._start == "end" and initial:
+                    offset = ends[where]
+                elif isinstance(self._start, Mapping):
+                    offset = self._start.get(where, 0)
+                else:
+                    offset = 0  # beginning, or a topic created after the reader opened
+                self._assigned[where] = self._next[where] = offset
+        return ends
+
+    async def read(self, max_records: int) -> list[LogRecord]:
+        assert not self.closed, "read after close"
+        self._assign_new(initial=False)
+        records: list[LogRecord] = []
+        for where, offset in self._next.items():
+            aggregate_type, partition = where
+            events = self._log.topics[aggregate_type][partition]
+            for event in events[offset : offset + max_records - len(records)]:
+                records.append(LogRecord(event, aggregate_type, partition, offset))
+                offset += 1
+            self._next[where] = offset
+        if not records:
+            await asyncio.sleep(IDLE_WAIT_S)
+        return records
+
+    def start_positions(self) -> dict[Position, int]:
+        return dict(self._assigned)
+
+    def caught_up(self, positions: Mapping[Position, int]) -> bool:
+        return all(positions.get(where, 0) >= end for where, end in self._end_at_open.items())
+
+    def lag(self, positions: Mapping[Position, int]) -> int:
+        return sum(
+            max(self._log.end(where) - positions.get(where, start), 0)
+            for where, start in self._assigned.items()
+        )
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def _sort_key(event: RecordedEvent) -> Cursor:
+    return (_millis(event.recorded_at), event.aggregate_id, event.version)
+
+
+class InMemoryEventIndex(EventIndex):
+    """The search index in memory, held to tests/contract/index.py like OpenSearch: one
+    document per event id, searched in (recorded_at ms, aggregate_id, version) order. No
+    indexer reports its progress to it, so freshness says only whether an event is visible."""
+
+    def __init__(self) -> None:
+        self.documents: dict[UUID, RecordedEvent] = {}
+
+    def add(self, events: Sequence[RecordedEvent]) -> None:
+        """What the indexer does: a re-delivered event replaces its own document."""
+        for event in events:
+            self.documents[event.event_id] = event
+
+    async def search(
+        self, query: EventQuery
+    ) -> tuple[list[RecordedEvent], Cursor | None, int | None]:
+        start = _millis(query.start) if query.start else None
+        end = _millis(query.end) if query.end else None
+        matches = sorted(
+            (
+                event
+                for event in self.documents.values()
+                if (not query.event_types or event.event_type in query.event_types)
+                and (not query.aggregate_types or event.aggregate_type in query.aggregate_types)
+                and (query.permitted_types is None or event.aggregate_type in query.permitted_types)
+                and (not query.aggregate_id or event.aggregate_id == query.aggregate_id)
+                and (start is None or _sort_key(event)[0] >= start)
+                and (end is None or _sort_key(event)[0] < end)
+            ),
+            key=_sort_key,
+        )
+        after = query.after
+        page = [e for e in matches if after is None or _sort_key(e) > after][: query.page_size]
+        cursor = _sort_key(page[-1]) if len(page) == query.page_size else None
+        return page, cursor, len(matches) if query.count_total else None
+
+    async def freshness(
+        self, visible_event_id: UUID | None, permitted_types: frozenset[str] | None = None
+    ) -> Freshness:
+        event = self.documents.get(visible_event_id) if visible_event_id else None
+        visible = event is not None and (
+            permitted_types is None or event.aggregate_type in permitted_types
+        )
+        return Freshness(event_visible=visible)
+
+
+def _millis(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
