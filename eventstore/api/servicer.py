@@ -20,7 +20,7 @@ from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
 from eventstore.api.errors import grpc_code, is_expected, to_status
 from eventstore.api.quotas import QuotaLimiter
-from eventstore.domain.access import Operation, Principal, record_principal
+from eventstore.domain.access import Principal
 from eventstore.domain.errors import InvalidArgument, StorageUnavailable
 from eventstore.domain.validation import (
     Limits,
@@ -175,8 +175,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         # decoded and validated, so refusing it costs little of the CPU others need.
         self._quotas.take_append(principal, len(request.events))
         validated = validate_append(convert.append_from_proto(request), self._limits)
-        principal.require(Operation.APPEND, validated.aggregate_type)
-        result = await self._append(record_principal(validated, principal))
+        result = await self._append(validated, principal)
         return convert.append_result_to_proto(result)
 
     @server_streaming

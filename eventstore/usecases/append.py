@@ -10,6 +10,7 @@ from uuid import UUID
 
 import structlog
 
+from eventstore.domain.access import Operation, Principal, record_principal
 from eventstore.domain.errors import InvalidArgument, WrongExpectedVersion
 from eventstore.domain.events import AppendRequest, AppendResult, Expectation, RecordedEvent
 from eventstore.failpoints import Failpoints
@@ -52,7 +53,9 @@ class AppendEvents:
         self._known_types: set[str] = set()
         self._failpoints = failpoints or Failpoints()
 
-    async def __call__(self, request: AppendRequest) -> AppendResult:
+    async def __call__(self, request: AppendRequest, principal: Principal) -> AppendResult:
+        principal.require(Operation.APPEND, request.aggregate_type)
+        request = record_principal(request, principal)
         expected = request.expected
         await self._register_type(request.aggregate_type)
         # Exact and NO_STREAM appends go straight to the conditional write: one round trip.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from eventstore.domain.access import UNRESTRICTED, Operation, Principal
+from eventstore.domain.access import Operation, Principal
 from eventstore.domain.queries import EventQuery, QueryPage, encode_page_token
 from eventstore.ports import EventIndex
 
@@ -14,7 +14,7 @@ class QueryEvents:
     def __init__(self, index: EventIndex) -> None:
         self._index = index
 
-    async def __call__(self, query: EventQuery, principal: Principal = UNRESTRICTED) -> QueryPage:
+    async def __call__(self, query: EventQuery, principal: Principal) -> QueryPage:
         # Named types must all be granted; with none named, only the granted ones are searched.
         query = replace(
             query, permitted_types=principal.narrow(Operation.QUERY, query.aggregate_types)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from eventstore.domain.access import UNRESTRICTED, Operation, Principal
+from eventstore.domain.access import Operation, Principal
 from eventstore.domain.errors import AggregateNotFound
 from eventstore.domain.events import AggregateInfo, Direction, RecordedEvent
 from eventstore.domain.validation import ReadRequest
@@ -17,7 +17,7 @@ class ReadAggregate:
         self._page_size = page_size
 
     async def pages(
-        self, request: ReadRequest, principal: Principal = UNRESTRICTED
+        self, request: ReadRequest, principal: Principal
     ) -> AsyncIterator[list[RecordedEvent]]:
         """Yield the events in pages; never holds more than one page in memory."""
         remaining = request.max_count
@@ -56,9 +56,7 @@ class DescribeAggregate:
     def __init__(self, storage: EventStorage) -> None:
         self._storage = storage
 
-    async def __call__(
-        self, aggregate_id: str, principal: Principal = UNRESTRICTED
-    ) -> AggregateInfo:
+    async def __call__(self, aggregate_id: str, principal: Principal) -> AggregateInfo:
         info = await self._storage.describe(aggregate_id)
         if info is None:
             raise AggregateNotFound(aggregate_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from eventstore.domain.access import UNRESTRICTED, Operation, Principal
+from eventstore.domain.access import Operation, Principal
 from eventstore.domain.errors import InvalidArgument, SnapshotNotFound
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import EventStorage, SnapshotStore
@@ -30,17 +30,19 @@ class SaveSnapshot:
         state: bytes,
         state_type: str,
         schema_version: int,
-        principal: Principal = UNRESTRICTED,
+        principal: Principal,
     ) -> Snapshot:
         info = await self._storage.describe(aggregate_id)
-        if info is not None:
-            # Others rebuild state from snapshots: writing one is as strong as appending.
-            principal.require(Operation.APPEND, info.aggregate_type)
-        current = info.version if info else 0
-        if version > current:
+        if info is None:
+            raise InvalidArgument.of(
+                "version", f"aggregate {aggregate_id!r} has no events, so no version {version}"
+            )
+        # Others rebuild state from snapshots: writing one is as strong as appending.
+        principal.require(Operation.APPEND, info.aggregate_type)
+        if version > info.version:
             raise InvalidArgument.of(
                 "version",
-                f"aggregate {aggregate_id!r} has no version {version} (it is at {current})",
+                f"aggregate {aggregate_id!r} has no version {version} (it is at {info.version})",
             )
         snapshot = Snapshot(aggregate_id, version, state, state_type, schema_version, self._clock())
         await self._snapshots.save(snapshot)
@@ -53,7 +55,7 @@ class GetSnapshot:
         self._snapshots = snapshots
 
     async def __call__(
-        self, aggregate_id: str, max_version: int | None, principal: Principal = UNRESTRICTED
+        self, aggregate_id: str, max_version: int | None, principal: Principal
     ) -> Snapshot:
         if principal.permitted(Operation.READ) is not None:
             # Snapshots do not carry the aggregate's type; the aggregate does (one more read,

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import replace
 
-from eventstore.domain.access import UNRESTRICTED, Operation, Principal
+from eventstore.domain.access import Operation, Principal
 from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.domain.subscriptions import (
@@ -56,7 +56,7 @@ class Subscribe:
         self,
         subscription: SubscriptionFilter,
         start: Start,
-        principal: Principal = UNRESTRICTED,
+        principal: Principal,
     ) -> AsyncGenerator[SubscriptionItem, None]:
         """The subscription's items. Not a generator itself: a wide filter naming a type the
         principal may not see is refused here, at the call, before anything is opened."""

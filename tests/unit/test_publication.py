@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from eventstore.domain.access import UNRESTRICTED
 from eventstore.domain.errors import WrongExpectedVersion
 from eventstore.domain.events import AppendRequest, Direction, ExpectedVersion, NewEvent
 from eventstore.storage.memory import (
@@ -77,7 +78,7 @@ async def test_appends_are_published_and_their_journal_entries_settled() -> None
     publication, append = world.process()
     await publication.start()
     for _ in range(3):
-        await append(request("a", 2))
+        await append(request("a", 2), UNRESTRICTED)
     await settle(publication)
     assert world.first_copies("a") == [1, 2, 3, 4, 5, 6]
     assert publication.journal.settled_through == publication.journal.writes
@@ -88,7 +89,7 @@ async def test_concurrent_appends_share_journal_writes() -> None:
     world = World()
     publication, append = world.process()
     await publication.start()
-    await asyncio.gather(*(append(request(f"agg-{n}")) for n in range(50)))
+    await asyncio.gather(*(append(request(f"agg-{n}"), UNRESTRICTED) for n in range(50)))
     await settle(publication)
     journal = publication.journal
     assert journal.announced == 50
@@ -124,13 +125,13 @@ async def test_refused_appends_leave_no_open_entry() -> None:
     world = World()
     publication, append = world.process()
     await publication.start()
-    await append(request("a"))
+    await append(request("a"), UNRESTRICTED)
     for absurd in (10**6, 2**62, 5):
         with pytest.raises(WrongExpectedVersion):
-            await append(request("a", expected=absurd))
+            await append(request("a", expected=absurd), UNRESTRICTED)
     same = request("a")
-    await append(same)
-    assert (await append(same)).already_committed  # a retry answered from storage
+    await append(same, UNRESTRICTED)
+    assert (await append(same, UNRESTRICTED)).already_committed  # a retry answered from storage
     await settle(publication)
     assert publication.journal.open_entries == 0
     assert publication.journal.settled_through == publication.journal.writes
@@ -142,7 +143,7 @@ async def test_a_failed_delivery_is_caught_up_by_the_relay() -> None:
     publication, append = world.process()
     await publication.start()
     world.publisher.fail_next = 1
-    await append(request("a", 3))
+    await append(request("a", 3), UNRESTRICTED)
     await publication.drain()
     assert world.first_copies("a") == []
     assert publication.journal.orphans(), "the entry is left for the relay"
@@ -156,9 +157,9 @@ async def test_an_aggregate_that_cannot_be_published_is_parked_and_blocks_no_oth
     publication, append = world.process()
     await publication.start()
     world.publisher.refused.add("broken")
-    await append(request("broken"))
-    await append(request("zzz-fine"))
-    await append(request("aaa-fine"))
+    await append(request("broken"), UNRESTRICTED)
+    await append(request("zzz-fine"), UNRESTRICTED)
+    await append(request("aaa-fine"), UNRESTRICTED)
     await settle(publication)
     assert world.first_copies("zzz-fine") == [1]
     assert world.first_copies("aaa-fine") == [1]
@@ -182,7 +183,7 @@ async def test_kafka_down_as_a_whole_parks_nothing_and_publishes_after() -> None
     await publication.start()
     world.publisher.unavailable = True
     for n in range(5):
-        await append(request(f"agg-{n}"))
+        await append(request(f"agg-{n}"), UNRESTRICTED)
     for _ in range(3):
         await publication.relay_once()
         await publication.drain()
@@ -198,8 +199,8 @@ async def test_a_silent_writers_journal_is_taken_over() -> None:
     dead, dead_append = world.process()
     await dead.start()
     world.publisher.unavailable = True  # it commits, then dies before publishing anything
-    await dead_append(request("a", 2))
-    await dead_append(request("b"))
+    await dead_append(request("a", 2), UNRESTRICTED)
+    await dead_append(request("b"), UNRESTRICTED)
     await dead.drain()
     world.publisher.unavailable = False
     assert world.publisher.records == []
@@ -229,8 +230,8 @@ async def test_an_abandoned_announcement_does_not_keep_its_entry_open() -> None:
 async def test_new_aggregates_are_cataloged_before_they_commit() -> None:
     world = World()
     _, append = world.process()
-    await append(request("a"))
-    await append(request("a"))
+    await append(request("a"), UNRESTRICTED)
+    await append(request("a"), UNRESTRICTED)
     assert await world.catalog.aggregates("T", datetime.now(UTC).date()) == ["a"]
 
 
@@ -238,7 +239,7 @@ async def test_a_drained_silent_writer_is_retired_after_an_hour() -> None:
     world = World()
     dead, dead_append = world.process()
     await dead.start()
-    await dead_append(request("a"))
+    await dead_append(request("a"), UNRESTRICTED)
     await dead.drain()
     alive, _ = world.process(takeover_after_s=0.05)
     await alive.start()
@@ -256,7 +257,7 @@ async def test_a_clean_stop_retires_the_writer_when_everything_is_settled() -> N
     world = World()
     publication, append = world.process()
     await publication.start()
-    await append(request("a"))
+    await append(request("a"), UNRESTRICTED)
     await publication.stop(grace_s=5)
     assert await world.outbox.writers() == []
     assert world.first_copies("a") == [1]
@@ -267,7 +268,7 @@ async def test_a_stop_with_unpublished_appends_leaves_them_to_the_others() -> No
     publication, append = world.process()
     await publication.start()
     world.publisher.unavailable = True
-    await append(request("a"))
+    await append(request("a"), UNRESTRICTED)
     await publication.stop(grace_s=0.1)
     (writer,) = await world.outbox.writers()
     assert writer.writer == publication.journal.writer
