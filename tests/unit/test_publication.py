@@ -4,7 +4,9 @@ settlement, isolation of failing aggregates, and taking over a silent writer."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from eventstore.domain.access import UNRESTRICTED
 from eventstore.domain.errors import WrongExpectedVersion
 from eventstore.domain.events import AppendRequest, Direction, ExpectedVersion, NewEvent
+from eventstore.ports import AppendOutcome
 from eventstore.storage.memory import (
     InMemoryAggregateCatalog,
     InMemoryEventStorage,
@@ -119,6 +122,44 @@ async def test_gap_left_by_another_process_is_filled_from_storage() -> None:
     publication.committed(await world.storage.read("a", 4, Direction.FORWARDS, 10))
     await publication.stop(grace_s=5)
     assert world.first_copies("a") == [1, 2, 3, 4]
+
+
+class ShufflingStorage(InMemoryEventStorage):
+    """Answers appends after a random pause, so commits finish out of their version order."""
+
+    async def append(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        recorded_at: datetime,
+    ) -> AppendOutcome:
+        outcome = await super().append(
+            aggregate_id, aggregate_type, expected_version, events, recorded_at
+        )
+        await asyncio.sleep(random.uniform(0, 0.05))
+        return outcome
+
+
+async def test_racing_appends_through_two_processes_are_published_in_version_order() -> None:
+    world = World()
+    world.storage = ShufflingStorage()
+    first, append_first = world.process()
+    second, append_second = world.process()
+    for publication in (first, second):
+        await publication.start()
+    world.publisher.delay_s = 0.001
+    await asyncio.gather(
+        *(
+            append(request("a", 2), UNRESTRICTED)
+            for _ in range(20)
+            for append in (append_first, append_second)
+        )
+    )
+    for publication in (first, second):
+        await settle(publication)
+    assert world.first_copies("a") == list(range(1, 81))
 
 
 async def test_refused_appends_leave_no_open_entry() -> None:
