@@ -42,8 +42,8 @@ def test_an_unreachable_cassandra_fails_after_the_startup_timeout() -> None:
         [sys.executable, "-m", "eventstore.server"],
         env={
             "EVENTSTORE_CASSANDRA_HOSTS": "127.0.0.1:1",
-            "EVENTSTORE_CASSANDRA_REQUEST_TIMEOUT_S": "1",
-            "EVENTSTORE_STARTUP_TIMEOUT_S": "2",
+            "EVENTSTORE_CASSANDRA_REQUEST_TIMEOUT_S": "0.5",
+            "EVENTSTORE_STARTUP_TIMEOUT_S": "0.5",
             "EVENTSTORE_LISTEN": "127.0.0.1:0",
             "EVENTSTORE_AUTH_DISABLED": "true",
             "PATH": "/usr/bin:/bin",
