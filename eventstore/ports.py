@@ -9,7 +9,7 @@ from datetime import date, datetime
 from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
-from eventstore.domain.queries import Cursor, EventQuery, Freshness
+from eventstore.domain.queries import EventQuery, IndexProgress, SearchPage
 from eventstore.domain.snapshots import Snapshot
 
 
@@ -275,18 +275,14 @@ class EventIndex(ABC):
     """The search index (OpenSearch), fed by the indexer."""
 
     @abstractmethod
-    async def search(
-        self, query: EventQuery
-    ) -> tuple[list[RecordedEvent], Cursor | None, int | None]:
-        """One page in (recorded_at, aggregate_id, version) order, where it ended (None when
-        it was the last) and, if the query asks, how many events match in all."""
+    async def search(self, query: EventQuery) -> SearchPage:
+        """One page in (recorded_at, aggregate_id, version) order, where it ended, if the query
+        asks how many events match in all, and whether `query.visible_event_id` is searchable
+        (only if of a permitted type) in the very view of the index the page came from."""
 
     @abstractmethod
-    async def freshness(
-        self, visible_event_id: UUID | None, permitted_types: frozenset[str] | None = None
-    ) -> Freshness:
-        """How far the index is; whether the event is searchable (only if of a permitted
-        type: an event the caller may not query is reported as not visible)."""
+    async def progress(self) -> IndexProgress:
+        """How far the indexers are."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -8,7 +8,7 @@ from datetime import datetime
 from uuid import UUID
 
 from eventstore.domain.events import RecordedEvent
-from eventstore.domain.queries import Cursor, EventQuery, Freshness
+from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
 from eventstore.ports import (
     Delivery,
     EventIndex,
@@ -179,7 +179,7 @@ def _sort_key(event: RecordedEvent) -> Cursor:
 class InMemoryEventIndex(EventIndex):
     """The search index in memory, held to tests/contract/index.py like OpenSearch: one
     document per event id, searched in (recorded_at ms, aggregate_id, version) order. No
-    indexer reports its progress to it, so freshness says only whether an event is visible."""
+    indexer reports its progress to it, so its progress is unknown."""
 
     def __init__(self) -> None:
         self.documents: dict[UUID, RecordedEvent] = {}
@@ -189,9 +189,7 @@ class InMemoryEventIndex(EventIndex):
         for event in events:
             self.documents[event.event_id] = event
 
-    async def search(
-        self, query: EventQuery
-    ) -> tuple[list[RecordedEvent], Cursor | None, int | None]:
+    async def search(self, query: EventQuery) -> SearchPage:
         start = _millis(query.start) if query.start else None
         end = _millis(query.end) if query.end else None
         matches = sorted(
@@ -210,16 +208,17 @@ class InMemoryEventIndex(EventIndex):
         after = query.after
         page = [e for e in matches if after is None or _sort_key(e) > after][: query.page_size]
         cursor = _sort_key(page[-1]) if len(page) == query.page_size else None
-        return page, cursor, len(matches) if query.count_total else None
-
-    async def freshness(
-        self, visible_event_id: UUID | None, permitted_types: frozenset[str] | None = None
-    ) -> Freshness:
-        event = self.documents.get(visible_event_id) if visible_event_id else None
-        visible = event is not None and (
-            permitted_types is None or event.aggregate_type in permitted_types
+        wanted = self.documents.get(query.visible_event_id) if query.visible_event_id else None
+        return SearchPage(
+            events=page,
+            cursor=cursor,
+            total=len(matches) if query.count_total else None,
+            visible=wanted is not None
+            and (query.permitted_types is None or wanted.aggregate_type in query.permitted_types),
         )
-        return Freshness(event_visible=visible)
+
+    async def progress(self) -> IndexProgress:
+        return IndexProgress()
 
 
 def _millis(value: datetime) -> int:

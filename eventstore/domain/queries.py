@@ -50,6 +50,29 @@ class EventQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of a search, and what that same search saw of the index."""
+
+    events: list[RecordedEvent]
+    #: where the page ended (None: it was the last)
+    cursor: Cursor | None = None
+    #: how many events match in all, if the query asked
+    total: int | None = None
+    #: whether the query's `visible_event_id` (of a permitted type) was in the index as this
+    #: very search saw it: never a separate look, which may see a later refresh than the page
+    visible: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IndexProgress:
+    """How far the indexers are, from their own reports (-1 / None: nobody reports)."""
+
+    indexer_lag: int = -1
+    reported_at: datetime | None = None
+    indexed_through: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Freshness:
     event_visible: bool = False
     indexer_lag: int = -1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,8 +11,7 @@ from opensearchpy.exceptions import TransportError
 
 from eventstore.config import OpenSearchSettings
 from eventstore.domain.errors import StorageUnavailable
-from eventstore.domain.events import RecordedEvent
-from eventstore.domain.queries import Cursor, EventQuery, Freshness
+from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
 from eventstore.ports import EventIndex
 from eventstore.search.documents import from_document
 from eventstore.search.progress import REPORT_MAX_AGE, ProgressReport, combine
@@ -23,6 +21,14 @@ SORT = [{"recorded_at": "asc"}, {"aggregate_id": "asc"}, {"version": "asc"}]
 
 def _millis(value: datetime) -> int:
     return int(value.timestamp() * 1000)
+
+
+def _visible(query: EventQuery) -> dict[str, Any]:
+    """The query's visible_event_id, if it is of a type the caller may query."""
+    filters: list[dict[str, Any]] = [{"term": {"event_id": str(query.visible_event_id)}}]
+    if query.permitted_types is not None:
+        filters.append({"terms": {"aggregate_type": sorted(query.permitted_types)}})
+    return {"bool": {"filter": filters}}
 
 
 class OpenSearchEventIndex(EventIndex):
@@ -36,9 +42,7 @@ class OpenSearchEventIndex(EventIndex):
         except (OpenSearchConnectionError, TransportError) as exc:
             raise StorageUnavailable(f"OpenSearch: {type(exc).__name__}") from exc
 
-    async def search(
-        self, query: EventQuery
-    ) -> tuple[list[RecordedEvent], Cursor | None, int | None]:
+    async def search(self, query: EventQuery) -> SearchPage:
         filters: list[dict[str, Any]] = []
         if query.event_types:
             filters.append({"terms": {"event_type": list(query.event_types)}})
@@ -63,6 +67,12 @@ class OpenSearchEventIndex(EventIndex):
         }
         if query.after:
             body["search_after"] = list(query.after)
+        if query.visible_event_id is not None:
+            # Asked in the same request as the page, so both describe one view of the index:
+            # a global aggregation counts over every document, whatever the query's filters.
+            body["aggs"] = {
+                "visible": {"global": {}, "aggs": {"event": {"filter": _visible(query)}}}
+            }
         response = await self._call(
             self._client.search,
             index=self._settings.alias,
@@ -71,30 +81,23 @@ class OpenSearchEventIndex(EventIndex):
             allow_no_indices=True,
         )
         hits = response["hits"]["hits"]
-        events = [from_document(hit["_source"]) for hit in hits]
         cursor: Cursor | None = None
         if len(hits) == query.page_size:
             millis, aggregate_id, version = hits[-1]["sort"]
             cursor = (int(millis), str(aggregate_id), int(version))
-        total = int(response["hits"]["total"]["value"]) if query.count_total else None
-        return events, cursor, total
-
-    async def freshness(
-        self, visible_event_id: uuid.UUID | None, permitted_types: frozenset[str] | None = None
-    ) -> Freshness:
         visible = False
-        if visible_event_id is not None:
-            filters: list[dict[str, Any]] = [{"ids": {"values": [str(visible_event_id)]}}]
-            if permitted_types is not None:
-                filters.append({"terms": {"aggregate_type": sorted(permitted_types)}})
-            found = await self._call(
-                self._client.search,
-                index=self._settings.alias,
-                body={"size": 0, "query": {"bool": {"filter": filters}}},
-                ignore_unavailable=True,
-                allow_no_indices=True,
-            )
-            visible = found["hits"]["total"]["value"] > 0
+        if query.visible_event_id is not None:
+            # No index behind the alias yet: no aggregation either, and nothing is visible.
+            found = response.get("aggregations", {}).get("visible", {}).get("event", {})
+            visible = int(found.get("doc_count", 0)) > 0
+        return SearchPage(
+            events=[from_document(hit["_source"]) for hit in hits],
+            cursor=cursor,
+            total=int(response["hits"]["total"]["value"]) if query.count_total else None,
+            visible=visible,
+        )
+
+    async def progress(self) -> IndexProgress:
         since = datetime.now(UTC) - REPORT_MAX_AGE
         reports = await self._call(
             self._client.search,
@@ -109,9 +112,8 @@ class OpenSearchEventIndex(EventIndex):
             if (report := ProgressReport.from_document(hit["_source"])) is not None
         )
         if combined is None:
-            return Freshness(event_visible=visible)
-        return Freshness(
-            event_visible=visible,
+            return IndexProgress()
+        return IndexProgress(
             indexer_lag=combined.lag,
             reported_at=combined.reported_at,
             indexed_through=combined.indexed_through,

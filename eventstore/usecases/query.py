@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import replace
 
 from eventstore.domain.access import Operation, Principal
-from eventstore.domain.queries import EventQuery, QueryPage, encode_page_token
+from eventstore.domain.queries import EventQuery, Freshness, QueryPage, encode_page_token
 from eventstore.ports import EventIndex
 
 
@@ -19,9 +19,12 @@ class QueryEvents:
         query = replace(
             query, permitted_types=principal.narrow(Operation.QUERY, query.aggregate_types)
         )
-        (events, cursor, total), freshness = await asyncio.gather(
-            self._index.search(query),
-            self._index.freshness(query.visible_event_id, query.permitted_types),
+        page, progress = await asyncio.gather(self._index.search(query), self._index.progress())
+        token = encode_page_token(query, page.cursor) if page.cursor else ""
+        freshness = Freshness(
+            event_visible=page.visible,
+            indexer_lag=progress.indexer_lag,
+            reported_at=progress.reported_at,
+            indexed_through=progress.indexed_through,
         )
-        token = encode_page_token(query, cursor) if cursor else ""
-        return QueryPage(events, token, freshness, total)
+        return QueryPage(page.events, token, freshness, page.total)

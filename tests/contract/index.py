@@ -10,7 +10,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from eventstore.domain.events import RecordedEvent
-from eventstore.domain.queries import EventQuery
+from eventstore.domain.queries import Cursor, EventQuery
 from eventstore.ports import EventIndex
 from tests.contract.publisher import recorded
 from tests.support import unique
@@ -28,6 +28,20 @@ def keys(events: Sequence[RecordedEvent]) -> list[tuple[str, int]]:
     return [(e.aggregate_id, e.version) for e in events]
 
 
+async def page_of(
+    index: EventIndex, query: EventQuery
+) -> tuple[list[RecordedEvent], Cursor | None, int | None]:
+    page = await index.search(query)
+    return page.events, page.cursor, page.total
+
+
+async def visible(
+    index: EventIndex, event_id: uuid.UUID, permitted: frozenset[str] | None = None
+) -> bool:
+    query = EventQuery(visible_event_id=event_id, permitted_types=permitted, page_size=1)
+    return (await index.search(query)).visible
+
+
 class EventIndexContract:
     async def test_events_come_back_whole_in_time_then_aggregate_then_version_order(
         self, index: EventIndex, add: Add
@@ -42,7 +56,7 @@ class EventIndexContract:
             at(recorded(b, aggregate_type, range(2, 3))[0], 5),
         ]
         await add(events)
-        found, cursor, total = await index.search(EventQuery(aggregate_types=(aggregate_type,)))
+        found, cursor, total = await page_of(index, EventQuery(aggregate_types=(aggregate_type,)))
         assert keys(found) == [(a, 1), (b, 1), (b, 2), (a, 2)]
         assert (cursor, total) == (None, None)
         by_id = {e.event_id: e for e in events}
@@ -65,7 +79,7 @@ class EventIndexContract:
 
         async def search(**filters: object) -> list[tuple[str, int]]:
             query = EventQuery(**{"aggregate_types": both, **filters})  # type: ignore[arg-type]
-            return keys((await index.search(query))[0])
+            return keys((await page_of(index, query))[0])
 
         assert await search() == [(o1, 1), (o1, 2), (o2, 1), (p1, 1)]
         assert await search(event_types=("Placed",)) == [(o1, 1), (o2, 1), (p1, 1)]
@@ -86,9 +100,9 @@ class EventIndexContract:
             start=T0 + timedelta(milliseconds=20),
             end=T0 + timedelta(milliseconds=40),
         )
-        assert keys((await index.search(query))[0]) == [(aggregate, 2), (aggregate, 3)]
+        assert keys((await page_of(index, query))[0]) == [(aggregate, 2), (aggregate, 3)]
         later = EventQuery(aggregate_types=(aggregate_type,), start=T0 + timedelta(seconds=1))
-        assert (await index.search(later))[0] == []
+        assert (await page_of(index, later))[0] == []
 
     async def test_pages_follow_each_other_and_count_every_match(
         self, index: EventIndex, add: Add
@@ -99,7 +113,7 @@ class EventIndexContract:
         query = EventQuery(aggregate_types=(aggregate_type,), page_size=3, count_total=True)
         pages = []
         while True:
-            found, cursor, total = await index.search(query)
+            found, cursor, total = await page_of(index, query)
             assert total == 7
             pages.append([e.version for e in found])
             if cursor is None:
@@ -113,8 +127,10 @@ class EventIndexContract:
             query = replace(query, after=cursor)
         assert pages == [[1, 2, 3], [4, 5, 6], [7]]
         exact = EventQuery(aggregate_types=(aggregate_type,), page_size=7)
-        assert (await index.search(exact))[1] is not None, "a full page says where it ended"
-        assert (await index.search(replace(exact, after=(await index.search(exact))[1])))[:2] == (
+        assert (await page_of(index, exact))[1] is not None, "a full page says where it ended"
+        assert (await page_of(index, replace(exact, after=(await page_of(index, exact))[1])))[
+            :2
+        ] == (
             [],
             None,
         )
@@ -125,18 +141,21 @@ class EventIndexContract:
         await add(events)
         await add(events[1:])  # the indexer saw a repeated copy
         query = EventQuery(aggregate_types=(aggregate_type,), count_total=True)
-        found, _, total = await index.search(query)
+        found, _, total = await page_of(index, query)
         assert (keys(found), total) == (keys(events), 2)
 
-    async def test_freshness_says_whether_an_event_is_visible_to_the_caller(
+    async def test_a_search_says_whether_an_event_is_visible_to_the_caller(
         self, index: EventIndex, add: Add
     ) -> None:
         aggregate_type = unique("T")
         (event,) = recorded(unique("a"), aggregate_type, range(1, 2))
         await add([event])
-        assert (await index.freshness(event.event_id)).event_visible
-        assert (await index.freshness(event.event_id, frozenset({aggregate_type}))).event_visible
-        hidden = await index.freshness(event.event_id, frozenset({unique("Other")}))
-        assert not hidden.event_visible
-        assert not (await index.freshness(uuid.uuid4())).event_visible
-        assert not (await index.freshness(None)).event_visible
+        assert await visible(index, event.event_id)
+        assert await visible(index, event.event_id, frozenset({aggregate_type}))
+        assert not await visible(index, event.event_id, frozenset({unique("Other")}))
+        assert not await visible(index, uuid.uuid4())
+        # Whatever the page's own filters: visibility is about the index, not this page.
+        elsewhere = EventQuery(aggregate_types=(unique("Other"),), visible_event_id=event.event_id)
+        page = await index.search(elsewhere)
+        assert (page.events, page.visible) == ([], True)
+        assert not (await index.search(EventQuery(aggregate_types=(aggregate_type,)))).visible
