@@ -18,14 +18,13 @@ from typing import Any, TextIO
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from eventstore.api.convert import event_from_proto
 from eventstore.client import AggregateNotFoundError, EventStoreClient
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import is_json_content_type
 from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic
-from eventstore.publishing.records import record_headers, record_value
+from eventstore.wire.records import record_headers, record_value
 from replayer.progress import Progress
 from replayer.reducers import ReplayError, ReplayEvent, load_reducer, state_type
 
@@ -131,15 +130,14 @@ def to_json_line(event: RecordedEvent) -> str:
 
 async def pages(
     client: EventStoreClient, filters: Filters, token: str = "", page_size: int = 500
-) -> AsyncIterator[tuple[str, list[RecordedEvent], str, int]]:
-    """(token used, events, next token, total) per page of the query, in order."""
+) -> AsyncIterator[tuple[str, list[RecordedEvent], str, int | None]]:
+    """(token used, events, next token, total on the first page) per page of the query."""
     first = True
     while True:
         page = await client.query_events(
             page_token=token, page_size=page_size, count_total=first, **filters.query()
         )
-        events = [event_from_proto(e) for e in page.events]
-        yield token, events, page.next_page_token, page.total_hits
+        yield token, page.events, page.next_page_token, page.total_hits
         if not page.next_page_token:
             return
         token, first = page.next_page_token, False

@@ -37,7 +37,7 @@ from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import Limits
 from eventstore.ports import Delivery, EventPublisher, PublisherUnavailable, PublishFailed
-from eventstore.publishing.records import message_bytes, record_headers, record_value
+from eventstore.wire.records import message_bytes, record_headers, record_value
 
 log = structlog.get_logger(__name__)
 
