@@ -23,7 +23,7 @@ from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import is_json_content_type
 from eventstore.ports import PublishFailed
-from eventstore.publishing.kafka import ensure_topic
+from eventstore.publishing.kafka import ensure_topic, producer_config
 from eventstore.wire.records import record_headers, record_value
 from replayer.progress import Progress
 from replayer.reducers import ReplayError, ReplayEvent, load_reducer, state_type
@@ -161,15 +161,20 @@ async def export(client: EventStoreClient, filters: Filters, out: TextIO) -> int
 # --- republish ----------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(ReplayError):
+    """SIGINT or SIGTERM stopped a republish; its checkpoint says where to resume."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(
+            f"interrupted after {sent} events; run the same command again to resume", code=130
+        )
 
 
 async def republish(
     client: EventStoreClient,
     filters: Filters,
     topic: str,
-    bootstrap: str,
+    kafka: KafkaSettings,
     rate: float | None,
     dry_run: bool,
     checkpoint_path: Path,
@@ -181,6 +186,8 @@ async def republish(
     confirmed everything before it, and again when interrupted (SIGINT/SIGTERM), so a resumed
     run sends each event exactly once. Only a hard kill can repeat the events sent since the
     last checkpoint (at most one page); they carry the same (aggregate_id, version) to drop.
+    A dry run writes the records it would send to `out`, and no checkpoint.
+    Raises Interrupted when stopped, ReplayError (code 3) when Kafka refuses or cannot be used.
     """
     checkpoint = _read_checkpoint(checkpoint_path, filters, topic) if not dry_run else None
     if checkpoint and checkpoint.get("complete"):
@@ -194,24 +201,13 @@ async def republish(
     sent = checkpoint["sent"] if checkpoint else 0
     if checkpoint:
         print(f"resuming after {sent} events", file=sys.stderr)
+    producer: Producer | None = None
     if not dry_run:
-        await _ensure_topic(bootstrap, topic)
-    kafka = KafkaSettings(bootstrap=bootstrap)
-    producer = (
-        None
-        if dry_run
-        else Producer(
-            {
-                **kafka.client_config(),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "partitioner": "murmur2_random",
-                # As large as any record of the server's (a topic we create takes as much).
-                "message.max.bytes": kafka.max_message_bytes,
-            }
-        )
-    )
+        await _ensure_topic(kafka, topic)
+        # As large as any record of the server's (a topic we create takes as much). Unlike the
+        # server's, this producer gives up on a record after librdkafka's message.timeout.ms:
+        # Kafka gone for that long ends the run with an error, resumable from its checkpoint.
+        producer = Producer(producer_config(kafka, kafka.max_message_bytes))
     failures: list[str] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -222,11 +218,12 @@ async def republish(
     progress: Progress | None = None
 
     def save(page_token: str, done: int, complete: bool = False) -> None:
-        if producer is not None:
-            while producer.flush(5) > 0:
-                pass
-            if failures:
-                raise ReplayError(f"Kafka refused records: {failures[0]}", code=3)
+        if producer is None:
+            return
+        while producer.flush(5) > 0:
+            pass
+        if failures:
+            raise ReplayError(f"Kafka refused records: {failures[0]}", code=3)
         _write_checkpoint(checkpoint_path, filters, topic, page_token, done, sent, complete)
 
     try:
@@ -239,7 +236,7 @@ async def republish(
                     continue
                 if stop.is_set():
                     save(page_token, index)
-                    raise Interrupted
+                    raise Interrupted(sent)
                 if interval:
                     next_at += interval
                     delay = next_at - time.monotonic()
@@ -270,19 +267,10 @@ async def republish(
                 sent += 1
                 progress.advance()
             skip = 0
-            if producer is not None:
-                save(next_token, 0, complete=not next_token)
-        if progress:
-            progress.finish()
-    except Interrupted:
-        if progress:
-            progress.finish()
-        print(
-            f"interrupted after {sent} events; run the same command again to resume",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
+            save(next_token, 0, complete=not next_token)
     finally:
+        if progress:
+            progress.finish()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return sent
@@ -318,9 +306,10 @@ def _write_checkpoint(
     os.replace(partial, path)  # atomic: a crash leaves the old checkpoint or the new one
 
 
-async def _ensure_topic(bootstrap: str, topic: str) -> None:
-    settings = KafkaSettings(bootstrap=bootstrap)
+async def _ensure_topic(kafka: KafkaSettings, topic: str) -> None:
     try:
-        await ensure_topic(AdminClient(settings.client_config()), topic, settings)
+        await ensure_topic(AdminClient(kafka.client_config()), topic, kafka)
     except PublishFailed as exc:
-        raise ReplayError(f"cannot use topic {topic!r} at {bootstrap}: {exc}", code=3) from exc
+        raise ReplayError(
+            f"cannot use topic {topic!r} at {kafka.bootstrap}: {exc}", code=3
+        ) from exc
