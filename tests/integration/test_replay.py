@@ -24,6 +24,7 @@ from eventstore.config import KafkaSettings, OpenSearchSettings
 from eventstore.server import RunningServer
 from replayer import commands
 from tests.integration.test_indexer import IndexerProcess, wait_for_count
+from tests.integration.test_indexer_limits import records_in
 from tests.support import header_map, read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -253,7 +254,11 @@ async def test_republish_interrupted_and_resumed_delivers_each_event_once(
     assert len(out.splitlines()) == 300
     assert not checkpoint.exists(), "a dry run changes nothing"
     first = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
-    await asyncio.sleep(1.5)
+    # Interrupted once it is sending: a fixed delay could end it while still importing (a
+    # loaded machine), before its handlers are installed.
+    while not await asyncio.to_thread(records_in, kafka_settings.bootstrap, target):
+        assert first.returncode is None
+        await asyncio.sleep(0.1)
     first.send_signal(signal.SIGINT)
     _, err = await first.communicate()
     assert first.returncode == 130, err.decode()
