@@ -1,14 +1,31 @@
-"""An asyncio Python client over the generated stubs.
+"""An asyncio Python client over the generated stubs, speaking domain types.
 
-    async with EventStoreClient("127.0.0.1:50051") as client:
-        result = await client.append("order-1", "Order", [Event("OrderPlaced", {"total": 3})],
-                                     expected=ExpectedVersion.no_stream())
-        async for event in client.read("order-1"):
-            print(event.version, event.event_type, event.json())
+Example (run by tests/integration/test_examples.py)::
 
-Errors arrive as ClientError subclasses carrying the server's structured details. Appends are
-retried with backoff on retryable codes; that is safe because every event gets its id here,
-before the first attempt, and the server answers a repeated append with its original result.
+    import asyncio
+    import json
+
+    from eventstore.client import Event, EventStoreClient, ExpectedVersion
+
+
+    async def main() -> None:
+        async with EventStoreClient("127.0.0.1:50051") as client:
+            result = await client.append(
+                "order-1", "Order", [Event("OrderPlaced", {"total": 3})],
+                expected=ExpectedVersion.no_stream(),
+            )
+            print(result.first_version)  # 1
+            async for event in client.read("order-1"):
+                print(event.version, event.event_type, json.loads(event.data))
+
+
+    asyncio.run(main())
+
+Results are the store's own types (`RecordedEvent`, `AppendResult`, `AggregateInfo`,
+`QueryPage`, `Snapshot`), never protobuf messages. Errors arrive as `ClientError` subclasses
+carrying what the server's structured details say. Appends are retried with backoff on
+retryable codes; that is safe because every event gets its id here, before the first attempt,
+and the server answers a repeated append with its original result.
 """
 
 from __future__ import annotations
@@ -19,38 +36,54 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC as _UTC
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from eventstore.api.convert import event_from_proto, expected_to_proto
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
+from eventstore.domain.queries import Freshness, QueryPage
+from eventstore.domain.snapshots import Snapshot
 from eventstore.sizes import CLIENT_MAX_RECEIVE_BYTES
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
+from eventstore.wire.events import event_from_proto, expected_from_proto, expected_to_proto
+from eventstore.wire.results import (
+    aggregate_from_proto,
+    append_result_from_proto,
+    query_page_from_proto,
+    snapshot_from_proto,
+)
 
 __all__ = [
+    "AggregateInfo",
     "AggregateNotFoundError",
+    "AppendResult",
     "ClientError",
     "Event",
     "EventStoreClient",
     "ExpectedVersion",
+    "Freshness",
     "InvalidArgumentError",
     "PermissionDeniedError",
+    "QueryPage",
+    "RecordedEvent",
     "ResourceExhaustedError",
     "RetryPolicy",
+    "Snapshot",
     "SubscriptionMessage",
     "TlsOptions",
     "UnauthenticatedError",
     "UnavailableError",
     "WrongExpectedVersionError",
 ]
+
+M = TypeVar("M", bound=Message)
 
 RETRYABLE = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -59,7 +92,11 @@ RETRYABLE = frozenset(
 
 @dataclass(frozen=True)
 class Event:
-    """An event to append. `data` may be bytes, or anything JSON-serialisable."""
+    """An event to append. `data` may be bytes, or anything JSON-serialisable.
+
+    Its `event_id` is chosen here, once: appending the same `Event` again (a retry) is answered
+    with the original result instead of a duplicate.
+    """
 
     event_type: str
     data: Any = b""
@@ -68,6 +105,7 @@ class Event:
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
 
     def payload(self) -> bytes:
+        """`data` as the bytes sent: as is, or as compact JSON."""
         if isinstance(self.data, bytes | bytearray):
             return bytes(self.data)
         return json.dumps(self.data, separators=(",", ":")).encode()
@@ -75,6 +113,11 @@ class Event:
 
 @dataclass(frozen=True)
 class SubscriptionMessage:
+    """One message of a subscription: an event, the caught-up marker or a heartbeat.
+
+    `checkpoint` resumes the subscription right after this message (pass it as `start`).
+    """
+
     checkpoint: str
     event: RecordedEvent | None = None
     caught_up: bool = False
@@ -102,31 +145,48 @@ class TlsOptions:
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How calls are retried on UNAVAILABLE, ABORTED, DEADLINE_EXCEEDED and over a quota:
+    up to `attempts` tries in all, with jittered exponential backoff between them."""
+
     attempts: int = 5
     initial_backoff_s: float = 0.05
     max_backoff_s: float = 2.0
 
 
 class ClientError(Exception):
+    """A call the server refused or could not answer. `code` is the gRPC status code,
+    `message` its text (for people: never parse it), `request_id` the id the server logged
+    the call under (set for INTERNAL errors). Subclasses per code carry the structured details."""
+
     def __init__(
         self, code: grpc.StatusCode, message: str, status: status_pb2.Status | None
     ) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
-        self.status = status
+        self._details = list(status.details) if status else []
         self.request_id: str | None = None
-        for detail in status.details if status else ():
-            info = error_details_pb2.RequestInfo()
-            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
-                self.request_id = info.request_id
+        info = self._detail(error_details_pb2.RequestInfo)
+        if info is not None:
+            self.request_id = info.request_id
+
+    def _detail(self, kind: type[M]) -> M | None:
+        """The first detail of this kind the server sent, if any."""
+        for detail in self._details:
+            found = kind()
+            if detail.Is(found.DESCRIPTOR) and detail.Unpack(found):
+                return found
+        return None
 
 
 class InvalidArgumentError(ClientError):
+    """A request field is bad (INVALID_ARGUMENT); nothing was written."""
+
     @property
     def violations(self) -> list[tuple[str, str]]:
+        """(field path, description) per bad field, e.g. ("events[2].data", "...")."""
         out = []
-        for detail in self.status.details if self.status else ():
+        for detail in self._details:
             bad = error_details_pb2.BadRequest()
             if detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
                 out += [(v.field, v.description) for v in bad.field_violations]
@@ -134,29 +194,34 @@ class InvalidArgumentError(ClientError):
 
     @property
     def fields(self) -> list[str]:
+        """The paths of the bad fields."""
         return [name for name, _ in self.violations]
 
 
 class WrongExpectedVersionError(ClientError):
-    @property
-    def detail(self) -> pb.WrongExpectedVersion:
-        found = pb.WrongExpectedVersion()
-        for detail in self.status.details if self.status else ():
-            if detail.Is(found.DESCRIPTOR) and detail.Unpack(found):
-                return found
-        return found
+    """The append's expected version did not hold (FAILED_PRECONDITION); nothing was written."""
 
-    @property
-    def actual_version(self) -> int:
-        return self.detail.actual_version
+    def __init__(
+        self, code: grpc.StatusCode, message: str, status: status_pb2.Status | None
+    ) -> None:
+        super().__init__(code, message, status)
+        found = self._detail(pb.WrongExpectedVersion) or pb.WrongExpectedVersion()
+        #: The aggregate the append was for.
+        self.aggregate_id: str = found.aggregate_id
+        #: What the append expected (None if the server did not say).
+        self.expected: ExpectedVersion | None = expected_from_proto(
+            found.expected, found.HasField("expected")
+        )
+        #: The aggregate's version when the append was refused (0: no events).
+        self.actual_version: int = found.actual_version
 
 
 class AggregateNotFoundError(ClientError):
-    pass
+    """The aggregate has no events (NOT_FOUND)."""
 
 
 class UnavailableError(ClientError):
-    pass
+    """A backend or the server is unavailable (UNAVAILABLE); retrying is safe."""
 
 
 class UnauthenticatedError(ClientError):
@@ -169,11 +234,8 @@ class PermissionDeniedError(ClientError):
     @property
     def reason(self) -> dict[str, str]:
         """principal, operation and aggregate_type."""
-        for detail in self.status.details if self.status else ():
-            info = error_details_pb2.ErrorInfo()
-            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
-                return dict(info.metadata)
-        return {}
+        info = self._detail(error_details_pb2.ErrorInfo)
+        return dict(info.metadata) if info is not None else {}
 
 
 class ResourceExhaustedError(ClientError):
@@ -181,11 +243,8 @@ class ResourceExhaustedError(ClientError):
 
     @property
     def retry_after_s(self) -> float | None:
-        for detail in self.status.details if self.status else ():
-            info = error_details_pb2.RetryInfo()
-            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
-                return float(info.retry_delay.ToNanoseconds()) / 1e9
-        return None
+        info = self._detail(error_details_pb2.RetryInfo)
+        return float(info.retry_delay.ToNanoseconds()) / 1e9 if info is not None else None
 
 
 _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
@@ -206,6 +265,9 @@ def _error(exc: grpc.aio.AioRpcError) -> ClientError:
 
 
 class EventStoreClient:
+    """The event store's API over one gRPC channel; use it as an async context manager (or
+    call `close()`). Every method raises `ClientError` (a subclass per status) on failure."""
+
     def __init__(
         self,
         target: str,
@@ -216,8 +278,9 @@ class EventStoreClient:
         tls: TlsOptions | None = None,
         api_key: str | None = None,
     ) -> None:
-        """`api_key` is sent with every call (`authorization: Bearer …`); with mutual TLS the
-        client certificate in `tls` can identify the caller instead."""
+        """`target` is host:port. `api_key` is sent with every call (`authorization: Bearer
+        …`); with mutual TLS the client certificate in `tls` can identify the caller instead.
+        `timeout_s` bounds each unary call; `channel` replaces the one built here."""
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
@@ -242,6 +305,7 @@ class EventStoreClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the channel; calls still in flight are cancelled."""
         await self._channel.close(None)
 
     async def append(
@@ -251,7 +315,11 @@ class EventStoreClient:
         events: Sequence[Event],
         expected: ExpectedVersion | int | None = None,
     ) -> AppendResult:
-        """Append atomically. `expected`: an ExpectedVersion, an exact version, or None (any)."""
+        """Append atomically. `expected`: an ExpectedVersion, an exact version, or None (any).
+
+        Raises WrongExpectedVersionError when `expected` does not hold, InvalidArgumentError
+        for a bad event. Retried on retryable errors (safe: the events' ids make it idempotent).
+        """
         if expected is None:
             expected = ExpectedVersion.any()
         elif isinstance(expected, int):
@@ -272,13 +340,7 @@ class EventStoreClient:
             ],
         )
         response: pb.AppendResponse = await self._with_retries(self._stub.Append, request)
-        return AppendResult(
-            first_version=response.first_version,
-            last_version=response.last_version,
-            committed_at=response.committed_at.ToDatetime(tzinfo=_UTC),
-            event_ids=tuple(uuid.UUID(i) for i in response.event_ids),
-            already_committed=response.already_committed,
-        )
+        return append_result_from_proto(response)
 
     async def read(
         self,
@@ -288,6 +350,9 @@ class EventStoreClient:
         backwards: bool = False,
         max_count: int = 0,
     ) -> AsyncIterator[RecordedEvent]:
+        """The aggregate's events from `from_version` (0: the first, or the last if
+        `backwards`), at most `max_count` of them (0: all). An aggregate without events yields
+        nothing."""
         request = pb.ReadAggregateRequest(
             aggregate_id=aggregate_id,
             from_version=from_version,
@@ -300,6 +365,18 @@ class EventStoreClient:
                     yield event_from_proto(event)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
+
+    async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
+        """`read` as a list (same arguments)."""
+        return [event async for event in self.read(aggregate_id, **kwargs)]
+
+    async def get_aggregate(self, aggregate_id: str) -> AggregateInfo:
+        """The aggregate's type, version and first/last recorded time; AggregateNotFoundError
+        if it has no events."""
+        response: pb.GetAggregateResponse = await self._with_retries(
+            self._stub.GetAggregate, pb.GetAggregateRequest(aggregate_id=aggregate_id)
+        )
+        return aggregate_from_proto(response)
 
     async def subscribe(
         self,
@@ -349,8 +426,12 @@ class EventStoreClient:
         page_token: str = "",
         visible_event_id: uuid.UUID | None = None,
         count_total: bool = False,
-    ) -> pb.QueryEventsResponse:
-        """One page of events by type and time (from the search index); see its freshness."""
+    ) -> QueryPage:
+        """One page of events by type and time (from the search index), sorted by
+        (recorded_at, aggregate_id, version); `start` inclusive, `end` exclusive. Pass the
+        page's `next_page_token` (same filters) for the next one. `freshness` says how far the
+        index has caught up, and whether `visible_event_id` is searchable yet; `total_hits` is
+        set when `count_total` is."""
         request = pb.QueryEventsRequest(
             event_types=list(event_types),
             aggregate_types=list(aggregate_types),
@@ -365,15 +446,15 @@ class EventStoreClient:
         if end is not None:
             request.to.FromDatetime(end)
         response: pb.QueryEventsResponse = await self._with_retries(self._stub.QueryEvents, request)
-        return response
+        return query_page_from_proto(response, counted=count_total)
 
     async def query_all(self, **kwargs: Any) -> list[RecordedEvent]:
-        """Every page of a query, as events."""
+        """Every page of a query (the filters of `query_events`), as events."""
         events: list[RecordedEvent] = []
         token = ""
         while True:
             page = await self.query_events(page_token=token, **kwargs)
-            events += [event_from_proto(e) for e in page.events]
+            events += page.events
             token = page.next_page_token
             if not token:
                 return events
@@ -386,6 +467,8 @@ class EventStoreClient:
         state_type: str,
         schema_version: int = 1,
     ) -> None:
+        """Store the aggregate's state as of `version`, a version it has (else
+        InvalidArgumentError). `state_type` and `schema_version` say how to read `state`."""
         request = pb.SaveSnapshotRequest(
             aggregate_id=aggregate_id,
             version=version,
@@ -395,29 +478,14 @@ class EventStoreClient:
         )
         await self._with_retries(self._stub.SaveSnapshot, request)
 
-    async def get_snapshot(self, aggregate_id: str, max_version: int = 0) -> pb.Snapshot | None:
+    async def get_snapshot(self, aggregate_id: str, max_version: int = 0) -> Snapshot | None:
         """The latest snapshot at or below max_version (0: any), or None."""
         request = pb.GetSnapshotRequest(aggregate_id=aggregate_id, max_version=max_version)
         try:
             snapshot: pb.Snapshot = await self._with_retries(self._stub.GetSnapshot, request)
         except AggregateNotFoundError:
             return None
-        return snapshot
-
-    async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
-        return [event async for event in self.read(aggregate_id, **kwargs)]
-
-    async def get_aggregate(self, aggregate_id: str) -> AggregateInfo:
-        response: pb.GetAggregateResponse = await self._with_retries(
-            self._stub.GetAggregate, pb.GetAggregateRequest(aggregate_id=aggregate_id)
-        )
-        return AggregateInfo(
-            aggregate_id=response.aggregate_id,
-            aggregate_type=response.aggregate_type,
-            version=response.version,
-            first_recorded_at=response.first_recorded_at.ToDatetime(tzinfo=_UTC),
-            last_recorded_at=response.last_recorded_at.ToDatetime(tzinfo=_UTC),
-        )
+        return snapshot_from_proto(snapshot)
 
     async def _with_retries(self, method: Any, request: Any) -> Any:
         backoff = self._retry.initial_backoff_s

@@ -15,13 +15,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.domain.validation import Limits
-from eventstore.publishing.records import max_batch_bytes, required_message_bytes
 from eventstore.sizes import (
     CLIENT_MAX_RECEIVE_BYTES,
     GRPC_MAX_MESSAGE_BYTES,
     max_append_request_bytes,
     max_server_message_bytes,
 )
+from eventstore.wire.records import max_batch_bytes, required_message_bytes
 
 #: Room in a fetch response beyond its records: per partition about 40 bytes of framing, per
 #: topic its name.

@@ -44,10 +44,10 @@ from eventstore.config import ConfigError, load
 from eventstore.observability import configure_logging
 from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic
-from eventstore.publishing.log import decode_event
 from eventstore.search.documents import index_name
 from eventstore.search.progress import ProgressReport
 from eventstore.search.setup import ensure_template, make_client
+from eventstore.wire.records import decode_event
 from indexer.bulk import BulkWriter, Item, make_item
 from indexer.config import IndexerSettings
 

@@ -18,14 +18,13 @@ from typing import Any, TextIO
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from eventstore.api.convert import event_from_proto
 from eventstore.client import AggregateNotFoundError, EventStoreClient
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import is_json_content_type
 from eventstore.ports import PublishFailed
-from eventstore.publishing.kafka import ensure_topic
-from eventstore.publishing.records import record_headers, record_value
+from eventstore.publishing.kafka import ensure_topic, producer_config
+from eventstore.wire.records import record_headers, record_value
 from replayer.progress import Progress
 from replayer.reducers import ReplayError, ReplayEvent, load_reducer, state_type
 
@@ -131,15 +130,14 @@ def to_json_line(event: RecordedEvent) -> str:
 
 async def pages(
     client: EventStoreClient, filters: Filters, token: str = "", page_size: int = 500
-) -> AsyncIterator[tuple[str, list[RecordedEvent], str, int]]:
-    """(token used, events, next token, total) per page of the query, in order."""
+) -> AsyncIterator[tuple[str, list[RecordedEvent], str, int | None]]:
+    """(token used, events, next token, total on the first page) per page of the query."""
     first = True
     while True:
         page = await client.query_events(
             page_token=token, page_size=page_size, count_total=first, **filters.query()
         )
-        events = [event_from_proto(e) for e in page.events]
-        yield token, events, page.next_page_token, page.total_hits
+        yield token, page.events, page.next_page_token, page.total_hits
         if not page.next_page_token:
             return
         token, first = page.next_page_token, False
@@ -163,15 +161,20 @@ async def export(client: EventStoreClient, filters: Filters, out: TextIO) -> int
 # --- republish ----------------------------------------------------------------------------
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(ReplayError):
+    """SIGINT or SIGTERM stopped a republish; its checkpoint says where to resume."""
+
+    def __init__(self, sent: int) -> None:
+        super().__init__(
+            f"interrupted after {sent} events; run the same command again to resume", code=130
+        )
 
 
 async def republish(
     client: EventStoreClient,
     filters: Filters,
     topic: str,
-    bootstrap: str,
+    kafka: KafkaSettings,
     rate: float | None,
     dry_run: bool,
     checkpoint_path: Path,
@@ -183,6 +186,8 @@ async def republish(
     confirmed everything before it, and again when interrupted (SIGINT/SIGTERM), so a resumed
     run sends each event exactly once. Only a hard kill can repeat the events sent since the
     last checkpoint (at most one page); they carry the same (aggregate_id, version) to drop.
+    A dry run writes the records it would send to `out`, and no checkpoint.
+    Raises Interrupted when stopped, ReplayError (code 3) when Kafka refuses or cannot be used.
     """
     checkpoint = _read_checkpoint(checkpoint_path, filters, topic) if not dry_run else None
     if checkpoint and checkpoint.get("complete"):
@@ -196,24 +201,13 @@ async def republish(
     sent = checkpoint["sent"] if checkpoint else 0
     if checkpoint:
         print(f"resuming after {sent} events", file=sys.stderr)
+    producer: Producer | None = None
     if not dry_run:
-        await _ensure_topic(bootstrap, topic)
-    kafka = KafkaSettings(bootstrap=bootstrap)
-    producer = (
-        None
-        if dry_run
-        else Producer(
-            {
-                **kafka.client_config(),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "partitioner": "murmur2_random",
-                # As large as any record of the server's (a topic we create takes as much).
-                "message.max.bytes": kafka.max_message_bytes,
-            }
-        )
-    )
+        await _ensure_topic(kafka, topic)
+        # As large as any record of the server's (a topic we create takes as much). Unlike the
+        # server's, this producer gives up on a record after librdkafka's message.timeout.ms:
+        # Kafka gone for that long ends the run with an error, resumable from its checkpoint.
+        producer = Producer(producer_config(kafka, kafka.max_message_bytes))
     failures: list[str] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -224,11 +218,12 @@ async def republish(
     progress: Progress | None = None
 
     def save(page_token: str, done: int, complete: bool = False) -> None:
-        if producer is not None:
-            while producer.flush(5) > 0:
-                pass
-            if failures:
-                raise ReplayError(f"Kafka refused records: {failures[0]}", code=3)
+        if producer is None:
+            return
+        while producer.flush(5) > 0:
+            pass
+        if failures:
+            raise ReplayError(f"Kafka refused records: {failures[0]}", code=3)
         _write_checkpoint(checkpoint_path, filters, topic, page_token, done, sent, complete)
 
     try:
@@ -241,7 +236,7 @@ async def republish(
                     continue
                 if stop.is_set():
                     save(page_token, index)
-                    raise Interrupted
+                    raise Interrupted(sent)
                 if interval:
                     next_at += interval
                     delay = next_at - time.monotonic()
@@ -272,19 +267,10 @@ async def republish(
                 sent += 1
                 progress.advance()
             skip = 0
-            if producer is not None:
-                save(next_token, 0, complete=not next_token)
-        if progress:
-            progress.finish()
-    except Interrupted:
-        if progress:
-            progress.finish()
-        print(
-            f"interrupted after {sent} events; run the same command again to resume",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
+            save(next_token, 0, complete=not next_token)
     finally:
+        if progress:
+            progress.finish()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     return sent
@@ -320,9 +306,10 @@ def _write_checkpoint(
     os.replace(partial, path)  # atomic: a crash leaves the old checkpoint or the new one
 
 
-async def _ensure_topic(bootstrap: str, topic: str) -> None:
-    settings = KafkaSettings(bootstrap=bootstrap)
+async def _ensure_topic(kafka: KafkaSettings, topic: str) -> None:
     try:
-        await ensure_topic(AdminClient(settings.client_config()), topic, settings)
+        await ensure_topic(AdminClient(kafka.client_config()), topic, kafka)
     except PublishFailed as exc:
-        raise ReplayError(f"cannot use topic {topic!r} at {bootstrap}: {exc}", code=3) from exc
+        raise ReplayError(
+            f"cannot use topic {topic!r} at {kafka.bootstrap}: {exc}", code=3
+        ) from exc

@@ -155,7 +155,9 @@ def parser() -> argparse.ArgumentParser:
     republish.add_argument("--rate", type=float, help="events per second at most")
     republish.add_argument("--dry-run", action="store_true", help="print what would be sent")
     republish.add_argument(
-        "--kafka", default=os.environ.get("EVENTSTORE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+        "--kafka",
+        help="bootstrap servers (default: EVENTSTORE_KAFKA_BOOTSTRAP); every other Kafka "
+        "setting comes from EVENTSTORE_KAFKA_*, as for the server",
     )
     republish.add_argument("--checkpoint", type=Path, help="default: ./.republish-<topic>.json")
 
@@ -302,8 +304,11 @@ async def run_client(args: argparse.Namespace) -> None:
             print(f"exported {count} events", file=sys.stderr)
             return
         checkpoint = args.checkpoint or Path(f".republish-{args.topic}.json")
+        kafka = load(KafkaSettings)
+        if args.kafka:
+            kafka = kafka.model_copy(update={"bootstrap": args.kafka})
         sent = await commands.republish(
-            client, filters, args.topic, args.kafka, args.rate, args.dry_run, checkpoint, sys.stdout
+            client, filters, args.topic, kafka, args.rate, args.dry_run, checkpoint, sys.stdout
         )
         print(
             f"{'would send' if args.dry_run else 'sent'} {sent} events to {args.topic}",

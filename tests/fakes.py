@@ -19,7 +19,7 @@ from eventstore.ports import (
     PublisherUnavailable,
     PublishFailed,
 )
-from eventstore.publishing.records import murmur2_partition
+from eventstore.wire.records import murmur2_partition
 
 #: How long an idle log read waits, like the Kafka reader's short sleep: the subscription loop
 #: awaits something even when nothing arrives.

@@ -14,7 +14,6 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from eventstore.api.convert import expected_to_proto
 from eventstore.domain.access import (
     GrantsChanged,
     PermissionDenied,
@@ -30,6 +29,7 @@ from eventstore.domain.errors import (
 )
 from eventstore.usecases.append import ContentionExhausted
 from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.wire.events import expected_to_proto
 
 log = structlog.get_logger(__name__)
 

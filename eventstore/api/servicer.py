@@ -39,6 +39,8 @@ from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
+from eventstore.wire import results
+from eventstore.wire.events import timestamp
 
 log = structlog.get_logger(__name__)
 
@@ -176,7 +178,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._quotas.take_append(principal, len(request.events))
         validated = validate_append(convert.append_from_proto(request), self._limits)
         result = await self._append(validated, principal)
-        return convert.append_result_to_proto(result)
+        return results.append_result_to_proto(result)
 
     @server_streaming
     async def ReadAggregate(
@@ -246,7 +248,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             self._limits,
             count_total=request.count_total,
         )
-        return convert.query_page_to_proto(await self._query(query, principal))
+        return results.query_page_to_proto(await self._query(query, principal))
 
     @unary
     async def SaveSnapshot(
@@ -271,7 +273,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             request.schema_version,
             principal,
         )
-        return pb.SaveSnapshotResponse(created_at=convert.timestamp(saved.created_at))
+        return pb.SaveSnapshotResponse(created_at=timestamp(saved.created_at))
 
     @unary
     async def GetSnapshot(
@@ -286,7 +288,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         snapshot = await self._snapshots[1](
             request.aggregate_id, request.max_version or None, principal
         )
-        return convert.snapshot_to_proto(snapshot)
+        return results.snapshot_to_proto(snapshot)
 
     @unary
     async def GetAggregate(
@@ -294,7 +296,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.GetAggregateResponse:
         principal = self._principal(context)
         validate_aggregate_id(request.aggregate_id, self._limits)
-        return convert.aggregate_to_proto(await self._describe(request.aggregate_id, principal))
+        return results.aggregate_to_proto(await self._describe(request.aggregate_id, principal))
 
 
 class NotReady(StorageUnavailable):

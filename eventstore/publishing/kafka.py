@@ -37,7 +37,7 @@ from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import Limits
 from eventstore.ports import Delivery, EventPublisher, PublisherUnavailable, PublishFailed
-from eventstore.publishing.records import message_bytes, record_headers, record_value
+from eventstore.wire.records import message_bytes, record_headers, record_value
 
 log = structlog.get_logger(__name__)
 
@@ -238,6 +238,28 @@ async def ensure_max_message_bytes(
     )
 
 
+def producer_config(
+    settings: KafkaSettings, message_max_bytes: int
+) -> dict[str, str | int | float | bool]:
+    """The producer of our event records, wherever it runs (server, replayer): idempotent,
+    acknowledged by every in-sync replica, partitioned like Kafka's Java clients."""
+    return {
+        **settings.client_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": settings.linger_ms,
+        "compression.type": "lz4",
+        # The same partition for a key as Kafka's Java clients, so that consumers in any
+        # language agree with us (and Subscribe can read one aggregate's partition).
+        "partitioner": "murmur2_random",
+        # produce() refuses a record above this (key + value + headers + framing), so it must
+        # hold the largest record to send. A batch of several records stays within
+        # min(this, batch.size = 1,000,000 by default), a batch of one large record within
+        # records.max_batch_bytes: the topics take both.
+        "message.max.bytes": message_max_bytes,
+    }
+
+
 class KafkaEventPublisher(EventPublisher):
     def __init__(self, settings: KafkaSettings, limits: Limits) -> None:
         self._settings = settings
@@ -249,29 +271,16 @@ class KafkaEventPublisher(EventPublisher):
         self._topic_settings = settings.model_copy(
             update={"max_message_bytes": self._message_bytes}
         )
-        common = settings.client_config()
         self._producer = Producer(
             {
-                **common,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": settings.linger_ms,
-                "compression.type": "lz4",
-                # The same partition for a key as Kafka's Java clients, so that consumers in any
-                # language agree with us (and Subscribe can read one aggregate's partition).
-                "partitioner": "murmur2_random",
+                **producer_config(settings, self._message_bytes),
                 # Never give up on a queued record: a timed-out record followed by a delivered
                 # one would leave a gap in an aggregate's order. During an outage records wait
                 # here; if the queue fills, produce() refuses at once and the relay takes over.
                 "message.timeout.ms": 0,
-                # produce() refuses a record above this (key + value + headers + framing), so
-                # it must hold the largest accepted event. A batch of several records stays
-                # within min(this, batch.size = 1,000,000 by default), a batch of one large
-                # record within records.max_batch_bytes: the topics take both.
-                "message.max.bytes": self._message_bytes,
             }
         )
-        self._admin = AdminClient(common)
+        self._admin = AdminClient(settings.client_config())
         self._topics: set[str] = set()
         #: Topics whose max.message.bytes was found (or made) large enough.
         self._sized: set[str] = set()

@@ -18,25 +18,15 @@ import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from google.protobuf.message import DecodeError
 
-from eventstore.api.convert import event_from_proto
 from eventstore.config import KafkaSettings
 from eventstore.domain.errors import StorageUnavailable
-from eventstore.domain.events import RecordedEvent
 from eventstore.ports import EventLog, LogReader, LogRecord
-from eventstore.publishing.records import murmur2_partition
-from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.wire.records import decode_event, murmur2_partition
 
 log = structlog.get_logger(__name__)
 
 IDLE_SLEEP_S = 0.02
 TOPIC_REFRESH_S = 5.0
-
-
-def decode_event(value: bytes) -> RecordedEvent:
-    """A Kafka record value (a serialized eventstore.v1.Event) as a RecordedEvent."""
-    message = pb.Event()
-    message.ParseFromString(value)
-    return event_from_proto(message)
 
 
 class KafkaLogReader(LogReader):

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from eventstore.domain.events import RecordedEvent
 from eventstore.ports import EventLog, LogReader, LogRecord
-from eventstore.publishing.records import murmur2_partition
+from eventstore.wire.records import murmur2_partition
 from tests.contract.publisher import recorded
 from tests.support import unique
 

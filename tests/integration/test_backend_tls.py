@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,12 +30,13 @@ from eventstore.config import CassandraSettings, KafkaSettings, ServerSettings
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import Direction, NewEvent
 from eventstore.publishing.log import KafkaEventLog
+from eventstore.server import RunningServer
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.usecases.append import utc_now_ms
 from tests.integration.conftest import StartServer
-from tests.integration.test_indexer import IndexerProcess
+from tests.integration.test_indexer import IndexerProcess, wait_for_count
 from tests.integration.test_subscribe import Collector, events_at_least
-from tests.support import unique
+from tests.support import header_map, read_topic, unique
 
 pytestmark = pytest.mark.integration
 
@@ -174,3 +176,58 @@ async def test_cassandra_over_tls_and_a_wrong_ca_is_refused(
         await CassandraEventStorage.connect(
             cassandra_settings.model_copy(update={"tls_ca_file": other_ca(tmp_path)})
         )
+
+
+async def test_republish_uses_the_kafka_security_settings(
+    server: RunningServer,
+    client: EventStoreClient,
+    server_settings: ServerSettings,
+    kafka_pki: stack.Pki,
+    scram_user: tuple[str, Path],
+    tmp_path: Path,
+) -> None:
+    """`republish` writes with the EVENTSTORE_KAFKA_* settings, as the server does; `--kafka`
+    only names the bootstrap (it used to connect in plaintext whatever they said)."""
+    kafka, opensearch = server_settings.kafka, server_settings.opensearch
+    for i in range(3):
+        await client.append(f"rebuild-{i}", "Rebuild", [Event("Happened", {"i": i})])
+    indexer = IndexerProcess(kafka, opensearch, tmp_path / "indexer.log")
+    await indexer.start()
+    try:
+        await wait_for_count(opensearch, 3)
+    finally:
+        await indexer.kill()
+    user, password_file = scram_user
+    target = f"{kafka.topic_prefix.rstrip('.')}-rebuild"  # deleted with the test's topics
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "replayer.main",
+        "--server",
+        f"127.0.0.1:{server.port}",
+        "republish",
+        "--aggregate-types",
+        "Rebuild",
+        "--topic",
+        target,
+        "--kafka",
+        stack.KAFKA_TLS_BOOTSTRAP,
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        env={
+            **os.environ,
+            "EVENTSTORE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "EVENTSTORE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "EVENTSTORE_KAFKA_SASL_USERNAME": user,
+            "EVENTSTORE_KAFKA_SASL_PASSWORD_FILE": str(password_file),
+            "EVENTSTORE_KAFKA_SSL_CA_FILE": str(kafka_pki.ca),
+        },
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, err.decode()
+    records = await asyncio.to_thread(read_topic, kafka.bootstrap, target, 3)
+    assert sorted(header_map(r)["event_id"].decode() for r in records) == sorted(
+        str(e.event_id) for e in await client.query_all(aggregate_types=["Rebuild"])
+    )
+    assert len(records) == 3

@@ -11,7 +11,7 @@ from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import Limits
 from eventstore.publishing.kafka import KafkaEventPublisher
-from eventstore.publishing.log import decode_event
+from eventstore.wire.records import decode_event
 from tests.contract.publisher import EventPublisherContract, ReadBack
 from tests.support import read_topic
 

@@ -16,7 +16,7 @@ from confluent_kafka.cimpl import NewTopic
 from eventstore.client import Event, EventStoreClient
 from eventstore.config import KafkaSettings, LimitSettings, ServerSettings
 from eventstore.domain.events import RecordedEvent
-from eventstore.publishing.records import max_batch_bytes, message_bytes
+from eventstore.wire.records import max_batch_bytes, message_bytes
 from tests import worst_case
 from tests.integration.conftest import StartServer
 from tests.support import decode, read_topic, unique

@@ -14,8 +14,8 @@ from confluent_kafka import Message
 from devstack.proxy import FaultProxy
 from eventstore.client import Event, EventStoreClient, RetryPolicy, UnavailableError
 from eventstore.config import CassandraSettings, KafkaSettings, ServerSettings
-from eventstore.publishing.records import murmur2_partition
 from eventstore.server import RunningServer
+from eventstore.wire.records import murmur2_partition
 from tests.integration.test_restart import ServerProcess, free_port
 from tests.support import decode, header_map, read_topic, unique
 

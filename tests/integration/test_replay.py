@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 import signal
 import sys
 import time
@@ -20,7 +22,9 @@ from eventstore.client import (
 )
 from eventstore.config import KafkaSettings, OpenSearchSettings
 from eventstore.server import RunningServer
+from replayer import commands
 from tests.integration.test_indexer import IndexerProcess, wait_for_count
+from tests.integration.test_indexer_limits import records_in
 from tests.support import header_map, read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -250,7 +254,11 @@ async def test_republish_interrupted_and_resumed_delivers_each_event_once(
     assert len(out.splitlines()) == 300
     assert not checkpoint.exists(), "a dry run changes nothing"
     first = await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
-    await asyncio.sleep(1.5)
+    # Interrupted once it is sending: a fixed delay could end it while still importing (a
+    # loaded machine), before its handlers are installed.
+    while not await asyncio.to_thread(records_in, kafka_settings.bootstrap, target):
+        assert first.returncode is None
+        await asyncio.sleep(0.1)
     first.send_signal(signal.SIGINT)
     _, err = await first.communicate()
     assert first.returncode == 130, err.decode()
@@ -264,3 +272,55 @@ async def test_republish_interrupted_and_resumed_delivers_each_event_once(
     ids = [header_map(r)["event_id"] for r in records]
     assert len(ids) == 300
     assert len(set(ids)) == 300
+
+
+async def test_an_interrupted_republish_returns_to_main(
+    server: RunningServer,
+    client: EventStoreClient,
+    indexer: IndexerProcess,
+    kafka_settings: KafkaSettings,
+    opensearch_settings: OpenSearchSettings,
+    tmp_path: Path,
+) -> None:
+    """Interrupted, `republish` raises (main alone chooses the exit status, 130) instead of
+    leaving the process itself; a dry run leaves no checkpoint even then."""
+    await client.append("stop-1", "Halted", [Event("Happened", {"i": i}) for i in range(20)])
+    await wait_for_count(opensearch_settings, 20)
+    checkpoint = tmp_path / "checkpoint.json"
+    out = io.StringIO()
+    filters = commands.Filters([], ["Halted"], "", None, None)
+    run = asyncio.create_task(
+        commands.republish(client, filters, "unused", kafka_settings, 10, True, checkpoint, out)
+    )
+    while not out.getvalue():  # it is sending (its signal handlers are installed)
+        assert not run.done(), run
+        await asyncio.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(commands.Interrupted) as caught:
+        await run
+    assert caught.value.code == 130
+    assert "interrupted after" in str(caught.value)
+    assert 0 < len(out.getvalue().splitlines()) < 20
+    assert not checkpoint.exists()
+
+
+async def test_republish_to_an_unreachable_kafka_is_one_line_and_exit_3(
+    server: RunningServer, tmp_path: Path
+) -> None:
+    checkpoint = tmp_path / "checkpoint.json"
+    code, _, err = await replay(
+        server,
+        "republish",
+        "--aggregate-types",
+        "Order",
+        "--topic",
+        "never-made",
+        "--kafka",
+        "127.0.0.1:1",
+        "--checkpoint",
+        str(checkpoint),
+    )
+    assert code == 3, err
+    assert "cannot use topic 'never-made' at 127.0.0.1:1" in err
+    assert "Traceback" not in err
+    assert not checkpoint.exists()

@@ -1,4 +1,4 @@
-"""Size bounds (eventstore/sizes.py, publishing/records.py) against real encodings of the
+"""Size bounds (eventstore/sizes.py, wire/records.py) against real encodings of the
 largest events the store accepts."""
 
 from __future__ import annotations
@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from eventstore.api.convert import append_from_proto, event_to_proto
+from eventstore.api.convert import append_from_proto
 from eventstore.config import KafkaSettings
 from eventstore.domain.validation import Limits, validate_append
-from eventstore.publishing import records
 from eventstore.sizes import (
     MAX_CHECKPOINT_BYTES,
     max_append_request_bytes,
@@ -21,6 +20,8 @@ from eventstore.sizes import (
     varint_size,
 )
 from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.wire import records
+from eventstore.wire.events import event_to_proto
 from tests import worst_case
 
 DEFAULT = Limits()

@@ -1,11 +1,15 @@
-"""The Kafka record of an event: what other services consume (see README), and its size."""
+"""The Kafka record of an event: what other services consume (see README), and its size.
+
+Key = the aggregate id (partitioned as Kafka's Java clients do), value = the serialized
+eventstore.v1.Event, headers naming the event."""
 
 from __future__ import annotations
 
-from eventstore.api.convert import event_to_proto
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import MAX_VERSION, Limits
 from eventstore.sizes import max_event_bytes, varint_size
+from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.wire.events import event_from_proto, event_to_proto
 
 #: Kafka's default max.message.bytes (broker and topic); topics we size never go below it
 #: unless EVENTSTORE_KAFKA_MAX_MESSAGE_BYTES does.
@@ -48,6 +52,13 @@ def murmur2_partition(key: bytes, partitions: int) -> int:
 
 def record_value(event: RecordedEvent) -> bytes:
     return event_to_proto(event).SerializeToString()
+
+
+def decode_event(value: bytes) -> RecordedEvent:
+    """A record value as an event. Raises DecodeError, or ValueError for a bad event id."""
+    message = pb.Event()
+    message.ParseFromString(value)
+    return event_from_proto(message)
 
 
 def record_headers(event: RecordedEvent) -> list[tuple[str, str | bytes | None]]:

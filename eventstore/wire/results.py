@@ -1,0 +1,114 @@
+"""What the API answers with, both ways: the server encodes these results, the client decodes
+them into the same domain types."""
+
+from __future__ import annotations
+
+import uuid
+
+from eventstore.domain.events import AggregateInfo, AppendResult
+from eventstore.domain.queries import Freshness, QueryPage
+from eventstore.domain.snapshots import Snapshot
+from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.wire.events import event_from_proto, event_to_proto, time_from_proto, timestamp
+
+
+def append_result_to_proto(result: AppendResult) -> pb.AppendResponse:
+    return pb.AppendResponse(
+        first_version=result.first_version,
+        last_version=result.last_version,
+        committed_at=timestamp(result.committed_at),
+        event_ids=[str(event_id) for event_id in result.event_ids],
+        already_committed=result.already_committed,
+    )
+
+
+def append_result_from_proto(message: pb.AppendResponse) -> AppendResult:
+    return AppendResult(
+        first_version=message.first_version,
+        last_version=message.last_version,
+        committed_at=time_from_proto(message.committed_at),
+        event_ids=tuple(uuid.UUID(event_id) for event_id in message.event_ids),
+        already_committed=message.already_committed,
+    )
+
+
+def aggregate_to_proto(info: AggregateInfo) -> pb.GetAggregateResponse:
+    return pb.GetAggregateResponse(
+        aggregate_id=info.aggregate_id,
+        aggregate_type=info.aggregate_type,
+        version=info.version,
+        first_recorded_at=timestamp(info.first_recorded_at),
+        last_recorded_at=timestamp(info.last_recorded_at),
+    )
+
+
+def aggregate_from_proto(message: pb.GetAggregateResponse) -> AggregateInfo:
+    return AggregateInfo(
+        aggregate_id=message.aggregate_id,
+        aggregate_type=message.aggregate_type,
+        version=message.version,
+        first_recorded_at=time_from_proto(message.first_recorded_at),
+        last_recorded_at=time_from_proto(message.last_recorded_at),
+    )
+
+
+def query_page_to_proto(page: QueryPage) -> pb.QueryEventsResponse:
+    freshness = pb.IndexFreshness(
+        event_visible=page.freshness.event_visible, indexer_lag=page.freshness.indexer_lag
+    )
+    if page.freshness.reported_at:
+        freshness.reported_at.CopyFrom(timestamp(page.freshness.reported_at))
+    if page.freshness.indexed_through:
+        freshness.indexed_through.CopyFrom(timestamp(page.freshness.indexed_through))
+    return pb.QueryEventsResponse(
+        events=[event_to_proto(e) for e in page.events],
+        next_page_token=page.next_page_token,
+        freshness=freshness,
+        total_hits=page.total_hits or 0,
+    )
+
+
+def query_page_from_proto(message: pb.QueryEventsResponse, counted: bool) -> QueryPage:
+    """`counted`: whether the query asked for the total (the message says 0 when it did not)."""
+    freshness = message.freshness
+    return QueryPage(
+        events=[event_from_proto(e) for e in message.events],
+        next_page_token=message.next_page_token,
+        freshness=Freshness(
+            event_visible=freshness.event_visible,
+            indexer_lag=freshness.indexer_lag,
+            reported_at=(
+                time_from_proto(freshness.reported_at)
+                if freshness.HasField("reported_at")
+                else None
+            ),
+            indexed_through=(
+                time_from_proto(freshness.indexed_through)
+                if freshness.HasField("indexed_through")
+                else None
+            ),
+        ),
+        total_hits=message.total_hits if counted else None,
+    )
+
+
+def snapshot_to_proto(snapshot: Snapshot) -> pb.Snapshot:
+    return pb.Snapshot(
+        aggregate_id=snapshot.aggregate_id,
+        version=snapshot.version,
+        state=snapshot.state,
+        state_type=snapshot.state_type,
+        schema_version=snapshot.schema_version,
+        created_at=timestamp(snapshot.created_at),
+    )
+
+
+def snapshot_from_proto(message: pb.Snapshot) -> Snapshot:
+    return Snapshot(
+        aggregate_id=message.aggregate_id,
+        version=message.version,
+        state=message.state,
+        state_type=message.state_type,
+        schema_version=message.schema_version,
+        created_at=time_from_proto(message.created_at),
+    )
