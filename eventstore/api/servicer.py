@@ -16,12 +16,13 @@ from grpc_status import rpc_status
 
 from eventstore import metrics
 from eventstore.api import convert
-from eventstore.api.admission import Admission
+from eventstore.api.admission import Admission, BackendNotConfigured, NotReady
 from eventstore.api.auth import Authenticator
+from eventstore.api.decoding import Undecodable
 from eventstore.api.errors import grpc_code, is_expected, to_status
 from eventstore.api.quotas import QuotaLimiter
 from eventstore.domain.access import Principal
-from eventstore.domain.errors import InvalidArgument, StorageUnavailable
+from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.validation import (
     Limits,
     validate_aggregate_id,
@@ -91,6 +92,8 @@ def unary(
         code = "OK"
         with _log_context(method.__name__, request, request_id):
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 with self._admission.unary():
                     return await method(self, request, context)
             except Exception as exc:
@@ -117,6 +120,8 @@ def server_streaming(
         code = "OK"
         with _log_context(method.__name__, request, request_id):
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 async for item in self._admission.stream(method(self, request, context)):
                     yield item
             except asyncio.CancelledError:
@@ -131,8 +136,28 @@ def server_streaming(
     return handler
 
 
-class BackendNotConfigured(StorageUnavailable):
-    """This server was built without the backend an RPC needs (tests, partial set-ups)."""
+def refuse_undecodable(behaviour: Any, streaming: bool) -> Any:
+    """For a library's servicer (gRPC health): an undecodable request is INVALID_ARGUMENT."""
+
+    async def refuse(request: Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        request_id = _request_id(context)
+        with _log_context(behaviour.__name__, request, request_id):
+            await _abort(request.error(), request_id, context)
+
+    async def unary_method(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, Undecodable):
+            await refuse(request, context)
+        return await behaviour(request, context)
+
+    async def streaming_method(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        if isinstance(request, Undecodable):
+            await refuse(request, context)
+        async for item in behaviour(request, context):
+            yield item
+
+    return streaming_method if streaming else unary_method
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
@@ -295,11 +320,6 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         principal = self._principal(context)
         validate_aggregate_id(request.aggregate_id, self._limits)
         return convert.aggregate_to_proto(await self._describe(request.aggregate_id, principal))
-
-
-class NotReady(StorageUnavailable):
-    def __init__(self) -> None:
-        super().__init__("the server is starting: its backends are not connected yet")
 
 
 def _forward_unary(name: str) -> Any:
