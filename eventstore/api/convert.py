@@ -19,7 +19,7 @@ from eventstore.domain.events import (
 from eventstore.domain.queries import QueryPage
 from eventstore.domain.snapshots import Snapshot
 from eventstore.domain.subscriptions import StartAt, SubscriptionItem
-from eventstore.domain.validation import RawAppend, RawEvent
+from eventstore.domain.validation import RawAppend, RawEvent, RawTime
 from eventstore.v1 import eventstore_pb2 as pb
 
 
@@ -169,11 +169,11 @@ def subscription_item_to_proto(item: SubscriptionItem) -> pb.SubscribeResponse:
     return pb.SubscribeResponse(heartbeat=pb.Heartbeat(), checkpoint=item.checkpoint)
 
 
-def optional_time(message: pb.QueryEventsRequest, field: str) -> datetime | None:
+def optional_time(message: pb.QueryEventsRequest, field: str) -> RawTime | None:
     if not message.HasField(field):  # type: ignore[arg-type]
         return None
     value: Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC)
+    return value.seconds, value.nanos
 
 
 def query_page_to_proto(page: QueryPage) -> pb.QueryEventsResponse:

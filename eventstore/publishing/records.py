@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from eventstore.api.convert import event_to_proto
-from eventstore.domain.events import RecordedEvent
-from eventstore.domain.validation import MAX_VERSION, Limits
+from eventstore.domain.events import MAX_VERSION, RecordedEvent
+from eventstore.domain.validation import Limits
 from eventstore.sizes import max_event_bytes, varint_size
 
 #: Kafka's default max.message.bytes (broker and topic); topics we size never go below it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -9,12 +10,14 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import pytest
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventstore.domain.queries import EventQuery
 from eventstore.server import RunningServer
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
@@ -213,3 +216,109 @@ async def test_random_appends_only_get_sensible_answers(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- valid-but-extreme values: INVALID_ARGUMENT naming the field, never INTERNAL/UNAVAILABLE ---
+
+
+def _token(body: object) -> str:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _forged_page_token(cursor: list[object]) -> str:
+    return _token({"f": EventQuery().fingerprint(), "a": cursor})
+
+
+def _time(seconds: int, nanos: int = 0) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def _from(value: Timestamp) -> pb.QueryEventsRequest:
+    query = pb.QueryEventsRequest()
+    getattr(query, "from").CopyFrom(value)  # a Python keyword
+    return query
+
+
+YEAR_10000 = 253402300800
+
+EXTREME_QUERIES: dict[str, tuple[pb.QueryEventsRequest, str]] = {
+    "from in year 10000": (_from(_time(YEAR_10000)), "from"),
+    "to in year 10000": (pb.QueryEventsRequest(to=_time(YEAR_10000)), "to"),
+    "negative nanos": (_from(_time(0, -1)), "from.nanos"),
+    "nanos of a second or more": (pb.QueryEventsRequest(to=_time(0, 10**9)), "to.nanos"),
+    "from 2^62 seconds": (_from(_time(2**62)), "from"),
+    "to -2^62 seconds": (pb.QueryEventsRequest(to=_time(-(2**62))), "to"),
+    "page token far in time": (
+        pb.QueryEventsRequest(page_token=_forged_page_token([10**20, "a", 1])),
+        "page_token",
+    ),
+    "page token with a float": (
+        pb.QueryEventsRequest(page_token=_forged_page_token([1.5, "a", 1])),
+        "page_token",
+    ),
+    "page token version beyond int64": (
+        pb.QueryEventsRequest(page_token=_forged_page_token([0, "a", 2**64])),
+        "page_token",
+    ),
+    "100,000 event types": (
+        pb.QueryEventsRequest(event_types=[f"E{i}" for i in range(100_000)]),
+        "event_types",
+    ),
+    "100,000 aggregate types": (
+        pb.QueryEventsRequest(aggregate_types=[f"A{i}" for i in range(100_000)]),
+        "aggregate_types",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EXTREME_QUERIES))
+async def test_extreme_query_is_refused_naming_the_field(
+    stub: pb_grpc.EventStoreAsyncStub, case: str
+) -> None:
+    query, field = EXTREME_QUERIES[case]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.QueryEvents(query)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert field in violations(caught.value)
+
+
+EXTREME_SUBSCRIPTIONS: dict[str, tuple[pb.SubscribeRequest, str]] = {
+    "offset 2^63": (
+        pb.SubscribeRequest(
+            aggregate_types=["Order"], checkpoint=_token({"v": 1, "k": {"Order": {"0": 2**63}}})
+        ),
+        "checkpoint",
+    ),
+    "partition beyond int32": (
+        pb.SubscribeRequest(
+            aggregate_types=["Order"],
+            checkpoint=_token({"v": 1, "k": {"Order": {"2147483648": 0}}}),
+        ),
+        "checkpoint",
+    ),
+    "version int64 max": (
+        pb.SubscribeRequest(
+            aggregate_id="agg-1",
+            aggregate_types=["Order"],
+            checkpoint=_token({"v": 1, "a": "agg-1", "n": 2**63 - 1}),
+        ),
+        "checkpoint",
+    ),
+    "100,000 event types": (
+        pb.SubscribeRequest(event_types=[f"E{i}" for i in range(100_000)]),
+        "event_types",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EXTREME_SUBSCRIPTIONS))
+async def test_extreme_subscription_is_refused_naming_the_field(
+    stub: pb_grpc.EventStoreAsyncStub, case: str
+) -> None:
+    subscription, field = EXTREME_SUBSCRIPTIONS[case]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.Subscribe(subscription, timeout=20):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert field in violations(caught.value)
