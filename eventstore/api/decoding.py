@@ -67,14 +67,14 @@ def add_service(
     server: grpc.aio.Server,
     service: ServiceDescriptor,
     servicer: object,
-    wrap: Callable[[Any, bool], Any] = lambda behaviour, streaming: behaviour,
+    wrap: Callable[[Any], Any] = lambda behaviour: behaviour,
 ) -> None:
     """Serve every method of `service` from `servicer` (a method of the same name each).
 
-    `wrap(behaviour, server_streaming)` adapts a servicer that does not know `Undecodable`
-    (a library's, such as gRPC health)."""
+    `wrap(behaviour)` adapts a servicer that does not know `Undecodable` (a library's, such as
+    gRPC health)."""
     handlers = {
-        method.name: _handler(method, wrap(getattr(servicer, method.name), method.server_streaming))
+        method.name: _handler(method, wrap(getattr(servicer, method.name)))
         for method in service.methods
     }
     server.add_generic_rpc_handlers(

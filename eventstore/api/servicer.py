@@ -136,28 +136,18 @@ def server_streaming(
     return handler
 
 
-def refuse_undecodable(behaviour: Any, streaming: bool) -> Any:
-    """For a library's servicer (gRPC health): an undecodable request is INVALID_ARGUMENT."""
+def refuse_undecodable(behaviour: Any) -> Any:
+    """For a library's servicer (gRPC health): an undecodable request is INVALID_ARGUMENT.
+    Its methods are coroutines (streaming ones write with `context.write`)."""
 
-    async def refuse(request: Undecodable, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        request_id = _request_id(context)
-        with _log_context(behaviour.__name__, request, request_id):
-            await _abort(request.error(), request_id, context)
-
-    async def unary_method(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    async def method(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
-            await refuse(request, context)
+            request_id = _request_id(context)
+            with _log_context(behaviour.__name__, request, request_id):
+                await _abort(request.error(), request_id, context)
         return await behaviour(request, context)
 
-    async def streaming_method(
-        request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        if isinstance(request, Undecodable):
-            await refuse(request, context)
-        async for item in behaviour(request, context):
-            yield item
-
-    return streaming_method if streaming else unary_method
+    return method
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
