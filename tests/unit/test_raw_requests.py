@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -13,54 +11,10 @@ from hypothesis import given, settings
 
 from eventstore import metrics
 from eventstore.config import ServerSettings
-from eventstore.domain.events import RecordedEvent
-from eventstore.domain.queries import EventQuery, Freshness
-from eventstore.ports import EventIndex, EventLog, LogReader, LogRecord
 from eventstore.server import Components, start
 from eventstore.storage.memory import InMemoryEventStorage, InMemorySnapshotStore
+from tests.fakes import InMemoryEventIndex, InMemoryEventLog
 from tests.raw_requests import RPCS, call, check, raw_requests
-
-
-class EmptyLog(EventLog, LogReader):
-    """A published log with nothing in it: enough to subscribe to."""
-
-    async def open(
-        self,
-        aggregate_types: frozenset[str],
-        start: Mapping[tuple[str, int], int] | str,
-        key: str | None = None,
-    ) -> LogReader:
-        return self
-
-    async def read(self, max_records: int) -> list[LogRecord]:
-        await asyncio.sleep(0.05)  # "none arrived in a short wait"
-        return []
-
-    def start_positions(self) -> dict[tuple[str, int], int]:
-        return {}
-
-    def caught_up(self, positions: Mapping[tuple[str, int], int]) -> bool:
-        return True
-
-    def lag(self, positions: Mapping[tuple[str, int], int]) -> int:
-        return 0
-
-    async def close(self) -> None:
-        pass
-
-
-class EmptyIndex(EventIndex):
-    """An index with nothing in it: what matters here is what reaches it."""
-
-    async def search(
-        self, query: EventQuery
-    ) -> tuple[list[RecordedEvent], tuple[int, str, int] | None, int | None]:
-        return [], None, 0 if query.count_total else None
-
-    async def freshness(
-        self, visible_event_id: uuid.UUID | None, permitted_types: frozenset[str] | None = None
-    ) -> Freshness:
-        return Freshness()
 
 
 @pytest.fixture
@@ -69,8 +23,8 @@ async def channel() -> AsyncIterator[grpc.aio.Channel]:
         ServerSettings(listen="127.0.0.1:0", auth_disabled=True),
         Components(
             InMemoryEventStorage(),
-            log=EmptyLog(),
-            index=EmptyIndex(),
+            log=InMemoryEventLog(),
+            index=InMemoryEventIndex(),
             snapshots=InMemorySnapshotStore(),
         ),
     )
