@@ -271,6 +271,7 @@ class LimitSettings(BaseSettings):
     max_event_bytes: int = Field(1024 * 1024, ge=1)
     max_append_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_snapshot_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    max_filter_types: int = Field(100, ge=1)
 
     def to_limits(self) -> Limits:
         return Limits(
@@ -280,6 +281,7 @@ class LimitSettings(BaseSettings):
             max_event_bytes=self.max_event_bytes,
             max_append_bytes=self.max_append_bytes,
             max_snapshot_bytes=self.max_snapshot_bytes,
+            max_filter_types=self.max_filter_types,
         )
 
     def deliverable(self, kafka: KafkaSettings) -> list[str]:

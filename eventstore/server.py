@@ -13,14 +13,15 @@ import grpc
 import prometheus_client
 import structlog
 from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from eventstore import metrics
 from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
+from eventstore.api.decoding import add_service
 from eventstore.api.quotas import QuotaLimiter
-from eventstore.api.servicer import DeferredServicer, EventStoreServicer
+from eventstore.api.servicer import DeferredServicer, EventStoreServicer, refuse_undecodable
 from eventstore.config import ConfigError, ServerSettings, load
 from eventstore.domain.access import PolicyError
 from eventstore.domain.errors import StorageUnavailable
@@ -57,14 +58,16 @@ from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
 from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
 from eventstore.usecases.subscribe import Subscribe
-from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
+from eventstore.v1 import eventstore_pb2
 
 log = structlog.get_logger(__name__)
 
 #: After draining, how long new requests are still refused before the listener closes.
 REFUSAL_LINGER_S = 1.0
 
-SERVICE_NAME = eventstore_pb2.DESCRIPTOR.services_by_name["EventStore"].full_name
+SERVICE = eventstore_pb2.DESCRIPTOR.services_by_name["EventStore"]
+SERVICE_NAME = SERVICE.full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 
 
 @dataclass
@@ -260,9 +263,9 @@ async def listen(settings: ServerSettings) -> RunningServer:
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     deferred = DeferredServicer()
-    eventstore_pb2_grpc.add_EventStoreServicer_to_server(deferred, server)
+    add_service(server, SERVICE, deferred)
     health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_service(server, HEALTH_SERVICE, health_servicer, refuse_undecodable)
     reflection.enable_server_reflection(
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
@@ -304,7 +307,7 @@ async def _health_only_server(
     if not address:
         return None
     server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    add_service(server, HEALTH_SERVICE, servicer, refuse_undecodable)
     if server.add_insecure_port(address) == 0:
         raise StartupFailed(f"cannot listen on {address} (EVENTSTORE_HEALTH_LISTEN)")
     await server.start()

@@ -9,9 +9,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from eventstore.domain.access import PRINCIPAL_KEY
-from eventstore.domain.events import ExpectedVersion, RecordedEvent
+from eventstore.domain.events import MAX_VERSION, ExpectedVersion, RecordedEvent
 from eventstore.domain.validation import (
-    MAX_VERSION,
     RESERVED_METADATA_PREFIX,
     Limits,
     RawAppend,

@@ -16,16 +16,30 @@ from typing import TypeVar
 
 import structlog
 
-from eventstore.domain.errors import StorageUnavailable
+from eventstore.domain.errors import EventStoreError
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
 
-class ShuttingDown(StorageUnavailable):
+class NotReady(EventStoreError):
+    """This replica is starting: its backends are not connected yet (another may serve)."""
+
     def __init__(self) -> None:
-        super().__init__("this server is shutting down; retry (another replica will answer)")
+        super().__init__("this replica is starting; retry, another replica may serve")
+
+
+class ShuttingDown(EventStoreError):
+    """This replica is draining: it refuses new RPCs (another replica will serve them)."""
+
+    def __init__(self) -> None:
+        super().__init__("this replica is draining; retry, another replica may serve")
+
+
+class BackendNotConfigured(EventStoreError):
+    """This server was built without the backend an RPC needs (tests, partial set-ups): no
+    retry can help, on this replica or on any other built the same way."""
 
 
 class Admission:

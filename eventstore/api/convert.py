@@ -5,13 +5,14 @@ no validation here: the domain does it."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.domain.subscriptions import StartAt, SubscriptionItem
-from eventstore.domain.validation import RawAppend, RawEvent
+from eventstore.domain.validation import RawAppend, RawEvent, RawTime
 from eventstore.v1 import eventstore_pb2 as pb
-from eventstore.wire.events import event_to_proto, expected_from_proto, time_from_proto
+from eventstore.wire.events import event_to_proto, expected_from_proto
 
 
 def append_from_proto(request: pb.AppendRequest) -> RawAppend:
@@ -76,7 +77,8 @@ def subscription_item_to_proto(item: SubscriptionItem) -> pb.SubscribeResponse:
     return pb.SubscribeResponse(heartbeat=pb.Heartbeat(), checkpoint=item.checkpoint)
 
 
-def optional_time(message: pb.QueryEventsRequest, field: str) -> datetime | None:
+def optional_time(message: pb.QueryEventsRequest, field: str) -> RawTime | None:
     if not message.HasField(field):  # type: ignore[arg-type]
         return None
-    return time_from_proto(getattr(message, field))
+    value: Timestamp = getattr(message, field)
+    return value.seconds, value.nanos

@@ -1,12 +1,19 @@
 """The one place where errors become gRPC statuses, with structured details.
 
-Clients never parse message text: every status carries google.rpc details (BadRequest,
-ErrorInfo, RetryInfo, ResourceInfo, RequestInfo) and, for version conflicts, our own
-eventstore.v1.WrongExpectedVersion. Anything unexpected becomes INTERNAL with a request id,
-is logged with its traceback, and leaks nothing of our internals.
+One table, keyed by error type, says for each error what the caller should do: its status code,
+its ErrorInfo reason, whether a RetryInfo invites a retry (only where retrying can succeed),
+what the message says, and whether it is expected (logged without a traceback). The most
+specific type in an error's class hierarchy wins. Clients never parse message text: every
+status carries google.rpc details and, for version conflicts, our own
+eventstore.v1.WrongExpectedVersion. Anything not in the table becomes INTERNAL with a request
+id, is logged with its traceback, and leaks nothing of our internals.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -14,6 +21,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from eventstore.api.admission import BackendNotConfigured, NotReady, ShuttingDown
 from eventstore.domain.access import (
     GrantsChanged,
     PermissionDenied,
@@ -22,6 +30,7 @@ from eventstore.domain.access import (
 )
 from eventstore.domain.errors import (
     AggregateNotFound,
+    BackendRejected,
     InvalidArgument,
     SnapshotNotFound,
     StorageUnavailable,
@@ -37,7 +46,173 @@ DOMAIN = "eventstore.v1"
 RETRY_DELAY_MS = 200
 
 
-def _pack(*details: Message) -> list[any_pb2.Any]:
+def _retry_info(seconds: float = RETRY_DELAY_MS / 1000) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromNanoseconds(max(int(seconds * 1e9), 1_000_000))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+def _bad_request(exc: Any) -> list[Message]:
+    return [
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in exc.violations
+            ]
+        )
+    ]
+
+
+def _version_conflict(exc: Any) -> list[Message]:
+    return [
+        pb.WrongExpectedVersion(
+            aggregate_id=exc.aggregate_id,
+            expected=expected_to_proto(exc.expected),
+            actual_version=exc.actual,
+        )
+    ]
+
+
+def _resource(resource_type: str) -> Callable[[Any], list[Message]]:
+    def details(exc: Any) -> list[Message]:
+        return [
+            error_details_pb2.ResourceInfo(
+                resource_type=resource_type, resource_name=exc.aggregate_id
+            )
+        ]
+
+    return details
+
+
+def _quota(exc: Any) -> list[Message]:
+    return [
+        error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"principal:{exc.principal}",
+                    description=f"{exc.quota} is {exc.limit:g}",
+                )
+            ]
+        )
+    ]
+
+
+def _no_details(exc: Any) -> list[Message]:
+    return []
+
+
+def _no_metadata(exc: Any) -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """How one error type reaches the caller."""
+
+    code: int
+    #: ErrorInfo.reason: what a program branches on
+    reason: str
+    #: attach RetryInfo: the same request may succeed later (only then)
+    retry: bool
+    #: no traceback in the log: part of normal operation
+    expected: bool = True
+    #: the status message; None: the error's own text (written for clients)
+    message: str | None = None
+    metadata: Callable[[Any], dict[str, str]] = _no_metadata
+    details: Callable[[Any], list[Message]] = _no_details
+
+
+#: Not in the table: a bug of ours. Logged with its traceback; the caller learns nothing more.
+UNEXPECTED = Rule(
+    code_pb2.INTERNAL, "INTERNAL", retry=False, expected=False, message="internal error"
+)
+UNAVAILABLE_MESSAGE = "a backend is unavailable; retrying the same request is safe"
+
+RULES: dict[type[BaseException], Rule] = {
+    InvalidArgument: Rule(
+        code_pb2.INVALID_ARGUMENT, "INVALID_ARGUMENT", retry=False, details=_bad_request
+    ),
+    WrongExpectedVersion: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        "WRONG_EXPECTED_VERSION",
+        retry=False,
+        metadata=lambda exc: {
+            "aggregate_id": exc.aggregate_id,
+            "expected_version": str(exc.expected),
+            "actual_version": str(exc.actual),
+        },
+        details=_version_conflict,
+    ),
+    AggregateNotFound: Rule(
+        code_pb2.NOT_FOUND, "AGGREGATE_NOT_FOUND", retry=False, details=_resource("aggregate")
+    ),
+    SnapshotNotFound: Rule(
+        code_pb2.NOT_FOUND, "SNAPSHOT_NOT_FOUND", retry=False, details=_resource("snapshot")
+    ),
+    Unauthenticated: Rule(code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED", retry=False),
+    PermissionDenied: Rule(
+        code_pb2.PERMISSION_DENIED,
+        "PERMISSION_DENIED",
+        retry=False,
+        metadata=lambda exc: {
+            "principal": exc.principal,
+            "operation": exc.operation.value,
+            "aggregate_type": exc.aggregate_type,
+        },
+    ),
+    # The caller's grants changed mid-stream: it must reconnect to learn what it may still see.
+    GrantsChanged: Rule(
+        code_pb2.ABORTED,
+        "PERMISSIONS_CHANGED",
+        retry=False,
+        metadata=lambda exc: {"principal": exc.principal},
+    ),
+    # RetryInfo carries the quota's own delay (see _retry_delay).
+    QuotaExceeded: Rule(
+        code_pb2.RESOURCE_EXHAUSTED,
+        "QUOTA_EXCEEDED",
+        retry=True,
+        metadata=lambda exc: {"principal": exc.principal, "quota": exc.quota},
+        details=_quota,
+    ),
+    ContentionExhausted: Rule(
+        code_pb2.ABORTED,
+        "CONTENTION",
+        retry=True,
+        metadata=lambda exc: {"aggregate_id": exc.aggregate_id},
+    ),
+    StorageUnavailable: Rule(
+        code_pb2.UNAVAILABLE, "BACKEND_UNAVAILABLE", retry=True, message=UNAVAILABLE_MESSAGE
+    ),
+    NotReady: Rule(code_pb2.UNAVAILABLE, "SERVER_STARTING", retry=True),
+    ShuttingDown: Rule(code_pb2.UNAVAILABLE, "SERVER_DRAINING", retry=True),
+    # UNIMPLEMENTED, not FAILED_PRECONDITION: the caller can change nothing that would make
+    # this deployment serve the RPC (FAILED_PRECONDITION invites fixing state and retrying),
+    # and UNIMPLEMENTED is what gRPC itself says of a method a server does not serve.
+    BackendNotConfigured: Rule(code_pb2.UNIMPLEMENTED, "BACKEND_NOT_CONFIGURED", retry=False),
+    # A backend refused what we sent it: our bug, logged with its traceback like any other.
+    BackendRejected: UNEXPECTED,
+}
+
+
+def rule_for(exc: BaseException) -> Rule:
+    """The rule of the most specific type of `exc` in the table."""
+    for cls in type(exc).__mro__:
+        rule = RULES.get(cls)
+        if rule is not None:
+            return rule
+    return UNEXPECTED
+
+
+def _retry_delay(exc: BaseException) -> float:
+    if isinstance(exc, QuotaExceeded):
+        return exc.retry_after_s
+    return RETRY_DELAY_MS / 1000
+
+
+def _pack(details: list[Message]) -> list[any_pb2.Any]:
     packed = []
     for detail in details:
         holder = any_pb2.Any()
@@ -46,142 +221,31 @@ def _pack(*details: Message) -> list[any_pb2.Any]:
     return packed
 
 
-def _retry_info(seconds: float = RETRY_DELAY_MS / 1000) -> error_details_pb2.RetryInfo:
-    delay = duration_pb2.Duration()
-    delay.FromNanoseconds(max(int(seconds * 1e9), 1_000_000))
-    return error_details_pb2.RetryInfo(retry_delay=delay)
-
-
 def to_status(
     exc: BaseException, request_id: str, log_unexpected: bool = True
 ) -> status_pb2.Status:
-    request_info = error_details_pb2.RequestInfo(request_id=request_id)
-    if isinstance(exc, InvalidArgument):
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description
-                )
-                for v in exc.violations
-            ]
-        )
-        return status_pb2.Status(
-            code=code_pb2.INVALID_ARGUMENT,
-            message=str(exc),
-            details=_pack(bad_request, request_info),
-        )
-    if isinstance(exc, WrongExpectedVersion):
-        info = error_details_pb2.ErrorInfo(
-            reason="WRONG_EXPECTED_VERSION",
-            domain=DOMAIN,
-            metadata={
-                "aggregate_id": exc.aggregate_id,
-                "expected_version": str(exc.expected),
-                "actual_version": str(exc.actual),
-            },
-        )
-        detail = pb.WrongExpectedVersion(
-            aggregate_id=exc.aggregate_id,
-            expected=expected_to_proto(exc.expected),
-            actual_version=exc.actual,
-        )
-        return status_pb2.Status(
-            code=code_pb2.FAILED_PRECONDITION,
-            message=str(exc),
-            details=_pack(info, detail, request_info),
-        )
-    if isinstance(exc, AggregateNotFound):
-        resource = error_details_pb2.ResourceInfo(
-            resource_type="aggregate", resource_name=exc.aggregate_id
-        )
-        return status_pb2.Status(
-            code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(resource, request_info)
-        )
-    if isinstance(exc, SnapshotNotFound):
-        resource = error_details_pb2.ResourceInfo(
-            resource_type="snapshot", resource_name=exc.aggregate_id
-        )
-        return status_pb2.Status(
-            code=code_pb2.NOT_FOUND, message=str(exc), details=_pack(resource, request_info)
-        )
-    if isinstance(exc, Unauthenticated):
-        info = error_details_pb2.ErrorInfo(reason="UNAUTHENTICATED", domain=DOMAIN)
-        return status_pb2.Status(
-            code=code_pb2.UNAUTHENTICATED, message=str(exc), details=_pack(info, request_info)
-        )
-    if isinstance(exc, PermissionDenied):
-        info = error_details_pb2.ErrorInfo(
-            reason="PERMISSION_DENIED",
-            domain=DOMAIN,
-            metadata={
-                "principal": exc.principal,
-                "operation": exc.operation.value,
-                "aggregate_type": exc.aggregate_type,
-            },
-        )
-        return status_pb2.Status(
-            code=code_pb2.PERMISSION_DENIED, message=str(exc), details=_pack(info, request_info)
-        )
-    if isinstance(exc, GrantsChanged):
-        info = error_details_pb2.ErrorInfo(
-            reason="PERMISSIONS_CHANGED", domain=DOMAIN, metadata={"principal": exc.principal}
-        )
-        return status_pb2.Status(
-            code=code_pb2.ABORTED, message=str(exc), details=_pack(info, request_info)
-        )
-    if isinstance(exc, QuotaExceeded):
-        failure = error_details_pb2.QuotaFailure(
-            violations=[
-                error_details_pb2.QuotaFailure.Violation(
-                    subject=f"principal:{exc.principal}",
-                    description=f"{exc.quota} is {exc.limit:g}",
-                )
-            ]
-        )
-        return status_pb2.Status(
-            code=code_pb2.RESOURCE_EXHAUSTED,
-            message=str(exc),
-            details=_pack(failure, _retry_info(exc.retry_after_s), request_info),
-        )
-    if isinstance(exc, StorageUnavailable):
-        info = error_details_pb2.ErrorInfo(reason="BACKEND_UNAVAILABLE", domain=DOMAIN)
-        return status_pb2.Status(
-            code=code_pb2.UNAVAILABLE,
-            message="a backend is unavailable; retrying the same request is safe",
-            details=_pack(info, _retry_info(), request_info),
-        )
-    if isinstance(exc, ContentionExhausted):
-        info = error_details_pb2.ErrorInfo(
-            reason="CONTENTION", domain=DOMAIN, metadata={"aggregate_id": exc.aggregate_id}
-        )
-        return status_pb2.Status(
-            code=code_pb2.ABORTED,
-            message=str(exc),
-            details=_pack(info, _retry_info(), request_info),
-        )
-    if log_unexpected:
+    rule = rule_for(exc)
+    if not rule.expected and log_unexpected:
         log.error("unexpected error", request_id=request_id, exc_info=exc)
-    return status_pb2.Status(
-        code=code_pb2.INTERNAL,
-        message=f"internal error (request id {request_id})",
-        details=_pack(request_info),
-    )
+    message = str(exc) if rule.message is None else rule.message
+    if not rule.expected:
+        message = f"{message} (request id {request_id})"
+        # Nothing of an unexpected error's text or type may reach the caller.
+        details: list[Message] = []
+    else:
+        info = error_details_pb2.ErrorInfo(
+            reason=rule.reason, domain=DOMAIN, metadata=rule.metadata(exc)
+        )
+        details = [info, *rule.details(exc)]
+        if rule.retry:
+            details.append(_retry_info(_retry_delay(exc)))
+    details.append(error_details_pb2.RequestInfo(request_id=request_id))
+    return status_pb2.Status(code=rule.code, message=message, details=_pack(details))
 
 
 def is_expected(exc: BaseException) -> bool:
     """Errors that are part of normal operation (no traceback in the log)."""
-    return isinstance(
-        exc,
-        InvalidArgument
-        | WrongExpectedVersion
-        | AggregateNotFound
-        | StorageUnavailable
-        | ContentionExhausted
-        | Unauthenticated
-        | PermissionDenied
-        | GrantsChanged
-        | QuotaExceeded,
-    )
+    return rule_for(exc).expected
 
 
 def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:

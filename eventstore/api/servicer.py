@@ -16,12 +16,13 @@ from grpc_status import rpc_status
 
 from eventstore import metrics
 from eventstore.api import convert
-from eventstore.api.admission import Admission
+from eventstore.api.admission import Admission, BackendNotConfigured, NotReady
 from eventstore.api.auth import Authenticator
+from eventstore.api.decoding import Undecodable
 from eventstore.api.errors import grpc_code, is_expected, to_status
 from eventstore.api.quotas import QuotaLimiter
 from eventstore.domain.access import Principal
-from eventstore.domain.errors import InvalidArgument, StorageUnavailable
+from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.validation import (
     Limits,
     validate_aggregate_id,
@@ -93,6 +94,8 @@ def unary(
         code = "OK"
         with _log_context(method.__name__, request, request_id):
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 with self._admission.unary():
                     return await method(self, request, context)
             except Exception as exc:
@@ -119,6 +122,8 @@ def server_streaming(
         code = "OK"
         with _log_context(method.__name__, request, request_id):
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 async for item in self._admission.stream(method(self, request, context)):
                     yield item
             except asyncio.CancelledError:
@@ -133,8 +138,18 @@ def server_streaming(
     return handler
 
 
-class BackendNotConfigured(StorageUnavailable):
-    """This server was built without the backend an RPC needs (tests, partial set-ups)."""
+def refuse_undecodable(behaviour: Any) -> Any:
+    """For a library's servicer (gRPC health): an undecodable request is INVALID_ARGUMENT.
+    Its methods are coroutines (streaming ones write with `context.write`)."""
+
+    async def method(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, Undecodable):
+            request_id = _request_id(context)
+            with _log_context(behaviour.__name__, request, request_id):
+                await _abort(request.error(), request_id, context)
+        return await behaviour(request, context)
+
+    return method
 
 
 class EventStoreServicer(pb_grpc.EventStoreServicer):
@@ -297,11 +312,6 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         principal = self._principal(context)
         validate_aggregate_id(request.aggregate_id, self._limits)
         return results.aggregate_to_proto(await self._describe(request.aggregate_id, principal))
-
-
-class NotReady(StorageUnavailable):
-    def __init__(self) -> None:
-        super().__init__("the server is starting: its backends are not connected yet")
 
 
 def _forward_unary(name: str) -> Any:

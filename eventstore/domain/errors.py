@@ -57,3 +57,8 @@ class SnapshotNotFound(EventStoreError):
 class StorageUnavailable(EventStoreError):
     """A backend (Cassandra, Kafka, OpenSearch) did not answer in time or is down. Retrying
     (idempotently) is safe."""
+
+
+class BackendRejected(EventStoreError):
+    """A backend refused a request of ours as malformed (e.g. an OpenSearch 400): retrying it
+    cannot help, and since validation let the client's request through, the fault is ours."""

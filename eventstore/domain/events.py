@@ -10,6 +10,8 @@ from uuid import UUID
 
 #: Versions of an aggregate start at 1; 0 means "no events yet".
 NO_EVENTS = 0
+#: Versions are Cassandra bigints (int64).
+MAX_VERSION = 2**63 - 1
 
 
 class Expectation(enum.Enum):

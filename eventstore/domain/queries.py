@@ -11,10 +11,13 @@ from datetime import datetime
 from uuid import UUID
 
 from eventstore.domain.errors import InvalidArgument
-from eventstore.domain.events import RecordedEvent
+from eventstore.domain.events import MAX_VERSION, RecordedEvent
 
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
+#: google.protobuf.Timestamp's range, 0001-01-01 to 9999-12-31 (datetime's too).
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
 
 #: Where a page ends, as the index's sort values: (recorded_at ms, aggregate_id, version).
 Cursor = tuple[int, str, int]
@@ -100,8 +103,13 @@ def decode_page_token(query: EventQuery, token: str) -> Cursor:
         millis, aggregate_id, version = body["a"]
         if body["f"] != query.fingerprint():
             raise bad
+        # `type(...) is int`: JSON's true and false are ints to isinstance.
         if not (
-            isinstance(millis, int) and isinstance(aggregate_id, str) and isinstance(version, int)
+            type(millis) is int
+            and MIN_TIMESTAMP_SECONDS * 1000 <= millis < (MAX_TIMESTAMP_SECONDS + 1) * 1000
+            and isinstance(aggregate_id, str)
+            and type(version) is int
+            and 1 <= version <= MAX_VERSION
         ):
             raise bad
         return (millis, aggregate_id, version)

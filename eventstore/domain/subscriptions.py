@@ -10,10 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from eventstore.domain.errors import InvalidArgument
-from eventstore.domain.events import RecordedEvent
+from eventstore.domain.events import MAX_VERSION, RecordedEvent
 
 #: A Kafka position: (aggregate type, partition) -> next offset to read.
 Positions = Mapping[tuple[str, int], int]
+#: Kafka offsets are int64, partitions int32; versions are int64, and a checkpoint's is the last
+#: one delivered, so the next one must exist.
+MAX_OFFSET = 2**63 - 1
+MAX_PARTITION = 2**31 - 1
+MAX_CHECKPOINT_VERSION = MAX_VERSION - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +91,25 @@ def decode_checkpoint(token: str) -> Checkpoint:
             raise bad
         if "a" in body:
             aggregate_id, version = body["a"], body["n"]
-            if not isinstance(aggregate_id, str) or not isinstance(version, int) or version < 0:
+            # `type(...) is int`: JSON's true and false are ints to isinstance.
+            if not (
+                isinstance(aggregate_id, str)
+                and type(version) is int
+                and 0 <= version <= MAX_CHECKPOINT_VERSION
+            ):
                 raise bad
             return AggregateCheckpoint(aggregate_id, version)
         positions: dict[tuple[str, int], int] = {}
         for aggregate_type, partitions in body["k"].items():
             for partition, offset in partitions.items():
-                if not isinstance(offset, int) or offset < 0:
+                number = int(partition)
+                if not (
+                    type(offset) is int
+                    and 0 <= offset <= MAX_OFFSET
+                    and 0 <= number <= MAX_PARTITION
+                ):
                     raise bad
-                positions[(str(aggregate_type), int(partition))] = offset
+                positions[(str(aggregate_type), number)] = offset
         return LogCheckpoint(positions)
     except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
         raise bad from exc

@@ -13,10 +13,11 @@ import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from eventstore.domain.errors import FieldViolation, InvalidArgument
 from eventstore.domain.events import (
+    MAX_VERSION,
     NO_EVENTS,
     AppendRequest,
     Direction,
@@ -27,6 +28,8 @@ from eventstore.domain.events import (
 from eventstore.domain.queries import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    MAX_TIMESTAMP_SECONDS,
+    MIN_TIMESTAMP_SECONDS,
     EventQuery,
     decode_page_token,
 )
@@ -38,7 +41,6 @@ from eventstore.domain.subscriptions import (
 )
 
 DEFAULT_CONTENT_TYPE = "application/json"
-MAX_VERSION = 2**63 - 1
 #: The longest spelling of a UUID that uuid.UUID() reads ("urn:uuid:" + 36); it would also read
 #: "urn:" and "-" repeated without end, so the length is checked first.
 MAX_EVENT_ID_LENGTH = 45
@@ -60,6 +62,8 @@ class Limits:
     max_append_bytes: int = 4 * 1024 * 1024
     max_metadata_key_length: int = 128
     max_snapshot_bytes: int = 4 * 1024 * 1024
+    #: event types, and aggregate types, one query or subscription names (each list)
+    max_filter_types: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,32 @@ def check_type_name(value: str, limits: Limits, path: str, out: _Collector) -> N
         out.add(path, f"must be at most {limits.max_type_name_length} characters")
     elif not _TYPE_NAME.fullmatch(value):
         out.add(path, "must start with a letter and hold only letters, digits, '.', '_' or '-'")
+
+
+def check_type_names(names: Sequence[str], limits: Limits, path: str, out: _Collector) -> None:
+    if len(names) > limits.max_filter_types:
+        out.add(path, f"must name at most {limits.max_filter_types} types")
+        return
+    for index, name in enumerate(names):
+        check_type_name(name, limits, f"{path}[{index}]", out)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: A google.protobuf.Timestamp as sent: (seconds, nanos), nothing checked yet.
+RawTime = tuple[int, int]
+
+
+def check_time(value: RawTime | None, path: str, out: _Collector) -> datetime | None:
+    if value is None:
+        return None
+    seconds, nanos = value
+    if not MIN_TIMESTAMP_SECONDS <= seconds <= MAX_TIMESTAMP_SECONDS:
+        out.add(path, "must be between 0001-01-01 and 9999-12-31")
+    elif not 0 <= nanos <= 999_999_999:
+        out.add(f"{path}.nanos", "must be between 0 and 999,999,999")
+    else:
+        return EPOCH + timedelta(seconds=seconds, microseconds=nanos // 1000)
+    return None
 
 
 def is_json_content_type(content_type: str) -> bool:
@@ -274,10 +304,8 @@ def validate_subscribe(
         check_aggregate_id(aggregate_id, limits, "aggregate_id", out)
         if len(aggregate_types) > 1:
             out.add("aggregate_types", "with aggregate_id, name at most its own type")
-    for index, name in enumerate(aggregate_types):
-        check_type_name(name, limits, f"aggregate_types[{index}]", out)
-    for index, name in enumerate(event_types):
-        check_type_name(name, limits, f"event_types[{index}]", out)
+    check_type_names(aggregate_types, limits, "aggregate_types", out)
+    check_type_names(event_types, limits, "event_types", out)
     decoded = None
     if start is StartAt.CHECKPOINT:
         try:
@@ -297,8 +325,8 @@ def validate_query(
     event_types: Sequence[str],
     aggregate_types: Sequence[str],
     aggregate_id: str,
-    start: datetime | None,
-    end: datetime | None,
+    raw_start: RawTime | None,
+    raw_end: RawTime | None,
     page_size: int,
     page_token: str,
     visible_event_id: str,
@@ -306,12 +334,12 @@ def validate_query(
     count_total: bool = False,
 ) -> EventQuery:
     out = _Collector()
-    for index, name in enumerate(event_types):
-        check_type_name(name, limits, f"event_types[{index}]", out)
-    for index, name in enumerate(aggregate_types):
-        check_type_name(name, limits, f"aggregate_types[{index}]", out)
+    check_type_names(event_types, limits, "event_types", out)
+    check_type_names(aggregate_types, limits, "aggregate_types", out)
     if aggregate_id:
         check_aggregate_id(aggregate_id, limits, "aggregate_id", out)
+    start = check_time(raw_start, "from", out)
+    end = check_time(raw_end, "to", out)
     if start is not None and end is not None and start >= end:
         out.add("to", "must be later than from")
     if not 0 <= page_size <= MAX_PAGE_SIZE:

@@ -10,13 +10,27 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from opensearchpy.exceptions import TransportError
 
 from eventstore.config import OpenSearchSettings
-from eventstore.domain.errors import StorageUnavailable
+from eventstore.domain.errors import BackendRejected, EventStoreError, StorageUnavailable
 from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
 from eventstore.ports import EventIndex
 from eventstore.search.documents import from_document
 from eventstore.search.progress import REPORT_MAX_AGE, ProgressReport, combine
 
 SORT = [{"recorded_at": "asc"}, {"aggregate_id": "asc"}, {"version": "asc"}]
+
+
+def translate(exc: TransportError) -> EventStoreError:
+    """By what the caller should do: retry when OpenSearch was unreachable, slow or overloaded
+    (no status, 429, 5xx); any other status refused a request we built, which no retry cures."""
+    status = exc.status_code
+    if (
+        isinstance(exc, OpenSearchConnectionError)
+        or not isinstance(status, int)
+        or status == 429
+        or status >= 500
+    ):
+        return StorageUnavailable(f"OpenSearch: {type(exc).__name__} {status}")
+    return BackendRejected(f"OpenSearch refused our request: {status} {exc.error}")
 
 
 def _millis(value: datetime) -> int:
@@ -39,8 +53,8 @@ class OpenSearchEventIndex(EventIndex):
     async def _call(self, method: Any, **kwargs: Any) -> Any:
         try:
             return await method(**kwargs)
-        except (OpenSearchConnectionError, TransportError) as exc:
-            raise StorageUnavailable(f"OpenSearch: {type(exc).__name__}") from exc
+        except TransportError as exc:
+            raise translate(exc) from exc
 
     async def search(self, query: EventQuery) -> SearchPage:
         filters: list[dict[str, Any]] = []

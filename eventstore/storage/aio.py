@@ -1,19 +1,39 @@
 """Bridge cassandra-driver's callback futures to asyncio without blocking the event loop, and
-translate its errors (one place: every adapter of ours runs its statements through `execute`)."""
+translate its errors (one place: every adapter of ours prepares its statements with `prepare`
+and runs them through `execute`, or calls the driver inside `translated`)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from cassandra import DriverException, OperationTimedOut
 from cassandra.cluster import NoHostAvailable, ResponseFuture, Session
+from cassandra.query import PreparedStatement
 
 from eventstore.domain.errors import StorageUnavailable
 
 #: What the driver raises when Cassandra did not answer (NoHostAvailable is not a
 #: DriverException): the caller may retry.
 DRIVER_ERRORS = (DriverException, OperationTimedOut, NoHostAvailable)
+
+
+@contextlib.contextmanager
+def translated(what: str | None = None) -> Iterator[None]:
+    """Driver errors raised inside become StorageUnavailable (`what` failed, or the error's
+    type): no cassandra exception crosses into the domain."""
+    try:
+        yield
+    except DRIVER_ERRORS as exc:
+        raise StorageUnavailable(what or f"Cassandra: {type(exc).__name__}") from exc
+
+
+def prepare(session: Session, query: str) -> PreparedStatement:
+    """Prepare a statement (blocking: adapters prepare off the event loop)."""
+    with translated():
+        return session.prepare(query)
 
 
 def _settle(
@@ -54,7 +74,5 @@ def wrap(response: ResponseFuture) -> asyncio.Future[list[Any]]:
 
 async def execute(session: Session, statement: Any, params: Any = None) -> list[Any]:
     """Run a statement; all its rows. Driver errors become StorageUnavailable."""
-    try:
+    with translated():
         return await wrap(session.execute_async(statement, params))
-    except DRIVER_ERRORS as exc:
-        raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc

@@ -10,7 +10,6 @@ from typing import Any
 import structlog
 from cassandra import (
     ConsistencyLevel,
-    DriverException,
     WriteTimeout,
 )
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
@@ -26,7 +25,7 @@ from eventstore.ports import (
     Rejected,
     StreamState,
 )
-from eventstore.storage.aio import DRIVER_ERRORS, execute, wrap
+from eventstore.storage.aio import DRIVER_ERRORS, execute, prepare, translated, wrap
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.schema import cql, keyspace_cql, table_cql
 
@@ -55,17 +54,16 @@ class CassandraEventStorage(EventStorage):
         self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
         self.fault_hook: FaultHook | None = None
         statements = cql(settings.keyspace)
-        prepare = session.prepare
-        self._advance = prepare(statements.advance_head)
-        self._create = prepare(statements.create_head)
-        self._insert_event = prepare(statements.insert_event)
-        self._insert_event_id = prepare(statements.insert_event_id)
-        self._select_head = prepare(statements.select_head)
-        self._select_event_ids = prepare(statements.select_event_ids)
-        self._describe = prepare(statements.describe)
-        self._read_forwards = prepare(statements.read_forwards)
-        self._read_backwards = prepare(statements.read_backwards)
-        self._read_backwards_from_end = prepare(statements.read_backwards_from_end)
+        self._advance = prepare(session, statements.advance_head)
+        self._create = prepare(session, statements.create_head)
+        self._insert_event = prepare(session, statements.insert_event)
+        self._insert_event_id = prepare(session, statements.insert_event_id)
+        self._select_head = prepare(session, statements.select_head)
+        self._select_event_ids = prepare(session, statements.select_event_ids)
+        self._describe = prepare(session, statements.describe)
+        self._read_forwards = prepare(session, statements.read_forwards)
+        self._read_backwards = prepare(session, statements.read_backwards)
+        self._read_backwards_from_end = prepare(session, statements.read_backwards_from_end)
 
     # --- construction ------------------------------------------------------------------
 
@@ -202,7 +200,7 @@ class CassandraEventStorage(EventStorage):
         the client gets UNAVAILABLE and its idempotent retry settles the matter.
         """
         ids = [event.event_id for event in events]
-        try:
+        with translated("Cassandra: append outcome unknown; retry it"):
             if self.fault_hook is not None:
                 await self.fault_hook("before_resolve")
             rows = await wrap(
@@ -213,8 +211,6 @@ class CassandraEventStorage(EventStorage):
             state_rows = await wrap(
                 self._session.execute_async(self._serial_read(self._select_head, (aggregate_id,)))
             )
-        except DRIVER_ERRORS as exc:
-            raise StorageUnavailable("Cassandra: append outcome unknown; retry it") from exc
         found = {
             row.event_id: ExistingEvent(row.committed_version, _utc(row.recorded_at))
             for row in rows
@@ -275,19 +271,18 @@ class CassandraEventStorage(EventStorage):
 async def apply_schema(settings: CassandraSettings) -> None:
     """Create the keyspace and tables if they are missing (idempotent)."""
     connection = await CassandraConnection.open(settings)
+    statements = [
+        keyspace_cql(
+            settings.keyspace,
+            settings.replication_strategy,
+            settings.replication_factor,
+            settings.local_datacenter,
+        ),
+        *table_cql(settings.keyspace),
+    ]
     try:
-        statements = [
-            keyspace_cql(
-                settings.keyspace,
-                settings.replication_strategy,
-                settings.replication_factor,
-                settings.local_datacenter,
-            ),
-            *table_cql(settings.keyspace),
-        ]
-        for statement in statements:
-            await wrap(connection.session.execute_async(statement, timeout=60))
-    except DriverException as exc:
-        raise StorageUnavailable(f"cannot apply the schema at {settings.hosts}") from exc
+        with translated(f"cannot apply the schema at {settings.hosts}"):
+            for statement in statements:
+                await wrap(connection.session.execute_async(statement, timeout=60))
     finally:
         await connection.close()

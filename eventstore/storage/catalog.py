@@ -16,9 +16,8 @@ from typing import Any
 from cassandra import ConsistencyLevel
 from cassandra.query import BatchStatement, BatchType
 
-from eventstore.domain.errors import StorageUnavailable
 from eventstore.ports import AggregateCatalog
-from eventstore.storage.aio import DRIVER_ERRORS, execute
+from eventstore.storage.aio import execute, prepare, translated
 from eventstore.storage.connection import CassandraConnection
 
 
@@ -40,18 +39,22 @@ class CassandraAggregateCatalog(AggregateCatalog):
         self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
         self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
         self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
-        prepare = self._session.prepare
         self._register = prepare(
+            self._session,
             f"INSERT INTO {ks}.aggregate_types (topic_key, aggregate_type, first_day) "
-            "VALUES (?, ?, ?) IF NOT EXISTS"
+            "VALUES (?, ?, ?) IF NOT EXISTS",
         )
-        self._select_types = prepare(f"SELECT aggregate_type, first_day FROM {ks}.aggregate_types")
+        self._select_types = prepare(
+            self._session, f"SELECT aggregate_type, first_day FROM {ks}.aggregate_types"
+        )
         self._insert = prepare(
+            self._session,
             f"INSERT INTO {ks}.aggregates_by_day (aggregate_type, day, aggregate_id) "
-            "VALUES (?, ?, ?)"
+            "VALUES (?, ?, ?)",
         )
         self._select = prepare(
-            f"SELECT aggregate_id FROM {ks}.aggregates_by_day WHERE aggregate_type = ? AND day = ?"
+            self._session,
+            f"SELECT aggregate_id FROM {ks}.aggregates_by_day WHERE aggregate_type = ? AND day = ?",
         )
 
     @classmethod
@@ -102,7 +105,5 @@ class CassandraAggregateCatalog(AggregateCatalog):
             # the request path, so a thread may block on it.
             return [row.aggregate_id for row in self._session.execute(bound)]
 
-        try:
+        with translated():
             return await asyncio.to_thread(fetch_all)
-        except DRIVER_ERRORS as exc:
-            raise StorageUnavailable(f"Cassandra: {type(exc).__name__}") from exc

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import asyncio
 
-from cassandra import ConsistencyLevel, DriverException
+from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import (
     EXEC_PROFILE_DEFAULT,
     Cluster,
     ExecutionProfile,
-    NoHostAvailable,
     Session,
 )
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 
 from eventstore.config import CassandraSettings
 from eventstore.domain.errors import StorageUnavailable
+from eventstore.storage.aio import translated
 
 
 def make_cluster(settings: CassandraSettings) -> Cluster:
@@ -54,10 +54,11 @@ class CassandraConnection:
         """Connect; the driver's connect blocks, so it runs off the event loop."""
         cluster = make_cluster(settings)
         try:
-            session = await asyncio.to_thread(cluster.connect)
-        except (DriverException, NoHostAvailable) as exc:
+            with translated(f"cannot connect to Cassandra at {settings.hosts}"):
+                session = await asyncio.to_thread(cluster.connect)
+        except StorageUnavailable:
             cluster.shutdown()
-            raise StorageUnavailable(f"cannot connect to Cassandra at {settings.hosts}") from exc
+            raise
         return cls(cluster, session, settings)
 
     async def close(self) -> None:

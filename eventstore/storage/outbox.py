@@ -22,7 +22,7 @@ from uuid import UUID
 from cassandra import ConsistencyLevel
 
 from eventstore.ports import ParkedAggregate, PublicationLog, WriterState
-from eventstore.storage.aio import execute
+from eventstore.storage.aio import execute, prepare
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.schema import JOURNAL_BUCKET
 
@@ -38,48 +38,56 @@ class CassandraPublicationLog(PublicationLog):
         ks = connection.settings.keyspace
         self._write = ConsistencyLevel.name_to_value[connection.settings.write_consistency]
         self._read = ConsistencyLevel.name_to_value[connection.settings.read_consistency]
-        prepare = self._session.prepare
         self._insert_entry = prepare(
+            self._session,
             f"INSERT INTO {ks}.publication_journal (writer, bucket, seq, aggregates) "
-            "VALUES (?, ?, ?, ?)"
+            "VALUES (?, ?, ?, ?)",
         )
         self._select_entries = prepare(
+            self._session,
             f"SELECT seq, aggregates FROM {ks}.publication_journal "
-            "WHERE writer = ? AND bucket = ? AND seq > ? LIMIT ?"
+            "WHERE writer = ? AND bucket = ? AND seq > ? LIMIT ?",
         )
         self._delete_bucket = prepare(
-            f"DELETE FROM {ks}.publication_journal WHERE writer = ? AND bucket = ?"
+            self._session, f"DELETE FROM {ks}.publication_journal WHERE writer = ? AND bucket = ?"
         )
         self._beat = prepare(
+            self._session,
             f"UPDATE {ks}.publication_writers SET heartbeat = ?, resolved = ? "
-            "WHERE shard = 0 AND writer = ?"
+            "WHERE shard = 0 AND writer = ?",
         )
         self._settle = prepare(
-            f"UPDATE {ks}.publication_writers SET resolved = ? WHERE shard = 0 AND writer = ?"
+            self._session,
+            f"UPDATE {ks}.publication_writers SET resolved = ? WHERE shard = 0 AND writer = ?",
         )
         self._select_writers = prepare(
-            f"SELECT writer, heartbeat, resolved FROM {ks}.publication_writers WHERE shard = 0"
+            self._session,
+            f"SELECT writer, heartbeat, resolved FROM {ks}.publication_writers WHERE shard = 0",
         )
         self._delete_writer = prepare(
-            f"DELETE FROM {ks}.publication_writers WHERE shard = 0 AND writer = ?"
+            self._session, f"DELETE FROM {ks}.publication_writers WHERE shard = 0 AND writer = ?"
         )
         self._select_cursor = prepare(
-            f"SELECT published FROM {ks}.publication_cursor WHERE aggregate_id = ?"
+            self._session, f"SELECT published FROM {ks}.publication_cursor WHERE aggregate_id = ?"
         )
         self._advance_cursor = prepare(
+            self._session,
             f"UPDATE {ks}.publication_cursor USING TIMESTAMP ? SET published = ? "
-            "WHERE aggregate_id = ?"
+            "WHERE aggregate_id = ?",
         )
         self._insert_parked = prepare(
+            self._session,
             f"INSERT INTO {ks}.publication_parked (shard, aggregate_id, reason, since, attempts, "
-            "next_attempt_at) VALUES (0, ?, ?, ?, ?, ?)"
+            "next_attempt_at) VALUES (0, ?, ?, ?, ?, ?)",
         )
         self._delete_parked = prepare(
-            f"DELETE FROM {ks}.publication_parked WHERE shard = 0 AND aggregate_id = ?"
+            self._session,
+            f"DELETE FROM {ks}.publication_parked WHERE shard = 0 AND aggregate_id = ?",
         )
         self._select_parked = prepare(
+            self._session,
             f"SELECT aggregate_id, reason, since, attempts, next_attempt_at "
-            f"FROM {ks}.publication_parked WHERE shard = 0"
+            f"FROM {ks}.publication_parked WHERE shard = 0",
         )
 
     @classmethod

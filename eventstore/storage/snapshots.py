@@ -9,7 +9,7 @@ from cassandra import ConsistencyLevel
 
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import SnapshotStore
-from eventstore.storage.aio import execute
+from eventstore.storage.aio import execute, prepare
 from eventstore.storage.connection import CassandraConnection
 
 MAX_VERSION = 2**63 - 1
@@ -23,13 +23,15 @@ class CassandraSnapshotStore(SnapshotStore):
         ks = settings.keyspace
         self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
         self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
-        self._insert = self._session.prepare(
+        self._insert = prepare(
+            self._session,
             f"INSERT INTO {ks}.snapshots (aggregate_id, version, state, state_type, "
-            "schema_version, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+            "schema_version, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         )
-        self._select = self._session.prepare(
+        self._select = prepare(
+            self._session,
             f"SELECT version, state, state_type, schema_version, created_at FROM {ks}.snapshots "
-            "WHERE aggregate_id = ? AND version <= ? LIMIT 1"
+            "WHERE aggregate_id = ? AND version <= ? LIMIT 1",
         )
 
     @classmethod

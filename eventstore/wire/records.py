@@ -5,8 +5,8 @@ eventstore.v1.Event, headers naming the event."""
 
 from __future__ import annotations
 
-from eventstore.domain.events import RecordedEvent
-from eventstore.domain.validation import MAX_VERSION, Limits
+from eventstore.domain.events import MAX_VERSION, RecordedEvent
+from eventstore.domain.validation import Limits
 from eventstore.sizes import max_event_bytes, varint_size
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import event_from_proto, event_to_proto

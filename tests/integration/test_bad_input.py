@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -9,15 +10,18 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import pytest
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eventstore.domain.queries import EventQuery
 from eventstore.server import RunningServer
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
+from tests import raw_requests as raw
 from tests.support import unique
 
 pytestmark = pytest.mark.integration
@@ -213,3 +217,213 @@ async def test_random_appends_only_get_sensible_answers(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# --- valid-but-extreme values: INVALID_ARGUMENT naming the field, never INTERNAL/UNAVAILABLE ---
+
+
+def _token(body: object) -> str:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _forged_page_token(cursor: list[object]) -> str:
+    return _token({"f": EventQuery().fingerprint(), "a": cursor})
+
+
+def _time(seconds: int, nanos: int = 0) -> Timestamp:
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def _from(value: Timestamp) -> pb.QueryEventsRequest:
+    query = pb.QueryEventsRequest()
+    getattr(query, "from").CopyFrom(value)  # a Python keyword
+    return query
+
+
+YEAR_10000 = 253402300800
+
+EXTREME_QUERIES: dict[str, tuple[pb.QueryEventsRequest, str]] = {
+    "from in year 10000": (_from(_time(YEAR_10000)), "from"),
+    "to in year 10000": (pb.QueryEventsRequest(to=_time(YEAR_10000)), "to"),
+    "negative nanos": (_from(_time(0, -1)), "from.nanos"),
+    "nanos of a second or more": (pb.QueryEventsRequest(to=_time(0, 10**9)), "to.nanos"),
+    "from 2^62 seconds": (_from(_time(2**62)), "from"),
+    "to -2^62 seconds": (pb.QueryEventsRequest(to=_time(-(2**62))), "to"),
+    "page token far in time": (
+        pb.QueryEventsRequest(page_token=_forged_page_token([10**20, "a", 1])),
+        "page_token",
+    ),
+    "page token with a float": (
+        pb.QueryEventsRequest(page_token=_forged_page_token([1.5, "a", 1])),
+        "page_token",
+    ),
+    "page token version beyond int64": (
+        pb.QueryEventsRequest(page_token=_forged_page_token([0, "a", 2**64])),
+        "page_token",
+    ),
+    "100,000 event types": (
+        pb.QueryEventsRequest(event_types=[f"E{i}" for i in range(100_000)]),
+        "event_types",
+    ),
+    "100,000 aggregate types": (
+        pb.QueryEventsRequest(aggregate_types=[f"A{i}" for i in range(100_000)]),
+        "aggregate_types",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EXTREME_QUERIES))
+async def test_extreme_query_is_refused_naming_the_field(
+    stub: pb_grpc.EventStoreAsyncStub, case: str
+) -> None:
+    query, field = EXTREME_QUERIES[case]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.QueryEvents(query)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert field in violations(caught.value)
+
+
+EXTREME_SUBSCRIPTIONS: dict[str, tuple[pb.SubscribeRequest, str]] = {
+    "offset 2^63": (
+        pb.SubscribeRequest(
+            aggregate_types=["Order"], checkpoint=_token({"v": 1, "k": {"Order": {"0": 2**63}}})
+        ),
+        "checkpoint",
+    ),
+    "partition beyond int32": (
+        pb.SubscribeRequest(
+            aggregate_types=["Order"],
+            checkpoint=_token({"v": 1, "k": {"Order": {"2147483648": 0}}}),
+        ),
+        "checkpoint",
+    ),
+    "version int64 max": (
+        pb.SubscribeRequest(
+            aggregate_id="agg-1",
+            aggregate_types=["Order"],
+            checkpoint=_token({"v": 1, "a": "agg-1", "n": 2**63 - 1}),
+        ),
+        "checkpoint",
+    ),
+    "100,000 event types": (
+        pb.SubscribeRequest(event_types=[f"E{i}" for i in range(100_000)]),
+        "event_types",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EXTREME_SUBSCRIPTIONS))
+async def test_extreme_subscription_is_refused_naming_the_field(
+    stub: pb_grpc.EventStoreAsyncStub, case: str
+) -> None:
+    subscription, field = EXTREME_SUBSCRIPTIONS[case]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in stub.Subscribe(subscription, timeout=20):
+            pass
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert field in violations(caught.value)
+
+
+# --- raw bytes: every RPC, on the real stack (the in-process suite runs more examples) ------
+
+
+@pytest.fixture
+async def raw_channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        # The seeds name an aggregate with events (a snapshot needs its version to exist).
+        assert await raw.call(channel, raw.RPCS["Append"], raw.RPCS["Append"].seeds[0]) == (
+            grpc.StatusCode.OK
+        )
+        yield channel
+
+
+def _raw_test_for(name: str) -> object:
+    rpc = raw.RPCS[name]
+
+    @settings(max_examples=20)
+    @given(request=raw.raw_requests(rpc))
+    async def test(raw_channel: grpc.aio.Channel, request: bytes) -> None:
+        await raw.check(raw_channel, rpc, request)
+
+    test.__name__ = f"test_raw_{name.replace('.', '_')}_requests_get_allowed_answers"
+    return test
+
+
+for _name in raw.RPCS:
+    _test = _raw_test_for(_name)
+    globals()[_test.__name__] = _test  # type: ignore[attr-defined]
+
+
+def _between(start: Timestamp, end: Timestamp) -> pb.QueryEventsRequest:
+    query = _from(start)
+    query.to.CopyFrom(end)
+    return query
+
+
+#: At the edges of what validation accepts: the answer is an answer, not INTERNAL/UNAVAILABLE.
+EDGE_QUERIES: dict[str, pb.QueryEventsRequest] = {
+    "the whole timestamp range": _between(
+        _time(-62_135_596_800), _time(253_402_300_799, 999_999_999)
+    ),
+    "page token at the earliest time": pb.QueryEventsRequest(
+        page_token=_forged_page_token([-62_135_596_800_000, "a", 2**63 - 1])
+    ),
+    "page token at the latest time": pb.QueryEventsRequest(
+        page_token=_forged_page_token([253_402_300_799_999, "\U0010ffff" * 64, 1])
+    ),
+    "100 types of each": pb.QueryEventsRequest(
+        event_types=[f"E{i}" for i in range(100)],
+        aggregate_types=[f"A{i}" for i in range(100)],
+        page_size=1000,
+        count_total=True,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EDGE_QUERIES))
+async def test_queries_at_the_edges_are_answered(
+    stub: pb_grpc.EventStoreAsyncStub, case: str
+) -> None:
+    await stub.QueryEvents(EDGE_QUERIES[case])
+
+
+async def test_reads_and_snapshots_at_the_edges_are_answered(
+    stub: pb_grpc.EventStoreAsyncStub,
+) -> None:
+    aggregate = unique("edge")
+    await stub.Append(request(aggregate_id=aggregate))
+    edge = {"aggregate_id": aggregate, "from_version": 2**63 - 1, "max_count": 2**63 - 1}
+    forwards = pb.ReadAggregateRequest(**edge)  # type: ignore[arg-type]
+    assert [m async for m in stub.ReadAggregate(forwards)] == []
+    backwards = pb.ReadAggregateRequest(direction=pb.DIRECTION_BACKWARDS, **edge)  # type: ignore[arg-type]
+    pages = [m async for m in stub.ReadAggregate(backwards)]
+    assert [e.version for page in pages for e in page.events] == [1]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.GetSnapshot(pb.GetSnapshotRequest(aggregate_id=aggregate, max_version=2**63 - 1))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    await stub.SaveSnapshot(
+        pb.SaveSnapshotRequest(
+            aggregate_id=aggregate, version=1, state_type="S", schema_version=2**31 - 1
+        )
+    )
+
+
+async def test_subscriptions_at_the_edges_are_answered(
+    stub: pb_grpc.EventStoreAsyncStub,
+) -> None:
+    aggregate = unique("edge")
+    await stub.Append(request(aggregate_id=aggregate))
+    for subscription in (
+        pb.SubscribeRequest(
+            aggregate_id=aggregate,
+            checkpoint=_token({"v": 1, "a": aggregate, "n": 2**63 - 2}),
+        ),
+        pb.SubscribeRequest(
+            aggregate_types=[f"Edge{i}" for i in range(100)],
+            checkpoint=_token({"v": 1, "k": {"Edge0": {"0": 2**63 - 1}}}),
+        ),
+    ):
+        async for first in stub.Subscribe(subscription, timeout=60):
+            assert first.WhichOneof("message") == "caught_up"
+            break

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
 from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.events import Direction, Expectation, ExpectedVersion
+from eventstore.domain.queries import EventQuery
+from eventstore.domain.subscriptions import AggregateCheckpoint, LogCheckpoint, Start, StartAt
 from eventstore.domain.validation import (
     Limits,
     RawAppend,
     RawEvent,
     validate_append,
+    validate_query,
     validate_read,
+    validate_subscribe,
 )
 
 
@@ -121,3 +128,121 @@ def test_an_event_id_is_a_uuid_of_bounded_length() -> None:
         with pytest.raises(InvalidArgument) as caught:
             validate_append(raw(events=[RawEvent(spelling, "E", b"{}", "")]), Limits())
         assert fields_of(caught) == ["events[0].event_id"]
+
+
+# --- queries and subscriptions: extreme but well-formed values ------------------------------
+
+
+def _token(body: object) -> str:
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def query(**overrides: object) -> EventQuery:
+    fields: dict[str, object] = {
+        "event_types": [],
+        "aggregate_types": [],
+        "aggregate_id": "",
+        "raw_start": None,
+        "raw_end": None,
+        "page_size": 0,
+        "page_token": "",
+        "visible_event_id": "",
+        "limits": Limits(),
+    }
+    fields.update(overrides)
+    return validate_query(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"raw_start": (253_402_300_800, 0)}, "from"),  # year 10000
+        ({"raw_end": (2**62, 0)}, "to"),
+        ({"raw_start": (-(2**62), 0)}, "from"),
+        ({"raw_start": (0, -1)}, "from.nanos"),
+        ({"raw_end": (0, 1_000_000_000)}, "to.nanos"),
+        ({"event_types": [f"E{i}" for i in range(101)]}, "event_types"),
+        ({"aggregate_types": [f"A{i}" for i in range(101)]}, "aggregate_types"),
+    ],
+)
+def test_extreme_queries_name_the_field(overrides: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        query(**overrides)
+    assert fields_of(caught) == [field]
+
+
+def test_the_whole_timestamp_range_is_accepted() -> None:
+    found = query(raw_start=(-62_135_596_800, 0), raw_end=(253_402_300_799, 999_999_999))
+    assert found.start == datetime(1, 1, 1, tzinfo=UTC)
+    assert found.end == datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    assert len(query(event_types=[f"E{i}" for i in range(100)]).event_types) == 100
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        [10**20, "a", 1],  # no date holds it
+        [-(10**20), "a", 1],
+        [True, "a", 1],
+        [0, "a", 0],
+        [0, "a", 2**63],
+        [0, "a", False],
+        [0.5, "a", 1],
+    ],
+    ids=repr,
+)
+def test_a_forged_page_token_is_refused(cursor: list[object]) -> None:
+    token = _token({"f": EventQuery().fingerprint(), "a": cursor})
+    with pytest.raises(InvalidArgument) as caught:
+        query(page_token=token)
+    assert fields_of(caught) == ["page_token"]
+
+
+def test_a_page_token_of_ours_is_accepted() -> None:
+    token = _token({"f": EventQuery().fingerprint(), "a": [1_700_000_000_000, "a", 2**63 - 1]})
+    assert query(page_token=token).after == (1_700_000_000_000, "a", 2**63 - 1)
+
+
+def subscribe(checkpoint: object, **overrides: object) -> Start:
+    fields: dict[str, object] = {
+        "aggregate_id": "",
+        "aggregate_types": ["Order"],
+        "event_types": [],
+        "start": StartAt.CHECKPOINT,
+        "checkpoint": _token(checkpoint),
+        "limits": Limits(),
+    }
+    fields.update(overrides)
+    return validate_subscribe(**fields)[1]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "checkpoint",
+    [
+        {"v": 1, "k": {"Order": {"0": 2**63}}},
+        {"v": 1, "k": {"Order": {"0": True}}},
+        {"v": 1, "k": {"Order": {"2147483648": 0}}},
+        {"v": 1, "k": {"Order": {"-1": 0}}},
+        {"v": 1, "a": "order-1", "n": 2**63 - 1},
+        {"v": 1, "a": "order-1", "n": True},
+    ],
+    ids=repr,
+)
+def test_an_extreme_checkpoint_is_refused(checkpoint: object) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        subscribe(checkpoint)
+    assert fields_of(caught) == ["checkpoint"]
+
+
+def test_checkpoints_at_the_edges_are_accepted() -> None:
+    positions = subscribe({"v": 1, "k": {"Order": {"2147483647": 2**63 - 1}}}).checkpoint
+    assert positions == LogCheckpoint({("Order", 2**31 - 1): 2**63 - 1})
+    last = subscribe({"v": 1, "a": "order-1", "n": 2**63 - 2}, aggregate_id="order-1")
+    assert last.checkpoint == AggregateCheckpoint("order-1", 2**63 - 2)
+
+
+def test_a_subscription_names_a_bounded_number_of_types() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        subscribe(None, start=StartAt.BEGINNING, event_types=[f"E{i}" for i in range(101)])
+    assert fields_of(caught) == ["event_types"]

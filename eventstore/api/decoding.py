@@ -1,0 +1,82 @@
+"""Services registered with request decoding of our own.
+
+The generated `add_*Servicer_to_server` functions decode requests with `FromString`, and when
+that fails (invalid UTF-8 in a string field, corrupt wire bytes) gRPC answers UNKNOWN before
+any code of ours runs. Here a request that does not decode becomes an `Undecodable` value
+instead, handed to the servicer like any request: ours refuse it as INVALID_ARGUMENT through
+the one error mapping, with the metrics and logs of every other refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from eventstore.domain.errors import InvalidArgument
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """A request whose bytes are not a valid message of its type."""
+
+    message_type: str
+    reason: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument.of(
+            "request", f"is not a valid {self.message_type} message ({self.reason})"
+        )
+
+
+def _deserializer(message_class: type[Message]) -> Callable[[bytes], Message | Undecodable]:
+    name = message_class.DESCRIPTOR.full_name
+
+    def deserialize(data: bytes) -> Message | Undecodable:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(name, str(exc) or "corrupt wire format")
+
+    return deserialize
+
+
+def _handler(method: MethodDescriptor, behaviour: Any) -> grpc.RpcMethodHandler[Any, Any]:
+    request = message_factory.GetMessageClass(method.input_type)
+    response = message_factory.GetMessageClass(method.output_type)
+    if method.client_streaming:
+        raise ValueError(f"{method.full_name}: client streaming is not supported")
+    make = (
+        grpc.unary_stream_rpc_method_handler
+        if method.server_streaming
+        else grpc.unary_unary_rpc_method_handler
+    )
+    return make(
+        behaviour,
+        request_deserializer=_deserializer(request),
+        response_serializer=response.SerializeToString,
+    )
+
+
+def add_service(
+    server: grpc.aio.Server,
+    service: ServiceDescriptor,
+    servicer: object,
+    wrap: Callable[[Any], Any] = lambda behaviour: behaviour,
+) -> None:
+    """Serve every method of `service` from `servicer` (a method of the same name each).
+
+    `wrap(behaviour)` adapts a servicer that does not know `Undecodable` (a library's, such as
+    gRPC health)."""
+    handlers = {
+        method.name: _handler(method, wrap(getattr(servicer, method.name)))
+        for method in service.methods
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )

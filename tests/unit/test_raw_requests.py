@@ -1,0 +1,63 @@
+"""Every RPC, health included, answers raw and mutated request bytes with an allowed status
+(tests/raw_requests.py) and keeps serving: an in-process server over in-memory fakes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from hypothesis import given, settings
+
+from eventstore import metrics
+from eventstore.config import ServerSettings
+from eventstore.server import Components, start
+from eventstore.storage.memory import InMemoryEventStorage, InMemorySnapshotStore
+from tests.fakes import InMemoryEventIndex, InMemoryEventLog
+from tests.raw_requests import RPCS, call, check, raw_requests
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[grpc.aio.Channel]:
+    running = await start(
+        ServerSettings(listen="127.0.0.1:0", auth_disabled=True),
+        Components(
+            InMemoryEventStorage(),
+            log=InMemoryEventLog(),
+            index=InMemoryEventIndex(),
+            snapshots=InMemorySnapshotStore(),
+        ),
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        # The seeds name an aggregate with events (a snapshot needs its version to exist).
+        assert await call(channel, RPCS["Append"], RPCS["Append"].seeds[0]) == grpc.StatusCode.OK
+        yield channel
+    await running.stop(grace=0)
+
+
+def _test_for(name: str) -> object:
+    rpc = RPCS[name]
+
+    @settings(max_examples=100)
+    @given(request=raw_requests(rpc))
+    async def test(channel: grpc.aio.Channel, request: bytes) -> None:
+        await check(channel, rpc, request)
+
+    test.__name__ = f"test_raw_{name.replace('.', '_')}_requests_get_allowed_answers"
+    return test
+
+
+for _name in RPCS:
+    _test = _test_for(_name)
+    globals()[_test.__name__] = _test  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", list(RPCS))
+async def test_undecodable_bytes_are_invalid_argument(channel: grpc.aio.Channel, name: str) -> None:
+    rpc = RPCS[name]
+    counted = metrics.RPC_REQUESTS.labels(name, "INVALID_ARGUMENT")
+    before = counted._value.get()
+    # A string field (1, length 1) holding a byte that is not UTF-8: does not decode.
+    assert await call(channel, rpc, b"\x0a\x01\xff") == grpc.StatusCode.INVALID_ARGUMENT
+    if rpc.path.startswith("/eventstore."):
+        assert counted._value.get() == before + 1, "refusals are counted like any other"
