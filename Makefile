@@ -68,8 +68,11 @@ $(HELM):  ## helm, built once from the Go module proxy (pinned), for the chart c
 chart-check: $(INSTALLED) $(HELM)  ## helm lint/template with both value sets, validated against Kubernetes schemas
 	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest tests/chart
 
+# Tests mostly wait on the services: three workers keep two cores busy (see docs/testing.md).
+TEST_WORKERS ?= 3
+
 test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks included) against the real services
-	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest
+	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 bench: migrate  ## append, publication, indexing and query figures against the real stack
 	$(PY) -m benchmarks.publication --soak 300000

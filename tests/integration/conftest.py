@@ -36,6 +36,14 @@ from eventstore.storage.schema import keyspace_cql, table_cql
 pytestmark = pytest.mark.integration
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests through the Kafka fault proxy share its fixed port: under pytest-xdist
+    (--dist loadgroup) they run one after another on one worker instead of waiting for it."""
+    for item in items:
+        if "kafka_fault_proxy" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("kafka-fault-proxy"))
+
+
 @pytest.fixture(scope="session")
 def endpoints() -> dict[str, str]:
     """Bring up whatever is not running yet (idempotent) and return the endpoints in use."""
