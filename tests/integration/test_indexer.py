@@ -70,8 +70,9 @@ async def indexer(
 
 
 def answered(call: Callable[[], T], within_s: float = 30) -> T:
-    """Right after a restart OpenSearch can answer 503 (all shards failed) for a moment even
-    once its health is yellow: ask again rather than fail the test on it."""
+    """OpenSearch answers 503 (all shards failed) for a moment while an index the indexer just
+    created (the month's) has its shard starting, or right after a restart even once its health
+    is yellow: ask again rather than fail the test on it."""
     deadline = time.monotonic() + within_s
     while True:
         try:
@@ -193,8 +194,10 @@ def progress_reports(settings: OpenSearchSettings) -> list[dict[str, Any]]:
     client = make_client(settings)
     try:
         client.indices.refresh(index=settings.state_index, ignore_unavailable=True)
-        response = client.search(
-            index=settings.state_index, body={"size": 100}, ignore_unavailable=True
+        response = answered(
+            lambda: client.search(
+                index=settings.state_index, body={"size": 100}, ignore_unavailable=True
+            )
         )
         return [hit["_source"] for hit in response["hits"]["hits"]]
     finally:

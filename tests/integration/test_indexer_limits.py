@@ -38,7 +38,7 @@ from eventstore.search.setup import ensure_template, make_client
 from indexer.bulk import SPLITS
 from indexer.config import IndexerSettings
 from indexer.main import Indexer
-from tests.integration.test_indexer import IndexerProcess, distinct_ids
+from tests.integration.test_indexer import IndexerProcess, answered, count, distinct_ids
 from tests.support import read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -129,22 +129,16 @@ async def until(what: str, check: Callable[[], Awaitable[bool]], within: float =
 
 def search(settings: OpenSearchSettings, body: dict[str, Any]) -> list[dict[str, Any]]:
     client = make_client(settings)
-    try:
+
+    def ask() -> list[dict[str, Any]]:
         client.indices.refresh(index=f"{settings.index_prefix}-*", ignore_unavailable=True)
         response = client.search(
             index=settings.alias, body=body, ignore_unavailable=True, allow_no_indices=True
         )
         return list(response["hits"]["hits"])
-    finally:
-        client.close()
 
-
-def count(settings: OpenSearchSettings) -> int:
-    client = make_client(settings)
     try:
-        client.indices.refresh(index=f"{settings.index_prefix}-*", ignore_unavailable=True)
-        found = client.count(index=settings.alias, ignore_unavailable=True, allow_no_indices=True)
-        return int(found["count"])
+        return answered(ask)
     finally:
         client.close()
 
