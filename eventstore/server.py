@@ -157,7 +157,10 @@ class RunningServer:
         self.deferred.target = EventStoreServicer(
             admission=self.admission,
             authenticator=self.authenticator,
-            quotas=QuotaLimiter(),
+            quotas=QuotaLimiter(
+                subscriptions_per_principal=settings.limits.max_subscriptions_per_principal,
+                subscriptions=settings.limits.max_subscriptions,
+            ),
             append=AppendEvents(
                 storage,
                 publication=self.publication,

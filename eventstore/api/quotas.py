@@ -24,12 +24,23 @@ class _Bucket:
 
 
 class QuotaLimiter:
-    """Applies each principal's `Quotas` (from the permissions file) in this process."""
+    """Applies each principal's `Quotas` (from the permissions file) in this process, and the
+    server's own bounds on what every principal together may hold."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        subscriptions_per_principal: int | None = None,
+        subscriptions: int | None = None,
+    ) -> None:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._subscriptions: dict[str, int] = {}
+        self._open_subscriptions = 0
+        #: for authenticated principals without a quota of their own (None: unbounded)
+        self._per_principal = subscriptions_per_principal
+        #: for the whole server (None: unbounded)
+        self._server_limit = subscriptions
 
     def take_append(self, principal: Principal, events: int) -> None:
         """A token bucket that may go into debt: an append is admitted while the bucket is not
@@ -54,16 +65,24 @@ class QuotaLimiter:
     @contextmanager
     def subscription(self, principal: Principal) -> Iterator[None]:
         limit = principal.quotas.max_subscriptions
-        if limit is None:
-            yield
-            return
+        if limit is None and principal.authenticated:
+            limit = self._per_principal
         open_now = self._subscriptions.get(principal.name, 0)
-        if open_now >= limit:
+        if limit is not None and open_now >= limit:
             raise QuotaExceeded(principal.name, "max_subscriptions", limit, SUBSCRIPTION_RETRY_S)
+        if self._server_limit is not None and self._open_subscriptions >= self._server_limit:
+            raise QuotaExceeded(
+                principal.name,
+                "max_subscriptions_per_server",
+                self._server_limit,
+                SUBSCRIPTION_RETRY_S,
+            )
         self._subscriptions[principal.name] = open_now + 1
+        self._open_subscriptions += 1
         try:
             yield
         finally:
+            self._open_subscriptions -= 1
             remaining = self._subscriptions[principal.name] - 1
             if remaining:
                 self._subscriptions[principal.name] = remaining

@@ -38,7 +38,7 @@ from eventstore.client import (
     TlsOptions,
     UnauthenticatedError,
 )
-from eventstore.config import CassandraSettings, ServerSettings
+from eventstore.config import CassandraSettings, LimitSettings, ServerSettings
 from eventstore.domain.access import PRINCIPAL_KEY, hash_key
 from eventstore.domain.events import Direction
 from eventstore.server import RunningServer
@@ -430,6 +430,42 @@ async def test_concurrent_subscriptions_are_limited_per_principal(connect: Conne
         except ResourceExhaustedError:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
+
+
+async def test_subscriptions_are_bounded_for_a_principal_without_a_quota(
+    server_settings: ServerSettings, start_server: StartServer, permissions: Path
+) -> None:
+    """Each subscription holds a Kafka consumer (threads, sockets, memory): a principal with no
+    quota in the permissions file is bounded by EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS_PER_PRINCIPAL
+    (they were unlimited: 100 idle ones took the server from 24 to 427 threads)."""
+    running = await start_server(
+        server_settings.model_copy(
+            update={
+                "auth_disabled": False,
+                "permissions_file": permissions,
+                "limits": LimitSettings(max_subscriptions_per_principal=2),
+            }
+        )
+    )
+    address = f"127.0.0.1:{running.port}"
+    orders = EventStoreClient(
+        address, api_key=KEYS["orders"], retry=RetryPolicy(attempts=1), timeout_s=10
+    )
+    auditor = EventStoreClient(
+        address, api_key=KEYS["auditor"], retry=RetryPolicy(attempts=1), timeout_s=10
+    )
+    held = [Collector(orders.subscribe()) for _ in range(2)]
+    try:
+        for collector in held:
+            await collector.wait_for(lambda c: len(c.caught_up_at) > 0)
+        denied = await refused(first_message(orders))
+        assert isinstance(denied, ResourceExhaustedError)
+        assert await first_message(auditor) is not None  # its own bound, not orders'
+    finally:
+        for collector in held:
+            await collector.stop()
+        await orders.close()
+        await auditor.close()
 
 
 async def test_keys_rotate_without_a_restart(connect: Connect, permissions: Path) -> None:
