@@ -364,6 +364,12 @@ class ServerSettings(BaseSettings):
     subscription_heartbeat_s: float = Field(
         15.0, gt=0, description="A subscription with nothing to send sends a heartbeat this often"
     )
+    subscription_dedupe_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Memory one wide subscription spends remembering recent aggregates' versions "
+        "to drop repeated copies (a server holds at most EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS)",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1:<port>; 0 turns them off"
     )

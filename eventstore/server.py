@@ -176,6 +176,7 @@ class RunningServer:
                     components.log,
                     settings.subscription_heartbeat_s,
                     on_lag=metrics.SubscriptionLag().report,
+                    dedupe_bytes=settings.subscription_dedupe_bytes,
                 )
                 if components.log is not None
                 else None

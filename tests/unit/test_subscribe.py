@@ -23,7 +23,8 @@ from eventstore.domain.subscriptions import (
     decode_checkpoint,
 )
 from eventstore.storage.memory import InMemoryEventStorage
-from eventstore.usecases.subscribe import Subscribe
+from eventstore.usecases.subscribe import RecentVersions, Subscribe
+from tests.contract.publisher import recorded
 from tests.contract.storage import new_events
 from tests.fakes import InMemoryEventLog
 
@@ -207,3 +208,30 @@ async def test_from_the_end_only_later_events_and_a_heartbeat_when_idle() -> Non
     assert shown([wanted]) == [("a", 4)]
     assert heartbeat.heartbeat
     assert decode_checkpoint(heartbeat.checkpoint) == decode_checkpoint(wanted.checkpoint)
+
+
+async def test_dedupe_memory_is_bounded_and_forgets_the_least_recent_aggregates() -> None:
+    # A wide subscription once kept a million aggregates' versions (about 378 MiB with long
+    # ids): the memory is a byte budget now, spent on the most recently seen aggregates.
+    budget = 64 * 1024
+    recent = RecentVersions(budget)
+    events = [
+        event
+        for n in range(5_000)
+        for event in recorded(f"aggregate-{n:05}-{'x' * 200}", "T", range(1, 2))
+    ]
+    assert not any(recent.is_repeat(e) for e in events)
+    assert recent.used_bytes <= budget
+    assert 0 < len(recent) < 5_000
+    assert recent.is_repeat(events[-1]), "a recent aggregate's copy is dropped"
+    assert not recent.is_repeat(events[0]), "a forgotten one's copy is delivered again"
+
+
+async def test_a_wide_subscription_with_a_small_budget_still_drops_recent_repeats() -> None:
+    world = World()
+    world.subscribe = Subscribe(world.storage, world.log, heartbeat_s=3600, dedupe_bytes=1)
+    a = await world.commit("a", 2)
+    await world.log.send(a[-1:])  # a repeated copy right behind the original
+    items = world.open(SubscriptionFilter())
+    assert shown(await take(items, 3)) == [("a", 1), ("a", 2), "caught up"]
+    await nothing_more(items)
