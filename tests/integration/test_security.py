@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -347,6 +348,49 @@ async def test_unfiltered_queries_see_only_readable_types(
             "operation": "query",
             "aggregate_type": "Order",
         }
+    finally:
+        await indexer.kill()
+
+
+async def test_reusing_another_principals_event_id_replaces_none_of_its_documents(
+    connect: Connect, secure_server: RunningServer, tmp_path: Path
+) -> None:
+    settings = secure_server.settings
+    indexer = IndexerProcess(settings.kafka, settings.opensearch, tmp_path / "indexer.log")
+    await indexer.start()
+    shared = uuid.uuid4()
+    # Retries as clients do by default: while the indexer creates the first index, a search
+    # may briefly get UNAVAILABLE.
+    orders = connect(KEYS["orders"], retry=RetryPolicy())
+    payments = connect(KEYS["payments"], retry=RetryPolicy())
+    auditor = connect(KEYS["auditor"], retry=RetryPolicy())
+
+    async def found(client: EventStoreClient, aggregate_id: str) -> list[tuple[str, str, str]]:
+        events = await client.query_all(aggregate_id=aggregate_id)
+        return [(e.aggregate_id, e.event_type, e.data.decode()) for e in events]
+
+    async def indexed(client: EventStoreClient, aggregate_id: str) -> None:
+        deadline = time.monotonic() + 90
+        while not await found(client, aggregate_id):
+            assert time.monotonic() < deadline, f"{aggregate_id} was not indexed"
+            await asyncio.sleep(0.3)
+
+    try:
+        await orders.append("order-1", "Order", [Event("Placed", {"n": 1}, event_id=shared)])
+        await indexed(orders, "order-1")
+        # Another principal, in an aggregate of its own type, with the same event id.
+        await payments.append(
+            "payment-1", "Payment", [Event("Captured", {"n": 2}, event_id=shared)]
+        )
+        await indexed(payments, "payment-1")
+        await asyncio.sleep(1.5)  # a later (wrong) overwrite would be searchable by now
+        assert await found(orders, "order-1") == [("order-1", "Placed", '{"n":1}')]
+        assert await found(payments, "payment-1") == [("payment-1", "Captured", '{"n":2}')]
+        everything = await auditor.query_all()
+        assert sorted((e.aggregate_id, e.event_id) for e in everything) == [
+            ("order-1", shared),
+            ("payment-1", shared),
+        ]
     finally:
         await indexer.kill()
 
