@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -234,6 +235,39 @@ async def test_a_forbidden_append_is_denied_naming_operation_and_type_and_writes
     )
     await payments.save_snapshot("payment-1", 1, b"{}", "state")
     assert (await orders.get_snapshot("payment-1")) is not None
+
+
+async def test_resending_committed_ids_tells_nothing_to_another_type_and_needs_same_content(
+    connect: Connect, cassandra_storage: CassandraEventStorage
+) -> None:
+    orders, payments = connect(KEYS["orders"]), connect(KEYS["payments"])
+    committed = [Event("Placed", {"n": 1}), Event("Paid", {"n": 2})]
+    original = await orders.append("order-1", "Order", committed)
+    # payments may append Payments; resending the Order's ids under its own type must not
+    # answer "already committed" with the Order's versions and time, nor name its type.
+    stolen = await refused(payments.append("order-1", "Payment", committed))
+    assert isinstance(stolen, InvalidArgumentError), stolen
+    assert stolen.fields == ["aggregate_type"]
+    assert "Order" not in stolen.message
+    # The same ids with other content are no retry: refused, nothing written.
+    altered = [committed[0], replace(committed[1], data={"n": 3})]
+    conflict = await refused(orders.append("order-1", "Order", altered))
+    assert conflict.code.name == "FAILED_PRECONDITION"
+    info = conflict._detail(error_details_pb2.ErrorInfo)
+    assert info is not None
+    assert info.reason == "EVENT_ID_REUSED"
+    assert dict(info.metadata)["field"] == "events[1]"
+    retry = await orders.append("order-1", "Order", committed)  # the very same: the original
+    assert (retry.already_committed, retry.first_version, retry.committed_at) == (
+        True,
+        original.first_version,
+        original.committed_at,
+    )
+    stored = await cassandra_storage.read("order-1", 1, Direction.FORWARDS, 10)
+    assert [(e.event_type, e.data) for e in stored] == [
+        ("Placed", b'{"n":1}'),
+        ("Paid", b'{"n":2}'),
+    ]
 
 
 async def test_the_recorded_principal_cannot_be_forged(
