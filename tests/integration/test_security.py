@@ -46,6 +46,7 @@ from eventstore.domain.access import PRINCIPAL_KEY, hash_key
 from eventstore.domain.events import Direction
 from eventstore.server import RunningServer
 from eventstore.storage.cassandra import CassandraEventStorage
+from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
 from tests.integration.conftest import StartServer
 from tests.integration.test_indexer import IndexerProcess
 from tests.integration.test_restart import ServerProcess, free_port
@@ -164,6 +165,19 @@ async def test_every_rpc_needs_a_valid_credential(
         for call in calls:
             error = await refused(call)
             assert isinstance(error, UnauthenticatedError), error
+    # Two authorization headers: refused, not the first (or last) one taken.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{secure_server.port}") as channel:
+        stub = eventstore_pb2_grpc.EventStoreStub(channel)
+        for second in (KEYS["auditor"], "esk_not-a-key-we-issued", KEYS["orders"]):
+            headers = (
+                ("authorization", f"Bearer {KEYS['orders']}"),
+                ("authorization", f"Bearer {second}"),
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as twice:
+                await stub.GetAggregate(
+                    eventstore_pb2.GetAggregateRequest(aggregate_id="order-1"), metadata=headers
+                )
+            assert twice.value.code() == grpc.StatusCode.UNAUTHENTICATED, second
     # Health stays open to probes, without credentials.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{secure_server.port}") as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
@@ -281,6 +295,12 @@ async def test_the_recorded_principal_cannot_be_forged(
     )
     assert isinstance(forged, InvalidArgumentError)
     assert forged.fields == ["events[0].metadata[$principal]"]
+    for look_alike in ("\uff04principal", "\u200b$principal"):  # fullwidth $, zero-width space
+        forged = await refused(
+            orders.append("order-1", "Order", [Event("Placed", {}, metadata={look_alike: "x"})])
+        )
+        assert isinstance(forged, InvalidArgumentError)
+        assert forged.fields == [f"events[0].metadata[{look_alike}]"]
     assert await cassandra_storage.describe("order-1") is None
     await orders.append(
         "order-1", "Order", [Event("Placed", {}, metadata={"trace": "t-1"}), Event("Paid", {})]
