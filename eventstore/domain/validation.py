@@ -102,12 +102,12 @@ def _has_control_chars(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
-def _looks_reserved(key: str) -> bool:
+def is_reserved_key(key: str) -> bool:
     """Whether `key` reads as a server key to a person or a lenient consumer: compared after
     NFKC (fullwidth and small dollar signs become '$'), without invisible format characters
-    (zero-width spaces and joiners, direction marks) and leading white space."""
+    (zero-width spaces and joiners, direction marks, BOM)."""
     visible = "".join(ch for ch in key if unicodedata.category(ch) != "Cf")
-    return unicodedata.normalize("NFKC", visible).lstrip().startswith(RESERVED_METADATA_PREFIX)
+    return unicodedata.normalize("NFKC", visible).startswith(RESERVED_METADATA_PREFIX)
 
 
 def check_aggregate_id(value: str, limits: Limits, path: str, out: _Collector) -> None:
@@ -204,7 +204,7 @@ def _check_event(
                 f"keys must be 1 to {limits.max_metadata_key_length} characters, "
                 "without control characters",
             )
-        elif _looks_reserved(key):
+        elif is_reserved_key(key):
             out.add(
                 f"{path}.metadata[{key}]",
                 f"keys starting with {RESERVED_METADATA_PREFIX!r} (or a character that looks "
