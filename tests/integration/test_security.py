@@ -754,9 +754,17 @@ async def test_the_replay_cli_authenticates_with_a_key_from_the_environment_or_a
     code, _, err = await replay_cli(address, {}, *state)  # no key
     assert code == 3
     assert "no credential" in err
+    # payments may not see Orders: told what an unknown aggregate is told (not "denied").
     code, _, err = await replay_cli(address, {"EVENTSTORE_API_KEY": KEYS["payments"]}, *state)
-    assert code == 3
-    assert "'payments' may not read 'Order'" in err
+    unknown = await replay_cli(
+        address, {"EVENTSTORE_API_KEY": KEYS["payments"]}, "state", "order-404", *state[2:]
+    )
+    assert (code, err.replace("order-1", "<id>")) == (
+        unknown[0],
+        unknown[2].replace("order-404", "<id>"),
+    )
+    assert code != 0
+    assert "Order'" not in err
 
 
 async def test_open_subscriptions_end_when_their_key_is_removed_or_their_grants_change(
