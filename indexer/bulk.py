@@ -25,7 +25,7 @@ from opensearchpy.exceptions import ConnectionTimeout, TransportError
 from prometheus_client import Counter, Histogram
 
 from eventstore.domain.events import RecordedEvent
-from eventstore.search.documents import Form, build_document
+from eventstore.search.documents import Form, build_document, document_id
 
 log = structlog.get_logger("indexer")
 
@@ -81,8 +81,9 @@ def make_item(
     form: Form = Form.FULL,
     why: str = "",
 ) -> Item:
-    document, encoded = build_document(event, form, why, max_document_bytes)
-    action = json.dumps({"index": {"_index": index, "_id": document["event_id"]}}).encode()
+    encoded = build_document(event, form, why, max_document_bytes)[1]
+    _id = document_id(event.aggregate_id, event.version)
+    action = json.dumps({"index": {"_index": index, "_id": _id}}).encode()
     return Item(source, event, index, form, action + b"\n" + encoded + b"\n")
 
 

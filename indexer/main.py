@@ -3,8 +3,9 @@
 * Consumer group over every topic with the event prefix (a regex subscription: topics of new
   aggregate types are picked up without a restart).
 * Each batch goes out in bulk requests of at most EVENTSTORE_INDEXER_MAX_BULK_BYTES; document
-  _id = event_id, index = the event's month, so a re-delivered event overwrites its own
-  document: never a duplicate.
+  _id = a hash of (aggregate id, version) (`document_id`), index = the event's month, so a
+  re-delivered event overwrites its own document, never a duplicate, and never another
+  aggregate's event that happens to carry the same client-chosen event id.
 * Offsets are committed only after every document of the batch is indexed (and any dead
   letters stored). OpenSearch unavailable: the partitions are paused (we keep polling, so the
   group keeps us) and the same requests are retried with backoff.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from uuid import UUID
 
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
@@ -178,16 +177,17 @@ def _sort_key(event: RecordedEvent) -> Cursor:
 
 class InMemoryEventIndex(EventIndex):
     """The search index in memory, held to tests/contract/index.py like OpenSearch: one
-    document per event id, searched in (recorded_at ms, aggregate_id, version) order. No
-    indexer reports its progress to it, so its progress is unknown."""
+    document per stored event (aggregate id, version), searched in (recorded_at ms,
+    aggregate_id, version) order. No indexer reports its progress to it, so its progress is
+    unknown."""
 
     def __init__(self) -> None:
-        self.documents: dict[UUID, RecordedEvent] = {}
+        self.documents: dict[tuple[str, int], RecordedEvent] = {}
 
     def add(self, events: Sequence[RecordedEvent]) -> None:
         """What the indexer does: a re-delivered event replaces its own document."""
         for event in events:
-            self.documents[event.event_id] = event
+            self.documents[(event.aggregate_id, event.version)] = event
 
     async def search(self, query: EventQuery) -> SearchPage:
         start = _millis(query.start) if query.start else None
@@ -208,13 +208,16 @@ class InMemoryEventIndex(EventIndex):
         after = query.after
         page = [e for e in matches if after is None or _sort_key(e) > after][: query.page_size]
         cursor = _sort_key(page[-1]) if len(page) == query.page_size else None
-        wanted = self.documents.get(query.visible_event_id) if query.visible_event_id else None
+        visible = any(
+            event.event_id == query.visible_event_id
+            and (query.permitted_types is None or event.aggregate_type in query.permitted_types)
+            for event in self.documents.values()
+        )
         return SearchPage(
             events=page,
             cursor=cursor,
             total=len(matches) if query.count_total else None,
-            visible=wanted is not None
-            and (query.permitted_types is None or wanted.aggregate_type in query.permitted_types),
+            visible=visible,
         )
 
     async def progress(self) -> IndexProgress:

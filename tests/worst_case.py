@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from eventstore.domain.access import PRINCIPAL_KEY
 from eventstore.domain.events import MAX_VERSION, ExpectedVersion, RecordedEvent
 from eventstore.domain.validation import (
-    RESERVED_METADATA_PREFIX,
     Limits,
     RawAppend,
     RawEvent,
+    is_reserved_key,
     validate_append,
 )
 
@@ -31,9 +31,7 @@ def wide_event_id(n: int) -> str:
 
 
 def _allowed(text: str) -> bool:
-    return not text.startswith(RESERVED_METADATA_PREFIX) and not any(
-        unicodedata.category(ch) == "Cc" for ch in text
-    )
+    return not is_reserved_key(text) and not any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
 def short_keys() -> Iterator[str]:

@@ -65,13 +65,17 @@ class Authenticator:
 
 
 def _bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                raise Unauthenticated("the authorization header must be 'Bearer <API key>'")
-            return token.strip()
-    return None
+    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+    if not values:
+        return None
+    # Several: refused rather than picking one, which a proxy in between might pick otherwise.
+    if len(values) > 1:
+        raise Unauthenticated("send one authorization header, not several")
+    (value,) = values
+    scheme, _, token = str(value).partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("the authorization header must be 'Bearer <API key>'")
+    return token.strip()
 
 
 def _certificate_identities(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:

@@ -31,6 +31,7 @@ from eventstore.domain.access import (
 from eventstore.domain.errors import (
     AggregateNotFound,
     BackendRejected,
+    EventIdReused,
     InvalidArgument,
     SnapshotNotFound,
     StorageUnavailable,
@@ -144,6 +145,16 @@ RULES: dict[type[BaseException], Rule] = {
             "actual_version": str(exc.actual),
         },
         details=_version_conflict,
+    ),
+    EventIdReused: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        "EVENT_ID_REUSED",
+        retry=False,
+        metadata=lambda exc: {
+            "aggregate_id": exc.aggregate_id,
+            "field": exc.field,
+            "committed_version": str(exc.version),
+        },
     ),
     AggregateNotFound: Rule(
         code_pb2.NOT_FOUND, "AGGREGATE_NOT_FOUND", retry=False, details=_resource("aggregate")

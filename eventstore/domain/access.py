@@ -96,6 +96,23 @@ class Principal:
         if not self.may(operation, aggregate_type):
             raise PermissionDenied(self.name, operation, aggregate_type)
 
+    def sees(self, aggregate_type: str) -> bool:
+        """Whether some grant already lets it learn which aggregates of `aggregate_type` exist
+        (reading, querying or subscribing to them)."""
+        return any(self.may(op, aggregate_type) for op in _SEEING)
+
+    def require_existing(
+        self, operation: Operation, aggregate_type: str, absent: EventStoreError
+    ) -> None:
+        """`require` for an existing aggregate named by id. To a principal that may not even
+        see its type the answer is `absent`, the error the request gets when the aggregate does
+        not exist: otherwise the refusal would tell that the id exists, and its type."""
+        if self.may(operation, aggregate_type):
+            return
+        if self.sees(aggregate_type):
+            raise PermissionDenied(self.name, operation, aggregate_type)
+        raise absent
+
     def permitted(self, operation: Operation) -> frozenset[str] | None:
         """The types `operation` is limited to, or None when it may touch every type."""
         types = self.grants.get(operation, frozenset())
@@ -113,6 +130,9 @@ class Principal:
             self.require(operation, aggregate_type)
         return wanted or self.permitted(operation)
 
+
+#: The operations that show which aggregates of a type exist.
+_SEEING = (Operation.READ, Operation.QUERY, Operation.SUBSCRIBE)
 
 #: When authentication is explicitly turned off: everything allowed, nothing recorded.
 UNRESTRICTED = Principal(

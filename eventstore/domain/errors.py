@@ -41,6 +41,21 @@ class WrongExpectedVersion(EventStoreError):
         )
 
 
+class EventIdReused(EventStoreError):
+    """An append resent the ids of committed events with other content: not a retry (which
+    must resend exactly the same events), and not new events (which need new ids)."""
+
+    def __init__(self, aggregate_id: str, index: int, version: int, differs: str) -> None:
+        self.aggregate_id = aggregate_id
+        self.field = f"events[{index}]"
+        self.version = version
+        super().__init__(
+            f"{self.field} has the id of the event committed as version {version} of "
+            f"{aggregate_id!r}, but another {differs}: a retry must resend exactly the same "
+            "events, and a new event needs a new id"
+        )
+
+
 class AggregateNotFound(EventStoreError):
     def __init__(self, aggregate_id: str) -> None:
         self.aggregate_id = aggregate_id

@@ -102,6 +102,14 @@ def _has_control_chars(text: str) -> bool:
     return any(unicodedata.category(ch) == "Cc" for ch in text)
 
 
+def is_reserved_key(key: str) -> bool:
+    """Whether `key` reads as a server key to a person or a lenient consumer: compared after
+    NFKC (fullwidth and small dollar signs become '$'), without invisible format characters
+    (zero-width spaces and joiners, direction marks, BOM)."""
+    visible = "".join(ch for ch in key if unicodedata.category(ch) != "Cf")
+    return unicodedata.normalize("NFKC", visible).startswith(RESERVED_METADATA_PREFIX)
+
+
 def check_aggregate_id(value: str, limits: Limits, path: str, out: _Collector) -> None:
     if not value:
         out.add(path, "must not be empty")
@@ -196,10 +204,11 @@ def _check_event(
                 f"keys must be 1 to {limits.max_metadata_key_length} characters, "
                 "without control characters",
             )
-        elif key.startswith(RESERVED_METADATA_PREFIX):
+        elif is_reserved_key(key):
             out.add(
                 f"{path}.metadata[{key}]",
-                f"keys starting with {RESERVED_METADATA_PREFIX!r} are reserved for the server",
+                f"keys starting with {RESERVED_METADATA_PREFIX!r} (or a character that looks "
+                "like it) are reserved for the server",
             )
     if size > limits.max_event_bytes:
         out.add(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import json
 import math
 import uuid
@@ -91,6 +92,19 @@ def index_name(settings: OpenSearchSettings, recorded_at: datetime) -> str:
     """Monthly indices: an event's index follows from its own time, so a re-delivered event
     always lands on its earlier copy (same index, same _id) instead of beside it."""
     return f"{settings.index_prefix}-{recorded_at:%Y.%m}"
+
+
+def document_id(aggregate_id: str, version: int) -> str:
+    """The `_id` of the document of the event stored at (`aggregate_id`, `version`).
+
+    Not the event id: clients choose those, unique only within an aggregate, so one principal
+    could replace another's document by reusing its event id. A stored event is one
+    (aggregate, version) pair; the aggregate id is length-prefixed so no two pairs encode
+    alike, whatever characters ids hold, and hashed because an `_id` holds at most 512 bytes
+    while aggregate ids may be longer (EVENTSTORE_LIMIT_MAX_AGGREGATE_ID_BYTES)."""
+    encoded = aggregate_id.encode("utf-8", "surrogatepass")
+    key = len(encoded).to_bytes(8, "big") + encoded + version.to_bytes(8, "big")
+    return hashlib.sha256(key).hexdigest()
 
 
 # --- notes ------------------------------------------------------------------------------

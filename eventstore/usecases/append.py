@@ -10,9 +10,16 @@ from uuid import UUID
 
 import structlog
 
-from eventstore.domain.access import Operation, Principal, record_principal
-from eventstore.domain.errors import InvalidArgument, WrongExpectedVersion
-from eventstore.domain.events import AppendRequest, AppendResult, Expectation, RecordedEvent
+from eventstore.domain.access import PRINCIPAL_KEY, Operation, Principal, record_principal
+from eventstore.domain.errors import EventIdReused, InvalidArgument, WrongExpectedVersion
+from eventstore.domain.events import (
+    AppendRequest,
+    AppendResult,
+    Direction,
+    Expectation,
+    NewEvent,
+    RecordedEvent,
+)
 from eventstore.failpoints import Failpoints
 from eventstore.ports import AggregateCatalog, Committed, EventStorage, ExistingEvent, Rejected
 from eventstore.usecases.publish import Publication
@@ -70,15 +77,15 @@ class AppendEvents:
         if not expected.admits(at):
             raise WrongExpectedVersion(request.aggregate_id, expected, at)
         if self._publication is None:
-            return await self._append(request, at, None)
+            return await self._append(request, at, None, principal)
         # Announced before the commit (many appends share one journal write), so that no crash
         # after it can leave the events unpublished without a trace for the relay to find.
         seq = await self._publication.announce(
             request.aggregate_id, request.aggregate_type if at == 0 else None
         )
         try:
-            result = await self._append(request, at, seq)
-        except (WrongExpectedVersion, InvalidArgument, ContentionExhausted):
+            result = await self._append(request, at, seq, principal)
+        except (WrongExpectedVersion, InvalidArgument, EventIdReused, ContentionExhausted):
             self._publication.not_committed(seq)  # every attempt was refused: nothing written
             raise
         except BaseException:
@@ -104,7 +111,9 @@ class AppendEvents:
             )
         self._known_types.add(aggregate_type)
 
-    async def _append(self, request: AppendRequest, at: int, seq: int | None) -> AppendResult:
+    async def _append(
+        self, request: AppendRequest, at: int, seq: int | None, principal: Principal
+    ) -> AppendResult:
         expected = request.expected
         for attempt in range(1, self._max_attempts + 1):
             if not expected.admits(at):
@@ -123,9 +132,11 @@ class AppendEvents:
                     committed_at=outcome.recorded_at,
                     event_ids=tuple(e.event_id for e in request.events),
                 )
+            # The type first: the principal may append to the request's type only, and an
+            # aggregate of another type is none of its business, committed ids included.
+            self._check_type(request, outcome, principal)
             if outcome.existing:
-                return self._already_committed(request, outcome.existing)
-            self._check_type(request, outcome)
+                return await self._already_committed(request, outcome.existing)
             if expected.expectation in (Expectation.EXACT, Expectation.NO_STREAM):
                 if outcome.actual_version != at:
                     raise WrongExpectedVersion(
@@ -140,17 +151,18 @@ class AppendEvents:
         raise ContentionExhausted(request.aggregate_id, self._max_attempts)
 
     @staticmethod
-    def _check_type(request: AppendRequest, outcome: Rejected) -> None:
-        if outcome.actual_type is not None and outcome.actual_type != request.aggregate_type:
+    def _check_type(request: AppendRequest, outcome: Rejected, principal: Principal) -> None:
+        actual = outcome.actual_type
+        if actual is not None and actual != request.aggregate_type:
+            # Its type only to a principal that may see aggregates of that type anyway.
+            which = repr(actual) if principal.sees(actual) else "another type"
             raise InvalidArgument.of(
                 "aggregate_type",
-                f"aggregate {request.aggregate_id!r} is of type {outcome.actual_type!r}, "
-                f"not {request.aggregate_type!r}",
+                f"aggregate {request.aggregate_id!r} is of {which}, not {request.aggregate_type!r}",
             )
 
-    @staticmethod
-    def _already_committed(
-        request: AppendRequest, existing: Mapping[UUID, ExistingEvent]
+    async def _already_committed(
+        self, request: AppendRequest, existing: Mapping[UUID, ExistingEvent]
     ) -> AppendResult:
         """A retry: answer the original result if the whole append was committed as sent."""
         ids = [event.event_id for event in request.events]
@@ -159,6 +171,13 @@ class AppendEvents:
         if first is not None and all(
             e is not None and e.version == first.version + i for i, e in enumerate(found)
         ):
+            # Only on this path, never on a normal append: one read of the events the ids name.
+            stored = await self._storage.read(
+                request.aggregate_id, first.version, Direction.FORWARDS, len(ids)
+            )
+            for index, (sent, kept) in enumerate(zip(request.events, stored, strict=True)):
+                if differs := _difference(sent, kept):
+                    raise EventIdReused(request.aggregate_id, index, kept.version, differs)
             log.info(
                 "idempotent retry answered with the original result",
                 aggregate_id=request.aggregate_id,
@@ -180,6 +199,24 @@ class AppendEvents:
             "the same as the one that committed it (a retry must resend exactly the same events "
             "with the same ids)",
         )
+
+
+def _difference(sent: NewEvent, stored: RecordedEvent) -> str:
+    """What a resent event has other than the stored one with its id ("": nothing). Who sends
+    it does not count: a retry by another principal gets the original result."""
+
+    def client_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+        return {k: v for k, v in metadata.items() if k != PRINCIPAL_KEY}
+
+    if sent.event_type != stored.event_type:
+        return "event_type"
+    if sent.content_type != stored.content_type:
+        return "content_type"
+    if sent.data != stored.data:
+        return "data"
+    if client_metadata(sent.metadata) != client_metadata(stored.metadata):
+        return "metadata"
+    return ""
 
 
 def _recorded(request: AppendRequest, outcome: Committed) -> list[RecordedEvent]:

@@ -32,11 +32,15 @@ class ReadAggregate:
                     info = await self._storage.describe(request.aggregate_id)
                     if info is None:
                         raise AggregateNotFound(request.aggregate_id)
-                    principal.require(Operation.READ, info.aggregate_type)
+                    principal.require_existing(
+                        Operation.READ, info.aggregate_type, AggregateNotFound(request.aggregate_id)
+                    )
                 return
             if first_page:
                 # Every event of an aggregate has its type: the first one tells.
-                principal.require(Operation.READ, page[0].aggregate_type)
+                principal.require_existing(
+                    Operation.READ, page[0].aggregate_type, AggregateNotFound(request.aggregate_id)
+                )
             first_page = False
             yield page
             if len(page) < limit:
@@ -60,5 +64,7 @@ class DescribeAggregate:
         info = await self._storage.describe(aggregate_id)
         if info is None:
             raise AggregateNotFound(aggregate_id)
-        principal.require(Operation.READ, info.aggregate_type)
+        principal.require_existing(
+            Operation.READ, info.aggregate_type, AggregateNotFound(aggregate_id)
+        )
         return info

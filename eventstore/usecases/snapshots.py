@@ -33,12 +33,13 @@ class SaveSnapshot:
         principal: Principal,
     ) -> Snapshot:
         info = await self._storage.describe(aggregate_id)
+        absent = InvalidArgument.of(
+            "version", f"aggregate {aggregate_id!r} has no events, so no version {version}"
+        )
         if info is None:
-            raise InvalidArgument.of(
-                "version", f"aggregate {aggregate_id!r} has no events, so no version {version}"
-            )
+            raise absent
         # Others rebuild state from snapshots: writing one is as strong as appending.
-        principal.require(Operation.APPEND, info.aggregate_type)
+        principal.require_existing(Operation.APPEND, info.aggregate_type, absent)
         if version > info.version:
             raise InvalidArgument.of(
                 "version",
@@ -62,7 +63,9 @@ class GetSnapshot:
             # only for principals limited to some types).
             info = await self._storage.describe(aggregate_id)
             if info is not None:
-                principal.require(Operation.READ, info.aggregate_type)
+                principal.require_existing(
+                    Operation.READ, info.aggregate_type, SnapshotNotFound(aggregate_id, max_version)
+                )
         snapshot = await self._snapshots.latest(aggregate_id, max_version)
         if snapshot is None:
             raise SnapshotNotFound(aggregate_id, max_version)

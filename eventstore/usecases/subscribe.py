@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import replace
 
-from eventstore.domain.access import Operation, Principal
-from eventstore.domain.errors import InvalidArgument
+from eventstore.domain.access import Operation, PermissionDenied, Principal
+from eventstore.domain.errors import EventStoreError, InvalidArgument
 from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.domain.subscriptions import (
     AggregateCheckpoint,
@@ -120,15 +120,29 @@ class Subscribe:
         principal: Principal,
     ) -> AsyncGenerator[SubscriptionItem, None]:
         info = await self._storage.describe(aggregate_id)
+        named = sorted(subscription.aggregate_types)
+        no_type = InvalidArgument.of(
+            "aggregate_types",
+            f"aggregate {aggregate_id!r} has no events yet: name its type (exactly one)",
+        )
         if info is not None:
             aggregate_type = info.aggregate_type
-        elif len(subscription.aggregate_types) == 1:
-            (aggregate_type,) = subscription.aggregate_types
+            # To a principal that may not see its type, the answer it would get if the
+            # aggregate did not exist; only that the id is taken shows (as an append to it
+            # would), never the type.
+            if len(named) != 1:
+                absent: EventStoreError = no_type
+            elif named[0] == aggregate_type:
+                absent = PermissionDenied(principal.name, Operation.SUBSCRIBE, aggregate_type)
+            else:
+                absent = InvalidArgument.of(
+                    "aggregate_types", f"aggregate {aggregate_id!r} is not of type {named[0]!r}"
+                )
+            principal.require_existing(Operation.SUBSCRIBE, aggregate_type, absent)
+        elif len(named) == 1:
+            aggregate_type = named[0]
         else:
-            raise InvalidArgument.of(
-                "aggregate_types",
-                f"aggregate {aggregate_id!r} has no events yet: name its type (exactly one)",
-            )
+            raise no_type
         principal.require(Operation.SUBSCRIBE, aggregate_type)
         if start.at is StartAt.CHECKPOINT:
             checkpoint = start.checkpoint

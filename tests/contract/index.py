@@ -144,6 +144,34 @@ class EventIndexContract:
         found, _, total = await page_of(index, query)
         assert (keys(found), total) == (keys(events), 2)
 
+    async def test_events_of_two_aggregates_with_one_event_id_are_two_documents(
+        self, index: EventIndex, add: Add
+    ) -> None:
+        # Event ids are the clients' and unique only within an aggregate: another principal's
+        # event with the same id must not replace this one.
+        mine, theirs = unique("Mine"), unique("Theirs")
+        (first,) = recorded(unique("a"), mine, range(1, 2))
+        (second,) = recorded(unique("b"), theirs, range(1, 2))
+        second = replace(second, event_id=first.event_id, event_type="Other")
+        await add([first])
+        await add([second])
+        for aggregate_type, event in ((mine, first), (theirs, second)):
+            query = EventQuery(aggregate_types=(aggregate_type,), count_total=True)
+            found, _, total = await page_of(index, query)
+            assert (found, total) == ([event], 1), aggregate_type
+            assert await visible(index, event.event_id, frozenset({aggregate_type}))
+        # Pairs that would run together unless the encoding keeps them apart stay apart too.
+        kind, x = unique("T"), unique("x")
+        clashing = [
+            replace(recorded(x + suffix, kind, range(v, v + 1))[0], event_id=first.event_id)
+            for suffix, v in (("", 112), ("1", 12), ("11", 2), ("112", 1))
+        ]
+        await add(clashing)
+        found, _, total = await page_of(
+            index, EventQuery(aggregate_types=(kind,), count_total=True)
+        )
+        assert (sorted(keys(found)), total) == (sorted(keys(clashing)), 4)
+
     async def test_a_search_says_whether_an_event_is_visible_to_the_caller(
         self, index: EventIndex, add: Add
     ) -> None:

@@ -18,11 +18,14 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack.certificates import make_ca, make_cert
@@ -43,6 +46,7 @@ from eventstore.domain.access import PRINCIPAL_KEY, hash_key
 from eventstore.domain.events import Direction
 from eventstore.server import RunningServer
 from eventstore.storage.cassandra import CassandraEventStorage
+from eventstore.v1 import eventstore_pb2, eventstore_pb2_grpc
 from tests.integration.conftest import StartServer
 from tests.integration.test_indexer import IndexerProcess
 from tests.integration.test_restart import ServerProcess, free_port
@@ -161,6 +165,19 @@ async def test_every_rpc_needs_a_valid_credential(
         for call in calls:
             error = await refused(call)
             assert isinstance(error, UnauthenticatedError), error
+    # Two authorization headers: refused, not the first (or last) one taken.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{secure_server.port}") as channel:
+        stub = eventstore_pb2_grpc.EventStoreStub(channel)
+        for second in (KEYS["auditor"], "esk_not-a-key-we-issued", KEYS["orders"]):
+            headers = (
+                ("authorization", f"Bearer {KEYS['orders']}"),
+                ("authorization", f"Bearer {second}"),
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as twice:
+                await stub.GetAggregate(
+                    eventstore_pb2.GetAggregateRequest(aggregate_id="order-1"), metadata=headers
+                )
+            assert twice.value.code() == grpc.StatusCode.UNAUTHENTICATED, second
     # Health stays open to probes, without credentials.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{secure_server.port}") as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
@@ -196,15 +213,35 @@ async def test_a_forbidden_append_is_denied_naming_operation_and_type_and_writes
     await payments.append("payment-1", "Payment", [Event("Captured", {})])
     await orders.append("order-1", "Order", [Event("Placed", {})])
     assert len(await orders.read_all("payment-1")) == 1  # orders may read Payment
-    for call in (
-        payments.read_all("order-1"),
-        payments.read_all("order-1", from_version=99),  # past the end: still not theirs
-        payments.get_aggregate("order-1"),
-        first_message(payments, aggregate_id="order-1"),
-    ):
-        error = await refused(call)
-        assert isinstance(error, PermissionDeniedError), error
-        assert error.reason["aggregate_type"] == "Order"
+    # payments may not see Orders at all: an Order is answered as an unknown id is, so neither
+    # its existence nor its type shows.
+    calls: list[Callable[[str], Awaitable[object]]] = [
+        lambda a: payments.read_all(a),
+        lambda a: payments.read_all(a, from_version=99),  # past the end: still not theirs
+        lambda a: payments.get_aggregate(a),
+        lambda a: first_message(payments, aggregate_id=a),
+        lambda a: first_message(payments, aggregate_id=a, aggregate_types=["Order"]),
+    ]
+    await orders.save_snapshot("order-1", 1, b"{}", "state")
+
+    async def answer(call: Callable[[str], Awaitable[object]], aggregate_id: str) -> str:
+        error = await refused(call(aggregate_id))
+        details = [
+            error._detail(kind)
+            for kind in (
+                error_details_pb2.ErrorInfo,
+                error_details_pb2.ResourceInfo,
+                error_details_pb2.BadRequest,
+            )
+        ]
+        shown = f"{error.code.name} {error.message} {details}"
+        return shown.replace(aggregate_id, "<id>")
+
+    for i, call in enumerate(calls):
+        hidden = await answer(call, "order-1")
+        assert hidden == await answer(call, "order-404")
+        assert hidden.startswith((*("NOT_FOUND",) * 3, "INVALID", "PERMISSION")[i]), hidden
+    assert await payments.get_snapshot("order-1") is None  # as for an id without snapshots
     # Snapshots: writing one is as strong as appending; reading follows read grants.
     assert isinstance(
         await refused(orders.save_snapshot("payment-1", 1, b"{}", "state")),
@@ -212,8 +249,39 @@ async def test_a_forbidden_append_is_denied_naming_operation_and_type_and_writes
     )
     await payments.save_snapshot("payment-1", 1, b"{}", "state")
     assert (await orders.get_snapshot("payment-1")) is not None
-    await orders.save_snapshot("order-1", 1, b"{}", "state")
-    assert isinstance(await refused(payments.get_snapshot("order-1")), PermissionDeniedError)
+
+
+async def test_resending_committed_ids_tells_nothing_to_another_type_and_needs_same_content(
+    connect: Connect, cassandra_storage: CassandraEventStorage
+) -> None:
+    orders, payments = connect(KEYS["orders"]), connect(KEYS["payments"])
+    committed = [Event("Placed", {"n": 1}), Event("Paid", {"n": 2})]
+    original = await orders.append("order-1", "Order", committed)
+    # payments may append Payments; resending the Order's ids under its own type must not
+    # answer "already committed" with the Order's versions and time, nor name its type.
+    stolen = await refused(payments.append("order-1", "Payment", committed))
+    assert isinstance(stolen, InvalidArgumentError), stolen
+    assert stolen.fields == ["aggregate_type"]
+    assert "Order" not in stolen.message
+    # The same ids with other content are no retry: refused, nothing written.
+    altered = [committed[0], replace(committed[1], data={"n": 3})]
+    conflict = await refused(orders.append("order-1", "Order", altered))
+    assert conflict.code.name == "FAILED_PRECONDITION"
+    info = conflict._detail(error_details_pb2.ErrorInfo)
+    assert info is not None
+    assert info.reason == "EVENT_ID_REUSED"
+    assert dict(info.metadata)["field"] == "events[1]"
+    retry = await orders.append("order-1", "Order", committed)  # the very same: the original
+    assert (retry.already_committed, retry.first_version, retry.committed_at) == (
+        True,
+        original.first_version,
+        original.committed_at,
+    )
+    stored = await cassandra_storage.read("order-1", 1, Direction.FORWARDS, 10)
+    assert [(e.event_type, e.data) for e in stored] == [
+        ("Placed", b'{"n":1}'),
+        ("Paid", b'{"n":2}'),
+    ]
 
 
 async def test_the_recorded_principal_cannot_be_forged(
@@ -227,6 +295,12 @@ async def test_the_recorded_principal_cannot_be_forged(
     )
     assert isinstance(forged, InvalidArgumentError)
     assert forged.fields == ["events[0].metadata[$principal]"]
+    for look_alike in ("\uff04principal", "\u200b$principal"):  # fullwidth $, zero-width space
+        forged = await refused(
+            orders.append("order-1", "Order", [Event("Placed", {}, metadata={look_alike: "x"})])
+        )
+        assert isinstance(forged, InvalidArgumentError)
+        assert forged.fields == [f"events[0].metadata[{look_alike}]"]
     assert await cassandra_storage.describe("order-1") is None
     await orders.append(
         "order-1", "Order", [Event("Placed", {}, metadata={"trace": "t-1"}), Event("Paid", {})]
@@ -347,6 +421,49 @@ async def test_unfiltered_queries_see_only_readable_types(
             "operation": "query",
             "aggregate_type": "Order",
         }
+    finally:
+        await indexer.kill()
+
+
+async def test_reusing_another_principals_event_id_replaces_none_of_its_documents(
+    connect: Connect, secure_server: RunningServer, tmp_path: Path
+) -> None:
+    settings = secure_server.settings
+    indexer = IndexerProcess(settings.kafka, settings.opensearch, tmp_path / "indexer.log")
+    await indexer.start()
+    shared = uuid.uuid4()
+    # Retries as clients do by default: while the indexer creates the first index, a search
+    # may briefly get UNAVAILABLE.
+    orders = connect(KEYS["orders"], retry=RetryPolicy())
+    payments = connect(KEYS["payments"], retry=RetryPolicy())
+    auditor = connect(KEYS["auditor"], retry=RetryPolicy())
+
+    async def found(client: EventStoreClient, aggregate_id: str) -> list[tuple[str, str, str]]:
+        events = await client.query_all(aggregate_id=aggregate_id)
+        return [(e.aggregate_id, e.event_type, e.data.decode()) for e in events]
+
+    async def indexed(client: EventStoreClient, aggregate_id: str) -> None:
+        deadline = time.monotonic() + 90
+        while not await found(client, aggregate_id):
+            assert time.monotonic() < deadline, f"{aggregate_id} was not indexed"
+            await asyncio.sleep(0.3)
+
+    try:
+        await orders.append("order-1", "Order", [Event("Placed", {"n": 1}, event_id=shared)])
+        await indexed(orders, "order-1")
+        # Another principal, in an aggregate of its own type, with the same event id.
+        await payments.append(
+            "payment-1", "Payment", [Event("Captured", {"n": 2}, event_id=shared)]
+        )
+        await indexed(payments, "payment-1")
+        await asyncio.sleep(1.5)  # a later (wrong) overwrite would be searchable by now
+        assert await found(orders, "order-1") == [("order-1", "Placed", '{"n":1}')]
+        assert await found(payments, "payment-1") == [("payment-1", "Captured", '{"n":2}')]
+        everything = await auditor.query_all()
+        assert sorted((e.aggregate_id, e.event_id) for e in everything) == [
+            ("order-1", shared),
+            ("payment-1", shared),
+        ]
     finally:
         await indexer.kill()
 
@@ -673,9 +790,17 @@ async def test_the_replay_cli_authenticates_with_a_key_from_the_environment_or_a
     code, _, err = await replay_cli(address, {}, *state)  # no key
     assert code == 3
     assert "no credential" in err
+    # payments may not see Orders: told what an unknown aggregate is told (not "denied").
     code, _, err = await replay_cli(address, {"EVENTSTORE_API_KEY": KEYS["payments"]}, *state)
-    assert code == 3
-    assert "'payments' may not read 'Order'" in err
+    unknown = await replay_cli(
+        address, {"EVENTSTORE_API_KEY": KEYS["payments"]}, "state", "order-404", *state[2:]
+    )
+    assert (code, err.replace("order-1", "<id>")) == (
+        unknown[0],
+        unknown[2].replace("order-404", "<id>"),
+    )
+    assert code != 0
+    assert "Order'" not in err
 
 
 async def test_open_subscriptions_end_when_their_key_is_removed_or_their_grants_change(

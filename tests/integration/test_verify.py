@@ -21,7 +21,7 @@ from eventstore.domain.events import Direction, NewEvent, RecordedEvent
 from eventstore.domain.validation import Limits
 from eventstore.ports import Committed
 from eventstore.publishing.kafka import KafkaEventPublisher
-from eventstore.search.documents import index_name, to_document
+from eventstore.search.documents import document_id, index_name, to_document
 from eventstore.search.setup import ensure_template, make_client
 from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.catalog import CassandraAggregateCatalog
@@ -96,7 +96,8 @@ class World:
             body: list[dict[str, object]] = []
             for event in events:
                 target = into or index_name(self.opensearch, event.recorded_at)
-                body.append({"index": {"_index": target, "_id": str(event.event_id)}})
+                _id = document_id(event.aggregate_id, event.version)
+                body.append({"index": {"_index": target, "_id": _id}})
                 body.append(to_document(event))
             response = client.bulk(body=body, refresh="true")
             assert not response["errors"], response

@@ -214,6 +214,8 @@ def test_authentication_by_key_or_certificate() -> None:
         Context(),
         Context((("authorization", "Bearer esk_wrong"),)),
         Context((("authorization", ORDERS_KEY),)),  # no scheme
+        Context((*bearer, ("authorization", "Bearer esk_other"))),  # two: neither is taken
+        Context((*bearer, *bearer)),
         Context(certificate=[b"stranger"]),
         # A key of one principal with the certificate of another: refuse rather than pick.
         Context((("authorization", f"Bearer {PAYMENTS_KEY}"),), [b"orders.example.internal"]),

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
-from eventstore.domain.access import UNRESTRICTED
-from eventstore.domain.errors import InvalidArgument, WrongExpectedVersion
+from eventstore.domain.access import UNRESTRICTED, Operation, Principal
+from eventstore.domain.errors import EventIdReused, InvalidArgument, WrongExpectedVersion
 from eventstore.domain.events import (
     AppendRequest,
     AppendResult,
@@ -160,6 +161,54 @@ async def test_a_partly_committed_retry_is_invalid_and_writes_nothing(
         assert [v.field for v in refused.value.violations] == [field]
         assert "already committed" in refused.value.violations[0].description
     assert await store.versions() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("change", "differs"),
+    [
+        ({"data": b'{"other": true}'}, "data"),
+        ({"event_type": "Other"}, "event_type"),
+        ({"metadata": {"trace": "t-2"}}, "metadata"),
+        ({"content_type": "application/octet-stream"}, "content_type"),
+    ],
+    ids=["data", "event_type", "metadata", "content_type"],
+)
+async def test_a_retry_with_other_content_is_a_conflict_not_a_success(
+    change: dict[str, object], differs: str
+) -> None:
+    store = Store()
+    committed = [replace(e, metadata={"trace": "t-1"}) for e in new_events(2)]
+    await store(exact(0), committed)
+    resent = [committed[0], replace(committed[1], **change)]  # type: ignore[arg-type]
+    for expected in (ANY, exact(0), NO_STREAM):
+        with pytest.raises(EventIdReused) as refused:
+            await store(expected, resent)
+        assert (refused.value.field, refused.value.version) == ("events[1]", 2)
+        assert f"another {differs}" in str(refused.value)
+    assert await store.versions() == [1, 2]
+    assert (await store(ANY, committed)).already_committed  # the very same events still are
+
+
+async def test_the_type_is_checked_before_committed_ids_are_answered() -> None:
+    """Resending another type's committed ids must not return their versions and time."""
+    store = Store()
+    committed = new_events(2)
+    await store(exact(0), committed, aggregate="order-1", aggregate_type="Order")
+    payments = Principal("payments", {Operation.APPEND: frozenset({"Payment"})})
+    for expected in (ANY, exact(0), exact(2), NO_STREAM, EXISTS):
+        request = AppendRequest("order-1", "Payment", expected, tuple(committed))
+        with pytest.raises(InvalidArgument) as refused:
+            await store.append(request, payments)
+        (violation,) = refused.value.violations
+        assert violation.field == "aggregate_type"
+        assert "Order" not in violation.description  # nor its type, to one that cannot see it
+    auditor = Principal(
+        "auditor", {Operation.APPEND: frozenset({"Payment"}), Operation.READ: frozenset({"*"})}
+    )
+    request = AppendRequest("order-1", "Payment", ANY, tuple(committed))
+    with pytest.raises(InvalidArgument, match="'Order'"):
+        await store.append(request, auditor)
+    assert await store.versions("order-1") == [1, 2]
 
 
 class YieldingStorage(InMemoryEventStorage):

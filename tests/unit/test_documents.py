@@ -24,6 +24,7 @@ from eventstore.search.documents import (
     NOTES_FIELD,
     Form,
     build_document,
+    document_id,
     from_document,
     index_mappings,
     to_document,
@@ -318,3 +319,20 @@ def test_any_json_becomes_an_acceptable_document(value: Any, wrap: int, long_tex
     assert longest_term(document) <= MAX_TERM_BYTES
     assert depth(document.get("data")) <= MAX_DEPTH + 1
     assert from_document(document).data == data
+
+
+# Few characters and small versions, so that pairs which would run together in a naive
+# encoding ("a1", 2) / ("a", 12) / ("a:1", 2) come up often.
+stored_events = st.tuples(st.text("a1:", min_size=1, max_size=4), st.integers(1, 120))
+
+
+@given(first=stored_events, second=stored_events)
+def test_two_stored_events_never_share_a_document_id(
+    first: tuple[str, int], second: tuple[str, int]
+) -> None:
+    assert (document_id(*first) == document_id(*second)) == (first == second)
+
+
+def test_a_document_id_fits_opensearch_whatever_the_aggregate_id() -> None:
+    assert len(document_id("a" * 100_000, 2**63 - 1).encode()) <= 512
+    assert document_id("\ud800", 1) != document_id("\ufffd", 1)  # never fails on any str

@@ -21,6 +21,7 @@ from eventstore.domain.access import (
 from eventstore.domain.errors import (
     AggregateNotFound,
     BackendRejected,
+    EventIdReused,
     FieldViolation,
     InvalidArgument,
     SnapshotNotFound,
@@ -60,6 +61,13 @@ ROWS: dict[type[BaseException], Row] = {
         None,
         metadata={"aggregate_id": "agg", "expected_version": "3", "actual_version": "5"},
         details=(pb.WrongExpectedVersion,),
+    ),
+    EventIdReused: Row(
+        EventIdReused("agg", 1, 4, "data"),
+        code_pb2.FAILED_PRECONDITION,
+        "EVENT_ID_REUSED",
+        None,
+        metadata={"aggregate_id": "agg", "field": "events[1]", "committed_version": "4"},
     ),
     AggregateNotFound: Row(
         AggregateNotFound("agg"),

@@ -16,7 +16,7 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from opensearchpy.exceptions import TransportError
 
 from eventstore.domain.events import RecordedEvent
-from eventstore.search.documents import NOTES_FIELD, Form
+from eventstore.search.documents import NOTES_FIELD, Form, document_id
 from indexer.bulk import BulkWriter, Item, chunks, make_item
 
 MAX_DOCUMENT = 4 * 1024 * 1024
@@ -93,6 +93,10 @@ class Waits:
         return backoff * 2
 
 
+def indexed_as(item: Item) -> str:
+    return document_id(item.event.aggregate_id, item.event.version)
+
+
 def writer(bulk: FakeBulk, waits: Waits, max_bulk_bytes: int) -> BulkWriter:
     return BulkWriter(bulk, waits, max_bulk_bytes, MAX_DOCUMENT)
 
@@ -132,13 +136,13 @@ def test_a_single_document_too_large_is_indexed_in_the_minimal_form() -> None:
     bulk, waits = FakeBulk(max_content=50_000), Waits()
     big, small = item(200_000, 1), item(1_000, 2)
     assert writer(bulk, waits, 10**9).write([big, small]) == []
-    document = bulk.indexed[str(big.event.event_id)]
+    document = bulk.indexed[indexed_as(big)]
     assert "payload" not in document
     assert "data" not in document
     assert document["event_type"] == "Happened"
     assert document[NOTES_FIELD][0].startswith("payload: left out (the document of ")
     assert "too large (HTTP 413)" in document[NOTES_FIELD][0]
-    assert "payload" in bulk.indexed[str(small.event.event_id)]
+    assert "payload" in bulk.indexed[indexed_as(small)]
 
 
 def test_a_refused_document_steps_down_and_the_others_are_indexed_at_once() -> None:
@@ -152,7 +156,7 @@ def test_a_refused_document_steps_down_and_the_others_are_indexed_at_once() -> N
     others = [item(1_000, i) for i in range(1, 10)]
     assert writer(bulk, waits, 10**9).write([victim, *others]) == []
     assert len(bulk.indexed) == 10
-    stored = bulk.indexed[victim_id]
+    stored = bulk.indexed[indexed_as(victim)]
     assert "payload" in stored
     assert "metadata_exact" in stored
     assert stored[NOTES_FIELD][0].startswith(

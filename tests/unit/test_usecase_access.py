@@ -16,7 +16,7 @@ from eventstore.domain.access import (
     PermissionDenied,
     Principal,
 )
-from eventstore.domain.errors import InvalidArgument
+from eventstore.domain.errors import AggregateNotFound, InvalidArgument, SnapshotNotFound
 from eventstore.domain.events import AppendRequest, Direction, ExpectedVersion
 from eventstore.domain.queries import EventQuery
 from eventstore.domain.subscriptions import Start, StartAt, SubscriptionFilter
@@ -40,6 +40,10 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 def only(aggregate_type: str) -> Principal:
     """May do everything, but only to `aggregate_type`."""
     return Principal("limited", {op: frozenset({aggregate_type}) for op in Operation})
+
+
+#: May query every type (so it can learn which aggregates exist), and read none.
+QUERIER = Principal("querier", {Operation.QUERY: frozenset({"*"})})
 
 
 @pytest.mark.parametrize(
@@ -97,18 +101,33 @@ async def test_append_records_who_appended() -> None:
 @pytest.mark.parametrize("from_version", [1, 100])  # a page of events, and past the end
 async def test_read_refuses(storage: InMemoryEventStorage, from_version: int) -> None:
     read = ReadAggregate(storage, page_size=10)
+
+    async def error(aggregate_id: str, principal: Principal) -> str:
+        request = ReadRequest(aggregate_id, from_version, Direction.FORWARDS, None)
+        with pytest.raises((AggregateNotFound, PermissionDenied)) as refused:
+            async for _ in read.pages(request, principal):
+                pass
+        return f"{type(refused.value).__name__}: {refused.value}"
+
+    # Not allowed to see Orders at all: told exactly what an unknown id is told.
+    absent = await error("order-404", only("Payment"))
+    assert await error("order-1", only("Payment")) == absent.replace("order-404", "order-1")
+    # Allowed to see that Orders exist (by queries), not to read them: told why.
+    assert (await error("order-1", QUERIER)).startswith("PermissionDenied:")
     request = ReadRequest("order-1", from_version, Direction.FORWARDS, None)
-    with pytest.raises(PermissionDenied):
-        async for _ in read.pages(request, only("Payment")):
-            pass
     pages = [p async for p in read.pages(request, only("Order"))]
     assert [len(p) for p in pages] == ([2] if from_version == 1 else [])
 
 
 async def test_describe_refuses(storage: InMemoryEventStorage) -> None:
     describe = DescribeAggregate(storage)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(AggregateNotFound) as hidden:
         await describe("order-1", only("Payment"))
+    with pytest.raises(AggregateNotFound) as absent:
+        await describe("order-404", only("Payment"))
+    assert str(hidden.value) == str(absent.value).replace("order-404", "order-1")
+    with pytest.raises(PermissionDenied):
+        await describe("order-1", QUERIER)
     assert (await describe("order-1", only("Order"))).version == 2
 
 
@@ -116,11 +135,23 @@ async def test_subscribe_to_an_aggregate_refuses_before_opening_the_log(
     storage: InMemoryEventStorage,
 ) -> None:
     log = InMemoryEventLog()
-    items = Subscribe(storage, log)(
-        SubscriptionFilter(aggregate_id="order-1"), Start(StartAt.BEGINNING), only("Payment")
-    )
-    with pytest.raises(PermissionDenied):
-        await anext(items)
+    subscribe = Subscribe(storage, log)
+
+    async def error(aggregate_id: str, principal: Principal, *types: str) -> str:
+        items = subscribe(
+            SubscriptionFilter(aggregate_id=aggregate_id, aggregate_types=frozenset(types)),
+            Start(StartAt.BEGINNING),
+            principal,
+        )
+        with pytest.raises((InvalidArgument, PermissionDenied)) as refused:
+            await anext(items)
+        return f"{type(refused.value).__name__}: {refused.value}".replace(aggregate_id, "<id>")
+
+    payments = only("Payment")
+    assert await error("order-1", payments) == await error("order-404", payments)
+    assert await error("order-1", payments, "Order") == await error("order-404", payments, "Order")
+    assert "Order" not in await error("order-1", payments, "Payment")
+    assert (await error("order-1", QUERIER)).startswith("PermissionDenied:")
     assert log.readers == []
 
 
@@ -181,6 +212,11 @@ async def test_save_snapshot_needs_the_append_grant(storage: InMemoryEventStorag
     reader = Principal("reader", {Operation.READ: frozenset({"Order"})})
     with pytest.raises(PermissionDenied):
         await save("order-1", 2, b"{}", "S", 1, reader)
+    with pytest.raises(InvalidArgument) as hidden:  # may not even see Orders: as if absent
+        await save("order-1", 2, b"{}", "S", 1, only("Payment"))
+    with pytest.raises(InvalidArgument) as absent:
+        await save("order-404", 2, b"{}", "S", 1, only("Payment"))
+    assert str(hidden.value) == str(absent.value).replace("order-404", "order-1")
     assert await snapshots.latest("order-1", None) is None
     await save("order-1", 2, b"{}", "S", 1, only("Order"))
     assert await snapshots.latest("order-1", None) is not None
@@ -200,6 +236,11 @@ async def test_get_snapshot_refuses(storage: InMemoryEventStorage) -> None:
     snapshots = InMemorySnapshotStore()
     await SaveSnapshot(storage, snapshots)("order-1", 1, b"{}", "S", 1, UNRESTRICTED)
     get = GetSnapshot(storage, snapshots)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(SnapshotNotFound) as hidden:
         await get("order-1", None, only("Payment"))
+    with pytest.raises(SnapshotNotFound) as absent:
+        await get("order-404", None, only("Payment"))
+    assert str(hidden.value) == str(absent.value).replace("order-404", "order-1")
+    with pytest.raises(PermissionDenied):
+        await get("order-1", None, QUERIER)
     assert (await get("order-1", None, only("Order"))).version == 1

@@ -80,6 +80,30 @@ def test_metadata_counts_towards_the_event_size() -> None:
 
 
 @pytest.mark.parametrize(
+    "key",
+    [
+        "$principal",
+        "\uff04principal",  # fullwidth dollar sign
+        "\ufe69principal",  # small dollar sign
+        "\u200b$principal",  # zero-width space
+        "\u2060\u200d$principal",  # word joiner, zero-width joiner
+        "\u202e$principal",  # right-to-left override
+        "\ufeff$x",  # byte order mark
+    ],
+)
+def test_metadata_keys_that_read_as_reserved_ones_are_refused(key: str) -> None:
+    event = RawEvent("", "E", b"{}", "", {"trace": "t", key: "auditor"})
+    with pytest.raises(InvalidArgument) as caught:
+        validate_append(raw(events=[event]), Limits())
+    assert fields_of(caught) == [f"events[0].metadata[{key}]"]
+
+
+def test_dollar_signs_inside_metadata_keys_are_fine() -> None:
+    event = RawEvent("", "E", b"{}", "", {"price$": "1", "a\uff04b": "2", "\u00e9t\u00e9": "3"})
+    assert validate_append(raw(events=[event]), Limits()).events[0].metadata["price$"] == "1"
+
+
+@pytest.mark.parametrize(
     "content_type",
     ["application/json", "application/vnd.order+json", "application/json; charset=utf-8"],
 )
