@@ -20,6 +20,7 @@ from eventstore import metrics
 from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
 from eventstore.api.decoding import add_service
+from eventstore.api.gate import CredentialGate
 from eventstore.api.quotas import QuotaLimiter
 from eventstore.api.servicer import DeferredServicer, EventStoreServicer, refuse_undecodable
 from eventstore.config import ConfigError, ServerSettings, load
@@ -267,7 +268,13 @@ async def listen(settings: ServerSettings) -> RunningServer:
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     deferred = DeferredServicer()
-    add_service(server, SERVICE, deferred)
+    certificates = settings.tls_client_ca_file is not None
+    add_service(
+        server,
+        SERVICE,
+        deferred,
+        around=lambda handler: CredentialGate(handler, authenticator, certificates),
+    )
     health_servicer = health_aio.HealthServicer()
     add_service(server, HEALTH_SERVICE, health_servicer, refuse_undecodable)
     reflection.enable_server_reflection(

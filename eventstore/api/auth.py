@@ -3,7 +3,7 @@ and/or the identity in the client certificate that mutual TLS verified."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -15,6 +15,9 @@ from eventstore.domain.access import (
     Principal,
     Unauthenticated,
 )
+
+NO_CREDENTIAL = "no credential: send 'authorization: Bearer <API key>' or a client certificate"
+INVALID_KEY = "the API key is not valid (unknown, or removed)"
 
 #: The subject common name and the subject alternative names of a verified client certificate.
 _CERTIFICATE_PROPERTIES = ("x509_common_name", "x509_subject_alternative_name")
@@ -39,6 +42,24 @@ class Authenticator:
         if fresh.name != principal.name or fresh.grants != principal.grants:
             raise GrantsChanged(principal.name)
 
+    def refuse_early(
+        self, metadata: Iterable[tuple[str, Any]] | None, certificates: bool
+    ) -> Unauthenticated | None:
+        """Why a call cannot be authenticated, judged from its headers alone (None: it may
+        be), so it is refused before its request is read. With client certificates possible
+        (mutual TLS), a call without an API key is left to `authenticate`."""
+        if self._policy is None:
+            return None
+        try:
+            key = bearer_token(metadata)
+        except Unauthenticated as exc:
+            return exc
+        if key is None:
+            return None if certificates else Unauthenticated(NO_CREDENTIAL)
+        if self._policy().by_key(key) is None:
+            return Unauthenticated(INVALID_KEY)
+        return None
+
     def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         if self._policy is None:
             return UNRESTRICTED
@@ -49,7 +70,7 @@ class Authenticator:
         if key is not None:
             principal = policy.by_key(key)
             if principal is None:
-                raise Unauthenticated("the API key is not valid (unknown, or removed)")
+                raise Unauthenticated(INVALID_KEY)
             if by_certificate is not None and by_certificate.name != principal.name:
                 raise Unauthenticated(
                     "the API key and the client certificate identify different principals"
@@ -59,13 +80,12 @@ class Authenticator:
             return by_certificate
         if identities:
             raise Unauthenticated("the client certificate's identity is not a known principal")
-        raise Unauthenticated(
-            "no credential: send 'authorization: Bearer <API key>' or a client certificate"
-        )
+        raise Unauthenticated(NO_CREDENTIAL)
 
 
-def _bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
-    values = [v for k, v in context.invocation_metadata() or () if k == "authorization"]
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The API key of `authorization: Bearer <key>` in the call's headers (None: no header)."""
+    values = [v for k, v in metadata or () if k == "authorization"]
     if not values:
         return None
     # Several: refused rather than picking one, which a proxy in between might pick otherwise.
@@ -76,6 +96,10 @@ def _bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the authorization header must be 'Bearer <API key>'")
     return token.strip()
+
+
+def _bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    return bearer_token(context.invocation_metadata())
 
 
 def _certificate_identities(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:

@@ -68,15 +68,18 @@ def add_service(
     service: ServiceDescriptor,
     servicer: object,
     wrap: Callable[[Any], Any] = lambda behaviour: behaviour,
+    around: Callable[
+        [grpc.GenericRpcHandler[Any, Any]], grpc.GenericRpcHandler[Any, Any]
+    ] = lambda handler: handler,
 ) -> None:
     """Serve every method of `service` from `servicer` (a method of the same name each).
 
     `wrap(behaviour)` adapts a servicer that does not know `Undecodable` (a library's, such as
-    gRPC health)."""
+    gRPC health); `around(handler)` may answer a call before its request is read."""
     handlers = {
         method.name: _handler(method, wrap(getattr(servicer, method.name)))
         for method in service.methods
     }
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+        (around(grpc.method_handlers_generic_handler(service.full_name, handlers)),)
     )

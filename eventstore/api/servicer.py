@@ -49,7 +49,7 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value
@@ -60,14 +60,14 @@ def _code_name(exc: Exception, request_id: str) -> str:
     return grpc_code(to_status(exc, request_id, log_unexpected=False)).name
 
 
-def _observe(method: str, code: str, seconds: float) -> None:
+def observe(method: str, code: str, seconds: float) -> None:
     metrics.RPC_REQUESTS.labels(method, code).inc()
     metrics.RPC_LATENCY.labels(method).observe(seconds)
     if method == "Append" and code == "FAILED_PRECONDITION":
         metrics.APPEND_CONFLICTS.inc()
 
 
-async def _abort(
+async def abort_with(
     exc: Exception, request_id: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> None:
     if is_expected(exc):
@@ -89,7 +89,7 @@ def unary(
 
     @wraps(method)
     async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
-        request_id = _request_id(context)
+        request_id = request_id_of(context)
         started = time.perf_counter()
         code = "OK"
         with _log_context(method.__name__, request, request_id):
@@ -100,10 +100,10 @@ def unary(
                     return await method(self, request, context)
             except Exception as exc:
                 code = _code_name(exc, request_id)
-                await _abort(exc, request_id, context)
+                await abort_with(exc, request_id, context)
                 raise AssertionError("unreachable: abort raises") from exc
             finally:
-                _observe(method.__name__, code, time.perf_counter() - started)
+                observe(method.__name__, code, time.perf_counter() - started)
 
     return handler
 
@@ -117,7 +117,7 @@ def server_streaming(
     async def handler(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
-        request_id = _request_id(context)
+        request_id = request_id_of(context)
         started = time.perf_counter()
         code = "OK"
         with _log_context(method.__name__, request, request_id):
@@ -131,9 +131,9 @@ def server_streaming(
                 raise
             except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
                 code = _code_name(exc, request_id)
-                await _abort(exc, request_id, context)
+                await abort_with(exc, request_id, context)
             finally:
-                _observe(method.__name__, code, time.perf_counter() - started)
+                observe(method.__name__, code, time.perf_counter() - started)
 
     return handler
 
@@ -144,9 +144,9 @@ def refuse_undecodable(behaviour: Any) -> Any:
 
     async def method(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Undecodable):
-            request_id = _request_id(context)
+            request_id = request_id_of(context)
             with _log_context(behaviour.__name__, request, request_id):
-                await _abort(request.error(), request_id, context)
+                await abort_with(request.error(), request_id, context)
         return await behaviour(request, context)
 
     return method
@@ -345,7 +345,7 @@ class DeferredServicer(pb_grpc.EventStoreServicer):
 
     async def _target(self, context: grpc.aio.ServicerContext[Any, Any]) -> EventStoreServicer:
         if self.target is None:
-            await _abort(NotReady(), _request_id(context), context)
+            await abort_with(NotReady(), request_id_of(context), context)
         assert self.target is not None
         return self.target
 

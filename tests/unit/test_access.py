@@ -226,6 +226,25 @@ def test_authentication_by_key_or_certificate() -> None:
     assert authenticate(Authenticator(None), Context()) == UNRESTRICTED.name
 
 
+def test_calls_that_cannot_authenticate_are_told_from_their_headers_alone() -> None:
+    # Refused before their request is read (api/gate.py); what is left may still authenticate.
+    policy = parse_policy(DOCUMENT)
+    auth = Authenticator(lambda: policy)
+    bearer = ("authorization", f"Bearer {ORDERS_KEY}")
+    assert auth.refuse_early([bearer], certificates=False) is None
+    assert auth.refuse_early([("x-request-id", "1"), bearer], certificates=True) is None
+    assert auth.refuse_early([], certificates=True) is None  # a client certificate may do
+    for headers in (
+        [],
+        [("authorization", "Bearer esk_wrong")],
+        [("authorization", "Basic abc")],
+        [bearer, bearer],
+    ):
+        assert isinstance(auth.refuse_early(headers, certificates=False), Unauthenticated)
+    assert isinstance(auth.refuse_early([bearer, bearer], certificates=True), Unauthenticated)
+    assert Authenticator(None).refuse_early([], certificates=False) is None  # auth turned off
+
+
 async def test_the_file_is_reloaded_when_it_changes_and_a_broken_one_is_ignored(
     tmp_path: Path,
 ) -> None:
