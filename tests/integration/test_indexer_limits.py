@@ -291,7 +291,7 @@ async def test_unusual_valid_events_are_found_and_say_what_was_left_out(
         assert dict(found[0].metadata) == dict(event.metadata)  # exact, no INCOMPLETE_KEY
 
     def notes_of(event: Event) -> list[str]:
-        query = {"query": {"ids": {"values": [str(event.event_id)]}}}
+        query = {"query": {"term": {"event_id": str(event.event_id)}}}
         (hit,) = search(opensearch_settings, query)
         return list(hit["_source"].get(NOTES_FIELD, []))
 
@@ -345,7 +345,7 @@ async def test_documents_opensearch_refuses_are_indexed_in_reduced_forms(
     (found,) = await client.query_all(event_types=["Refused"], aggregate_id="reduced-1")
     assert found.event_id == event.event_id
     hits = await asyncio.to_thread(
-        search, opensearch_settings, {"query": {"ids": {"values": [str(event.event_id)]}}}
+        search, opensearch_settings, {"query": {"term": {"event_id": str(event.event_id)}}}
     )
     source = hits[0]["_source"]
     notes = source[NOTES_FIELD]
