@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -67,6 +66,21 @@ def observe(method: str, code: str, seconds: float) -> None:
         metrics.APPEND_CONFLICTS.inc()
 
 
+class _Observation:
+    """One call's metrics, recorded once, before its answer leaves: whoever sees the status
+    sees it counted (recording after the abort raced with the caller reading the counter)."""
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._started = time.perf_counter()
+        self._recorded = False
+
+    def done(self, code: str) -> None:
+        if not self._recorded:
+            self._recorded = True
+            observe(self._method, code, time.perf_counter() - self._started)
+
+
 async def abort_with(
     exc: Exception, request_id: str, context: grpc.aio.ServicerContext[Any, Any]
 ) -> None:
@@ -90,20 +104,21 @@ def unary(
     @wraps(method)
     async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         request_id = request_id_of(context)
-        started = time.perf_counter()
-        code = "OK"
+        calls = _Observation(method.__name__)
         with _log_context(method.__name__, request, request_id):
             try:
                 if isinstance(request, Undecodable):
                     raise request.error()
                 with self._admission.unary():
-                    return await method(self, request, context)
+                    response = await method(self, request, context)
+                calls.done("OK")
+                return response
             except Exception as exc:
-                code = _code_name(exc, request_id)
+                calls.done(_code_name(exc, request_id))
                 await abort_with(exc, request_id, context)
                 raise AssertionError("unreachable: abort raises") from exc
             finally:
-                observe(method.__name__, code, time.perf_counter() - started)
+                calls.done("CANCELLED")  # the client went away (unless counted already)
 
     return handler
 
@@ -118,22 +133,19 @@ def server_streaming(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
         request_id = request_id_of(context)
-        started = time.perf_counter()
-        code = "OK"
+        calls = _Observation(method.__name__)
         with _log_context(method.__name__, request, request_id):
             try:
                 if isinstance(request, Undecodable):
                     raise request.error()
                 async for item in self._admission.stream(method(self, request, context)):
                     yield item
-            except asyncio.CancelledError:
-                code = "CANCELLED"  # the client went away
-                raise
+                calls.done("OK")
             except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
-                code = _code_name(exc, request_id)
+                calls.done(_code_name(exc, request_id))
                 await abort_with(exc, request_id, context)
             finally:
-                observe(method.__name__, code, time.perf_counter() - started)
+                calls.done("CANCELLED")  # the client went away (unless counted already)
 
     return handler
 

@@ -61,3 +61,15 @@ async def test_undecodable_bytes_are_invalid_argument(channel: grpc.aio.Channel,
     assert await call(channel, rpc, b"\x0a\x01\xff") == grpc.StatusCode.INVALID_ARGUMENT
     if rpc.path.startswith("/eventstore."):
         assert counted._value.get() == before + 1, "refusals are counted like any other"
+
+
+@pytest.mark.parametrize("name", ["Append", "GetAggregate", "ReadAggregate"])
+async def test_answers_are_counted_with_their_code_before_they_leave(
+    channel: grpc.aio.Channel, name: str
+) -> None:
+    rpc = RPCS[name]
+    counters = {code: metrics.RPC_REQUESTS.labels(name, code) for code in ("OK", "CANCELLED")}
+    before = {code: counter._value.get() for code, counter in counters.items()}
+    assert await call(channel, rpc, rpc.seeds[0]) == grpc.StatusCode.OK
+    after = {code: counter._value.get() for code, counter in counters.items()}
+    assert after == {"OK": before["OK"] + 1, "CANCELLED": before["CANCELLED"]}
