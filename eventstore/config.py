@@ -260,6 +260,10 @@ class OpenSearchSettings(_FileBacked):
         return f"{self.index_prefix}_indexer_state"
 
 
+#: The kinds of names of a client certificate that may identify a principal.
+CERTIFICATE_IDENTITY_KINDS = ("cn", "dns", "uri", "email", "ip")
+
+
 class LimitSettings(BaseSettings):
     """Request limits; documented in README (Limits)."""
 
@@ -339,6 +343,12 @@ class ServerSettings(BaseSettings):
     tls_client_ca_file: Path | None = Field(
         None, description="CA of client certificates: require mutual TLS"
     )
+    tls_client_identities: str = Field(
+        "cn,dns",
+        description="Which names of a client certificate may match a principal's "
+        "`certificates`, comma-separated: cn (subject common name), dns, uri, email, ip "
+        "(subject alternative names of that kind)",
+    )
     permissions_file: Path | None = Field(
         None,
         description="Principals, their API key hashes, certificate identities, grants, quotas",
@@ -388,6 +398,21 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
+
+    @field_validator("tls_client_identities")
+    @classmethod
+    def _identity_kinds(cls, value: str) -> str:
+        kinds = [kind.strip() for kind in value.split(",") if kind.strip()]
+        unknown = sorted(set(kinds) - set(CERTIFICATE_IDENTITY_KINDS))
+        if not kinds or unknown:
+            raise ValueError(
+                f"EVENTSTORE_TLS_CLIENT_IDENTITIES: {unknown or 'empty'}; choose among "
+                f"{', '.join(CERTIFICATE_IDENTITY_KINDS)}"
+            )
+        return ",".join(kinds)
+
+    def client_identity_kinds(self) -> tuple[str, ...]:
+        return tuple(self.tls_client_identities.split(","))
 
     @model_validator(mode="after")
     def _tls_complete(self) -> Any:

@@ -238,7 +238,7 @@ def _authentication(settings: ServerSettings) -> tuple[Authenticator, PolicyFile
         keys=len(policy.keys),
         certificates=len(policy.certificates),
     )
-    return Authenticator(permissions.current), permissions
+    return Authenticator(permissions.current, settings.client_identity_kinds()), permissions
 
 
 async def listen(settings: ServerSettings) -> RunningServer:

@@ -19,16 +19,29 @@ from eventstore.domain.access import (
 NO_CREDENTIAL = "no credential: send 'authorization: Bearer <API key>' or a client certificate"
 INVALID_KEY = "the API key is not valid (unknown, or removed)"
 
-#: The subject common name and the subject alternative names of a verified client certificate.
-_CERTIFICATE_PROPERTIES = ("x509_common_name", "x509_subject_alternative_name")
+#: Where gRPC puts each kind of name of a verified client certificate (its auth context).
+_CERTIFICATE_PROPERTIES = {
+    "cn": "x509_common_name",
+    "dns": "peer_dns",
+    "uri": "peer_uri",
+    "email": "peer_email",
+    "ip": "peer_ip",
+}
 
 
 class Authenticator:
     """`policy` returns the current policy (the file may be reloaded at any time); None means
     authentication was explicitly turned off and every caller is `UNRESTRICTED`."""
 
-    def __init__(self, policy: Callable[[], AccessPolicy] | None) -> None:
+    def __init__(
+        self,
+        policy: Callable[[], AccessPolicy] | None,
+        identity_kinds: Iterable[str] = ("cn", "dns"),
+    ) -> None:
         self._policy = policy
+        # Only the configured kinds: an email or URI name equal to a principal's certificate
+        # name must not log in as it when the operator meant host names.
+        self._properties = tuple(_CERTIFICATE_PROPERTIES[kind] for kind in identity_kinds)
 
     def policy(self) -> AccessPolicy | None:
         """The current policy object: a new one after every reload."""
@@ -65,7 +78,7 @@ class Authenticator:
             return UNRESTRICTED
         policy = self._policy()
         key = _bearer_token(context)
-        identities = _certificate_identities(context)
+        identities = _certificate_identities(context, self._properties)
         by_certificate = policy.by_certificate(identities) if identities else None
         if key is not None:
             principal = policy.by_key(key)
@@ -102,11 +115,13 @@ def _bearer_token(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
     return bearer_token(context.invocation_metadata())
 
 
-def _certificate_identities(context: grpc.aio.ServicerContext[Any, Any]) -> list[str]:
+def _certificate_identities(
+    context: grpc.aio.ServicerContext[Any, Any], properties: Iterable[str]
+) -> list[str]:
     # Only present when the handshake verified a client certificate (mutual TLS).
     auth_context = context.auth_context() or {}
     identities: list[str] = []
-    for name in _CERTIFICATE_PROPERTIES:
+    for name in properties:
         for raw in auth_context.get(name, ()):
             value = raw.decode() if isinstance(raw, bytes) else str(raw)
             if value not in identities:

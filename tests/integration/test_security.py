@@ -674,6 +674,9 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_cert("server", "ca", path, san="IP:127.0.0.1,DNS:localhost")
     make_cert("orders-client", "ca", path)
     make_cert("unknown-client", "ca", path)
+    # A certificate whose email and URI names equal the "orders-client" name, its CN not.
+    make_cert("lookalike", "ca", path, san="email:orders-client,URI:orders-client")
+    make_cert("dns-named", "ca", path, san="DNS:orders-client")
     return path
 
 
@@ -727,6 +730,13 @@ async def test_the_client_certificate_identifies_the_principal(
         address, tls=tls("unknown-client"), api_key=KEYS["orders"], retry=one_try
     ) as keyed:
         await keyed.append("order-1", "Order", [Event("Placed", {})])
+    # Only common names and DNS names identify (EVENTSTORE_TLS_CLIENT_IDENTITIES=cn,dns): an
+    # email or URI name equal to a principal's certificate name once logged in as it.
+    async with EventStoreClient(address, tls=tls("lookalike"), retry=one_try) as lookalike:
+        error = await refused(lookalike.append("order-1", "Order", [Event("Placed", {})]))
+        assert isinstance(error, UnauthenticatedError)
+    async with EventStoreClient(address, tls=tls("dns-named"), retry=one_try) as dns_named:
+        await dns_named.append("order-1", "Order", [Event("Placed", {})])
 
 
 def test_the_server_will_not_start_without_a_permissions_file_or_with_a_wrong_one(

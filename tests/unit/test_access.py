@@ -182,10 +182,15 @@ class Context:
     """What the authenticator reads of a gRPC call."""
 
     def __init__(
-        self, metadata: tuple[tuple[str, str], ...] = (), certificate: list[bytes] | None = None
+        self,
+        metadata: tuple[tuple[str, str], ...] = (),
+        certificate: list[bytes] | None = None,
+        **names: list[bytes],
     ) -> None:
         self._metadata = metadata
         self._auth = {"x509_common_name": certificate} if certificate else {}
+        # Other names, by gRPC's auth-context property: peer_dns, peer_email, peer_uri...
+        self._auth.update(names)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -224,6 +229,22 @@ def test_authentication_by_key_or_certificate() -> None:
         with pytest.raises(Unauthenticated):
             authenticate(auth, context)
     assert authenticate(Authenticator(None), Context()) == UNRESTRICTED.name
+
+
+def test_only_the_configured_kinds_of_certificate_names_identify_a_principal() -> None:
+    # gRPC gives every subject alternative name; an email or URI name equal to a principal's
+    # certificate name must not log in as it when the operator meant host names.
+    policy = parse_policy(DOCUMENT)
+    name = [b"orders.example.internal"]
+    default = Authenticator(lambda: policy)
+    assert authenticate(default, Context(peer_dns=name)) == "orders-service"
+    for kind in ("peer_email", "peer_uri", "peer_ip"):
+        with pytest.raises(Unauthenticated):
+            authenticate(default, Context((), None, **{kind: name}))
+    emails = Authenticator(lambda: policy, identity_kinds=("email",))
+    assert authenticate(emails, Context(peer_email=name)) == "orders-service"
+    with pytest.raises(Unauthenticated):
+        authenticate(emails, Context(certificate=name))  # not the CN, then
 
 
 def test_calls_that_cannot_authenticate_are_told_from_their_headers_alone() -> None:
