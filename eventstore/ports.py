@@ -281,8 +281,9 @@ class EventIndex(ABC):
         (only if of a permitted type) in the very view of the index the page came from."""
 
     @abstractmethod
-    async def progress(self) -> IndexProgress:
-        """How far the indexers are."""
+    async def progress(self, permitted_types: frozenset[str] | None = None) -> IndexProgress:
+        """How far the indexers are with the events of `permitted_types` (None: all types);
+        nothing about other types (their lag and times tell when they were written)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

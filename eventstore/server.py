@@ -101,7 +101,7 @@ class Components:
             # Kafka may be down now: that must not stop appends (the relay catches up later).
             publisher = KafkaEventPublisher(settings.kafka, settings.limits.to_limits())
             owned.push_async_callback(publisher.close)
-            index = OpenSearchEventIndex(settings.opensearch)
+            index = OpenSearchEventIndex(settings.opensearch, topic_of=settings.kafka.topic)
             owned.push_async_callback(index.close)
             return cls(
                 storage=storage,

@@ -46,7 +46,7 @@ from eventstore.observability import configure_logging
 from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic
 from eventstore.search.documents import index_name
-from eventstore.search.progress import ProgressReport
+from eventstore.search.progress import PartitionProgress, ProgressReport, partition_key
 from eventstore.search.setup import ensure_template, make_client
 from eventstore.wire.records import decode_event
 from indexer.bulk import BulkWriter, Item, make_item
@@ -101,7 +101,8 @@ class Indexer:
         self.stop = threading.Event()
         # One progress report per indexer instance (each knows only its own partitions).
         self.instance = f"{settings.group_id}-{uuid.uuid4().hex[:12]}"
-        self.max_recorded_at: datetime | None = None
+        #: per partition_key, the newest recorded_at indexed (reported with the lag)
+        self.indexed_through: dict[str, datetime] = {}
         self._next_state = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -138,6 +139,7 @@ class Indexer:
 
     def process(self, batch: list[Message]) -> None:
         poison: list[Poison] = []
+        newest: dict[str, datetime] = {}
 
         def items() -> Iterator[Item]:
             # A generator: documents are built one request's worth at a time, not all at once.
@@ -150,10 +152,14 @@ class Indexer:
                     continue
                 index = index_name(self.settings.opensearch, event.recorded_at)
                 yield make_item(message, event, index, self.settings.max_document_bytes)
-                if self.max_recorded_at is None or event.recorded_at > self.max_recorded_at:
-                    self.max_recorded_at = event.recorded_at
+                key = partition_key(message.topic() or "", message.partition() or 0)
+                if key not in newest or event.recorded_at > newest[key]:
+                    newest[key] = event.recorded_at
 
         refused = self.writer.write(items())
+        for key, recorded_at in newest.items():  # indexed now (or dead-lettered below)
+            if key not in self.indexed_through or recorded_at > self.indexed_through[key]:
+                self.indexed_through[key] = recorded_at
         poison += [Poison(r.item.source, r.reason) for r in refused]
         if poison:
             self._dead_letter(poison)
@@ -257,7 +263,7 @@ class Indexer:
         try:
             positions = self.consumer.position(assignment)
         except KafkaException:
-            return {f"{tp.topic}[{tp.partition}]": -1 for tp in assignment}
+            return {partition_key(tp.topic, tp.partition): -1 for tp in assignment}
         # A partition assigned by a rebalance has no position until a record arrives: where
         # it is idle, its committed offset says how far it is indexed (else it would report
         # its whole length as lag for as long as nothing new is written to it).
@@ -268,7 +274,7 @@ class Indexer:
                 for tp in self.consumer.committed(unpositioned, timeout=5):
                     committed[(tp.topic, tp.partition)] = tp.offset
             except KafkaException:
-                return {f"{tp.topic}[{tp.partition}]": -1 for tp in assignment}
+                return {partition_key(tp.topic, tp.partition): -1 for tp in assignment}
         lags: dict[str, int] = {}
         for tp in positions:
             low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
@@ -276,7 +282,7 @@ class Indexer:
             position = position if position >= 0 else low
             behind = max(high - position, 0)
             LAG.labels(tp.topic, str(tp.partition)).set(behind)
-            lags[f"{tp.topic}[{tp.partition}]"] = behind
+            lags[partition_key(tp.topic, tp.partition)] = behind
         return lags
 
     def _report(self) -> None:
@@ -286,8 +292,10 @@ class Indexer:
         report = ProgressReport(
             instance=self.instance,
             reported_at=datetime.now(UTC),
-            lags=self.lags(),
-            max_recorded_at=self.max_recorded_at,
+            partitions={
+                key: PartitionProgress(lag, self.indexed_through.get(key))
+                for key, lag in self.lags().items()
+            },
         )
         try:
             self.client.index(

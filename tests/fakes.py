@@ -220,7 +220,7 @@ class InMemoryEventIndex(EventIndex):
             visible=visible,
         )
 
-    async def progress(self) -> IndexProgress:
+    async def progress(self, permitted_types: frozenset[str] | None = None) -> IndexProgress:
         return IndexProgress()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,8 +47,13 @@ def _visible(query: EventQuery) -> dict[str, Any]:
 
 
 class OpenSearchEventIndex(EventIndex):
-    def __init__(self, settings: OpenSearchSettings) -> None:
+    def __init__(
+        self, settings: OpenSearchSettings, topic_of: Callable[[str], str] | None = None
+    ) -> None:
+        """`topic_of(aggregate_type)`: the Kafka topic of a type, whose partitions the
+        indexers report on (without it, callers limited to some types get no progress)."""
         self._settings = settings
+        self._topic_of = topic_of
         self._client = AsyncOpenSearch(**settings.client_options())
 
     async def _call(self, method: Any, **kwargs: Any) -> Any:
@@ -111,7 +117,9 @@ class OpenSearchEventIndex(EventIndex):
             visible=visible,
         )
 
-    async def progress(self) -> IndexProgress:
+    async def progress(self, permitted_types: frozenset[str] | None = None) -> IndexProgress:
+        if permitted_types is not None and self._topic_of is None:
+            return IndexProgress()  # which partitions are theirs cannot be told
         since = datetime.now(UTC) - REPORT_MAX_AGE
         reports = await self._call(
             self._client.search,
@@ -120,11 +128,16 @@ class OpenSearchEventIndex(EventIndex):
             ignore_unavailable=True,
             allow_no_indices=True,
         )
-        combined = combine(
+        parsed = (
             report
             for hit in reports["hits"]["hits"]
             if (report := ProgressReport.from_document(hit["_source"])) is not None
         )
+        if permitted_types is None or self._topic_of is None:
+            combined = combine(parsed)
+        else:
+            topics = {self._topic_of(t) for t in permitted_types}
+            combined = combine(parsed, wanted=topics.__contains__)
         if combined is None:
             return IndexProgress()
         return IndexProgress(

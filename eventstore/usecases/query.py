@@ -19,7 +19,9 @@ class QueryEvents:
         query = replace(
             query, permitted_types=principal.narrow(Operation.QUERY, query.aggregate_types)
         )
-        page, progress = await asyncio.gather(self._index.search(query), self._index.progress())
+        page, progress = await asyncio.gather(
+            self._index.search(query), self._index.progress(query.permitted_types)
+        )
         token = encode_page_token(query, page.cursor) if page.cursor else ""
         freshness = Freshness(
             event_visible=page.visible,

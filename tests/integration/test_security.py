@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -583,6 +584,48 @@ async def test_subscriptions_are_bounded_for_a_principal_without_a_quota(
             await collector.stop()
         await orders.close()
         await auditor.close()
+
+
+async def test_query_freshness_tells_nothing_of_types_the_caller_may_not_query(
+    connect: Connect, secure_server: RunningServer, tmp_path: Path
+) -> None:
+    """The indexers' lag and newest indexed time once covered every type: a principal limited
+    to Payments learnt when Orders were written. Now only its types' partitions count."""
+    settings = secure_server.settings
+    indexer = IndexerProcess(settings.kafka, settings.opensearch, tmp_path / "indexer.log")
+    await indexer.start()
+    payments = connect(KEYS["payments"], retry=RetryPolicy())
+    orders = connect(KEYS["orders"], retry=RetryPolicy())
+    auditor = connect(KEYS["auditor"], retry=RetryPolicy())
+
+    async def fresh_through(client: EventStoreClient, event_id: uuid.UUID) -> datetime:
+        deadline = time.monotonic() + 90
+        while True:
+            page = await client.query_events(visible_event_id=event_id, page_size=1)
+            through = page.freshness.indexed_through
+            if page.freshness.event_visible and through is not None:
+                return through
+            assert time.monotonic() < deadline, "not indexed and reported in time"
+            await asyncio.sleep(0.3)
+
+    try:
+        paid = Event("Captured", {})
+        await payments.append("payment-fresh", "Payment", [paid])
+        payments_through = await fresh_through(payments, paid.event_id)
+        await asyncio.sleep(1.2)  # the Order is recorded clearly later
+        placed = Event("Placed", {})
+        order = await orders.append("order-fresh", "Order", [placed])
+        deadline = time.monotonic() + 90
+        while await fresh_through(auditor, placed.event_id) < order.committed_at:
+            assert time.monotonic() < deadline, "the indexer never reported the Order"
+            await asyncio.sleep(0.3)
+        # The auditor sees the Order's time; payments still sees only its own.
+        page = await payments.query_events(page_size=1)
+        assert page.freshness.indexed_through is not None
+        assert page.freshness.indexed_through < order.committed_at
+        assert page.freshness.indexed_through >= payments_through
+    finally:
+        await indexer.kill()
 
 
 async def test_keys_rotate_without_a_restart(connect: Connect, permissions: Path) -> None:
