@@ -34,7 +34,7 @@ class QuotaLimiter:
         subscriptions: int | None = None,
     ) -> None:
         self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._subscriptions: dict[str, int] = {}
         self._open_subscriptions = 0
         #: for authenticated principals without a quota of their own (None: unbounded)
@@ -43,24 +43,46 @@ class QuotaLimiter:
         self._server_limit = subscriptions
 
     def take_append(self, principal: Principal, events: int) -> None:
-        """A token bucket that may go into debt: an append is admitted while the bucket is not
+        quotas = principal.quotas
+        self._take(
+            principal,
+            "append_events_per_s",
+            quotas.append_events_per_s,
+            quotas.append_burst,
+            events,
+        )
+
+    def take_request(self, principal: Principal) -> None:
+        """Every call, whatever the RPC: reads and queries cost the backends too."""
+        quotas = principal.quotas
+        self._take(principal, "requests_per_s", quotas.requests_per_s, quotas.requests_burst, 1)
+
+    def _take(
+        self,
+        principal: Principal,
+        quota: str,
+        rate: float | None,
+        burst: float | None,
+        amount: float,
+    ) -> None:
+        """A token bucket that may go into debt: a call is admitted while the bucket is not
         empty, whatever its size (so an append larger than the burst is not refused forever),
-        and its events are paid for by the following ones."""
-        rate = principal.quotas.append_events_per_s
+        and what it takes is paid for by the following ones."""
         if rate is None:
             return
-        burst = principal.quotas.append_burst or rate
+        burst = burst or rate
         now = self._clock()
-        bucket = self._buckets.get(principal.name)
+        key = (principal.name, quota)
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[principal.name] = _Bucket(burst, now)
+            bucket = self._buckets[key] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
         if bucket.tokens <= 0:
             # Time until the bucket is positive again.
             retry_after = (-bucket.tokens) / rate + 1.0 / rate
-            raise QuotaExceeded(principal.name, "append_events_per_s", rate, retry_after)
-        bucket.tokens -= events
+            raise QuotaExceeded(principal.name, quota, rate, retry_after)
+        bucket.tokens -= amount
 
     @contextmanager
     def subscription(self, principal: Principal) -> Iterator[None]:

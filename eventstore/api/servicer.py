@@ -193,6 +193,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         principal = self._authenticator.authenticate(context)
         structlog.contextvars.bind_contextvars(principal=principal.name)
+        # Before anything else is decoded, validated or asked of a backend.
+        self._quotas.take_request(principal)
         return principal
 
     @unary

@@ -75,8 +75,12 @@ class Quotas:
     append_events_per_s: float | None = None
     #: events that may be appended at once above the sustained rate; defaults to one second's
     append_burst: float | None = None
-    #: open Subscribe streams at a time; None: unlimited
+    #: open Subscribe streams at a time; None: the server's default
     max_subscriptions: int | None = None
+    #: calls per second, whatever the RPC (a stream counts when it opens); None: unlimited
+    requests_per_s: float | None = None
+    #: calls that may come at once above the sustained rate; defaults to one second's
+    requests_burst: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +228,13 @@ def _quotas(value: Any, where: str) -> Quotas:
     where = f"{where}.quotas"
     if not isinstance(value, Mapping):
         raise PolicyError(f"{where}: must be a mapping")
-    fields = {"append_events_per_s", "append_burst", "max_subscriptions"}
+    fields = {
+        "append_events_per_s",
+        "append_burst",
+        "max_subscriptions",
+        "requests_per_s",
+        "requests_burst",
+    }
     if set(value) - fields:
         raise PolicyError(f"{where}: unknown keys {sorted(set(value) - fields)}")
     numbers: dict[str, Any] = {}

@@ -628,6 +628,45 @@ async def test_query_freshness_tells_nothing_of_types_the_caller_may_not_query(
         await indexer.kill()
 
 
+async def test_a_requests_quota_limits_every_rpc_of_its_principal_only(
+    server_settings: ServerSettings, start_server: StartServer, tmp_path: Path
+) -> None:
+    """Quotas once limited appended events and subscriptions only: a principal could flood
+    reads and queries. `requests_per_s` counts every call, refused before any backend work."""
+    path = tmp_path / "permissions.yaml"
+    text = permissions_yaml(default_keys(), {})
+    limited = "    append: [Invoice]\n"
+    assert limited in text
+    text = text.replace(
+        limited,
+        limited + "    read: [Invoice]\n    quotas: {requests_per_s: 2, requests_burst: 5}\n",
+    )
+    path.write_text(text)
+    running = await start_server(
+        server_settings.model_copy(update={"auth_disabled": False, "permissions_file": path})
+    )
+    address = f"127.0.0.1:{running.port}"
+    one_try = RetryPolicy(attempts=1)
+    async with (
+        EventStoreClient(address, api_key=KEYS["billing"], retry=one_try) as billing,
+        EventStoreClient(address, api_key=KEYS["orders"], retry=one_try) as orders,
+    ):
+        outcomes: list[ResourceExhaustedError | None] = []
+        for _ in range(10):  # reads of an aggregate that does not exist, as fast as it can
+            try:
+                await billing.get_aggregate("invoice-none")
+            except ResourceExhaustedError as exc:
+                outcomes.append(exc)
+            except ClientError:
+                outcomes.append(None)
+        refused = [o for o in outcomes if o is not None]
+        assert len(outcomes) - len(refused) <= 6, "a burst of 5 (and what refilled meanwhile)"
+        assert refused, "the flood was never refused"
+        assert all(r.retry_after_s and r.retry_after_s > 0 for r in refused)
+        for i in range(10):  # another principal is not counted against it
+            await orders.append(f"order-rate-{i}-{uuid.uuid4().hex}", "Order", [Event("P", {})])
+
+
 async def test_keys_rotate_without_a_restart(connect: Connect, permissions: Path) -> None:
     old, new = KEYS["orders"], KEYS["spare"]
     keys = default_keys()

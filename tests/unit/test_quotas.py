@@ -56,3 +56,25 @@ def test_the_server_bound_holds_across_principals_and_without_authentication() -
         hold(limiter, UNRESTRICTED, 5, held)
         with pytest.raises(QuotaExceeded):
             hold(limiter, UNRESTRICTED, 1, held)
+
+
+def test_every_call_counts_against_a_requests_quota() -> None:
+    now = [0.0]
+    limiter = QuotaLimiter(clock=lambda: now[0])
+    limited = Principal("limited", quotas=Quotas(requests_per_s=2, requests_burst=3))
+    for _ in range(3):
+        limiter.take_request(limited)
+    with pytest.raises(QuotaExceeded) as refused:
+        limiter.take_request(limited)
+    assert refused.value.quota == "requests_per_s"
+    assert refused.value.retry_after_s == pytest.approx(0.5)
+    for _ in range(100):
+        limiter.take_request(ALICE)  # no quota of its own: unlimited
+    now[0] += 0.5  # one call's worth refilled
+    limiter.take_request(limited)
+    with pytest.raises(QuotaExceeded):
+        limiter.take_request(limited)
+    # The appended-events quota is a bucket of its own.
+    both = Principal("both", quotas=Quotas(requests_per_s=1, append_events_per_s=100))
+    limiter.take_request(both)
+    limiter.take_append(both, 50)
