@@ -79,6 +79,7 @@ bench: migrate  ## append, publication, indexing and query figures against the r
 	$(PY) -m benchmarks.append
 	$(PY) -m benchmarks.append --auth
 	$(PY) -m benchmarks.quotas
+	$(PY) -m benchmarks.quotas --kind read --quota 0 --requests-quota 100
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay
 

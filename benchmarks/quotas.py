@@ -1,9 +1,10 @@
 """A noisy principal over its quota next to a quiet one (make bench).
 
 The server runs in its own process with a permissions file; the noisy principal floods from a
-second process (several workers, ignoring retry-after: the worst neighbour), and this process
-measures the quiet principal's single-event appends before and during the flood. Prints
-numbers; asserts nothing.
+second process (several workers, ignoring retry-after: the worst neighbour) with appends or
+with reads (`--kind read`: GetAggregate of one aggregate, against a `requests_per_s` quota
+with `--requests-quota`), and this process measures the quiet principal's single-event
+appends before and during the flood. Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ async def quiet(address: str, key: str, count: int) -> list[float]:
     return latencies
 
 
-async def flood(address: str, key: str, workers: int, seconds: float) -> None:
+async def flood(address: str, key: str, workers: int, seconds: float, kind: str) -> None:
     admitted = refused = 0
     deadline = time.monotonic() + seconds
 
@@ -55,12 +56,19 @@ async def flood(address: str, key: str, workers: int, seconds: float) -> None:
         nonlocal admitted, refused
         while time.monotonic() < deadline:
             try:
-                await client.append(f"noisy-{os.getpid()}-{w}", "Payment", [Event("Paid", {})])
+                if kind == "read":
+                    await client.get_aggregate(f"noisy-{os.getpid()}-read")
+                else:
+                    aggregate = f"noisy-{os.getpid()}-{w}"
+                    await client.append(aggregate, "Payment", [Event("Paid", {})])
                 admitted += 1
             except ResourceExhaustedError:
                 refused += 1
 
     async with EventStoreClient(address, api_key=key, retry=RetryPolicy(attempts=1)) as client:
+        if kind == "read":  # something to read (retried past the quota: it is not the flood)
+            async with EventStoreClient(address, api_key=key) as patient:
+                await patient.append(f"noisy-{os.getpid()}-read", "Payment", [Event("Paid", {})])
         await asyncio.gather(*(worker(w, client) for w in range(workers)))
     print(
         f"noisy principal, {workers} workers for {seconds:.0f} s: "
@@ -72,18 +80,22 @@ async def flood(address: str, key: str, workers: int, seconds: float) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     if args.flood:
-        await flood(args.flood, os.environ["BENCH_NOISY_KEY"], args.workers, args.seconds)
+        key = os.environ["BENCH_NOISY_KEY"]
+        await flood(args.flood, key, args.workers, args.seconds, args.kind)
         return
     await apply_schema(CassandraSettings(keyspace=KEYSPACE))
     quiet_key, noisy_key = new_key(), new_key()
     permissions = Path(tempfile.mkdtemp()) / "permissions.yaml"
+    quotas = {"append_events_per_s": args.quota, "requests_per_s": args.requests_quota}
+    chosen = ", ".join(f"{name}: {value}" for name, value in quotas.items() if value)
     permissions.write_text(
         "principals:\n"
         f"  quiet:\n    keys: ['{hash_key(quiet_key)}']\n    append: [Order]\n"
-        f"  noisy:\n    keys: ['{hash_key(noisy_key)}']\n    append: [Payment]\n"
-        + (f"    quotas: {{append_events_per_s: {args.quota}}}\n" if args.quota else "")
+        f"  noisy:\n    keys: ['{hash_key(noisy_key)}']\n"
+        "    append: [Payment]\n    read: [Payment]\n"
+        + (f"    quotas: {{{chosen}}}\n" if chosen else "")
     )
-    print(f"noisy principal's quota: {args.quota or 'none'} events/s", flush=True)
+    print(f"noisy principal floods with {args.kind}s; quotas: {chosen or 'none'}", flush=True)
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {
@@ -115,6 +127,8 @@ async def main(args: argparse.Namespace) -> None:
             str(args.workers),
             "--seconds",
             str(args.seconds),
+            "--kind",
+            args.kind,
             env={**os.environ, "BENCH_NOISY_KEY": noisy_key},
         )
         await asyncio.sleep(1.0)  # the flood is under way
@@ -133,5 +147,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
         "--quota", type=int, default=100, help="noisy principal's events/s (0: no quota)"
+    )
+    parser.add_argument("--kind", choices=["append", "read"], default="append")
+    parser.add_argument(
+        "--requests-quota", type=int, default=0, help="noisy principal's calls/s (0: none)"
     )
     asyncio.run(main(parser.parse_args()))
