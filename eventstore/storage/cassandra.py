@@ -268,10 +268,9 @@ class CassandraEventStorage(EventStorage):
         )
 
 
-async def apply_schema(settings: CassandraSettings) -> None:
-    """Create the keyspace and tables if they are missing (idempotent)."""
-    connection = await CassandraConnection.open(settings)
-    statements = [
+def schema_cql(settings: CassandraSettings) -> list[str]:
+    """Every statement that creates the keyspace and its tables (each idempotent)."""
+    return [
         keyspace_cql(
             settings.keyspace,
             settings.replication_strategy,
@@ -280,6 +279,12 @@ async def apply_schema(settings: CassandraSettings) -> None:
         ),
         *table_cql(settings.keyspace),
     ]
+
+
+async def apply_schema(settings: CassandraSettings) -> None:
+    """Create the keyspace and tables if they are missing (idempotent)."""
+    connection = await CassandraConnection.open(settings)
+    statements = schema_cql(settings)
     try:
         with translated(f"cannot apply the schema at {settings.hosts}"):
             for statement in statements:

@@ -30,8 +30,7 @@ from eventstore.config import (
 )
 from eventstore.search.setup import make_client
 from eventstore.server import RunningServer, start
-from eventstore.storage.cassandra import CassandraEventStorage
-from eventstore.storage.schema import keyspace_cql, table_cql
+from eventstore.storage.cassandra import CassandraEventStorage, schema_cql
 
 pytestmark = pytest.mark.integration
 
@@ -80,16 +79,7 @@ class KeyspacePool:
 
     def _create(self) -> CassandraSettings:
         settings = CassandraSettings(hosts=self._hosts, keyspace=f"test_{uuid.uuid4().hex[:12]}")
-        statements = [
-            keyspace_cql(
-                settings.keyspace,
-                settings.replication_strategy,
-                settings.replication_factor,
-                settings.local_datacenter,
-            ),
-            *table_cql(settings.keyspace),
-        ]
-        for statement in statements:
+        for statement in schema_cql(settings):
             self._session.execute(statement, timeout=120)
         self._made.append(settings.keyspace)
         return settings
