@@ -66,6 +66,7 @@ __all__ = [
     "AppendResult",
     "ClientError",
     "Event",
+    "EventIdReusedError",
     "EventStoreClient",
     "ExpectedVersion",
     "Freshness",
@@ -216,6 +217,18 @@ class WrongExpectedVersionError(ClientError):
         self.actual_version: int = found.actual_version
 
 
+class EventIdReusedError(ClientError):
+    """An event id the aggregate already holds came with other content (FAILED_PRECONDITION,
+    reason EVENT_ID_REUSED); nothing was written. A retry must resend the very same events;
+    new events need new ids."""
+
+    @property
+    def reason(self) -> dict[str, str]:
+        """aggregate_id, field (e.g. "events[1]") and committed_version."""
+        info = self._detail(error_details_pb2.ErrorInfo)
+        return dict(info.metadata) if info is not None else {}
+
+
 class AggregateNotFoundError(ClientError):
     """The aggregate has no events (NOT_FOUND)."""
 
@@ -258,10 +271,16 @@ _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
 }
 
 
+#: Errors that share a status code with another, told apart by their ErrorInfo reason.
+_BY_REASON: dict[str, type[ClientError]] = {"EVENT_ID_REUSED": EventIdReusedError}
+
+
 def _error(exc: grpc.aio.AioRpcError) -> ClientError:
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    cls = _ERRORS.get(exc.code(), ClientError)
-    return cls(exc.code(), exc.details() or "", status)
+    error = _ERRORS.get(exc.code(), ClientError)(exc.code(), exc.details() or "", status)
+    info = error._detail(error_details_pb2.ErrorInfo)
+    refined = _BY_REASON.get(info.reason) if info is not None else None
+    return refined(exc.code(), exc.details() or "", status) if refined else error
 
 
 class EventStoreClient:

@@ -34,6 +34,7 @@ from eventstore.access_cli import new_key
 from eventstore.client import (
     ClientError,
     Event,
+    EventIdReusedError,
     EventStoreClient,
     InvalidArgumentError,
     PermissionDeniedError,
@@ -267,11 +268,9 @@ async def test_resending_committed_ids_tells_nothing_to_another_type_and_needs_s
     # The same ids with other content are no retry: refused, nothing written.
     altered = [committed[0], replace(committed[1], data={"n": 3})]
     conflict = await refused(orders.append("order-1", "Order", altered))
+    assert isinstance(conflict, EventIdReusedError), conflict
     assert conflict.code.name == "FAILED_PRECONDITION"
-    info = conflict._detail(error_details_pb2.ErrorInfo)
-    assert info is not None
-    assert info.reason == "EVENT_ID_REUSED"
-    assert dict(info.metadata)["field"] == "events[1]"
+    assert conflict.reason["field"] == "events[1]"
     retry = await orders.append("order-1", "Order", committed)  # the very same: the original
     assert (retry.already_committed, retry.first_version, retry.committed_at) == (
         True,
