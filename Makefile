@@ -80,6 +80,8 @@ bench: migrate  ## append, publication, indexing and query figures against the r
 	$(PY) -m benchmarks.append --auth
 	$(PY) -m benchmarks.quotas
 	$(PY) -m benchmarks.quotas --kind read --quota 0 --requests-quota 100
+	$(PY) -m benchmarks.quotas --kind subscribe --quota 0
+	$(PY) -m benchmarks.quotas --kind unauthenticated --quota 0
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay
 

@@ -1,9 +1,11 @@
 """A noisy principal over its quota next to a quiet one (make bench).
 
 The server runs in its own process with a permissions file; the noisy principal floods from a
-second process (several workers, ignoring retry-after: the worst neighbour) with appends or
-with reads (`--kind read`: GetAggregate of one aggregate, against a `requests_per_s` quota
-with `--requests-quota`), and this process measures the quiet principal's single-event
+second process (several workers, ignoring retry-after: the worst neighbour) with appends, reads
+(`--kind read`: GetAggregate of one aggregate, against a `requests_per_s` quota with
+`--requests-quota`), subscriptions opened and held (`--kind subscribe`, against the default
+bound per principal) or 8 MiB appends without a credential (`--kind unauthenticated`), and
+this process measures the quiet principal's single-event
 appends before and during the flood. Prints numbers; asserts nothing.
 """
 
@@ -17,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import grpc
 
 from benchmarks.support import free_port
 from eventstore.access_cli import new_key
@@ -48,9 +52,25 @@ async def quiet(address: str, key: str, count: int) -> list[float]:
     return latencies
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 async def flood(address: str, key: str, workers: int, seconds: float, kind: str) -> None:
     admitted = refused = 0
     deadline = time.monotonic() + seconds
+
+    held: list[asyncio.Task[None]] = []
+    unauthenticated = b"\x0a\x01x" + b"\x22" + _varint(8 * 1024 * 1024) + b"x" * (8 * 1024 * 1024)
+
+    async def hold(client: EventStoreClient, opened: asyncio.Event) -> None:
+        async for _ in client.subscribe(aggregate_types=["Payment"]):
+            opened.set()  # and keep it open, reading what comes
 
     async def worker(w: int, client: EventStoreClient) -> None:
         nonlocal admitted, refused
@@ -58,18 +78,46 @@ async def flood(address: str, key: str, workers: int, seconds: float, kind: str)
             try:
                 if kind == "read":
                     await client.get_aggregate(f"noisy-{os.getpid()}-read")
+                elif kind == "subscribe":
+                    opened = asyncio.Event()
+                    task = asyncio.create_task(hold(client, opened))
+                    waiting = asyncio.create_task(opened.wait())
+                    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                    waiting.cancel()
+                    if task.done():
+                        task.result()  # raises the refusal
+                    held.append(task)
+                elif kind == "unauthenticated":
+                    try:
+                        await raw_append(unauthenticated, timeout=30)
+                    except grpc.aio.AioRpcError as exc:
+                        if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
+                            raise
+                        refused += 1
+                        continue
                 else:
                     aggregate = f"noisy-{os.getpid()}-{w}"
                     await client.append(aggregate, "Payment", [Event("Paid", {})])
                 admitted += 1
             except ResourceExhaustedError:
                 refused += 1
+                await asyncio.sleep(0.01 if kind == "subscribe" else 0)
 
-    async with EventStoreClient(address, api_key=key, retry=RetryPolicy(attempts=1)) as client:
+    big = [("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    async with (
+        EventStoreClient(address, api_key=key, retry=RetryPolicy(attempts=1)) as client,
+        grpc.aio.insecure_channel(address, options=big) as channel,
+    ):
+        raw_append = channel.unary_unary(
+            "/eventstore.v1.EventStore/Append", request_serializer=None, response_deserializer=None
+        )
         if kind == "read":  # something to read (retried past the quota: it is not the flood)
             async with EventStoreClient(address, api_key=key) as patient:
                 await patient.append(f"noisy-{os.getpid()}-read", "Payment", [Event("Paid", {})])
         await asyncio.gather(*(worker(w, client) for w in range(workers)))
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
     print(
         f"noisy principal, {workers} workers for {seconds:.0f} s: "
         f"{admitted} admitted ({admitted / seconds:.0f}/s), {refused} refused "
@@ -92,7 +140,7 @@ async def main(args: argparse.Namespace) -> None:
         "principals:\n"
         f"  quiet:\n    keys: ['{hash_key(quiet_key)}']\n    append: [Order]\n"
         f"  noisy:\n    keys: ['{hash_key(noisy_key)}']\n"
-        "    append: [Payment]\n    read: [Payment]\n"
+        "    append: [Payment]\n    read: [Payment]\n    subscribe: [Payment]\n"
         + (f"    quotas: {{{chosen}}}\n" if chosen else "")
     )
     print(f"noisy principal floods with {args.kind}s; quotas: {chosen or 'none'}", flush=True)
@@ -148,7 +196,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--quota", type=int, default=100, help="noisy principal's events/s (0: no quota)"
     )
-    parser.add_argument("--kind", choices=["append", "read"], default="append")
+    parser.add_argument(
+        "--kind", choices=["append", "read", "subscribe", "unauthenticated"], default="append"
+    )
     parser.add_argument(
         "--requests-quota", type=int, default=0, help="noisy principal's calls/s (0: none)"
     )
