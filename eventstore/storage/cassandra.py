@@ -101,9 +101,9 @@ class CassandraEventStorage(EventStorage):
 
     async def stream_state(self, aggregate_id: str) -> StreamState:
         rows = await self._run(self._bound(self._select_head, (aggregate_id,)))
-        if not rows or rows[0].head is None:
+        if not rows or rows[0]["head"] is None:
             return StreamState(0, None)
-        return StreamState(rows[0].head, rows[0].aggregate_type)
+        return StreamState(rows[0]["head"], rows[0]["aggregate_type"])
 
     async def append(
         self,
@@ -153,7 +153,7 @@ class CassandraEventStorage(EventStorage):
                 write_type=exc.write_type,
             )
             return await self._resolve_unknown(aggregate_id, expected_version, events)
-        if rows and rows[0].applied:
+        if rows and rows[0]["[applied]"]:
             return Committed(expected_version + 1, last, recorded_at)
         return self._rejected(rows)
 
@@ -180,13 +180,13 @@ class CassandraEventStorage(EventStorage):
         # An absent partition yields a row with nothing but [applied].
         if not rows:
             return Rejected(0, None)
-        head = getattr(rows[0], "head", None) or 0
+        head = rows[0].get("head") or 0
         existing = {
-            row.event_id: ExistingEvent(row.committed_version, _utc(row.recorded_at))
+            row["event_id"]: ExistingEvent(row["committed_version"], _utc(row["recorded_at"]))
             for row in rows
-            if getattr(row, "committed_version", None) is not None
+            if row.get("committed_version") is not None
         }
-        return Rejected(head, rows[0].aggregate_type if head else None, existing)
+        return Rejected(head, rows[0]["aggregate_type"] if head else None, existing)
 
     async def _resolve_unknown(
         self, aggregate_id: str, expected_version: int, events: Sequence[NewEvent]
@@ -212,7 +212,7 @@ class CassandraEventStorage(EventStorage):
                 self._session.execute_async(self._serial_read(self._select_head, (aggregate_id,)))
             )
         found = {
-            row.event_id: ExistingEvent(row.committed_version, _utc(row.recorded_at))
+            row["event_id"]: ExistingEvent(row["committed_version"], _utc(row["recorded_at"]))
             for row in rows
         }
         versions = [found[i].version for i in ids if i in found]
@@ -221,8 +221,8 @@ class CassandraEventStorage(EventStorage):
             log.info("unknown append outcome resolved: applied", aggregate_id=aggregate_id)
             return Committed(expected_version + 1, versions[-1], found[ids[0]].recorded_at)
         log.info("unknown append outcome resolved: not applied", aggregate_id=aggregate_id)
-        head = state_rows[0].head if state_rows and state_rows[0].head is not None else 0
-        return Rejected(head, state_rows[0].aggregate_type if head else None, found)
+        head = state_rows[0]["head"] if state_rows and state_rows[0]["head"] is not None else 0
+        return Rejected(head, state_rows[0]["aggregate_type"] if head else None, found)
 
     def _serial_read(self, prepared: PreparedStatement, params: Sequence[Any]) -> Any:
         bound = prepared.bind(params)
@@ -241,30 +241,30 @@ class CassandraEventStorage(EventStorage):
         rows = await self._run(statement)
         return [
             RecordedEvent(
-                event_id=row.event_id,
+                event_id=row["event_id"],
                 aggregate_id=aggregate_id,
-                aggregate_type=row.aggregate_type,
-                version=row.version,
-                event_type=row.event_type,
-                data=row.data or b"",
-                content_type=row.content_type,
-                metadata=dict(row.metadata) if row.metadata else {},
-                recorded_at=_utc(row.recorded_at),
+                aggregate_type=row["aggregate_type"],
+                version=row["version"],
+                event_type=row["event_type"],
+                data=row["data"] or b"",
+                content_type=row["content_type"],
+                metadata=dict(row["metadata"]) if row["metadata"] else {},
+                recorded_at=_utc(row["recorded_at"]),
             )
             for row in rows
         ]
 
     async def describe(self, aggregate_id: str) -> AggregateInfo | None:
         rows = await self._run(self._bound(self._describe, (aggregate_id,)))
-        if not rows or not rows[0].head:
+        if not rows or not rows[0]["head"]:
             return None
         row = rows[0]
         return AggregateInfo(
             aggregate_id=aggregate_id,
-            aggregate_type=row.aggregate_type,
-            version=row.head,
-            first_recorded_at=_utc(row.created_at),
-            last_recorded_at=_utc(row.updated_at),
+            aggregate_type=row["aggregate_type"],
+            version=row["head"],
+            first_recorded_at=_utc(row["created_at"]),
+            last_recorded_at=_utc(row["updated_at"]),
         )
 
 

@@ -69,9 +69,9 @@ class CassandraAggregateCatalog(AggregateCatalog):
         bound.consistency_level = self._write
         bound.serial_consistency_level = self._serial
         rows = await self._run(bound)
-        if not rows or rows[0].applied:
+        if not rows or rows[0]["[applied]"]:
             return None
-        existing: str = rows[0].aggregate_type
+        existing: str = rows[0]["aggregate_type"]
         return None if existing == aggregate_type else existing
 
     async def add(self, entries: Sequence[tuple[str, str]], at: datetime) -> None:
@@ -93,7 +93,7 @@ class CassandraAggregateCatalog(AggregateCatalog):
         bound = self._select_types.bind(())
         bound.consistency_level = self._read
         rows = await self._run(bound)
-        return {row.aggregate_type: row.first_day.date() for row in rows}
+        return {row["aggregate_type"]: row["first_day"].date() for row in rows}
 
     async def aggregates(self, aggregate_type: str, day: date) -> list[str]:
         bound = self._select.bind((aggregate_type, day))
@@ -103,7 +103,7 @@ class CassandraAggregateCatalog(AggregateCatalog):
         def fetch_all() -> list[str]:
             # The driver pages through the partition itself; a reconciliation tool's call, not
             # the request path, so a thread may block on it.
-            return [row.aggregate_id for row in self._session.execute(bound)]
+            return [row["aggregate_id"] for row in self._session.execute(bound)]
 
         with translated():
             return await asyncio.to_thread(fetch_all)

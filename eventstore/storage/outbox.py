@@ -113,7 +113,7 @@ class CassandraPublicationLog(PublicationLog):
         while True:
             rows = await self._run(self._select_entries, (writer, bucket, after, limit), self._read)
             if rows:
-                return [(int(row.seq), list(row.aggregates or [])) for row in rows]
+                return [(int(row["seq"]), list(row["aggregates"] or [])) for row in rows]
             # Entries are dense per writer, so an empty bucket after the current one is the end.
             # A bucket can only be empty up to its end when its writer's writes all failed.
             following = await self._run(
@@ -132,9 +132,9 @@ class CassandraPublicationLog(PublicationLog):
     async def writers(self) -> list[WriterState]:
         rows = await self._run(self._select_writers, (), self._read)
         return [
-            WriterState(row.writer, _utc(row.heartbeat), int(row.resolved or 0))
+            WriterState(row["writer"], _utc(row["heartbeat"]), int(row["resolved"] or 0))
             for row in rows
-            if row.heartbeat is not None
+            if row["heartbeat"] is not None
         ]
 
     async def forget(self, writer: UUID, after: int, through: int, retire: bool = False) -> None:
@@ -157,7 +157,7 @@ class CassandraPublicationLog(PublicationLog):
 
     async def published_through(self, aggregate_id: str) -> int:
         rows = await self._run(self._select_cursor, (aggregate_id,), self._read)
-        return int(rows[0].published) if rows else 0
+        return int(rows[0]["published"]) if rows else 0
 
     async def mark_published(self, aggregate_id: str, through_version: int) -> None:
         await self._run(
@@ -186,11 +186,11 @@ class CassandraPublicationLog(PublicationLog):
         rows = await self._run(self._select_parked, (), self._read)
         return [
             ParkedAggregate(
-                row.aggregate_id,
-                row.reason or "",
-                _utc(row.since),
-                int(row.attempts or 0),
-                _utc(row.next_attempt_at),
+                row["aggregate_id"],
+                row["reason"] or "",
+                _utc(row["since"]),
+                int(row["attempts"] or 0),
+                _utc(row["next_attempt_at"]),
             )
             for row in rows
         ]

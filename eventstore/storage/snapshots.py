@@ -59,12 +59,12 @@ class CassandraSnapshotStore(SnapshotStore):
         if not rows:
             return None
         row = rows[0]
-        created_at = row.created_at
+        created_at = row["created_at"]
         return Snapshot(
             aggregate_id=aggregate_id,
-            version=row.version,
-            state=row.state or b"",
-            state_type=row.state_type,
-            schema_version=row.schema_version,
+            version=row["version"],
+            state=row["state"] or b"",
+            state_type=row["state_type"],
+            schema_version=row["schema_version"],
             created_at=created_at if created_at.tzinfo else created_at.replace(tzinfo=UTC),
         )
