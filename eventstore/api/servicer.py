@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -52,7 +52,9 @@ def request_id_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and 0 < len(value) <= 128:
             return value
-    return uuid.uuid4().hex
+    # As unique as uuid4().hex, without its system call per request (the random module
+    # reseeds in a forked child, so server processes do not share a sequence).
+    return f"{random.getrandbits(128):032x}"
 
 
 def _code_name(exc: Exception, request_id: str) -> str:
