@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from eventstore.client import Event, EventStoreClient
@@ -104,6 +104,13 @@ def incompressible_json(size: int) -> bytes:
     return json.dumps(parts, separators=(",", ":")).encode()
 
 
+NOT_YET = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
+
+
 def records_in(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("watermarks")})
     try:
@@ -112,7 +119,13 @@ def records_in(bootstrap: str, topic: str) -> int:
             return 0
         total = 0
         for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), 10)
+            except KafkaException as exc:
+                # A topic created a moment ago may have no leader yet: nothing readable yet.
+                if exc.args[0].code() in NOT_YET:
+                    return 0
+                raise
             total += high - low
         return total
     finally:
