@@ -1,126 +1,218 @@
-"""Append throughput and latency against the real local stack (make bench).
+"""Append throughput, latency and CPU per append against the real local stack (make bench; #15).
 
-Runs the server as its own process (as in production) and drives it with gRPC clients from
-this one; the baseline is the same conditional batch through the storage adapter
-(cassandra-driver, no gRPC) measured in the same run, so the ratio survives a noisy machine.
-Prints numbers; asserts nothing.
+Each workload runs `clients` loops of appends of `batch` events (~100 B JSON each) on distinct
+aggregates for a fixed time, after an unmeasured warm-up:
+
+1. the storage adapter's own loop (`CassandraEventStorage.append` in this process, no gRPC)
+   at 1x1, Nx1, Nx10 and Nx100 (clients x events per append);
+2. through the server (`python -m eventstore.server`, its own process, Kafka publication on)
+   with the indexer running (`python -m indexer.main`): 1x1, Nx1 exact, Nx1 any, Nx10, Nx100;
+3. the sustained search: through the server, `--sustain-clients` loops at batch sizes 1, 2,
+   5, 10 for `--sustain-seconds` each, until one holds 10,000 events/s over the whole time;
+   then the adapter loop's ceiling at that batch size (server and indexer stopped).
+
+Per workload: appends/s, events/s, p50/p99/max, CPU ms per append of every process (utime +
+stime from /proc, before and after the load; the server with all its descendants), the
+ratios to the adapter loop at the same clients and batch size, and, through the server, the
+publication and indexing lag (committed events not yet in the workload's Kafka topic, not yet
+searchable, when the load ended; and how long until they all were). A fresh keyspace, topic
+prefix and index prefix per run keep those counts exact; all are removed at the end.
+
+Prints a table, writes a JSON file and an SVG plot beside it. Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from benchmarks.support import free_port
+from benchmarks import plot
+from benchmarks.downstream import Downstream, Names, remove
+from benchmarks.figures import Result, add_ratios, latency_ms, table
+from benchmarks.support import (
+    PAYLOAD,
+    REPO,
+    Watched,
+    cpu_ms_per_append,
+    cpu_snapshot,
+    free_port,
+    git_commit,
+    machine,
+    stack_pids,
+)
 from eventstore.access_cli import new_key
 from eventstore.client import Event, EventStoreClient, ExpectedVersion
 from eventstore.config import CassandraSettings
 from eventstore.domain.access import hash_key
 from eventstore.domain.events import NewEvent
+from eventstore.ports import Rejected
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
 from eventstore.usecases.append import utc_now_ms
 
-PAYLOAD = {"customer": "c-123", "total": 42.5, "items": [{"sku": "A-1", "qty": 2}] * 3}
+TARGET_EVENTS_PER_S = 10_000
+Append = Callable[[int], Awaitable[None]]
 
 
-def percentiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    q = statistics.quantiles(ordered, n=100, method="inclusive")
-    return (
-        f"p50 {q[49] * 1000:6.2f} ms  p99 {q[98] * 1000:6.2f} ms  max {ordered[-1] * 1000:6.2f} ms"
-    )
+@dataclass(frozen=True)
+class Spec:
+    phase: str
+    clients: int
+    batch: int
+    expected: str = "exact"
+
+    @property
+    def aggregate_type(self) -> str:
+        """Each server workload has its own type, so its own topic: counts per workload."""
+        return f"Bench{self.clients}x{self.batch}{self.expected.title()}{self.phase.title()}"
 
 
-async def run_workers(
-    workers: int, appends_each: int, append: Callable[[int, int], Awaitable[None]]
-) -> tuple[float, list[float]]:
+async def drive(clients: int, seconds: float, append: Append) -> tuple[float, list[float], int]:
+    """`clients` loops of `append` for `seconds`: elapsed time, the latency of each append that
+    succeeded, and how many failed (counted; the load goes on)."""
     latencies: list[float] = []
+    errors = 0
+    stop = time.monotonic() + seconds
 
-    async def worker(w: int) -> None:
-        for i in range(appends_each):
+    async def loop(w: int) -> None:
+        nonlocal errors
+        while time.monotonic() < stop:
             started = time.perf_counter()
-            await append(w, i)
+            try:
+                await append(w)
+            except Exception:  # noqa: BLE001 - counted and reported
+                errors += 1
+                continue
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(workers)))
-    return time.perf_counter() - started, latencies
+    await asyncio.gather(*(loop(w) for w in range(clients)))
+    return time.perf_counter() - started, latencies, errors
 
 
-def report(
-    name: str, workers: int, per_append: int, elapsed: float, latencies: list[float]
-) -> None:
-    appends = len(latencies)
-    print(
-        f"{name:<34} clients {workers:>3}  events/append {per_append:>3}  "
-        f"{appends / elapsed:8.0f} appends/s  {appends * per_append / elapsed:8.0f} events/s  "
-        f"{percentiles(latencies)}",
-        flush=True,
+async def measure(
+    path: str, spec: Spec, args: argparse.Namespace, watched: list[Watched], append: Append
+) -> tuple[Result, int]:
+    """The workload's figures, and the events committed in all (warm-up included)."""
+    seconds = args.sustain_seconds if spec.phase == "sustain" else args.seconds
+    _, warm, _ = await drive(spec.clients, args.warmup, append)
+    before = cpu_snapshot(watched)
+    elapsed, latencies, errors = await drive(spec.clients, seconds, append)
+    after = cpu_snapshot(watched)
+    result = Result(
+        path=path,
+        phase=spec.phase,
+        clients=spec.clients,
+        batch=spec.batch,
+        expected=spec.expected,
+        seconds=elapsed,
+        appends=len(latencies),
+        errors=errors,
+        latency_ms=latency_ms(latencies),
+        cpu_ms_per_append=cpu_ms_per_append(before, after, len(latencies)),
     )
+    return result, (len(warm) + len(latencies)) * spec.batch
 
 
-async def main(args: argparse.Namespace) -> None:
-    settings = CassandraSettings(keyspace="eventstore_bench")
-    await apply_schema(settings)
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}; Cassandra, Kafka, OpenSearch and the server "
-        "on the same host; payload "
-        f"{len(Event('X', PAYLOAD).payload())} B JSON",
-        flush=True,
-    )
-    run = uuid.uuid4().hex[:8]
+def adapter_loop(storage: CassandraEventStorage, spec: Spec) -> Append:
+    payload = Event("X", PAYLOAD).payload()
+    heads, generation = [0] * spec.clients, [0] * spec.clients
 
-    # Baseline: the storage adapter alone (cassandra-driver, prepared conditional batch).
-    storage = await CassandraEventStorage.connect(settings)
-    try:
-        for workers, per_append in ((1, 1), (16, 1)):
-            heads = [0] * workers
+    async def append(w: int) -> None:
+        events = [
+            NewEvent(uuid.uuid4(), "OrderPlaced", payload, "application/json")
+            for _ in range(spec.batch)
+        ]
+        aggregate = f"adapter-{spec.aggregate_type}-{w}-{generation[w]}"
+        outcome = await storage.append(
+            aggregate, spec.aggregate_type, heads[w], events, utc_now_ms()
+        )
+        if isinstance(outcome, Rejected):
+            generation[w], heads[w] = generation[w] + 1, 0  # go on with a fresh aggregate
+            raise RuntimeError(f"rejected: {outcome}")
+        heads[w] += spec.batch
 
-            async def direct(
-                w: int,
-                i: int,
-                workers: int = workers,
-                per_append: int = per_append,
-                heads: list[int] = heads,
-            ) -> None:
-                events = [
-                    NewEvent(
-                        uuid.uuid4(),
-                        "OrderPlaced",
-                        Event("X", PAYLOAD).payload(),
-                        "application/json",
-                    )
-                    for _ in range(per_append)
-                ]
-                await storage.append(
-                    f"direct-{run}-{workers}-{w}", "Order", heads[w], events, utc_now_ms()
-                )
-                heads[w] += per_append
+    return append
 
-            elapsed, lat = await run_workers(
-                workers, args.appends // workers * (1 if workers == 1 else 4), direct
+
+def server_loop(client: EventStoreClient, spec: Spec) -> Append:
+    heads, generation = [0] * spec.clients, [0] * spec.clients
+
+    async def append(w: int) -> None:
+        events = [Event("OrderPlaced", PAYLOAD) for _ in range(spec.batch)]
+        expected = (
+            ExpectedVersion.exact(heads[w]) if spec.expected == "exact" else ExpectedVersion.any()
+        )
+        try:
+            result = await client.append(
+                f"{spec.aggregate_type}-{w}-{generation[w]}",
+                spec.aggregate_type,
+                events,
+                expected=expected,
             )
-            report("adapter only (driver, no gRPC)", workers, per_append, elapsed, lat)
+        except Exception:
+            # Its outcome may be unknown: go on with a fresh aggregate, whatever it was.
+            generation[w], heads[w] = generation[w] + 1, 0
+            raise
+        heads[w] = result.last_version
+
+    return append
+
+
+def announce(result: Result) -> None:
+    lat = result.latency_ms or {}
+    print(
+        f"  {result.path:<8}{result.phase:<8}{result.label:>10}  {result.appends_per_s:8.0f} "
+        f"appends/s {result.events_per_s:8.0f} events/s  p99 {lat.get('p99', 0):7.1f} ms  "
+        f"errors {result.errors}",
+        flush=True,
+    )
+
+
+async def adapter_workloads(
+    settings: CassandraSettings, specs: list[Spec], args: argparse.Namespace
+) -> list[Result]:
+    watched = [Watched(n, p) for n, p in stack_pids().items()]
+    watched.append(Watched("client", os.getpid(), tree=False))
+    storage = await CassandraEventStorage.connect(settings)
+    results = []
+    try:
+        for spec in specs:
+            result, _ = await measure("adapter", spec, args, watched, adapter_loop(storage, spec))
+            announce(result)
+            results.append(result)
     finally:
         await storage.close()
+    return results
 
+
+@asynccontextmanager
+async def server_and_indexer(
+    names: Names, args: argparse.Namespace
+) -> AsyncIterator[tuple[EventStoreClient, list[Watched]]]:
+    """The server and the indexer as subprocesses on the run's names; a client once the server
+    answers; what to watch (the stack, both subprocesses with descendants, this process)."""
     port = free_port()
     env = {
         **os.environ,
+        **names.env(),
         "EVENTSTORE_LISTEN": f"127.0.0.1:{port}",
-        "EVENTSTORE_CASSANDRA_KEYSPACE": settings.keyspace,
         "EVENTSTORE_LOG_LEVEL": "WARNING",
+        "EVENTSTORE_INDEXER_LOG_LEVEL": "WARNING",
     }
+    if args.processes:
+        env["EVENTSTORE_PROCESSES"] = str(args.processes)
     api_key = None
     if args.auth:
         # The production path: every call authenticated, authorized and its principal recorded.
@@ -133,59 +225,232 @@ async def main(args: argparse.Namespace) -> None:
         env["EVENTSTORE_PERMISSIONS_FILE"] = str(permissions)
     else:
         env["EVENTSTORE_AUTH_DISABLED"] = "true"
-    print(f"server: authentication {'on (API key)' if args.auth else 'off'}")
-    server = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "eventstore.server", env=env
-    )
+    children = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", module, env=env)
+        for module in ("eventstore.server", "indexer.main")
+    ]
+    server, indexer = children
     try:
         async with EventStoreClient(f"127.0.0.1:{port}", api_key=api_key) as client:
-            for _ in range(100):
+            for _ in range(600):
+                if server.returncode is not None:
+                    raise RuntimeError(f"the server exited with {server.returncode}")
                 try:
-                    await client.append(f"warmup-{run}", "Warmup", [Event("Up", {})])
+                    await client.append(f"up-{names.run}", "BenchUp", [Event("Up", {})])
                     break
                 except Exception:  # noqa: BLE001 - not up yet
                     await asyncio.sleep(0.1)
-            for workers, per_append, expected in (
-                (1, 1, "exact"),
-                (16, 1, "exact"),
-                (16, 1, "any"),
-                (16, 10, "exact"),
-                (16, 100, "exact"),
-            ):
-                heads = [0] * workers
-
-                async def via_grpc(
-                    w: int,
-                    i: int,
-                    workers: int = workers,
-                    per_append: int = per_append,
-                    expected: str = expected,
-                    heads: list[int] = heads,
-                ) -> None:
-                    events = [Event("OrderPlaced", PAYLOAD) for _ in range(per_append)]
-                    aggregate = f"grpc-{run}-{workers}-{per_append}-{expected}-{w}"
-                    exp = (
-                        ExpectedVersion.exact(heads[w])
-                        if expected == "exact"
-                        else ExpectedVersion.any()
-                    )
-                    result = await client.append(aggregate, "Order", events, expected=exp)
-                    heads[w] = result.last_version
-
-                count = args.appends // workers * (1 if workers == 1 else 4)
-                if per_append >= 100:
-                    count = max(count // 10, 10)
-                elapsed, lat = await run_workers(workers, count, via_grpc)
-                report(f"gRPC append ({expected})", workers, per_append, elapsed, lat)
+            watched = [Watched(n, p) for n, p in stack_pids().items()]
+            watched += [
+                Watched("server", server.pid),
+                Watched("indexer", indexer.pid),
+                Watched("client", os.getpid(), tree=False),
+            ]
+            yield client, watched
     finally:
-        server.terminate()
-        await server.wait()
+        for child in children:
+            if child.returncode is None:
+                child.terminate()
+            await child.wait()
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--appends", type=int, default=800, help="appends per single-client run")
+async def server_workload(
+    spec: Spec,
+    client: EventStoreClient,
+    watched: list[Watched],
+    downstream: Downstream,
+    args: argparse.Namespace,
+) -> Result:
+    result, committed = await measure("server", spec, args, watched, server_loop(client, spec))
+    result.publication, result.indexing = await asyncio.to_thread(
+        downstream.catch_up,
+        spec.aggregate_type,
+        committed + 1,
+        args.lag_timeout,  # + its first
+    )
+    announce(result)
+    return result
+
+
+async def first_events(
+    client: EventStoreClient, downstream: Downstream, specs: list[Spec], timeout_s: float
+) -> None:
+    """One event of each workload's type before any load: its topic exists, and the indexer
+    (which finds new topics by a periodic metadata refresh) has picked it up, so indexing lag
+    is the indexer's pace rather than the discovery of a topic created during the load."""
+    for spec in specs:
+        await client.append(f"{spec.aggregate_type}-first", spec.aggregate_type, [Event("Up", {})])
+    started = time.monotonic()
+    for spec in specs:
+        _, indexing = await asyncio.to_thread(
+            downstream.catch_up, spec.aggregate_type, 1, timeout_s - (time.monotonic() - started)
+        )
+        if indexing.caught_up_s is None:
+            raise RuntimeError(f"the indexer did not index {spec.aggregate_type} in {timeout_s} s")
+    print(f"  indexer follows all {len(specs)} topics after {time.monotonic() - started:.1f} s")
+
+
+async def run(args: argparse.Namespace, names: Names) -> tuple[list[Result], int | None]:
+    """Every workload's results, and the smallest batch size that sustained the target."""
+    n = args.clients
+    fixed = [Spec("fixed", 1, 1), Spec("fixed", n, 1), Spec("fixed", n, 10), Spec("fixed", n, 100)]
+    results = await adapter_workloads(CassandraSettings(keyspace=names.keyspace), fixed, args)
+    through_server = [*fixed[:2], Spec("fixed", n, 1, "any"), *fixed[2:]]
+    sustain = [
+        Spec("sustain", args.sustain_clients, batch)
+        for batch in (args.sustain_batches if args.sustain_seconds > 0 else ())
+    ]
+    reached: int | None = None
+    tried: list[int] = []
+    downstream = Downstream(names)
+    try:
+        async with server_and_indexer(names, args) as (client, watched):
+            await first_events(client, downstream, [*through_server, *sustain], args.lag_timeout)
+            for spec in through_server:
+                results.append(await server_workload(spec, client, watched, downstream, args))
+            for spec in sustain:
+                tried.append(spec.batch)
+                result = await server_workload(spec, client, watched, downstream, args)
+                results.append(result)
+                if result.events_per_s >= TARGET_EVENTS_PER_S:
+                    reached = spec.batch
+                    break
+    finally:
+        downstream.close()
+    if tried:
+        # The adapter loop's ceiling at the batch size that reached the target (or the
+        # largest tried), with the server and the indexer stopped.
+        spec = Spec("ceiling", args.sustain_clients, reached or tried[-1])
+        results += await adapter_workloads(CassandraSettings(keyspace=names.keyspace), [spec], args)
+    add_ratios(results)
+    return results, reached
+
+
+def targets(results: list[Result], reached: int | None, clients: int) -> dict[str, Any]:
+    """#15's targets, as measured in this run (None: not measured, or not reached)."""
+    single = next((r for r in results if r.path == "server" and r.label == f"{clients}x1"), None)
+    sustain = [r for r in results if r.phase == "sustain"]
+    best = max(sustain, key=lambda r: r.events_per_s, default=None)
+    ceiling = next((r for r in results if r.phase == "ceiling"), None)
+    found: dict[str, Any] = {}
+    if single is not None:
+        found[f"{clients}x1 exact: appends/s over the adapter loop's (>= 0.8)"] = single.ratios.get(
+            "appends_per_s"
+        )
+        found[f"{clients}x1 exact: p99 ms (< 50)"] = (single.latency_ms or {}).get("p99")
+        found[f"{clients}x1 exact: server CPU per append over the adapter loop's (<= 2)"] = (
+            single.ratios.get("server_cpu")
+        )
+    if best is not None:
+        found[f"smallest batch sustaining {TARGET_EVENTS_PER_S} events/s (<= 10)"] = reached
+        found[f"best sustained: events/s at {best.label}"] = round(best.events_per_s)
+        found[f"best sustained: p99 ms at {best.label} (< 200)"] = (best.latency_ms or {}).get(
+            "p99"
+        )
+    if ceiling is not None:
+        found[f"adapter loop's events/s at {ceiling.label}"] = round(ceiling.events_per_s)
+    return found
+
+
+def write_outputs(
+    args: argparse.Namespace, names: Names, results: list[Result], facts: dict[str, Any]
+) -> tuple[Path, Path]:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    path = Path(args.json) if args.json else REPO / "build" / "bench" / f"append-{stamp}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "json"}
+    document = {
+        **facts,
+        "settings": {**settings, "keyspace": names.keyspace, "topic_prefix": names.topic_prefix},
+        "workloads": [r.as_json() for r in results],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    figure = path.with_suffix(".svg")
+    title = (
+        f"benchmarks.append {facts['started_at']} @ {str(facts['git']['commit'])[:10]}: "
+        f"{facts['machine']['cores']} cores, shared stack"
+    )
+    figure.write_text(plot.svg(plot.panels(results), title))
+    return path, figure
+
+
+async def main(args: argparse.Namespace) -> None:
+    names = Names.fresh()
+    facts: dict[str, Any] = {
+        "benchmark": "benchmarks.append",
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "git": git_commit(),
+        "stack_pids": stack_pids(),
+        "payload_bytes": len(Event("X", PAYLOAD).payload()),
+    }
+    print(
+        f"machine: {facts['machine']}; Cassandra, Kafka, OpenSearch, server, indexer and "
+        f"clients on this host; payload {facts['payload_bytes']} B JSON; keyspace "
+        f"{names.keyspace}; server: authentication {'on' if args.auth else 'off'}, "
+        f"EVENTSTORE_PROCESSES={args.processes or 'unset'}",
+        flush=True,
+    )
+    try:
+        await apply_schema(CassandraSettings(keyspace=names.keyspace))
+        results, reached = await run(args, names)
+    finally:
+        try:
+            await asyncio.to_thread(remove, names)
+        except Exception as exc:  # noqa: BLE001 - the figures matter more than the clean-up
+            print(f"could not remove the run's keyspace, topics or indices: {exc!r}")
+    facts["machine"]["load_average_at_end"] = os.getloadavg()
+    facts["targets"] = targets(results, reached, args.clients)
+    path, figure = write_outputs(args, names, results, facts)
+    print()
+    print(table(results))
+    print()
+    for name, value in facts["targets"].items():
+        shown = f"{value:.2f}" if isinstance(value, float) else value
+        print(f"  {name}: {'not reached' if value is None else shown}")
+    print(f"\nJSON: {path}\nplot: {figure}", flush=True)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="short loads: a smoke run")
+    parser.add_argument("--seconds", type=float, help="per workload (15; --quick 3)")
+    parser.add_argument("--warmup", type=float, help="unmeasured, per workload (2; --quick 0.5)")
+    parser.add_argument("--clients", type=int, default=16, help="of the N-client workloads")
+    parser.add_argument("--sustain-clients", type=int, default=64)
+    parser.add_argument(
+        "--sustain-seconds", type=float, help="per batch size tried (60; --quick 5; 0: skip)"
+    )
+    parser.add_argument(
+        "--sustain-batches",
+        type=lambda text: [int(b) for b in text.split(",")],
+        default=[1, 2, 5, 10],
+        help="batch sizes to try, in order (1,2,5,10)",
+    )
+    parser.add_argument(
+        "--lag-timeout", type=float, help="wait at most this for Kafka and OpenSearch (120; 30)"
+    )
+    parser.add_argument(
+        "--processes", type=int, help="EVENTSTORE_PROCESSES for the server (unset by default)"
+    )
     parser.add_argument(
         "--auth", action="store_true", help="server with a permissions file, clients with a key"
     )
-    asyncio.run(main(parser.parse_args()))
+    parser.add_argument("--json", help="where to write the figures (build/bench/append-*.json)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    for name, normal, short in (
+        ("seconds", 15.0, 3.0),
+        ("warmup", 2.0, 0.5),
+        ("sustain_seconds", 60.0, 5.0),
+        ("lag_timeout", 120.0, 30.0),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else normal)
+    return args
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))

@@ -28,12 +28,17 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from cassandra.cluster import Cluster
 
-from benchmarks.support import free_port
-from devstack import stack
+from benchmarks.support import (
+    PAYLOAD,
+    Watched,
+    cpu_ms_per_append,
+    cpu_snapshot,
+    free_port,
+    stack_pids,
+)
 from eventstore.client import Event, EventStoreClient, ExpectedVersion
 from eventstore.config import CassandraSettings
 from eventstore.domain.events import NewEvent
@@ -43,24 +48,13 @@ from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.usecases.append import utc_now_ms
 from eventstore.usecases.journal import WriterJournal
 
-PAYLOAD = {"customer": "c-123", "total": 42.5, "items": [{"sku": "A-1", "qty": 2}] * 3}
 WORKERS = 16
-TICK = os.sysconf("SC_CLK_TCK")
 PUBLICATION_TABLES = ("publication_journal", "publication_writers", "publication_cursor")
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
-
-
-def stack_pids() -> dict[str, int]:
-    pids = {}
-    for service in stack.SERVICES:
-        pid = service.running_pid()
-        if pid is not None:
-            pids[service.name] = pid
-    return pids
+def watched(pids: dict[str, int]) -> list[Watched]:
+    # "this" is the load generator: not its children (the server)
+    return [Watched(name, pid, tree=name != "this") for name, pid in pids.items()]
 
 
 async def measure(
@@ -85,11 +79,14 @@ async def measure(
             if rate:
                 await asyncio.sleep(max(started + n * WORKERS / rate - time.monotonic(), 0))
 
-    before = {p: cpu_s(pid) for p, pid in pids.items()}
+    before = cpu_snapshot(watched(pids))
     started = time.monotonic()
     await asyncio.gather(*(worker(w) for w in range(WORKERS)))
     elapsed = time.monotonic() - started
-    per_append = {p: (cpu_s(pid) - before[p]) * 1000 / done for p, pid in pids.items()}
+    per_append = {
+        p: ms or 0.0
+        for p, ms in cpu_ms_per_append(before, cpu_snapshot(watched(pids)), done).items()
+    }
     cpu = "  ".join(f"{p} {ms:.2f}" for p, ms in per_append.items())
     print(f"{name:<30} {done / elapsed:7.0f} appends/s   CPU ms/append: {cpu}", flush=True)
     return done / elapsed, per_append
@@ -97,11 +94,10 @@ async def measure(
 
 async def idle(pids: dict[str, int], seconds: float = 5.0) -> None:
     """What each process burns doing nothing: spread over fewer appends, it weighs more."""
-    before = {p: cpu_s(pid) for p, pid in pids.items()}
+    before = cpu_snapshot(watched(pids))
     await asyncio.sleep(seconds)
-    used = "  ".join(
-        f"{p} {(cpu_s(pid) - before[p]) / seconds * 1000:.0f}" for p, pid in pids.items()
-    )
+    used_ms = cpu_ms_per_append(before, cpu_snapshot(watched(pids)), appends=1)  # in all
+    used = "  ".join(f"{p} {(ms or 0.0) / seconds:.0f}" for p, ms in used_ms.items())
     print(f"{'idle, CPU ms per second':<30} {used}", flush=True)
 
 
