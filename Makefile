@@ -77,7 +77,7 @@ test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks incl
 bench: migrate  ## append, publication, indexing and query figures against the real stack
 	$(PY) -m benchmarks.publication --soak 300000
 	$(PY) -m benchmarks.append
-	$(PY) -m benchmarks.append --auth
+	$(PY) -m benchmarks.append --auth --sustain-seconds 0
 	$(PY) -m benchmarks.quotas
 	$(PY) -m benchmarks.quotas --kind read --quota 0 --requests-quota 100
 	$(PY) -m benchmarks.quotas --kind subscribe --quota 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import plot
+from benchmarks.downstream import Names
 from benchmarks.figures import Result, add_ratios, latency_ms, ratio
 from benchmarks.support import (
     TICKS_PER_S,
@@ -18,6 +19,8 @@ from benchmarks.support import (
     read_stat,
     with_descendants,
 )
+from eventstore.config import ServerSettings
+from indexer.config import IndexerSettings
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -154,3 +157,19 @@ def test_the_plot_is_well_formed_svg_with_a_series_per_path() -> None:
     assert len(server_p99.findall(f"{SVG}circle")) == 3
     labels = [t.text for t in throughput.findall(f"{SVG}text") if t.get("transform")]
     assert labels == ["1x1", "16x1", "16x1 any", "64x10"]
+
+
+def test_the_server_and_the_indexer_read_the_same_run_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    names = Names("abc123")
+    for variable, value in {**names.env(), "EVENTSTORE_AUTH_DISABLED": "true"}.items():
+        monkeypatch.setenv(variable, value)
+    server, indexer = ServerSettings(), IndexerSettings()
+    assert server.cassandra.keyspace == names.keyspace
+    assert server.kafka.topic_prefix == indexer.kafka.topic_prefix == names.topic_prefix
+    assert server.opensearch.index_prefix == indexer.opensearch.index_prefix == names.index_prefix
+    assert indexer.group_id != IndexerSettings.model_fields["group_id"].default
+    # Everything the run creates starts with the index prefix, so that its removal finds it all.
+    assert indexer.kafka.dead_letter_topic.startswith(names.index_prefix)
+    assert server.kafka.topic("Order").startswith(names.index_prefix)
