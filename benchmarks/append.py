@@ -30,144 +30,32 @@ import os
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import plot
 from benchmarks.downstream import Downstream, Names, remove
-from benchmarks.figures import Result, add_ratios, latency_ms, table
+from benchmarks.figures import Result, add_ratios, table
+from benchmarks.load import Spec, adapter_loop, measure, server_loop
 from benchmarks.support import (
     PAYLOAD,
     REPO,
     Watched,
-    cpu_ms_per_append,
-    cpu_snapshot,
     free_port,
     git_commit,
     machine,
     stack_pids,
 )
 from eventstore.access_cli import new_key
-from eventstore.client import Event, EventStoreClient, ExpectedVersion
+from eventstore.client import Event, EventStoreClient
 from eventstore.config import CassandraSettings
 from eventstore.domain.access import hash_key
-from eventstore.domain.events import NewEvent
-from eventstore.ports import Rejected
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
-from eventstore.usecases.append import utc_now_ms
 
 TARGET_EVENTS_PER_S = 10_000
-Append = Callable[[int], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Spec:
-    phase: str
-    clients: int
-    batch: int
-    expected: str = "exact"
-
-    @property
-    def aggregate_type(self) -> str:
-        """Each server workload has its own type, so its own topic: counts per workload."""
-        return f"Bench{self.clients}x{self.batch}{self.expected.title()}{self.phase.title()}"
-
-
-async def drive(clients: int, seconds: float, append: Append) -> tuple[float, list[float], int]:
-    """`clients` loops of `append` for `seconds`: elapsed time, the latency of each append that
-    succeeded, and how many failed (counted; the load goes on)."""
-    latencies: list[float] = []
-    errors = 0
-    stop = time.monotonic() + seconds
-
-    async def loop(w: int) -> None:
-        nonlocal errors
-        while time.monotonic() < stop:
-            started = time.perf_counter()
-            try:
-                await append(w)
-            except Exception:  # noqa: BLE001 - counted and reported
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(loop(w) for w in range(clients)))
-    return time.perf_counter() - started, latencies, errors
-
-
-async def measure(
-    path: str, spec: Spec, args: argparse.Namespace, watched: list[Watched], append: Append
-) -> tuple[Result, int]:
-    """The workload's figures, and the events committed in all (warm-up included)."""
-    seconds = args.sustain_seconds if spec.phase == "sustain" else args.seconds
-    _, warm, _ = await drive(spec.clients, args.warmup, append)
-    before = cpu_snapshot(watched)
-    elapsed, latencies, errors = await drive(spec.clients, seconds, append)
-    after = cpu_snapshot(watched)
-    result = Result(
-        path=path,
-        phase=spec.phase,
-        clients=spec.clients,
-        batch=spec.batch,
-        expected=spec.expected,
-        seconds=elapsed,
-        appends=len(latencies),
-        errors=errors,
-        latency_ms=latency_ms(latencies),
-        cpu_ms_per_append=cpu_ms_per_append(before, after, len(latencies)),
-    )
-    return result, (len(warm) + len(latencies)) * spec.batch
-
-
-def adapter_loop(storage: CassandraEventStorage, spec: Spec) -> Append:
-    payload = Event("X", PAYLOAD).payload()
-    heads, generation = [0] * spec.clients, [0] * spec.clients
-
-    async def append(w: int) -> None:
-        events = [
-            NewEvent(uuid.uuid4(), "OrderPlaced", payload, "application/json")
-            for _ in range(spec.batch)
-        ]
-        aggregate = f"adapter-{spec.aggregate_type}-{w}-{generation[w]}"
-        outcome = await storage.append(
-            aggregate, spec.aggregate_type, heads[w], events, utc_now_ms()
-        )
-        if isinstance(outcome, Rejected):
-            generation[w], heads[w] = generation[w] + 1, 0  # go on with a fresh aggregate
-            raise RuntimeError(f"rejected: {outcome}")
-        heads[w] += spec.batch
-
-    return append
-
-
-def server_loop(client: EventStoreClient, spec: Spec) -> Append:
-    heads, generation = [0] * spec.clients, [0] * spec.clients
-
-    async def append(w: int) -> None:
-        events = [Event("OrderPlaced", PAYLOAD) for _ in range(spec.batch)]
-        expected = (
-            ExpectedVersion.exact(heads[w]) if spec.expected == "exact" else ExpectedVersion.any()
-        )
-        try:
-            result = await client.append(
-                f"{spec.aggregate_type}-{w}-{generation[w]}",
-                spec.aggregate_type,
-                events,
-                expected=expected,
-            )
-        except Exception:
-            # Its outcome may be unknown: go on with a fresh aggregate, whatever it was.
-            generation[w], heads[w] = generation[w] + 1, 0
-            raise
-        heads[w] = result.last_version
-
-    return append
 
 
 def announce(result: Result) -> None:
@@ -189,7 +77,9 @@ async def adapter_workloads(
     results = []
     try:
         for spec in specs:
-            result, _ = await measure("adapter", spec, args, watched, adapter_loop(storage, spec))
+            result, _ = await measure(
+                "adapter", spec, args.seconds, args.warmup, watched, adapter_loop(storage, spec)
+            )
             announce(result)
             results.append(result)
     finally:
@@ -261,7 +151,10 @@ async def server_workload(
     downstream: Downstream,
     args: argparse.Namespace,
 ) -> Result:
-    result, committed = await measure("server", spec, args, watched, server_loop(client, spec))
+    seconds = args.sustain_seconds if spec.phase == "sustain" else args.seconds
+    result, committed = await measure(
+        "server", spec, seconds, args.warmup, watched, server_loop(client, spec)
+    )
     result.publication, result.indexing = await asyncio.to_thread(
         downstream.catch_up,
         spec.aggregate_type,

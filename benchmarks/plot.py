@@ -25,7 +25,9 @@ class Panel:
 
 
 def panels(results: Sequence[Result]) -> list[Panel]:
-    categories = list(dict.fromkeys(r.label for r in results))
+    # By clients, then batch size: the x axis reads as load growing to the right.
+    ordered = sorted(results, key=lambda r: (r.clients, r.batch, r.expected == "any"))
+    categories = list(dict.fromkeys(r.label for r in ordered))
     throughput: dict[str, list[float | None]] = {}
     p99: dict[str, list[float | None]] = {}
     for r in results:

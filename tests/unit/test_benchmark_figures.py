@@ -122,12 +122,12 @@ def test_cpu_per_append_sums_a_process_tree(proc: Path) -> None:
 
 def test_the_plot_is_well_formed_svg_with_a_series_per_path() -> None:
     results = [
+        result("server", 64, 10, phase="sustain", appends=1000, latency_ms=None),
         result("adapter", 1, 1, appends=3000),
         result("adapter", 16, 1, appends=12_000),
         result("server", 1, 1, appends=900, latency_ms={"p50": 5.0, "p99": 20.0, "max": 30.0}),
         result("server", 16, 1, appends=2500),
         result("server", 16, 1, expected="any", appends=2000),
-        result("server", 64, 10, phase="sustain", appends=1000, latency_ms=None),
     ]
     root = ET.fromstring(plot.svg(plot.panels(results), "a <title> & more"))
     assert root.tag == f"{SVG}svg"
@@ -155,6 +155,7 @@ def test_the_plot_is_well_formed_svg_with_a_series_per_path() -> None:
         if g.get("data-series") == "through the server"
     )
     assert len(server_p99.findall(f"{SVG}circle")) == 3
+    # Categories by clients, then batch size, whatever the order of the results.
     labels = [t.text for t in throughput.findall(f"{SVG}text") if t.get("transform")]
     assert labels == ["1x1", "16x1", "16x1 any", "64x10"]
 
