@@ -9,8 +9,9 @@ import uuid
 from dataclasses import dataclass
 
 from cassandra.cluster import Cluster
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
+from opensearchpy.exceptions import OpenSearchException
 
 from benchmarks.figures import Lag
 from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
@@ -88,24 +89,35 @@ class Downstream:
         )
         return int(found["count"])
 
+    def count(self, where: str, aggregate_type: str) -> int | None:
+        """Events of the type in "kafka" or "opensearch"; None when it cannot say right now (an
+        index whose shards are still starting, a broker that does not answer)."""
+        try:
+            if where == "kafka":
+                return self.published(aggregate_type)
+            return self.indexed(aggregate_type)
+        except (KafkaException, OpenSearchException):
+            return None
+
     def catch_up(self, aggregate_type: str, committed: int, timeout_s: float) -> tuple[Lag, Lag]:
         """Publication and indexing lag of the events committed by a load that just ended:
-        what each held then, and when it held them all (polled every POLL_S)."""
+        what each lacked then, and when it held them all (polled every POLL_S)."""
         ended = time.monotonic()
-        counts = {"kafka": self.published, "opensearch": self.indexed}
-        behind = {name: committed - count(aggregate_type) for name, count in counts.items()}
-        caught: dict[str, float | None] = {
-            name: 0.0 if left <= 0 else None for name, left in behind.items()
-        }
-        while None in caught.values() and time.monotonic() - ended < timeout_s:
+        lags = {}
+        for where in ("kafka", "opensearch"):
+            found = self.count(where, aggregate_type)
+            behind = None if found is None else max(committed - found, 0)
+            lags[where] = Lag(behind, 0.0 if behind == 0 else None)
+        while time.monotonic() - ended < timeout_s:
+            waiting = [where for where, lag in lags.items() if lag.caught_up_s is None]
+            if not waiting:
+                break
             time.sleep(POLL_S)
-            for name, count in counts.items():
-                if caught[name] is None and count(aggregate_type) >= committed:
-                    caught[name] = time.monotonic() - ended
-        return (
-            Lag(max(behind["kafka"], 0), caught["kafka"]),
-            Lag(max(behind["opensearch"], 0), caught["opensearch"]),
-        )
+            for where in waiting:
+                found = self.count(where, aggregate_type)
+                if found is not None and found >= committed:
+                    lags[where].caught_up_s = time.monotonic() - ended
+        return lags["kafka"], lags["opensearch"]
 
     def close(self) -> None:
         self._consumer.close()

@@ -36,9 +36,9 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 @dataclass
 class Lag:
     """Downstream of one workload: what was committed but not there yet when its load ended,
-    and how long after that end it held everything (None: not within the wait)."""
+    and how long after that end it held everything (None: not known, not within the wait)."""
 
-    behind_at_end: int
+    behind_at_end: int | None
     caught_up_s: float | None
 
 
@@ -123,9 +123,8 @@ def _num(value: float | None, digits: int = 2) -> str:
 def _lag(lag: Lag | None) -> str:
     if lag is None:
         return "-"
-    return (
-        f"{lag.behind_at_end}/{'>wait' if lag.caught_up_s is None else f'{lag.caught_up_s:.1f}s'}"
-    )
+    behind = "?" if lag.behind_at_end is None else str(lag.behind_at_end)
+    return f"{behind}/{'>wait' if lag.caught_up_s is None else f'{lag.caught_up_s:.1f}s'}"
 
 
 def table(results: Sequence[Result]) -> str:
