@@ -361,6 +361,16 @@ class ServerSettings(BaseSettings):
         description="Serve without authentication (every caller may do everything); logged "
         "as a warning at start. Only for local development.",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Server processes sharing the port (SO_REUSEPORT), one per core to use: "
+        "above 1, eventstore-server supervises that many workers, each a full server (its own "
+        "connections, journal, quotas and subscription bounds)",
+    )
+    worker: int | None = Field(
+        None, ge=0, description="Set by the supervisor only: this worker's index, in its logs"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     max_concurrent_rpcs: int | None = Field(

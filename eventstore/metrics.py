@@ -1,5 +1,9 @@
 """Prometheus metrics of the server. Collectors are module-level (the prometheus_client way);
-the HTTP endpoint starts only from main(), on EVENTSTORE_METRICS_PORT."""
+the HTTP endpoint starts only from main(), on EVENTSTORE_METRICS_PORT.
+
+With EVENTSTORE_PROCESSES > 1 the supervisor serves the workers' metrics together
+(prometheus_client's multiprocess mode, eventstore/workers.py): counters and histograms add up;
+each gauge says how ("livesum": the sum over the workers running now)."""
 
 from __future__ import annotations
 
@@ -8,18 +12,23 @@ from prometheus_client import Counter, Gauge, Histogram
 UNPUBLISHED_AGGREGATES = Gauge(
     "eventstore_unpublished_aggregates",
     "Aggregates the relay is catching up now or has parked (committed events not yet in Kafka)",
+    multiprocess_mode="livesum",
 )
 PARKED_AGGREGATES = Gauge(
     "eventstore_parked_aggregates",
     "Aggregates whose publication keeps failing for a reason of their own (eventstore-replay "
     "parked lists them); each is retried with its own backoff and blocks no other",
+    multiprocess_mode="livesum",
 )
 JOURNAL_WRITES = Gauge(
     "eventstore_journal_writes",
     "Journal writes (group commits) since start; compare to announcements",
+    multiprocess_mode="livesum",
 )
 JOURNAL_ANNOUNCEMENTS = Gauge(
-    "eventstore_journal_announcements", "Appends announced in the journal since start"
+    "eventstore_journal_announcements",
+    "Appends announced in the journal since start",
+    multiprocess_mode="livesum",
 )
 RELAY_ROUND = Histogram(
     "eventstore_relay_round_seconds",
@@ -29,9 +38,12 @@ RELAY_ROUND = Histogram(
 JOURNAL_OPEN_ENTRIES = Gauge(
     "eventstore_journal_open_entries",
     "Journal entries of this process not yet settled (appends in flight or awaiting Kafka)",
+    multiprocess_mode="livesum",
 )
 PRODUCER_QUEUE = Gauge(
-    "eventstore_producer_queue_records", "Records handed to the Kafka producer, not yet confirmed"
+    "eventstore_producer_queue_records",
+    "Records handed to the Kafka producer, not yet confirmed",
+    multiprocess_mode="livesum",
 )
 
 RPC_REQUESTS = Counter(
@@ -46,7 +58,9 @@ RPC_LATENCY = Histogram(
 APPEND_CONFLICTS = Counter(
     "eventstore_append_conflicts", "Appends refused because the expected version did not hold"
 )
-SUBSCRIPTIONS = Gauge("eventstore_subscriptions_active", "Subscribe streams open now")
+SUBSCRIPTIONS = Gauge(
+    "eventstore_subscriptions_active", "Subscribe streams open now", multiprocess_mode="livesum"
+)
 PUBLISH_LAG = Histogram(
     "eventstore_publish_lag_seconds",
     "From the commit of an append to Kafka confirming its events (request path)",
@@ -59,18 +73,21 @@ class SubscriptionLag:
 
     def __init__(self) -> None:
         self._lags: dict[object, int] = {}
-        SUBSCRIPTION_LAG.set_function(lambda: float(sum(self._lags.values())))
+        self._total = 0
 
     def report(self, subscription: object, lag: int | None) -> None:
-        if lag is None:
-            self._lags.pop(subscription, None)
-        else:
+        # A value set, not a callback: the multiprocess collector reads the workers' files only.
+        self._total -= self._lags.pop(subscription, 0)
+        if lag is not None:
             self._lags[subscription] = lag
+            self._total += lag
+        SUBSCRIPTION_LAG.set(self._total)
 
 
 SUBSCRIPTION_LAG = Gauge(
     "eventstore_subscription_lag_records",
     "Records the open wide subscriptions still have to read to reach the end of the log",
+    multiprocess_mode="livesum",
 )
 
 POLICY_RELOADS = Counter(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -16,7 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from eventstore import metrics
+from eventstore import metrics, workers
 from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
 from eventstore.api.decoding import add_service
@@ -317,7 +318,7 @@ async def _health_only_server(
     on its own port. It shares the servicer, so it reports exactly what the main port does."""
     if not address:
         return None
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])  # shared by the workers
     add_service(server, HEALTH_SERVICE, servicer, refuse_undecodable)
     if server.add_insecure_port(address) == 0:
         raise StartupFailed(f"cannot listen on {address} (EVENTSTORE_HEALTH_LISTEN)")
@@ -397,6 +398,7 @@ async def serve(settings: ServerSettings) -> None:
         "eventstore server ready",
         address=f"{host}:{running.port}",
         keyspace=settings.cassandra.keyspace,
+        pid=os.getpid(),
         startup_s=round(time.monotonic() - started, 2),
     )
     gauges = asyncio.create_task(_update_gauges(running), name="gauges")
@@ -429,6 +431,12 @@ def main() -> None:
         sys.stderr.write(f"eventstore-server: {exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
+    if settings.processes > 1:
+        # Before any gRPC or driver object exists: the workers are fresh interpreters.
+        raise SystemExit(workers.run(settings))
+    if settings.worker is not None:
+        workers.follow_supervisor()
+        structlog.contextvars.bind_contextvars(worker=settings.worker)
     try:
         asyncio.run(serve(settings))
     except PolicyError as exc:
