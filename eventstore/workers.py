@@ -111,11 +111,13 @@ class Supervisor:
         env: Mapping[str, str],
         command: Sequence[str] = WORKER_COMMAND,
         first_backoff_s: float = 0.5,
+        kill_after_grace_s: float = KILL_AFTER_GRACE_S,
     ) -> None:
         self._settings = settings
         self._env = env
         self._command = list(command)
         self._first_backoff_s = first_backoff_s
+        self._kill_after_grace_s = kill_after_grace_s
         self._workers: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
         #: why the supervisor stops on its own (a worker's configuration error, or giving up)
@@ -151,7 +153,7 @@ class Supervisor:
         await self._stopping.wait()
         self.signal_all(signal.SIGTERM)
         _, pending = await asyncio.wait(
-            slots, timeout=self._settings.grace_period_s + KILL_AFTER_GRACE_S
+            slots, timeout=self._settings.grace_period_s + self._kill_after_grace_s
         )
         if pending:
             log.error("workers did not stop within the grace period; killing them", pids=self.pids)
