@@ -1,6 +1,9 @@
 # Server, indexer and replay CLI in one image (the command picks the process):
 #   docker build -t eventstore .
 #   docker run eventstore eventstore-server | eventstore-indexer | eventstore-migrate | eventstore-replay
+# One server process by default: give the container N cores and run
+#   docker run -e EVENTSTORE_PROCESSES=N eventstore
+# to serve on all of them (README, Server settings). The chart sets it from server.processes.
 # Multi-stage: wheels are built with the toolchain, the final image has none of it.
 
 FROM python:3.11-slim-bookworm AS build
@@ -24,7 +27,8 @@ ENV PATH=/opt/eventstore/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     EVENTSTORE_LISTEN=0.0.0.0:50051 \
     EVENTSTORE_METRICS_HOST=0.0.0.0 \
-    EVENTSTORE_METRICS_PORT=9464
+    EVENTSTORE_METRICS_PORT=9464 \
+    EVENTSTORE_PROCESSES=1
 USER 10001:10001
 EXPOSE 50051 9464
 CMD ["eventstore-server"]

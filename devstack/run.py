@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 
 COMMANDS = {
     "server": [sys.executable, "-m", "eventstore.server"],
@@ -17,14 +18,22 @@ COMMANDS = {
 }
 
 
-def main() -> int:
-    env = {**os.environ}
+def environment(base: Mapping[str, str]) -> dict[str, str]:
+    """The server's and the indexer's: `base` (the user's), with local-development defaults."""
+    env = {**base}
     env.setdefault("EVENTSTORE_LOG_FORMAT", "console")
     env.setdefault("EVENTSTORE_INDEXER_LOG_FORMAT", "console")
+    # One server process per core (EVENTSTORE_PROCESSES=1 to profile or debug a single one).
+    env.setdefault("EVENTSTORE_PROCESSES", str(os.cpu_count() or 1))
     if "EVENTSTORE_PERMISSIONS_FILE" not in env:
         # A local stack on loopback: no keys to hand out, so authentication is explicitly off
         # (the server warns). Set EVENTSTORE_PERMISSIONS_FILE to try it with authentication.
         env.setdefault("EVENTSTORE_AUTH_DISABLED", "true")
+    return env
+
+
+def main() -> int:
+    env = environment(os.environ)
     children = {name: subprocess.Popen(cmd, env=env) for name, cmd in COMMANDS.items()}
     stopping = False
 
@@ -35,7 +44,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     print(
-        "[run] server on 127.0.0.1:50051 and indexer started; Ctrl-C stops both",
+        f"[run] server ({env['EVENTSTORE_PROCESSES']} processes) on 127.0.0.1:50051 and indexer "
+        "started; Ctrl-C stops both",
         file=sys.stderr,
         flush=True,
     )

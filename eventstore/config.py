@@ -276,10 +276,11 @@ class LimitSettings(BaseSettings):
     max_append_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_snapshot_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_filter_types: int = Field(100, ge=1)
-    #: Subscriptions one principal may hold open on one server (its permissions-file quota
-    #: `max_subscriptions` overrides it). Each holds a Kafka consumer: threads, sockets, memory.
+    #: Subscriptions one principal may hold open on one server process (its permissions-file
+    #: quota `max_subscriptions` overrides it). Each holds a Kafka consumer: threads, sockets,
+    #: memory.
     max_subscriptions_per_principal: int = Field(32, ge=1)
-    #: Subscriptions one server holds open in all, whoever the callers (also without
+    #: Subscriptions one server process holds open in all, whoever the callers (also without
     #: authentication, where every caller is one principal).
     max_subscriptions: int = Field(512, ge=1)
 

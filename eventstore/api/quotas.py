@@ -1,7 +1,7 @@
 """Per-principal quotas, enforced before any backend is touched: a principal over its rate is
 refused at the cost of a dictionary lookup, so it cannot take Cassandra time from the others.
 
-Quotas are per server process (a deployment of N replicas admits up to N times the rate).
+Quotas are per server process (N replicas of P processes each admit up to N x P times the rate).
 """
 
 from __future__ import annotations

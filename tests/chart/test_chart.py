@@ -115,6 +115,8 @@ def test_production_values_shape(helm: str) -> None:
     assert env["EVENTSTORE_PERMISSIONS_FILE"]
     assert "EVENTSTORE_AUTH_DISABLED" not in env
     assert ("HorizontalPodAutoscaler", "t-eventstore-server") in by_kind
+    assert env["EVENTSTORE_PROCESSES"] == "2"
+    assert container["resources"]["requests"]["cpu"] == "2", "a core per server process"
     job = by_kind[("Job", "t-eventstore-migrate")]
     assert "pre-install" in job["metadata"]["annotations"]["helm.sh/hook"]
 
@@ -123,6 +125,8 @@ def test_production_values_shape(helm: str) -> None:
     "override",
     [
         "server.replicas=two",
+        "server.processes=0",
+        "server.processes=two",
         "cassandra.serialConsistency=SOMETIMES",
         "kafka.partitions=0",
         "server.healthPort=0",
@@ -235,3 +239,9 @@ def test_inconsistent_security_values_are_refused(helm: str, sets: list[str], me
     result = template(helm, *[arg for s in sets for arg in ("--set", s)])
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("sets", "expected"), [((), "1"), (("server.processes=4",), "4")])
+def test_server_processes_reach_the_server(helm: str, sets: tuple[str, ...], expected: str) -> None:
+    env = env_of(server_pod(helm, *sets)["containers"][0])
+    assert env["EVENTSTORE_PROCESSES"] == expected

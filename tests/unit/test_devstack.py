@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from devstack import __main__ as cli
-from devstack import kafka, stack, templates
+from devstack import kafka, run, stack, templates
 from devstack.errors import ServiceFailed, UnknownService
 from devstack.tls import Pki
 
@@ -182,3 +182,8 @@ def test_up_leaves_an_external_service_alone(
     stack.up()
     assert not fake.pid_file.exists()
     assert not fake.log_file.exists()
+
+
+def test_make_run_serves_with_one_process_per_core_unless_told_otherwise() -> None:
+    assert run.environment({})["EVENTSTORE_PROCESSES"] == str(os.cpu_count() or 1)
+    assert run.environment({"EVENTSTORE_PROCESSES": "1"})["EVENTSTORE_PROCESSES"] == "1"
