@@ -170,7 +170,12 @@ class Supervisor:
         env = dict(self._env, EVENTSTORE_WORKER=str(index))
         while True:
             started = time.monotonic()
-            process = await asyncio.create_subprocess_exec(*self._command, env=env)
+            try:
+                process = await asyncio.create_subprocess_exec(*self._command, env=env)
+            except OSError as exc:  # out of processes or memory: restarting would not help
+                log.error("cannot start a worker; stopping", worker=index, reason=str(exc))
+                self._fail(1)
+                return None
             self._workers[index] = process
             if self._stopping.is_set():  # asked to stop while this one was being started
                 process.send_signal(signal.SIGTERM)

@@ -194,3 +194,11 @@ def test_processes_must_be_a_positive_integer(monkeypatch: pytest.MonkeyPatch, v
     monkeypatch.setenv("EVENTSTORE_PROCESSES", value)
     with pytest.raises(ConfigError, match="EVENTSTORE_PROCESSES"):
         load(ServerSettings)
+
+
+async def test_a_worker_that_cannot_be_started_stops_everything_with_status_1(
+    tmp_path: Path,
+) -> None:
+    settings = ServerSettings.model_validate({"auth_disabled": True, "processes": 2})
+    sup = Supervisor(settings, dict(os.environ), [str(tmp_path / "missing")])
+    assert await asyncio.wait_for(sup.run(), 10) == 1
