@@ -99,7 +99,7 @@ def follow_supervisor() -> None:
     if sys.platform != "linux":
         return
     pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() == 1:  # it died before we asked
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -226,7 +226,7 @@ class Supervisor:
         self._stopping.set()
 
 
-def run(settings: ServerSettings, command: Sequence[str] = WORKER_COMMAND) -> int:
+def run(settings: ServerSettings) -> int:
     """Supervise `settings.processes` workers; the server's exit status."""
     with contextlib.ExitStack() as held:
         metrics_dir = None
@@ -252,7 +252,7 @@ def run(settings: ServerSettings, command: Sequence[str] = WORKER_COMMAND) -> in
             return 1
         env = worker_env(os.environ, listen, health_listen, metrics_dir)
         log.info("starting worker processes", processes=settings.processes, address=listen)
-        return asyncio.run(_supervise(Supervisor(settings, env, command)))
+        return asyncio.run(_supervise(Supervisor(settings, env)))
 
 
 async def _supervise(supervisor: Supervisor) -> int:
