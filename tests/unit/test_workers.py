@@ -103,7 +103,10 @@ async def test_a_configuration_error_stops_everything_with_status_2(tmp_path: Pa
     sup = supervisor(tmp_path, "config-error-1")
     status = await asyncio.wait_for(sup.run(), 10)
     assert status == 2
-    assert [m.split("-")[0] for m in marks(tmp_path, "started")] == ["0", "1"], "no restart"
+    # Worker 0 may be stopped before it got as far as to record its start; none started twice.
+    started = [m.split("-")[0] for m in marks(tmp_path, "started")]
+    assert "1" in started
+    assert len(started) == len(set(started)), "no restart"
     assert sup.pids == {}
 
 
