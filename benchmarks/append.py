@@ -31,10 +31,12 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import grpc
 
 from benchmarks import plot
 from benchmarks.downstream import Downstream, Names, remove
@@ -53,6 +55,7 @@ from eventstore.access_cli import new_key
 from eventstore.client import Event, EventStoreClient
 from eventstore.config import CassandraSettings
 from eventstore.domain.access import hash_key
+from eventstore.sizes import CLIENT_MAX_RECEIVE_BYTES
 from eventstore.storage.cassandra import CassandraEventStorage, apply_schema
 
 TARGET_EVENTS_PER_S = 10_000
@@ -90,7 +93,7 @@ async def adapter_workloads(
 @asynccontextmanager
 async def server_and_indexer(
     names: Names, args: argparse.Namespace
-) -> AsyncIterator[tuple[EventStoreClient, list[Watched]]]:
+) -> AsyncIterator[tuple[list[EventStoreClient], list[Watched]]]:
     """The server and the indexer as subprocesses on the run's names; a client once the server
     answers; what to watch (the stack, both subprocesses with descendants, this process)."""
     port = free_port()
@@ -121,7 +124,16 @@ async def server_and_indexer(
     ]
     server, indexer = children
     try:
-        async with EventStoreClient(f"127.0.0.1:{port}", api_key=api_key) as client:
+        async with AsyncExitStack() as connections:
+            clients = [
+                await connections.enter_async_context(
+                    EventStoreClient(
+                        f"127.0.0.1:{port}", api_key=api_key, channel=own_connection(port)
+                    )
+                )
+                for _ in range(args.connections)
+            ]
+            client = clients[0]
             for _ in range(600):
                 if server.returncode is not None:
                     raise RuntimeError(f"the server exited with {server.returncode}")
@@ -136,7 +148,7 @@ async def server_and_indexer(
                 Watched("indexer", indexer.pid),
                 Watched("client", os.getpid(), tree=False),
             ]
-            yield client, watched
+            yield clients, watched
     finally:
         for child in children:
             if child.returncode is None:
@@ -144,16 +156,28 @@ async def server_and_indexer(
             await child.wait()
 
 
+def own_connection(port: int) -> grpc.aio.Channel:
+    """A channel with a connection of its own: gRPC otherwise shares one connection between
+    channels to the same target (its global subchannel pool)."""
+    return grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.use_local_subchannel_pool", 1),
+            ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES),
+        ],
+    )
+
+
 async def server_workload(
     spec: Spec,
-    client: EventStoreClient,
+    clients: list[EventStoreClient],
     watched: list[Watched],
     downstream: Downstream,
     args: argparse.Namespace,
 ) -> Result:
     seconds = args.sustain_seconds if spec.phase == "sustain" else args.seconds
     result, committed = await measure(
-        "server", spec, seconds, args.warmup, watched, server_loop(client, spec)
+        "server", spec, seconds, args.warmup, watched, server_loop(clients, spec)
     )
     result.publication, result.indexing = await asyncio.to_thread(
         downstream.catch_up,
@@ -197,13 +221,15 @@ async def run(args: argparse.Namespace, names: Names) -> tuple[list[Result], int
     tried: list[int] = []
     downstream = Downstream(names)
     try:
-        async with server_and_indexer(names, args) as (client, watched):
-            await first_events(client, downstream, [*through_server, *sustain], args.lag_timeout)
+        async with server_and_indexer(names, args) as (clients, watched):
+            await first_events(
+                clients[0], downstream, [*through_server, *sustain], args.lag_timeout
+            )
             for spec in through_server:
-                results.append(await server_workload(spec, client, watched, downstream, args))
+                results.append(await server_workload(spec, clients, watched, downstream, args))
             for spec in sustain:
                 tried.append(spec.batch)
-                result = await server_workload(spec, client, watched, downstream, args)
+                result = await server_workload(spec, clients, watched, downstream, args)
                 results.append(result)
                 if result.events_per_s >= TARGET_EVENTS_PER_S:
                     reached = spec.batch
@@ -312,6 +338,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="per workload (15; --quick 3)")
     parser.add_argument("--warmup", type=float, help="unmeasured, per workload (2; --quick 0.5)")
     parser.add_argument("--clients", type=int, default=16, help="of the N-client workloads")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=8,
+        help="gRPC connections the client loops share: the kernel hands each connection to one "
+        "server process (SO_REUSEPORT), so one connection would leave all but one idle",
+    )
     parser.add_argument("--sustain-clients", type=int, default=64)
     parser.add_argument(
         "--sustain-seconds", type=float, help="per batch size tried (60; --quick 5; 0: skip)"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from benchmarks.figures import Result, latency_ms
@@ -100,10 +100,12 @@ def adapter_loop(storage: CassandraEventStorage, spec: Spec) -> Append:
     return append
 
 
-def server_loop(client: EventStoreClient, spec: Spec) -> Append:
+def server_loop(clients: Sequence[EventStoreClient], spec: Spec) -> Append:
+    """Client loop w appends over connection w mod len(clients)."""
     heads, generation = [0] * spec.clients, [0] * spec.clients
 
     async def append(w: int) -> None:
+        client = clients[w % len(clients)]
         events = [Event("OrderPlaced", PAYLOAD) for _ in range(spec.batch)]
         expected = (
             ExpectedVersion.exact(heads[w]) if spec.expected == "exact" else ExpectedVersion.any()
