@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from eventstore.domain.access import PolicyError, hash_key
@@ -55,7 +56,12 @@ def main(argv: list[str] | None = None) -> None:
             grants = ", ".join(
                 f"{op.value} {sorted(types)}" for op, types in principal.grants.items() if types
             )
-            print(f"{name}: {grants or 'no grants'}")
+            quotas = ", ".join(
+                f"{quota.name} {getattr(principal.quotas, quota.name)}"
+                for quota in fields(principal.quotas)
+                if getattr(principal.quotas, quota.name) is not None
+            )
+            print(f"{name}: {grants or 'no grants'}" + (f"; quotas {quotas}" if quotas else ""))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import grpc
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from eventstore.domain.access import Quotas
 from eventstore.domain.validation import Limits
 from eventstore.sizes import (
     CLIENT_MAX_RECEIVE_BYTES,
@@ -283,6 +284,12 @@ class LimitSettings(BaseSettings):
     #: Subscriptions one server process holds open in all, whoever the callers (also without
     #: authentication, where every caller is one principal).
     max_subscriptions: int = Field(512, ge=1)
+    #: Calls per second (any RPC) one authenticated principal may make to one server, unless
+    #: its permissions entry sets `quotas.requests_per_s`; 0: no default (unlimited).
+    default_requests_per_s: float = Field(5000, ge=0)
+    #: Append request bytes per second one authenticated principal may send to one server,
+    #: unless its permissions entry sets `quotas.append_bytes_per_s`; 0: no default.
+    default_append_bytes_per_s: int = Field(32 * 1024 * 1024, ge=0)
 
     def to_limits(self) -> Limits:
         return Limits(
@@ -293,6 +300,14 @@ class LimitSettings(BaseSettings):
             max_append_bytes=self.max_append_bytes,
             max_snapshot_bytes=self.max_snapshot_bytes,
             max_filter_types=self.max_filter_types,
+        )
+
+    def default_quotas(self) -> Quotas:
+        """What an authenticated principal gets where its permissions entry sets no quota."""
+        return Quotas(
+            max_subscriptions=self.max_subscriptions_per_principal,
+            requests_per_s=self.default_requests_per_s or None,
+            append_bytes_per_s=self.default_append_bytes_per_s or None,
         )
 
     def deliverable(self, kafka: KafkaSettings) -> list[str]:
@@ -374,8 +389,12 @@ class ServerSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
-    max_concurrent_rpcs: int | None = Field(
-        None, ge=1, description="Beyond this, RPCs are refused at once (RESOURCE_EXHAUSTED)"
+    max_concurrent_rpcs: int = Field(
+        2048,
+        ge=0,
+        description="RPCs in flight in this server process, open streams included; beyond, "
+        "gRPC refuses a call at once with RESOURCE_EXHAUSTED, before reading its request. "
+        "0: unbounded. Must exceed EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS",
     )
     read_page_size: int = Field(500, ge=1, le=10_000, description="Events per ReadAggregate page")
     grace_period_s: float = Field(10.0, ge=0, description="Time in-flight RPCs get at shutdown")
@@ -443,6 +462,16 @@ class ServerSettings(BaseSettings):
             raise ValueError(
                 "EVENTSTORE_PERMISSIONS_FILE and EVENTSTORE_AUTH_DISABLED=true contradict "
                 "each other: set one"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _room_beside_subscriptions(self) -> Any:
+        if 0 < self.max_concurrent_rpcs <= self.limits.max_subscriptions:
+            raise ValueError(
+                f"EVENTSTORE_MAX_CONCURRENT_RPCS={self.max_concurrent_rpcs} must exceed "
+                f"EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS={self.limits.max_subscriptions}: open "
+                "subscriptions could otherwise take every slot and refuse all other calls"
             )
         return self
 

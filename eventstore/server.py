@@ -160,7 +160,7 @@ class RunningServer:
             admission=self.admission,
             authenticator=self.authenticator,
             quotas=QuotaLimiter(
-                subscriptions_per_principal=settings.limits.max_subscriptions_per_principal,
+                defaults=settings.limits.default_quotas(),
                 subscriptions=settings.limits.max_subscriptions,
             ),
             append=AppendEvents(
@@ -266,7 +266,7 @@ async def listen(settings: ServerSettings) -> RunningServer:
             ("grpc.max_send_message_length", send),
             ("grpc.so_reuseport", 1),
         ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
     deferred = DeferredServicer()
     certificates = settings.tls_client_ca_file is not None

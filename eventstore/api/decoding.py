@@ -5,11 +5,15 @@ that fails (invalid UTF-8 in a string field, corrupt wire bytes) gRPC answers UN
 any code of ours runs. Here a request that does not decode becomes an `Undecodable` value
 instead, handed to the servicer like any request: ours refuse it as INVALID_ARGUMENT through
 the one error mapping, with the metrics and logs of every other refusal.
+
+It also notes each request's size as received, for quotas that count bytes: measuring the
+decoded message again (`ByteSize`) would re-encode it, milliseconds for a large append.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +23,17 @@ from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from eventstore.domain.errors import InvalidArgument
+
+#: The size of the request of the call being served. gRPC decodes a request in the task that
+#: then runs the call's handler, so the handler sees the value its own request set.
+_RECEIVED_BYTES: ContextVar[int | None] = ContextVar("received_bytes", default=None)
+
+
+def received_bytes(request: Message) -> int:
+    """The bytes `request` took on the wire; measured again only for a request that did not
+    come through our decoding (a test calling a servicer directly)."""
+    size = _RECEIVED_BYTES.get()
+    return size if size is not None else request.ByteSize()
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +53,7 @@ def _deserializer(message_class: type[Message]) -> Callable[[bytes], Message | U
     name = message_class.DESCRIPTOR.full_name
 
     def deserialize(data: bytes) -> Message | Undecodable:
+        _RECEIVED_BYTES.set(len(data))
         try:
             return message_class.FromString(data)
         except DecodeError as exc:

@@ -93,7 +93,7 @@ def _quota(exc: Any) -> list[Message]:
             violations=[
                 error_details_pb2.QuotaFailure.Violation(
                     subject=f"principal:{exc.principal}",
-                    description=f"{exc.quota} is {exc.limit:g}",
+                    description=f"{exc.quota} is {exc.limit:.10g}",
                 )
             ]
         )

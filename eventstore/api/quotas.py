@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from eventstore.domain.access import Principal, QuotaExceeded
+from eventstore.domain.access import Principal, QuotaExceeded, Quotas
 
 #: How long a client is told to wait when it holds too many subscriptions.
 SUBSCRIPTION_RETRY_S = 1.0
@@ -25,52 +26,58 @@ class _Bucket:
 
 class QuotaLimiter:
     """Applies each principal's `Quotas` (from the permissions file) in this process, and the
-    server's own bounds on what every principal together may hold."""
+    server's own bounds: `defaults` for authenticated principals that leave a quota unset
+    (their own value wins, higher or lower), `subscriptions` for every principal together."""
 
     def __init__(
         self,
         clock: Callable[[], float] = time.monotonic,
-        subscriptions_per_principal: int | None = None,
+        defaults: Quotas | None = None,
         subscriptions: int | None = None,
     ) -> None:
         self._clock = clock
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._subscriptions: dict[str, int] = {}
         self._open_subscriptions = 0
-        #: for authenticated principals without a quota of their own (None: unbounded)
-        self._per_principal = subscriptions_per_principal
+        self._defaults = defaults or Quotas()
         #: for the whole server (None: unbounded)
         self._server_limit = subscriptions
 
-    def take_append(self, principal: Principal, events: int) -> None:
-        quotas = principal.quotas
-        self._take(
-            principal,
-            "append_events_per_s",
-            quotas.append_events_per_s,
-            quotas.append_burst,
-            events,
-        )
+    def _quota(self, principal: Principal, name: str) -> Any:
+        """The principal's own value, else the server's default (authenticated callers only:
+        with authentication off every caller is one principal, bounded per server only)."""
+        own = getattr(principal.quotas, name)
+        if own is None and principal.authenticated:
+            return getattr(self._defaults, name)
+        return own
+
+    def take_append(self, principal: Principal, events: int, size: int) -> None:
+        """`size`: the request's bytes as received, so the quota is counted before anything
+        is decoded."""
+        buckets = [
+            self._admit(principal, "append_events_per_s", "append_burst"),
+            self._admit(principal, "append_bytes_per_s", "append_bytes_burst"),
+        ]
+        # Taken only once both admit the call: a refusal by one costs nothing of the other.
+        for bucket, amount in zip(buckets, (events, size), strict=True):
+            if bucket is not None:
+                bucket.tokens -= amount
 
     def take_request(self, principal: Principal) -> None:
         """Every call, whatever the RPC: reads and queries cost the backends too."""
-        quotas = principal.quotas
-        self._take(principal, "requests_per_s", quotas.requests_per_s, quotas.requests_burst, 1)
+        bucket = self._admit(principal, "requests_per_s", "requests_burst")
+        if bucket is not None:
+            bucket.tokens -= 1
 
-    def _take(
-        self,
-        principal: Principal,
-        quota: str,
-        rate: float | None,
-        burst: float | None,
-        amount: float,
-    ) -> None:
-        """A token bucket that may go into debt: a call is admitted while the bucket is not
-        empty, whatever its size (so an append larger than the burst is not refused forever),
-        and what it takes is paid for by the following ones."""
+    def _admit(self, principal: Principal, quota: str, burst_quota: str) -> _Bucket | None:
+        """The principal's token bucket for `quota` (None: unlimited), refilled, if it admits a
+        call. It may go into debt: a call is admitted while the bucket is not empty, whatever
+        its size (so an append larger than the burst is not refused forever), and what it
+        takes is paid for by the following ones."""
+        rate: float | None = self._quota(principal, quota)
         if rate is None:
-            return
-        burst = burst or rate
+            return None
+        burst: float = self._quota(principal, burst_quota) or rate
         now = self._clock()
         key = (principal.name, quota)
         bucket = self._buckets.get(key)
@@ -82,13 +89,11 @@ class QuotaLimiter:
             # Time until the bucket is positive again.
             retry_after = (-bucket.tokens) / rate + 1.0 / rate
             raise QuotaExceeded(principal.name, quota, rate, retry_after)
-        bucket.tokens -= amount
+        return bucket
 
     @contextmanager
     def subscription(self, principal: Principal) -> Iterator[None]:
-        limit = principal.quotas.max_subscriptions
-        if limit is None and principal.authenticated:
-            limit = self._per_principal
+        limit: int | None = self._quota(principal, "max_subscriptions")
         open_now = self._subscriptions.get(principal.name, 0)
         if limit is not None and open_now >= limit:
             raise QuotaExceeded(principal.name, "max_subscriptions", limit, SUBSCRIPTION_RETRY_S)

@@ -17,7 +17,7 @@ from eventstore import metrics
 from eventstore.api import convert
 from eventstore.api.admission import Admission, BackendNotConfigured, NotReady
 from eventstore.api.auth import Authenticator
-from eventstore.api.decoding import Undecodable
+from eventstore.api.decoding import Undecodable, received_bytes
 from eventstore.api.errors import grpc_code, is_expected, to_status
 from eventstore.api.quotas import QuotaLimiter
 from eventstore.domain.access import Principal
@@ -204,9 +204,9 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AppendResponse:
         principal = self._principal(context)
-        # The quota first: a principal over its rate is refused before its events are even
-        # decoded and validated, so refusing it costs little of the CPU others need.
-        self._quotas.take_append(principal, len(request.events))
+        # The quotas first: a principal over its rate is refused before its events are even
+        # converted and validated, so refusing it costs little of the CPU others need.
+        self._quotas.take_append(principal, len(request.events), received_bytes(request))
         validated = validate_append(convert.append_from_proto(request), self._limits)
         result = await self._append(validated, principal)
         return results.append_result_to_proto(result)

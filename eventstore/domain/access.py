@@ -12,7 +12,7 @@ import enum
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from eventstore.domain.errors import EventStoreError
@@ -64,22 +64,29 @@ class QuotaExceeded(EventStoreError):
         self.limit = limit
         self.retry_after_s = retry_after_s
         super().__init__(
-            f"principal {principal!r} is over its quota {quota} ({limit:g}); "
+            f"principal {principal!r} is over its quota {quota} ({limit:.10g}); "
             f"retry in {retry_after_s:.2f} s"
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Quotas:
-    #: sustained appended events per second; None: unlimited
+    """A principal's own quotas (a burst defaults to one second's worth of its rate). A rate or
+    bound left None is the server's default for authenticated principals, if it has one."""
+
+    #: sustained appended events per second
     append_events_per_s: float | None = None
-    #: events that may be appended at once above the sustained rate; defaults to one second's
+    #: events that may be appended at once above the sustained rate
     append_burst: float | None = None
-    #: open Subscribe streams at a time; None: the server's default
+    #: sustained bytes of Append requests per second, as received (before decoding)
+    append_bytes_per_s: float | None = None
+    #: bytes that may be appended at once above the sustained rate
+    append_bytes_burst: float | None = None
+    #: open Subscribe streams at a time
     max_subscriptions: int | None = None
-    #: calls per second, whatever the RPC (a stream counts when it opens); None: unlimited
+    #: calls per second, whatever the RPC (a stream counts when it opens)
     requests_per_s: float | None = None
-    #: calls that may come at once above the sustained rate; defaults to one second's
+    #: calls that may come at once above the sustained rate
     requests_burst: float | None = None
 
 
@@ -228,15 +235,9 @@ def _quotas(value: Any, where: str) -> Quotas:
     where = f"{where}.quotas"
     if not isinstance(value, Mapping):
         raise PolicyError(f"{where}: must be a mapping")
-    fields = {
-        "append_events_per_s",
-        "append_burst",
-        "max_subscriptions",
-        "requests_per_s",
-        "requests_burst",
-    }
-    if set(value) - fields:
-        raise PolicyError(f"{where}: unknown keys {sorted(set(value) - fields)}")
+    known = {quota.name for quota in fields(Quotas)}
+    if set(value) - known:
+        raise PolicyError(f"{where}: unknown keys {sorted(set(value) - known)}")
     numbers: dict[str, Any] = {}
     for key, number in value.items():
         if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:

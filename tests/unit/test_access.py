@@ -94,6 +94,15 @@ def test_keys_and_certificates_identify_principals() -> None:
         ({"principals": {"a": {"write": ["Order"]}}}, "principals.a: unknown keys"),
         ({"principals": {"a": {"quotas": {"append_events_per_s": 0}}}}, "append_events_per_s"),
         ({"principals": {"a": {"quotas": {"max_subscriptions": 1.5}}}}, "max_subscriptions"),
+        (
+            {"principals": {"a": {"quotas": {"append_bytes_per_s": -1}}}},
+            "principals.a.quotas.append_bytes_per_s",
+        ),
+        (
+            {"principals": {"a": {"quotas": {"append_bytes_burst": "8 MiB"}}}},
+            "principals.a.quotas.append_bytes_burst",
+        ),
+        ({"principals": {"a": {"quotas": {"bytes_per_s": 1}}}}, "unknown keys"),
         ({"principals": {"bad name!": {}}}, "principals.bad name!"),
         (
             {
@@ -145,23 +154,23 @@ def test_append_rate_is_a_token_bucket_per_principal() -> None:
     )
     noisy, quiet = policy.principals["noisy"], policy.principals["quiet"]
     for _ in range(10):
-        quotas.take_append(noisy, 1)
+        quotas.take_append(noisy, 1, 0)
     with pytest.raises(QuotaExceeded) as over:
-        quotas.take_append(noisy, 1)
+        quotas.take_append(noisy, 1, 0)
     assert over.value.retry_after_s == pytest.approx(0.1)
-    quotas.take_append(quiet, 1)  # a bucket of its own
+    quotas.take_append(quiet, 1, 0)  # a bucket of its own
     clock.now += 0.5
     for _ in range(5):
-        quotas.take_append(noisy, 1)
+        quotas.take_append(noisy, 1, 0)
     with pytest.raises(QuotaExceeded):
-        quotas.take_append(noisy, 1)
+        quotas.take_append(noisy, 1, 0)
     # An append larger than the burst is admitted once the bucket is full, then paid back.
     clock.now += 10
-    quotas.take_append(noisy, 50)
+    quotas.take_append(noisy, 50, 0)
     with pytest.raises(QuotaExceeded) as debt:
-        quotas.take_append(noisy, 1)
+        quotas.take_append(noisy, 1, 0)
     assert debt.value.retry_after_s == pytest.approx(4.1)
-    quotas.take_append(UNRESTRICTED, 10_000)  # no quota, no limit
+    quotas.take_append(UNRESTRICTED, 10_000, 0)  # no quota, no limit
 
 
 def test_concurrent_subscriptions_are_counted_and_released() -> None:
@@ -314,8 +323,17 @@ def test_access_command_issues_keys_and_checks_files(
     path.write_text(f"principals:\n  svc:\n    keys: ['{hash_key(issued)}']\n    append: [Order]\n")
     access_main(["check", str(path)])
     assert "svc: append ['Order']" in capsys.readouterr().out
-    path.write_text("principals:\n  svc:\n    append: Order\n")
-    with pytest.raises(SystemExit) as exit_code:
-        access_main(["check", str(path)])
-    assert exit_code.value.code == 2
+    quotas = "    quotas: {append_bytes_per_s: 1048576, append_bytes_burst: 4194304}\n"
+    path.write_text(path.read_text() + quotas)
+    access_main(["check", str(path)])
+    assert "quotas append_bytes_per_s 1048576, append_bytes_burst 4194304" in (
+        capsys.readouterr().out
+    )
+    zero_rate = path.read_text().replace("1048576", "0")
+    for wrong in ("principals:\n  svc:\n    append: Order\n", zero_rate):
+        path.write_text(wrong)
+        with pytest.raises(SystemExit) as exit_code:
+            access_main(["check", str(path)])
+        assert exit_code.value.code == 2
+    assert "append_bytes_per_s: must be a positive number" in capsys.readouterr().err
     assert ANY_TYPE == "*"

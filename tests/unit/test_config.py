@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from eventstore.config import ConfigError, KafkaSettings, ServerSettings, load
+from eventstore.domain.access import Quotas
 
 
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,3 +150,32 @@ def test_consumers_take_a_record_of_the_largest_size() -> None:
     # librdkafka's own rule, and room for one batch of the largest size plus framing.
     assert int(sizes["receive.message.max.bytes"]) >= int(sizes["fetch.max.bytes"]) + 512
     assert int(sizes["receive.message.max.bytes"]) > 10_000_000 + 512
+
+
+def test_default_quotas_and_their_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVENTSTORE_AUTH_DISABLED", "true")
+    settings = load(ServerSettings)
+    assert settings.max_concurrent_rpcs == 2048
+    assert settings.limits.default_quotas() == Quotas(
+        max_subscriptions=32, requests_per_s=5000, append_bytes_per_s=32 * 1024 * 1024
+    )
+    monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_REQUESTS_PER_S", "0")  # 0: no default
+    monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S", "0")
+    monkeypatch.setenv("EVENTSTORE_MAX_CONCURRENT_RPCS", "0")  # 0: unbounded
+    settings = load(ServerSettings)
+    assert settings.limits.default_quotas() == Quotas(max_subscriptions=32)
+    assert settings.max_concurrent_rpcs == 0
+    monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S", "-1")
+    with pytest.raises(ConfigError, match="EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S"):
+        load(ServerSettings)
+
+
+def test_in_flight_rpcs_leave_room_beside_every_subscription(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EVENTSTORE_AUTH_DISABLED", "true")
+    monkeypatch.setenv("EVENTSTORE_MAX_CONCURRENT_RPCS", "512")
+    with pytest.raises(ConfigError, match="EVENTSTORE_MAX_CONCURRENT_RPCS=512 must exceed"):
+        load(ServerSettings)
+    monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS", "100")
+    assert load(ServerSettings).max_concurrent_rpcs == 512

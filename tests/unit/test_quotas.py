@@ -1,5 +1,5 @@
-"""Subscriptions are bounded by default: per authenticated principal (unless its permissions
-quota says otherwise) and per server, whoever the callers."""
+"""Quotas: subscriptions bounded per principal and per server, rates of calls, appended events
+and appended bytes; the server's defaults for authenticated principals without their own."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def hold(limiter: QuotaLimiter, principal: Principal, count: int, stack: ExitSta
 
 
 def test_a_principal_without_a_quota_of_its_own_gets_the_default_bound() -> None:
-    limiter = QuotaLimiter(subscriptions_per_principal=3, subscriptions=100)
+    limiter = QuotaLimiter(defaults=Quotas(max_subscriptions=3), subscriptions=100)
     with ExitStack() as held:
         hold(limiter, ALICE, 3, held)
         with pytest.raises(QuotaExceeded) as refused:
@@ -32,7 +32,7 @@ def test_a_principal_without_a_quota_of_its_own_gets_the_default_bound() -> None
 
 
 def test_a_permissions_quota_overrides_the_default_either_way() -> None:
-    limiter = QuotaLimiter(subscriptions_per_principal=3, subscriptions=100)
+    limiter = QuotaLimiter(defaults=Quotas(max_subscriptions=3), subscriptions=100)
     more = Principal("more", quotas=Quotas(max_subscriptions=5))
     fewer = Principal("fewer", quotas=Quotas(max_subscriptions=1))
     with ExitStack() as held:
@@ -44,7 +44,7 @@ def test_a_permissions_quota_overrides_the_default_either_way() -> None:
 
 
 def test_the_server_bound_holds_across_principals_and_without_authentication() -> None:
-    limiter = QuotaLimiter(subscriptions_per_principal=3, subscriptions=5)
+    limiter = QuotaLimiter(defaults=Quotas(max_subscriptions=3), subscriptions=5)
     with ExitStack() as held:
         hold(limiter, ALICE, 3, held)
         hold(limiter, BOB, 2, held)
@@ -77,4 +77,102 @@ def test_every_call_counts_against_a_requests_quota() -> None:
     # The appended-events quota is a bucket of its own.
     both = Principal("both", quotas=Quotas(requests_per_s=1, append_events_per_s=100))
     limiter.take_request(both)
-    limiter.take_append(both, 50)
+    limiter.take_append(both, 50, 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+MIB = 1024 * 1024
+
+
+def test_appended_bytes_are_a_bucket_of_their_own() -> None:
+    clock = Clock()
+    limiter = QuotaLimiter(clock)
+    limited = Principal(
+        "limited", quotas=Quotas(append_bytes_per_s=MIB, append_bytes_burst=2 * MIB)
+    )
+    limiter.take_append(limited, 1, 2 * MIB)  # the whole burst
+    with pytest.raises(QuotaExceeded) as refused:
+        limiter.take_append(limited, 1, 10)
+    assert (refused.value.quota, refused.value.limit) == ("append_bytes_per_s", MIB)
+    assert refused.value.retry_after_s == pytest.approx(1 / MIB)  # positive again at once
+    assert "append_bytes_per_s (1048576)" in str(refused.value)
+    limiter.take_append(Principal("other"), 1, 10 * MIB)  # no quota, no default: unlimited
+    clock.now += 0.5
+    limiter.take_append(limited, 1, MIB // 2)  # half a second refilled half a MiB
+    with pytest.raises(QuotaExceeded):
+        limiter.take_append(limited, 1, 1)
+    # An append larger than the burst is admitted while the bucket is positive, then paid for.
+    clock.now += 10
+    limiter.take_append(limited, 1, 6 * MIB)
+    with pytest.raises(QuotaExceeded) as debt:
+        limiter.take_append(limited, 1, 1)
+    assert debt.value.retry_after_s == pytest.approx(4.0, abs=1e-3)
+    clock.now += 4.01
+    limiter.take_append(limited, 1, 1)
+
+
+def test_an_append_refused_by_one_bucket_costs_nothing_of_the_other() -> None:
+    clock = Clock()
+    limiter = QuotaLimiter(clock)
+    both = Principal(
+        "both",
+        quotas=Quotas(
+            append_events_per_s=1, append_burst=20, append_bytes_per_s=1, append_bytes_burst=2
+        ),
+    )
+    limiter.take_append(both, 10, 2)  # events: 10 left; bytes: 0
+    with pytest.raises(QuotaExceeded) as refused:
+        limiter.take_append(both, 10, 1)
+    assert refused.value.quota == "append_bytes_per_s"
+    clock.now += 1  # events: 11 (1 had the refused append been charged); bytes: 1
+    limiter.take_append(both, 11, 1)  # events: 0 (or -10); bytes: 0
+    clock.now += 1  # events: 1 (or -9: refused); bytes: 1
+    limiter.take_append(both, 1, 1)
+
+
+def test_defaults_bound_authenticated_principals_without_a_quota_of_their_own() -> None:
+    clock = Clock()
+    defaults = Quotas(requests_per_s=10, append_bytes_per_s=1000)
+    limiter = QuotaLimiter(clock, defaults=defaults)
+    for _ in range(10):  # a burst of one second's worth
+        limiter.take_request(ALICE)
+    with pytest.raises(QuotaExceeded) as refused:
+        limiter.take_request(ALICE)
+    assert (refused.value.quota, refused.value.limit) == ("requests_per_s", 10)
+    limiter.take_request(BOB)  # per principal
+    limiter.take_append(ALICE, 1, 1000)
+    with pytest.raises(QuotaExceeded) as over:
+        limiter.take_append(ALICE, 1, 1)
+    assert over.value.quota == "append_bytes_per_s"
+    # A quota of its own wins, higher or lower, each kind on its own: this one's requests are
+    # its own (3/s), its bytes the default.
+    own = Principal("own", quotas=Quotas(requests_per_s=3))
+    more = Principal("more", quotas=Quotas(requests_per_s=50, append_bytes_per_s=10_000))
+    for _ in range(3):
+        limiter.take_request(own)
+    with pytest.raises(QuotaExceeded):
+        limiter.take_request(own)
+    limiter.take_append(own, 1, 1000)
+    with pytest.raises(QuotaExceeded):
+        limiter.take_append(own, 1, 1)
+    for _ in range(50):
+        limiter.take_request(more)
+    limiter.take_append(more, 1, 10_000)
+    # A burst of its own over the default rate.
+    bursty = Principal("bursty", quotas=Quotas(requests_burst=20))
+    for _ in range(20):
+        limiter.take_request(bursty)
+    with pytest.raises(QuotaExceeded) as burst:
+        limiter.take_request(bursty)
+    assert burst.value.limit == 10
+    # Authentication off: every caller is one principal, bounded per server only.
+    for _ in range(100):
+        limiter.take_request(UNRESTRICTED)
+        limiter.take_append(UNRESTRICTED, 1000, MIB)
