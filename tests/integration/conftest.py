@@ -12,6 +12,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from cassandra.cluster import Cluster
@@ -20,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 from devstack import kafka, stack
 from devstack.processes import port_open
 from devstack.proxy import FaultProxy
-from eventstore.client import EventStoreClient
+from eventstore.client import EventStoreClient, RetryPolicy
 from eventstore.config import (
     CassandraSettings,
     KafkaSettings,
@@ -31,6 +32,7 @@ from eventstore.config import (
 from eventstore.search.setup import make_client
 from eventstore.server import RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, schema_cql
+from tests.integration.principals import Connect, default_keys, permissions_yaml
 
 pytestmark = pytest.mark.integration
 
@@ -235,6 +237,52 @@ async def server(server_settings: ServerSettings, start_server: StartServer) -> 
 async def client(server: RunningServer) -> AsyncIterator[EventStoreClient]:
     async with EventStoreClient(f"127.0.0.1:{server.port}") as c:
         yield c
+
+
+# Authentication on: a permissions file of the principals in principals.py.
+
+
+@pytest.fixture
+def permissions(tmp_path: Path) -> Path:
+    path = tmp_path / "permissions.yaml"
+    path.write_text(permissions_yaml(default_keys(), {}))
+    return path
+
+
+@pytest.fixture
+async def secure_server(
+    server_settings: ServerSettings, start_server: StartServer, permissions: Path
+) -> RunningServer:
+    return await start_server(
+        server_settings.model_copy(
+            update={
+                "auth_disabled": False,
+                "permissions_file": permissions,
+                "permissions_reload_s": 0.2,
+                "subscription_heartbeat_s": 0.5,
+            }
+        )
+    )
+
+
+@pytest.fixture
+async def connect(secure_server: RunningServer) -> AsyncIterator[Connect]:
+    clients: list[EventStoreClient] = []
+
+    def make(api_key: str | None = None, **options: object) -> EventStoreClient:
+        options.setdefault("retry", RetryPolicy(attempts=1))  # see every refusal
+        client = EventStoreClient(
+            f"127.0.0.1:{secure_server.port}",
+            api_key=api_key,
+            timeout_s=10,
+            **options,  # type: ignore[arg-type]
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
 
 
 # Fault proxies: fail one test's connections to a shared service, never the service itself.
