@@ -4,9 +4,11 @@ The server runs in its own process with a permissions file; the noisy principal 
 second process (several workers, ignoring retry-after: the worst neighbour) with appends, reads
 (`--kind read`: GetAggregate of one aggregate, against a `requests_per_s` quota with
 `--requests-quota`), subscriptions opened and held (`--kind subscribe`, against the default
-bound per principal) or 8 MiB appends without a credential (`--kind unauthenticated`), and
-this process measures the quiet principal's single-event
-appends before and during the flood. Prints numbers; asserts nothing.
+bound per principal), 8 MiB appends without a credential (`--kind unauthenticated`) or
+appends of one 1 MiB event (`--kind bytes`, against the principal's bytes quota: its own with
+`--bytes-quota`, else the server's default), and this process measures the quiet principal's
+single-event appends before and during the flood. Quotas left at 0 are the server's defaults
+(EVENTSTORE_LIMIT_DEFAULT_*). Prints numbers; asserts nothing.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ async def flood(address: str, key: str, workers: int, seconds: float, kind: str)
     deadline = time.monotonic() + seconds
 
     held: list[asyncio.Task[None]] = []
+    large = b"x" * (1024 * 1024 - 64)  # within EVENTSTORE_LIMIT_MAX_EVENT_BYTES
     unauthenticated = b"\x0a\x01x" + b"\x22" + _varint(8 * 1024 * 1024) + b"x" * (8 * 1024 * 1024)
 
     async def hold(client: EventStoreClient, opened: asyncio.Event) -> None:
@@ -97,7 +100,12 @@ async def flood(address: str, key: str, workers: int, seconds: float, kind: str)
                         continue
                 else:
                     aggregate = f"noisy-{os.getpid()}-{w}"
-                    await client.append(aggregate, "Payment", [Event("Paid", {})])
+                    event = (
+                        Event("Paid", large, content_type="application/octet-stream")
+                        if kind == "bytes"
+                        else Event("Paid", {})
+                    )
+                    await client.append(aggregate, "Payment", [event])
                 admitted += 1
             except ResourceExhaustedError:
                 refused += 1
@@ -134,7 +142,11 @@ async def main(args: argparse.Namespace) -> None:
     await apply_schema(CassandraSettings(keyspace=KEYSPACE))
     quiet_key, noisy_key = new_key(), new_key()
     permissions = Path(tempfile.mkdtemp()) / "permissions.yaml"
-    quotas = {"append_events_per_s": args.quota, "requests_per_s": args.requests_quota}
+    quotas = {
+        "append_events_per_s": args.quota,
+        "requests_per_s": args.requests_quota,
+        "append_bytes_per_s": args.bytes_quota,
+    }
     chosen = ", ".join(f"{name}: {value}" for name, value in quotas.items() if value)
     permissions.write_text(
         "principals:\n"
@@ -143,7 +155,11 @@ async def main(args: argparse.Namespace) -> None:
         "    append: [Payment]\n    read: [Payment]\n    subscribe: [Payment]\n"
         + (f"    quotas: {{{chosen}}}\n" if chosen else "")
     )
-    print(f"noisy principal floods with {args.kind}s; quotas: {chosen or 'none'}", flush=True)
+    print(
+        f"noisy principal floods with {args.kind}; quotas: {chosen or 'none'} "
+        "(and the server's defaults for the others)",
+        flush=True,
+    )
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {
@@ -194,12 +210,23 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument(
-        "--quota", type=int, default=100, help="noisy principal's events/s (0: no quota)"
+        "--quota", type=int, default=100, help="noisy principal's events/s (0: none)"
     )
     parser.add_argument(
-        "--kind", choices=["append", "read", "subscribe", "unauthenticated"], default="append"
+        "--kind",
+        choices=["append", "read", "subscribe", "unauthenticated", "bytes"],
+        default="append",
     )
     parser.add_argument(
-        "--requests-quota", type=int, default=0, help="noisy principal's calls/s (0: none)"
+        "--requests-quota",
+        type=int,
+        default=0,
+        help="noisy principal's calls/s (0: the server's default)",
+    )
+    parser.add_argument(
+        "--bytes-quota",
+        type=int,
+        default=0,
+        help="noisy principal's appended bytes/s (0: the server's default)",
     )
     asyncio.run(main(parser.parse_args()))

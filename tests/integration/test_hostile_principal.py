@@ -814,11 +814,11 @@ async def test_server_defaults_bound_principals_without_quotas_of_their_own(
         EventStoreClient(address, api_key=KEYS["billing"], retry=one_try) as billing,
     ):
         # orders has no quota: 3 calls a second (a burst of 3), any RPC.
-        outcomes = await asyncio.gather(
+        at_once = await asyncio.gather(
             *(refusals([orders.get_aggregate(f"order-{i}")]) for i in range(10))
         )
-        refused_calls = [o for (o,) in outcomes if o is not None]
-        assert len(refused_calls) >= 5, outcomes
+        refused_calls = [o for (o,) in at_once if o is not None]
+        assert len(refused_calls) >= 5, at_once
         assert {quota_of(r) for r in refused_calls} == {("requests_per_s", "requests_per_s is 3")}
         # payments has an events quota of its own, not a bytes one: 50,000 bytes a second.
         ids = [f"payment-{i}" for i in range(3)]
