@@ -41,7 +41,6 @@ from eventstore.domain.events import Direction
 from eventstore.search.setup import make_client
 from eventstore.server import RunningServer
 from eventstore.storage.cassandra import CassandraEventStorage
-from eventstore.v1 import eventstore_pb2
 from eventstore.v1 import eventstore_pb2 as pb
 from tests.integration.conftest import StartServer
 from tests.integration.principals import (
@@ -904,12 +903,12 @@ async def test_requests_without_a_valid_credential_are_refused_before_they_are_r
     await server.start()
     assert server.process is not None
     pid = server.process.pid
-    big = eventstore_pb2.AppendRequest(
+    big = pb.AppendRequest(
         aggregate_id="order-flood",
         aggregate_type="Order",
-        expected_version=eventstore_pb2.ExpectedVersion(exact=0),
+        expected_version=pb.ExpectedVersion(exact=0),
         events=[
-            eventstore_pb2.EventData(
+            pb.EventData(
                 event_id=str(uuid.uuid4()), event_type="Placed", data=b"x" * (8 * 1024 * 1024)
             )
         ],
