@@ -47,17 +47,18 @@ def summary(samples: list[float]) -> str:
 
 async def quiet(address: str, key: str, count: int) -> str:
     """The quiet principal's latencies, and how many of its appends failed (none should)."""
-    latencies, failed = [], 0
+    latencies: list[float] = []
+    failed: list[str] = []
     async with EventStoreClient(address, api_key=key, retry=RetryPolicy(attempts=1)) as client:
         for i in range(count):
             started = time.perf_counter()
             try:
                 await client.append(f"quiet-{os.getpid()}-{i % 10}", "Order", [Event("Placed", {})])
-            except ClientError:
-                failed += 1
+            except ClientError as exc:
+                failed.append(exc.code.name)
                 continue
             latencies.append(time.perf_counter() - started)
-    return f"{summary(latencies)}, {failed} failed"
+    return f"{summary(latencies)}, {len(failed)} failed {sorted(set(failed))}"
 
 
 def _varint(value: int) -> bytes:

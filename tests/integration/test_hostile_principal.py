@@ -38,6 +38,7 @@ from eventstore.client import (
 )
 from eventstore.config import CassandraSettings, LimitSettings, ServerSettings
 from eventstore.domain.events import Direction
+from eventstore.domain.snapshots import Snapshot
 from eventstore.search.setup import make_client
 from eventstore.server import RunningServer
 from eventstore.storage.cassandra import CassandraEventStorage
@@ -244,7 +245,10 @@ def _text(message: Any) -> str:
 class VictimState:
     events: list[Any]
     aggregate: Any
-    snapshot: bytes
+    #: every field, its state's bytes and time included
+    snapshot: Snapshot
+    #: at or below version 1, where a hostile SaveSnapshot would have put one
+    earlier_snapshot: Snapshot | None
     #: OpenSearch documents of Order events: index, _id, _version, _seq_no, _source
     documents: list[tuple[Any, ...]]
     #: the end offset of each partition of the Order topic
@@ -300,12 +304,8 @@ async def victim_state(
     return VictimState(
         events=await storage.read(VICTIM, 1, Direction.FORWARDS, 1000),
         aggregate=await storage.describe(VICTIM),
-        snapshot=pb.Snapshot(
-            aggregate_id=snapshot.aggregate_id,
-            version=snapshot.version,
-            state=snapshot.state,
-            state_type=snapshot.state_type,
-        ).SerializeToString(),
+        snapshot=snapshot,
+        earlier_snapshot=await auditor.get_snapshot(VICTIM, 1),
         documents=await asyncio.to_thread(documents),
         topic_ends=await asyncio.to_thread(topic_ends),
     )
@@ -338,6 +338,7 @@ async def test_no_request_changes_or_reveals_anything_of_a_type_without_a_grant(
         before = await victim_state(cassandra_storage, secure_server, auditor)
         assert len(before.events) == 2
         assert len(before.documents) == 2
+        assert before.earlier_snapshot is None
         made_up = [str(uuid.uuid4()), str(uuid.uuid4())]
         address = f"127.0.0.1:{secure_server.port}"
         async with grpc.aio.insecure_channel(address) as channel:
