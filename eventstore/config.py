@@ -289,7 +289,7 @@ class LimitSettings(BaseSettings):
     default_requests_per_s: float = Field(5000, ge=0)
     #: Append request bytes per second one authenticated principal may send to one server,
     #: unless its permissions entry sets `quotas.append_bytes_per_s`; 0: no default.
-    default_append_bytes_per_s: int = Field(32 * 1024 * 1024, ge=0)
+    default_append_bytes_per_s: int = Field(8 * 1024 * 1024, ge=0)
 
     def to_limits(self) -> Limits:
         return Limits(

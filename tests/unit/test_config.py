@@ -157,7 +157,7 @@ def test_default_quotas_and_their_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load(ServerSettings)
     assert settings.max_concurrent_rpcs == 2048
     assert settings.limits.default_quotas() == Quotas(
-        max_subscriptions=32, requests_per_s=5000, append_bytes_per_s=32 * 1024 * 1024
+        max_subscriptions=32, requests_per_s=5000, append_bytes_per_s=8 * 1024 * 1024
     )
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_REQUESTS_PER_S", "0")  # 0: no default
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S", "0")
