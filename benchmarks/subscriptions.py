@@ -55,13 +55,12 @@ async def hold(address: str, count: int) -> None:
                     ready.set()
 
     clients = [
-        EventStoreClient(address) for _ in range((count + STREAMS_PER_CLIENT - 1) // STREAMS_PER_CLIENT)
+        EventStoreClient(address)
+        for _ in range((count + STREAMS_PER_CLIENT - 1) // STREAMS_PER_CLIENT)
     ]
     for client in clients:
         await client.__aenter__()
-    tasks = [
-        asyncio.create_task(one(clients[n // STREAMS_PER_CLIENT], n)) for n in range(count)
-    ]
+    tasks = [asyncio.create_task(one(clients[n // STREAMS_PER_CLIENT], n)) for n in range(count)]
     if count:
         await ready.wait()
     print("held", flush=True)
