@@ -82,6 +82,7 @@ bench: migrate  ## append, publication, indexing and query figures against the r
 	$(PY) -m benchmarks.quotas --kind read --quota 0 --requests-quota 100
 	$(PY) -m benchmarks.quotas --kind subscribe --quota 0
 	$(PY) -m benchmarks.quotas --kind unauthenticated --quota 0
+	$(PY) -m benchmarks.subscriptions
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay
 
