@@ -84,6 +84,7 @@ bench: migrate  ## append, publication, indexing and query figures against the r
 	$(PY) -m benchmarks.quotas --kind unauthenticated --quota 0
 	$(PY) -m benchmarks.quotas --kind bytes --quota 0
 	$(PY) -m benchmarks.quotas --kind bytes --quota 0 --bytes-quota 4194304
+	$(PY) -m benchmarks.subscriptions
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay
 

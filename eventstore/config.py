@@ -278,8 +278,8 @@ class LimitSettings(BaseSettings):
     max_snapshot_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_filter_types: int = Field(100, ge=1)
     #: Subscriptions one principal may hold open on one server process (its permissions-file
-    #: quota `max_subscriptions` overrides it). Each holds a Kafka consumer: threads, sockets,
-    #: memory.
+    #: quota `max_subscriptions` overrides it). One catching up holds a Kafka consumer
+    #: (threads, sockets); live ones share one per process and hold a queue of about 1 MiB.
     max_subscriptions_per_principal: int = Field(32, ge=1)
     #: Subscriptions one server process holds open in all, whoever the callers (also without
     #: authentication, where every caller is one principal).

@@ -41,6 +41,7 @@ from eventstore.ports import (
 )
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
+from eventstore.publishing.shared_tail import SharedTailLog
 from eventstore.search.opensearch import OpenSearchEventIndex
 from eventstore.sizes import (
     GRPC_MAX_MESSAGE_BYTES,
@@ -104,12 +105,15 @@ class Components:
             owned.push_async_callback(publisher.close)
             index = OpenSearchEventIndex(settings.opensearch, topic_of=settings.kafka.topic)
             owned.push_async_callback(index.close)
+            # Live subscriptions share one Kafka consumer; only catching up takes one each.
+            log = SharedTailLog(KafkaEventLog(settings.kafka))
+            owned.push_async_callback(log.close)
             return cls(
                 storage=storage,
                 outbox=outbox,
                 publisher=publisher,
                 catalog=catalog,
-                log=KafkaEventLog(settings.kafka),
+                log=log,
                 index=index,
                 snapshots=snapshots,
                 owned=owned.pop_all(),

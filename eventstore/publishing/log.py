@@ -1,10 +1,10 @@
-"""EventLog on Kafka: each subscription reads the topics itself, with its own consumer.
+"""EventLog on Kafka: a reader of the topics with a consumer of its own.
 
-One consumer per subscription keeps subscriptions independent: a slow one simply reads
-later (its consumer fetches at most ~1 MB ahead), and never holds back appends or other
-subscribers. Offsets are ours (no consumer-group commits): the checkpoint is the position.
-Reads never block the event loop: consume() is called with a zero timeout and the reader
-sleeps briefly when nothing has arrived.
+A subscription catches up with one (a slow one simply reads later: its consumer fetches at
+most ~1 MB ahead, and never holds back appends or other subscribers); live subscriptions
+share one (publishing/shared_tail.py). Offsets are ours (no consumer-group commits): the
+checkpoint is the position. Reads never block the event loop: consume() is called with a zero
+timeout and the reader sleeps briefly when nothing has arrived.
 """
 
 from __future__ import annotations

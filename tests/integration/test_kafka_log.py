@@ -11,6 +11,7 @@ from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import Limits
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
+from eventstore.publishing.shared_tail import SharedTailLog
 from tests.contract.log import EventLogContract, Publish
 
 pytestmark = pytest.mark.integration
@@ -34,3 +35,14 @@ class TestKafkaEventLog(EventLogContract):
 
         yield publish
         await publisher.close()
+
+
+class TestSharedTailOverKafka(TestKafkaEventLog):
+    """The same contract through the shared tail: a reader hands over from its own consumer
+    to the tail once caught up."""
+
+    @pytest.fixture
+    async def log(self, kafka_settings: KafkaSettings) -> AsyncIterator[SharedTailLog]:
+        shared = SharedTailLog(KafkaEventLog(kafka_settings), idle_wait_s=0.05)
+        yield shared
+        await shared.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import statistics
 import time
@@ -244,3 +245,66 @@ async def test_bad_subscriptions_are_refused(
         async for _ in client.subscribe(event_types=["bad type"]):
             pass
     assert caught.value.fields == ["event_types[0]"]
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+async def test_live_subscriptions_share_one_consumer(client: EventStoreClient) -> None:
+    """Each subscription was its own Kafka consumer (about four librdkafka threads and as many
+    sockets each, however idle): live ones now share one tail of the log."""
+    await client.append("shared-0", "Shared", [Event("Made", {})])
+    before = threads()
+    streams = [
+        Collector(client.subscribe(aggregate_types=["Shared"], start="end")) for _ in range(10)
+    ] + [
+        Collector(client.subscribe(aggregate_id=f"shared-{n}", aggregate_types=["Shared"]))
+        for n in range(10)
+    ]
+    for stream in streams:
+        await stream.wait_for(lambda c: bool(c.caught_up_at))
+    deadline = time.monotonic() + 30
+    while threads() - before > 12:  # the tail's consumer, gRPC's own; not 20 consumers'
+        assert time.monotonic() < deadline, f"{threads() - before} more threads"
+        await asyncio.sleep(0.2)
+    event = Event("Made", {"n": 1})
+    await client.append("shared-1", "Shared", [event])
+    for n, stream in enumerate(streams):
+        if n < 10 or n == 11:
+            await stream.wait_for(arrived(str(event.event_id)), within=10)
+    await asyncio.sleep(0.5)
+    # From the end: the first event too, if the relay published it after the stream opened.
+    assert all([e.event_id for e in s.events][-1:] == [event.event_id] for s in streams[:10])
+    assert all(len(s.events) <= 2 for s in streams[:10])
+    assert [len(s.events) for s in streams[10:]] == [1, 1] + [0] * 8
+    for stream in streams:
+        await stream.stop()
+
+
+async def test_hand_over_to_the_shared_tail_during_appends(client: EventStoreClient) -> None:
+    """Subscriptions that start with history read it on their own consumer and join the
+    shared tail while appends go on: nothing missed, nothing twice, versions in order."""
+    for i in range(60):
+        await client.append(f"hand-{i % 6}", "Hand", [Event("Before", {"i": i})])
+    writing = asyncio.Event()
+
+    async def writer(w: int) -> None:
+        for i in range(25):
+            await client.append(f"hand-{(w + i) % 6}", "Hand", [Event("During", {"i": i})])
+            writing.set()
+            await asyncio.sleep(0.01)
+
+    writers = asyncio.gather(*(writer(w) for w in range(4)))
+    await writing.wait()
+    wide = Collector(client.subscribe(aggregate_types=["Hand"]))
+    one = Collector(client.subscribe(aggregate_id="hand-2"))
+    await writers
+    stored = [e for n in range(6) for e in await client.read_all(f"hand-{n}")]
+    await wide.wait_for(events_at_least(len(stored)))
+    await one.wait_for(events_at_least(sum(e.aggregate_id == "hand-2" for e in stored)))
+    await wide.settle()
+    assert_exactly(wide.events, stored)
+    assert_exactly(one.events, [e for e in stored if e.aggregate_id == "hand-2"])
+    await wide.stop()
+    await one.stop()

@@ -4,7 +4,7 @@ checkpoints to resume from, filters, repeated and late copies."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -22,6 +22,8 @@ from eventstore.domain.subscriptions import (
     SubscriptionItem,
     decode_checkpoint,
 )
+from eventstore.ports import EventLog
+from eventstore.publishing.shared_tail import SharedTailLog
 from eventstore.storage.memory import InMemoryEventStorage
 from eventstore.usecases.subscribe import RecentVersions, Subscribe
 from tests.contract.publisher import recorded
@@ -35,10 +37,16 @@ Items = AsyncGenerator[SubscriptionItem, None]
 
 
 class World:
-    def __init__(self) -> None:
+    def __init__(self, shared: bool) -> None:
         self.storage = InMemoryEventStorage()
         self.log = InMemoryEventLog()
-        self.subscribe = Subscribe(self.storage, self.log, heartbeat_s=3600)
+        #: what subscriptions read: the log itself, or one tail of it shared by the live ones
+        self.source: EventLog = SharedTailLog(self.log, idle_wait_s=0.01) if shared else self.log
+        self.subscribe = Subscribe(self.storage, self.source, heartbeat_s=3600)
+
+    async def close(self) -> None:
+        if isinstance(self.source, SharedTailLog):
+            await self.source.close()
 
     async def commit(
         self,
@@ -59,6 +67,15 @@ class World:
 
     def open(self, subscription: SubscriptionFilter, start: Start = BEGINNING) -> Items:
         return self.subscribe(subscription, start, UNRESTRICTED)
+
+
+@pytest.fixture(params=[False, True], ids=["own readers", "shared tail"])
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """Every guarantee holds whether subscriptions read the log each on their own or share
+    its tail once live."""
+    world = World(shared=request.param)
+    yield world
+    await world.close()
 
 
 async def take(items: Items, count: int) -> list[SubscriptionItem]:
@@ -82,8 +99,7 @@ async def nothing_more(items: Items) -> None:
 # --- one aggregate ---------------------------------------------------------------------
 
 
-async def test_history_then_caught_up_then_live_with_version_checkpoints() -> None:
-    world = World()
+async def test_history_then_caught_up_then_live_with_version_checkpoints(world: World) -> None:
     await world.commit("a", 3)
     await world.commit("b", 1)
     items = world.open(SubscriptionFilter(aggregate_id="a"))
@@ -97,11 +113,11 @@ async def test_history_then_caught_up_then_live_with_version_checkpoints() -> No
     assert shown(await take(items, 2)) == [("a", 4), ("a", 5)]
     await nothing_more(items)
     await items.aclose()
+    await world.close()
     assert all(reader.closed for reader in world.log.readers)
 
 
-async def test_resume_from_a_checkpoint_and_from_the_end() -> None:
-    world = World()
+async def test_resume_from_a_checkpoint_and_from_the_end(world: World) -> None:
     await world.commit("a", 4)
     checkpoint = Start(StartAt.CHECKPOINT, AggregateCheckpoint("a", 2))
     resumed = world.open(SubscriptionFilter(aggregate_id="a"), checkpoint)
@@ -115,8 +131,9 @@ async def test_resume_from_a_checkpoint_and_from_the_end() -> None:
     assert shown(await take(resumed, 1)) == [("a", 5)]
 
 
-async def test_repeated_copies_are_skipped_and_a_late_gap_is_filled_from_the_store() -> None:
-    world = World()
+async def test_repeated_copies_are_skipped_and_a_late_gap_is_filled_from_the_store(
+    world: World,
+) -> None:
     first = await world.commit("a", 2)
     items = world.open(SubscriptionFilter(aggregate_id="a"))
     assert shown(await take(items, 3)) == [("a", 1), ("a", 2), "caught up"]
@@ -128,8 +145,7 @@ async def test_repeated_copies_are_skipped_and_a_late_gap_is_filled_from_the_sto
     await nothing_more(items)
 
 
-async def test_event_type_filter_still_moves_the_checkpoint() -> None:
-    world = World()
+async def test_event_type_filter_still_moves_the_checkpoint(world: World) -> None:
     await world.commit("a", 1, event_type="Created")
     await world.commit("a", 2, event_type="Noise")
     items = world.open(SubscriptionFilter(aggregate_id="a", event_types=frozenset({"Created"})))
@@ -138,8 +154,7 @@ async def test_event_type_filter_still_moves_the_checkpoint() -> None:
     assert decode_checkpoint(marker.checkpoint) == AggregateCheckpoint("a", 3)
 
 
-async def test_an_aggregate_without_events_needs_its_one_type() -> None:
-    world = World()
+async def test_an_aggregate_without_events_needs_its_one_type(world: World) -> None:
     with pytest.raises(InvalidArgument) as refused:
         await anext(world.open(SubscriptionFilter(aggregate_id="new")))
     assert [v.field for v in refused.value.violations] == ["aggregate_types"]
@@ -149,8 +164,7 @@ async def test_an_aggregate_without_events_needs_its_one_type() -> None:
     assert shown(await take(items, 1)) == [("new", 1)]
 
 
-async def test_checkpoints_of_another_subscription_are_refused() -> None:
-    world = World()
+async def test_checkpoints_of_another_subscription_are_refused(world: World) -> None:
     await world.commit("a", 1)
     wrong: list[tuple[SubscriptionFilter, Checkpoint]] = [
         (SubscriptionFilter(aggregate_id="a"), AggregateCheckpoint("b", 1)),
@@ -166,8 +180,7 @@ async def test_checkpoints_of_another_subscription_are_refused() -> None:
 # --- many aggregates -------------------------------------------------------------------
 
 
-async def test_wide_filters_from_the_log_with_duplicates_dropped() -> None:
-    world = World()
+async def test_wide_filters_from_the_log_with_duplicates_dropped(world: World) -> None:
     a = await world.commit("a", 2, aggregate_type="Order")
     await world.commit("p", 1, aggregate_type="Payment")
     await world.log.send(a)  # published twice (the relay after a crash)
@@ -182,8 +195,7 @@ async def test_wide_filters_from_the_log_with_duplicates_dropped() -> None:
     await nothing_more(orders)
 
 
-async def test_a_log_checkpoint_resumes_exactly_after_what_was_delivered() -> None:
-    world = World()
+async def test_a_log_checkpoint_resumes_exactly_after_what_was_delivered(world: World) -> None:
     await world.commit("a", 3)
     items = world.open(SubscriptionFilter())
     _, second = await take(items, 2)
@@ -195,9 +207,8 @@ async def test_a_log_checkpoint_resumes_exactly_after_what_was_delivered() -> No
     assert shown(await take(resumed, 3)) == [("a", 3), ("a", 4), "caught up"]
 
 
-async def test_from_the_end_only_later_events_and_a_heartbeat_when_idle() -> None:
-    world = World()
-    world.subscribe = Subscribe(world.storage, world.log, heartbeat_s=0.05)
+async def test_from_the_end_only_later_events_and_a_heartbeat_when_idle(world: World) -> None:
+    world.subscribe = Subscribe(world.storage, world.source, heartbeat_s=0.05)
     await world.commit("a", 2)
     items = world.open(SubscriptionFilter(event_types=frozenset({"Wanted"})), END)
     (marker,) = await take(items, 1)
@@ -227,9 +238,10 @@ async def test_dedupe_memory_is_bounded_and_forgets_the_least_recent_aggregates(
     assert not recent.is_repeat(events[0]), "a forgotten one's copy is delivered again"
 
 
-async def test_a_wide_subscription_with_a_small_budget_still_drops_recent_repeats() -> None:
-    world = World()
-    world.subscribe = Subscribe(world.storage, world.log, heartbeat_s=3600, dedupe_bytes=1)
+async def test_a_wide_subscription_with_a_small_budget_still_drops_recent_repeats(
+    world: World,
+) -> None:
+    world.subscribe = Subscribe(world.storage, world.source, heartbeat_s=3600, dedupe_bytes=1)
     a = await world.commit("a", 2)
     await world.log.send(a[-1:])  # a repeated copy right behind the original
     items = world.open(SubscriptionFilter())
