@@ -120,7 +120,7 @@ def answers(hosts: str) -> bool:
     if not port_open(host, int(port or 9042)):
         return False
     # The venv's driver, imported late: `down` runs on the system Python, which lacks it.
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
     from cassandra.policies import WhiteListRoundRobinPolicy
 
     # Asked of this node only: in a cluster, another node answering proves nothing of this one.
@@ -129,7 +129,11 @@ def answers(hosts: str) -> bool:
         port=int(port or 9042),
         connect_timeout=5,
         control_connection_timeout=5,
-        load_balancing_policy=WhiteListRoundRobinPolicy([host]),
+        execution_profiles={
+            EXEC_PROFILE_DEFAULT: ExecutionProfile(
+                load_balancing_policy=WhiteListRoundRobinPolicy([host])
+            )
+        },
     )
     try:
         session = cluster.connect()

@@ -128,6 +128,14 @@ class KafkaSettings(_FileBacked):
     )
     partitions: int = Field(6, ge=1, description="Partitions of each event topic we create")
     replication_factor: int = Field(1, ge=1, description="Replication of each topic we create")
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of each topic we create: with the producer's acks=all, "
+        "the replicas that must hold a record before it is published (2 with a replication "
+        "factor of 3 survives one broker's loss without losing or refusing a record); unset: "
+        "the brokers' default",
+    )
     shutdown_flush_s: float = Field(
         10.0, ge=0, description="At shutdown, wait this long for queued records to be confirmed"
     )
@@ -159,6 +167,18 @@ class KafkaSettings(_FileBacked):
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            # Every acks=all write to such a topic would be refused (NOT_ENOUGH_REPLICAS).
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) exceeds replication_factor "
+                f"({self.replication_factor}): every publication would be refused"
+            )
+        return self
 
     def topic(self, aggregate_type: str) -> str:
         return f"{self.topic_prefix}{aggregate_type}"
