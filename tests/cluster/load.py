@@ -17,7 +17,8 @@ from eventstore.client import (
     RetryPolicy,
     WrongExpectedVersionError,
 )
-from eventstore.config import KafkaSettings, OpenSearchSettings
+from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
+from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import Direction
 from eventstore.search.setup import make_client
 from eventstore.storage.cassandra import CassandraEventStorage
@@ -113,11 +114,26 @@ class Load:
         return op
 
 
-async def stored(storage: CassandraEventStorage, aggregates: Sequence[str]) -> Holding:
+async def stored(settings: CassandraSettings, aggregates: Sequence[str]) -> Holding:
+    """Every aggregate's events, read at QUORUM; a node that has just restarted may time out
+    a read or two, which is asked again (the checker's reads are not what is under test)."""
+    storage = await CassandraEventStorage.connect(
+        settings.model_copy(update={"request_timeout_s": 30})
+    )
     found: dict[str, list[tuple[int, str]]] = {}
-    for aggregate in aggregates:
-        events = await storage.read(aggregate, 1, Direction.FORWARDS, 100_000)
-        found[aggregate] = [(e.version, str(e.event_id)) for e in events]
+    try:
+        for aggregate in aggregates:
+            for attempt in range(5):
+                try:
+                    events = await storage.read(aggregate, 1, Direction.FORWARDS, 100_000)
+                    break
+                except StorageUnavailable:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(2)
+            found[aggregate] = [(e.version, str(e.event_id)) for e in events]
+    finally:
+        await storage.close()
     return found
 
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from devstack import cluster
-from eventstore.storage.cassandra import CassandraEventStorage
+from devstack.service import Service
 from tests.cluster.conftest import ClusterSettings, Nodes
-from tests.cluster.load import Load, indexed, published, stored
+from tests.cluster.load import AGGREGATE_TYPE, Load, indexed, published, stored
 from tests.history import check
 from tests.integration.test_indexer import IndexerProcess
 from tests.integration.test_restart import ServerProcess, free_port
@@ -80,11 +82,7 @@ async def run_fault(
         await fault()
         await asyncio.sleep(after_s)
     summary: dict[str, object] = {"fault": name, **load.history.summary(load.started, load.ended)}
-    storage = await CassandraEventStorage.connect(settings.cassandra)
-    try:
-        held = await stored(storage, load.aggregates)
-    finally:
-        await storage.close()
+    held = await stored(settings.cassandra, load.aggregates)
     total = sum(len(events) for events in held.values())
     in_kafka = await asyncio.to_thread(published, settings.kafka, total)
     in_index = await indexed(settings.opensearch, total)
@@ -111,6 +109,74 @@ async def test_sigkill_of_one_cassandra_node_loses_nothing_and_fails_no_append(
     assert summary["failed"] == 0
     assert summary["unknown"] == 0
     assert summary["acknowledged"] == summary["attempted"]
+
+
+async def test_a_hung_cassandra_node_loses_nothing_and_fails_no_append(
+    nodes: Nodes, cluster_settings: ClusterSettings, servers: Servers, indexer: None
+) -> None:
+    """SIGSTOP: the node keeps its sockets open but answers nothing (a GC pause, a stuck
+    disk), which a dead node's refused connections do not show."""
+    targets = await servers.start(1)
+    victim = cluster.CASSANDRA_NODES[2]
+
+    async def hang() -> None:
+        nodes.pause(victim)
+        await asyncio.sleep(20)
+        nodes.resume(victim)
+        await nodes.settled()
+
+    summary = await run_fault("sigstop cassandra node 20 s", cluster_settings, targets, hang)
+    assert summary["failed"] == 0
+    assert summary["unknown"] == 0
+
+
+async def test_sigkill_of_the_busiest_kafka_leader_loses_nothing(
+    nodes: Nodes, cluster_settings: ClusterSettings, servers: Servers, indexer: None
+) -> None:
+    targets = await servers.start(1)
+
+    async def kill_leader() -> None:
+        victim = await asyncio.to_thread(
+            busiest_leader, cluster_settings.kafka.topic_prefix + AGGREGATE_TYPE
+        )
+        nodes.kill(victim)
+        await asyncio.sleep(8)
+        await nodes.restart(victim)
+
+    summary = await run_fault("sigkill kafka leader", cluster_settings, targets, kill_leader)
+    assert summary["failed"] == 0
+    assert summary["unknown"] == 0
+
+
+def busiest_leader(topic: str) -> Service:
+    """The broker leading most partitions of `topic` (node ids are 1-3, in address order)."""
+    admin = AdminClient({"bootstrap.servers": cluster.KAFKA_BOOTSTRAP, "log_level": 0})
+    partitions = admin.list_topics(topic, timeout=10).topics[topic].partitions.values()
+    leaders = Counter(p.leader for p in partitions)
+    leader, _ = leaders.most_common(1)[0]
+    return cluster.KAFKA_BROKERS[leader - 1]
+
+
+async def test_sigkill_of_one_server_replica_and_a_rolling_restart_lose_nothing(
+    nodes: Nodes, cluster_settings: ClusterSettings, servers: Servers, indexer: None
+) -> None:
+    """Three replicas behind one client target (round robin): one is killed mid-load and
+    started again, then each is stopped (SIGTERM) and started in turn, as a rollout does."""
+    addresses = await servers.start(3)
+    target = "ipv4:" + ",".join(addresses)
+
+    async def kill_then_roll() -> None:
+        await servers.replicas[0].kill()
+        await asyncio.sleep(5)
+        await servers.replicas[0].start()
+        for replica in servers.replicas:
+            await replica.stop()
+            await replica.start()
+            await asyncio.sleep(2)
+
+    summary = await run_fault("server replicas", cluster_settings, [target], kill_then_roll)
+    assert summary["failed"] == 0
+    assert summary["unknown"] == 0
 
 
 async def test_two_cassandra_nodes_down_refuses_appends_then_recovers(
@@ -145,10 +211,6 @@ async def test_two_cassandra_nodes_down_refuses_appends_then_recovers(
         op for op in load.history.ops if op.outcome == "ok" and op.started > outage["to"]
     ]
     assert acked_after, "appends did not succeed again once the quorum was back"
-    storage = await CassandraEventStorage.connect(cluster_settings.cassandra)
-    try:
-        held = await stored(storage, load.aggregates)
-    finally:
-        await storage.close()
+    held = await stored(cluster_settings.cassandra, load.aggregates)
     problems = check(load.history, held)
     assert not problems, "\n".join(problems[:30])
