@@ -145,6 +145,12 @@ async def cluster_settings(cluster_keyspace: str) -> ClusterSettings:
         OpenSearchSettings(index_prefix=name),
     )
     await migrate(settings.cassandra, settings.kafka, settings.opensearch)
+    # A node killed before the keyspace's schema reached it was seen never to pull it (its
+    # peers kept other schema versions): no fault before every node has every table.
+    deadline = time.monotonic() + 120
+    while not await asyncio.to_thread(cluster.has_keyspace, cluster_keyspace):
+        assert time.monotonic() < deadline, f"keyspace {cluster_keyspace} did not reach every node"
+        await asyncio.sleep(1)
     return settings
 
 
