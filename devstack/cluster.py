@@ -114,9 +114,10 @@ def settled() -> bool:
     return all(_sees_whole_ring(address) for address in ADDRESSES) and _brokers_registered()
 
 
-def has_keyspace(keyspace: str, tables: int) -> bool:
-    """Every node knows the keyspace's `tables` tables (schema reached each of them)."""
-    return all(_ask(address, _count_tables, keyspace) == tables for address in ADDRESSES)
+def has_keyspace(keyspace: str) -> bool:
+    """Every node knows the keyspace and the same tables of it (its schema reached each)."""
+    counts = {_ask(address, _count_tables, keyspace) for address in ADDRESSES}
+    return len(counts) == 1 and (counts.pop() or 0) > 0
 
 
 def _sees_whole_ring(address: str) -> bool:
