@@ -146,33 +146,41 @@ def published(kafka: KafkaSettings, expected: int) -> Holding:
     return found
 
 
-async def indexed(opensearch: OpenSearchSettings, expected: int, timeout_s: float = 120) -> Holding:
-    """The documents once `expected` of them are searchable (or the time is up)."""
+async def indexed(
+    opensearch: OpenSearchSettings,
+    aggregates: Sequence[str],
+    expected: int,
+    timeout_s: float = 120,
+) -> Holding:
+    """Each aggregate's documents, once `expected` documents in all are searchable (or the time
+    is up); asked per aggregate, each well under a search's 10,000 hits."""
     client = make_client(opensearch)
     index = f"{opensearch.index_prefix}-*"
-    body = {"size": 10_000, "_source": ["aggregate_id", "version", "event_id"]}
+
+    def count() -> int:
+        client.indices.refresh(index=index, ignore_unavailable=True)
+        found = client.count(index=index, ignore_unavailable=True, allow_no_indices=True)
+        return int(found["count"])
+
+    def documents(aggregate: str) -> list[tuple[int, str]]:
+        body = {
+            "size": 10_000,
+            "_source": ["version", "event_id"],
+            "query": {"term": {"aggregate_id": aggregate}},
+        }
+        hits = client.search(index=index, body=body)["hits"]["hits"]
+        assert len(hits) < 10_000, f"{aggregate}: too many documents to list in one search"
+        return [(int(h["_source"]["version"]), h["_source"]["event_id"]) for h in hits]
+
     deadline = time.monotonic() + timeout_s
     try:
-        while True:
-            await asyncio.to_thread(
-                answered, lambda: client.indices.refresh(index=index, ignore_unavailable=True)
-            )
-            response = await asyncio.to_thread(
-                answered,
-                lambda: client.search(
-                    index=index, body=body, ignore_unavailable=True, allow_no_indices=True
-                ),
-            )
-            hits = response["hits"]["hits"]
-            if len(hits) >= expected or time.monotonic() > deadline:
+        while await asyncio.to_thread(answered, count) < expected:
+            if time.monotonic() > deadline:
                 break
             await asyncio.sleep(1)
+        return {
+            aggregate: await asyncio.to_thread(answered, lambda a=aggregate: documents(a))
+            for aggregate in aggregates
+        }
     finally:
         client.close()
-    found: dict[str, list[tuple[int, str]]] = {}
-    for hit in hits:
-        source = hit["_source"]
-        found.setdefault(source["aggregate_id"], []).append(
-            (int(source["version"]), source["event_id"])
-        )
-    return found

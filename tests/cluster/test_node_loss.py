@@ -85,7 +85,7 @@ async def run_fault(
     held = await stored(settings.cassandra, load.aggregates)
     total = sum(len(events) for events in held.values())
     in_kafka = await asyncio.to_thread(published, settings.kafka, total)
-    in_index = await indexed(settings.opensearch, total)
+    in_index = await indexed(settings.opensearch, load.aggregates, total)
     problems = check(load.history, held, in_kafka, in_index)
     summary["stored_events"] = total
     summary["verdict"] = "ok" if not problems else f"{len(problems)} problems"
