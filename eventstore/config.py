@@ -78,6 +78,18 @@ class CassandraSettings(_FileBacked):
     write_consistency: Literal["QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL", "ONE"] = "QUORUM"
     read_consistency: Literal["QUORUM", "LOCAL_QUORUM", "ALL", "ONE", "LOCAL_ONE"] = "QUORUM"
     request_timeout_s: float = Field(5.0, gt=0, description="Per-request client-side timeout")
+    heartbeat_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="A connection that received nothing for this long is sent a heartbeat",
+    )
+    heartbeat_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="A heartbeat unanswered this long marks the node down, so requests go to "
+        "the other replicas: a hung node (a long GC pause, a stuck disk) keeps its sockets "
+        "open and would otherwise take a share of appends for as long as it hangs",
+    )
     username: str | None = None
     password: SecretStr | None = Field(None, description="Never logged")
     password_file: Path | None = Field(None, description="File holding the password")
