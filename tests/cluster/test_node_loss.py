@@ -211,6 +211,12 @@ async def test_two_cassandra_nodes_down_refuses_appends_then_recovers(
         op for op in load.history.ops if op.outcome == "ok" and op.started > outage["to"]
     ]
     assert acked_after, "appends did not succeed again once the quorum was back"
+    # What the clients were told meanwhile: retryable statuses, never INTERNAL or UNKNOWN.
+    told = Counter(op.error.partition(":")[0] for op in load.history.ops if op.error)
+    summary = load.history.summary(load.started, load.ended)
+    print(f"\n[fault report] {json.dumps({'fault': 'two cassandra nodes down', **summary})}")
+    print(f"[fault report] statuses clients were told while the quorum was lost: {dict(told)}")
+    assert set(told) <= {"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"}, told
     held = await stored(cluster_settings.cassandra, load.aggregates)
     problems = check(load.history, held)
     assert not problems, "\n".join(problems[:30])
