@@ -9,7 +9,8 @@ HELM_VERSION := v3.22.0
 HELM := $(CACHE)/bin/helm-$(HELM_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos services-up services-down services-status migrate run test test-unit \
+.PHONY: help venv protos services-up services-down services-status cluster-up cluster-down migrate \
+        run test test-unit \
         test-integration lint format bench clean chart-check package-check
 
 help:  ## list the targets
@@ -32,11 +33,18 @@ protos: $(INSTALLED)  ## regenerate eventstore/v1 from protos/ (pinned grpcio-to
 services-up: $(INSTALLED)  ## start Cassandra, Kafka, OpenSearch on loopback (downloads jars once)
 	$(PY) -m devstack up
 
-services-down:  ## stop exactly the services services-up started
+services-down:  ## stop exactly the services services-up and cluster-up started
 	$(PYTHON) -m devstack down
+
+cluster-up: $(INSTALLED)  ## the fault tests' cluster: 3 Cassandra nodes, 3 Kafka brokers on 127.0.0.2-4
+	$(PY) -m devstack up cluster
+
+cluster-down:  ## stop the fault tests' cluster only
+	$(PYTHON) -m devstack down cluster
 
 services-status: $(INSTALLED)  ## per service: up/down, address, pid, memory, log file
 	@$(PY) -m devstack status || true
+	@$(PY) -m devstack status cluster || true
 
 migrate: services-up  ## keyspace and tables, index template, dead-letter topic (idempotent)
 	$(PY) -m eventstore.migrate
@@ -71,7 +79,7 @@ chart-check: $(INSTALLED) $(HELM)  ## helm lint/template with both value sets, v
 # Tests mostly wait on the services: three workers keep two cores busy (see docs/testing.md).
 TEST_WORKERS ?= 3
 
-test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks included) against the real services
+test: lint services-up cluster-up $(HELM)  ## lint, then the whole suite (chart checks and node faults included) against the real services
 	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20
 
 bench: migrate  ## append, publication, indexing and query figures against the real stack

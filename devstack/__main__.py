@@ -38,10 +38,11 @@ def run(command: str, names: Sequence[str]) -> int:
         print(f"[stack] stack ready in {took:.1f} s (state: {state_dir()})", flush=True)
         return 0
     if command == "down":
-        stack.down(names)
+        # Without names: everything this tool may have started, the fault-test cluster too.
+        stack.down(names or ["cassandra", "kafka", "opensearch", "cluster"])
         return 0
     if command == "env":
-        for key, value in stack.endpoints().items():
+        for key, value in stack.endpoints(cluster="cluster" in names).items():
             print(f"{key}={value}")
         return 0
     states = stack.status(names)
@@ -54,10 +55,10 @@ def run(command: str, names: Sequence[str]) -> int:
 def status_line(s: stack.ServiceState) -> str:
     state = "up" if s.answering else "down"
     if s.external:
-        return f"{s.name:<11} {state:<5} {s.endpoint:<24} external ({s.external})"
+        return f"{s.name:<19} {state:<5} {s.endpoint:<24} external ({s.external})"
     rss = f"{s.rss_mb:.0f} MB" if s.rss_mb else "-"
     return (
-        f"{s.name:<11} {state:<5} {s.endpoint:<24} "
+        f"{s.name:<19} {state:<5} {s.endpoint:<24} "
         f"pid {s.pid or '-':<8} rss {rss:<8} log {s.log_file}"
     )
 

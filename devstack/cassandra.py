@@ -1,14 +1,16 @@
-"""Cassandra: one node on 127.0.0.1:9042 (TLS optional on the same port), run from its jars."""
+"""Cassandra from its jars: the stack's one node on 127.0.0.1:9042 (TLS optional on the same
+port), or a node of the three-node cluster (`devstack.cluster`), one loopback address each."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.downloads import resolve_classpath
 from devstack.processes import port_open
 from devstack.service import Service
 from devstack.templates import render
-from devstack.tls import KEYSTORE_PASSWORD, pki
+from devstack.tls import KEYSTORE_PASSWORD, Pki, pki
 
 VERSION = "5.0.9"
 
@@ -46,24 +48,50 @@ _EXPORTS = [
 ]
 
 
-def prepare(home: Path, java: Path) -> list[str]:
+@dataclass(frozen=True)
+class Node:
+    """Where one node listens and how it joins its ring."""
+
+    address: str
+    seeds: str
+    cluster_name: str
+    heap: tuple[str, str]
+    """-Xms, -Xmx"""
+    initial_token: int | None = None
+    """Fixed for cluster nodes: with one token each and no bootstrap (so that three nodes
+    started together are all NORMAL in seconds), the ring is only balanced if we choose it."""
+
+
+SINGLE = Node("127.0.0.1", "127.0.0.1:7000", "eventstore-dev", ("512m", "2g"))
+
+
+def cassandra_yaml(home: Path, tls: Pki, node: Node) -> str:
+    token_lines = ""
+    if node.initial_token is not None:
+        token_lines = f"initial_token: {node.initial_token}\nauto_bootstrap: false"
+    return render(
+        "cassandra.yaml",
+        home=home,
+        keystore=tls.keystore,
+        keystore_password=KEYSTORE_PASSWORD,
+        address=node.address,
+        seeds=node.seeds,
+        cluster_name=node.cluster_name,
+        token_lines=token_lines,
+    )
+
+
+def prepare(home: Path, java: Path, node: Node = SINGLE) -> list[str]:
     jars = resolve_classpath("cassandra", VERSION)
     tls = pki()
     for sub in ("data", "commitlog", "saved_caches", "hints", "cdc_raw", "logs", "tmp"):
         (home / sub).mkdir(parents=True, exist_ok=True)
-    (home / "cassandra.yaml").write_text(
-        render(
-            "cassandra.yaml",
-            home=home,
-            keystore=tls.keystore,
-            keystore_password=KEYSTORE_PASSWORD,
-        )
-    )
+    (home / "cassandra.yaml").write_text(cassandra_yaml(home, tls, node))
     (home / "logback.xml").write_text(render("cassandra-logback.xml", home=home))
     return [
         str(java / "bin" / "java"),
-        "-Xms512m",
-        "-Xmx2g",
+        f"-Xms{node.heap[0]}",
+        f"-Xmx{node.heap[1]}",
         "-Xss256k",
         "-XX:+UseG1GC",
         "-Djdk.attach.allowAttachSelf=true",
@@ -78,7 +106,9 @@ def prepare(home: Path, java: Path) -> list[str]:
         f"-Djava.io.tmpdir={home / 'tmp'}",
         "-Dcassandra.skip_wait_for_gossip_to_settle=0",
         "-Dcassandra.load_ring_state=false",
-        "-Dcassandra.unsafesystem=true",
+        # Not -Dcassandra.unsafesystem=true: it skips syncing the system keyspaces, and a node
+        # killed with SIGKILL (as `down` does after its grace, and the fault tests on purpose)
+        # came back without the keyspaces created before the kill.
         "-cp",
         f"{jars}/*",
         "org.apache.cassandra.service.CassandraDaemon",
@@ -90,10 +120,20 @@ def answers(hosts: str) -> bool:
     if not port_open(host, int(port or 9042)):
         return False
     # The venv's driver, imported late: `down` runs on the system Python, which lacks it.
-    from cassandra.cluster import Cluster
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+    from cassandra.policies import WhiteListRoundRobinPolicy
 
+    # Asked of this node only: in a cluster, another node answering proves nothing of this one.
     cluster = Cluster(
-        [host], port=int(port or 9042), connect_timeout=5, control_connection_timeout=5
+        [host],
+        port=int(port or 9042),
+        connect_timeout=5,
+        control_connection_timeout=5,
+        execution_profiles={
+            EXEC_PROFILE_DEFAULT: ExecutionProfile(
+                load_balancing_policy=WhiteListRoundRobinPolicy([host])
+            )
+        },
     )
     try:
         session = cluster.connect()

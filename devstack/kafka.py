@@ -32,20 +32,27 @@ FAULTY_BOOTSTRAP = "127.0.0.1:19094"
 
 
 def prepare(home: Path, java: Path) -> list[str]:
+    return command(home, java, server_properties(home, pki()))
+
+
+def command(
+    home: Path, java: Path, properties: str, cluster_id: str | None = None, heap: str = "512m"
+) -> list[str]:
+    """Write `properties`, format the storage once (with `cluster_id`, which every broker of one
+    cluster must share; a fresh one if None) and return the broker's command line."""
     jars = resolve_classpath("kafka", VERSION)
-    tls = pki()
     (home / "logs").mkdir(parents=True, exist_ok=True)
     props = home / "server.properties"
-    props.write_text(server_properties(home, tls))
+    props.write_text(properties)
     (home / "log4j.properties").write_text(render("kafka-log4j.properties", home=home))
     java_bin = str(java / "bin" / "java")
     classpath = f"{jars}/*"
     if not (home / "data" / "meta.properties").exists():
-        _format_storage(java_bin, classpath, props)
+        _format_storage(java_bin, classpath, props, cluster_id)
     return [
         java_bin,
         "-Xms256m",
-        "-Xmx512m",
+        f"-Xmx{heap}",
         f"-Dlog4j.configuration=file:{home / 'log4j.properties'}",
         f"-Dkafka.logs.dir={home / 'logs'}",
         "-cp",
@@ -67,13 +74,14 @@ def server_properties(home: Path, tls: Pki) -> str:
     )
 
 
-def _format_storage(java_bin: str, classpath: str, props: Path) -> None:
+def _format_storage(java_bin: str, classpath: str, props: Path, cluster_id: str | None) -> None:
     """KRaft needs its log directory formatted with a cluster id before the first start."""
     tool = [java_bin, "-cp", classpath, "kafka.tools.StorageTool"]
     try:
-        cluster_id = subprocess.run(
-            [*tool, "random-uuid"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        if cluster_id is None:
+            cluster_id = subprocess.run(
+                [*tool, "random-uuid"], capture_output=True, text=True, check=True
+            ).stdout.strip()
         subprocess.run(
             [*tool, "format", "-c", str(props), "-t", cluster_id, "--ignore-formatted"],
             capture_output=True,

@@ -15,7 +15,8 @@ from devstack.processes import is_ours, pid_alive
 class Service:
     name: str
     env_var: str
-    """An endpoint in this variable means "use that cluster": not started, not stopped here."""
+    """An endpoint in this variable means "use that cluster": not started, not stopped here
+    (empty for the fault-test cluster's nodes, which are always ours)."""
     default_endpoint: str
     ports: tuple[int, ...]
     """Every port the process binds: one held by a stranger stops `up` before it starts."""
@@ -25,10 +26,12 @@ class Service:
     extra_env: Callable[[Path, Path], dict[str, str]] = field(default=lambda _s, _j: {})
     system_log: str | None = None
     """The service's own log under `logs/`, shown with stdout when a start fails."""
+    host: str = "127.0.0.1"
+    """The loopback address it binds (cluster nodes have one each, on the same ports)."""
 
     @property
     def external(self) -> str | None:
-        return os.environ.get(self.env_var) or None
+        return (os.environ.get(self.env_var) or None) if self.env_var else None
 
     @property
     def endpoint(self) -> str:

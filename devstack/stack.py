@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devstack import cassandra, kafka, opensearch
+from devstack import cluster as _cluster
 from devstack.errors import PortTaken, ServiceFailed, UnknownService
 from devstack.java import java_home
 from devstack.locations import state_dir
@@ -44,14 +45,20 @@ KAFKA_TLS_BOOTSTRAP = kafka.TLS_BOOTSTRAP
 SERVICES = [cassandra.SERVICE, kafka.SERVICE, opensearch.SERVICE]
 
 
+#: Names that stand for several services.
+GROUPS = {"cluster": _cluster.SERVICES}
+
+
 def by_name(names: Sequence[str]) -> list[Service]:
+    """The services named (a group's name for its members); the one-node stack if none."""
     if not names:
         return SERVICES
-    known = {s.name: s for s in SERVICES}
-    unknown = [n for n in names if n not in known]
+    known = {s.name: s for s in [*SERVICES, *_cluster.SERVICES]}
+    unknown = [n for n in names if n not in known and n not in GROUPS]
     if unknown:
-        raise UnknownService(f"unknown service(s) {unknown}; known: {sorted(known)}")
-    return [known[n] for n in names]
+        choices = sorted([*known, *GROUPS])
+        raise UnknownService(f"unknown service(s) {unknown}; known: {choices}")
+    return [s for n in names for s in (GROUPS[n] if n in GROUPS else [known[n]])]
 
 
 def start(service: Service, java: Path) -> float | None:
@@ -60,7 +67,7 @@ def start(service: Service, java: Path) -> float | None:
     home.mkdir(parents=True, exist_ok=True)
     if service.running_pid() is not None:
         return None
-    busy = [p for p in service.ports if port_open("127.0.0.1", p)]
+    busy = [p for p in service.ports if port_open(service.host, p)]
     if busy:
         raise PortTaken(
             f"{service.name}: port(s) {busy} are taken by a process this tool did not start. "
@@ -110,6 +117,18 @@ def up(names: Sequence[str] = ()) -> None:
             raise start_failure(pending[0], f"not answering after {timeout_s:.0f} s")
         if pending:
             time.sleep(1)
+    if _cluster.is_cluster(services):
+        while not _cluster.settled():
+            if time.monotonic() > deadline:
+                raise ServiceFailed(
+                    f"the cluster's nodes answer but did not form one ring (one schema version) "
+                    f"and one Kafka quorum of {_cluster.NODES} in {timeout_s:.0f} s; see the logs "
+                    f"under {state_dir()}/cluster-*"
+                )
+            time.sleep(1)
+        log.info(
+            "cluster: %d Cassandra nodes and %d brokers settled", _cluster.NODES, _cluster.NODES
+        )
 
 
 def start_failure(service: Service, why: str) -> ServiceFailed:
@@ -175,5 +194,11 @@ def status(names: Sequence[str] = ()) -> list[ServiceState]:
     return states
 
 
-def endpoints() -> dict[str, str]:
-    return {s.env_var: s.endpoint for s in SERVICES}
+def endpoints(cluster: bool = False) -> dict[str, str]:
+    """The endpoint variables for the one-node stack, or with the cluster's Cassandra and Kafka
+    (OpenSearch stays the one node)."""
+    found = {s.env_var: s.endpoint for s in SERVICES}
+    if cluster:
+        found["EVENTSTORE_CASSANDRA_HOSTS"] = _cluster.CASSANDRA_HOSTS
+        found["EVENTSTORE_KAFKA_BOOTSTRAP"] = _cluster.KAFKA_BOOTSTRAP
+    return found

@@ -297,14 +297,21 @@ class EventStoreClient:
         tls: TlsOptions | None = None,
         api_key: str | None = None,
     ) -> None:
-        """`target` is host:port. `api_key` is sent with every call (`authorization: Bearer
-        …`); with mutual TLS the client certificate in `tls` can identify the caller instead.
-        `timeout_s` bounds each unary call; `channel` replaces the one built here."""
+        """`target` is host:port, or every replica: `ipv4:10.0.0.1:50051,10.0.0.2:50051`, or
+        a DNS name resolving to each (`dns:///eventstore-headless:50051`); calls are spread
+        over the replicas round robin, and a retry goes to one that is up. `api_key` is sent
+        with every call (`authorization: Bearer …`); with mutual TLS the client certificate in
+        `tls` can identify the caller instead. `timeout_s` bounds each unary call; `channel`
+        replaces the one built here."""
         self._metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {api_key}"),) if api_key else ()
         )
         # The server refuses to start with limits that would make it send more (config.py).
-        options = [("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES)]
+        options: list[tuple[str, str | int]] = [
+            ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES),
+            # pick_first (gRPC's default) would send everything to the first replica.
+            ("grpc.lb_policy_name", "round_robin"),
+        ]
         if channel is None and tls is not None:
             channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
         self._channel = channel or grpc.aio.insecure_channel(target, options=options)

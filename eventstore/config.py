@@ -78,6 +78,18 @@ class CassandraSettings(_FileBacked):
     write_consistency: Literal["QUORUM", "LOCAL_QUORUM", "EACH_QUORUM", "ALL", "ONE"] = "QUORUM"
     read_consistency: Literal["QUORUM", "LOCAL_QUORUM", "ALL", "ONE", "LOCAL_ONE"] = "QUORUM"
     request_timeout_s: float = Field(5.0, gt=0, description="Per-request client-side timeout")
+    heartbeat_interval_s: float = Field(
+        2.0,
+        gt=0,
+        description="A connection that received nothing for this long is sent a heartbeat",
+    )
+    heartbeat_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="A heartbeat unanswered this long marks the node down, so requests go to "
+        "the other replicas: a hung node (a long GC pause, a stuck disk) keeps its sockets "
+        "open and would otherwise take a share of appends for as long as it hangs",
+    )
     username: str | None = None
     password: SecretStr | None = Field(None, description="Never logged")
     password_file: Path | None = Field(None, description="File holding the password")
@@ -128,6 +140,14 @@ class KafkaSettings(_FileBacked):
     )
     partitions: int = Field(6, ge=1, description="Partitions of each event topic we create")
     replication_factor: int = Field(1, ge=1, description="Replication of each topic we create")
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of each topic we create: with the producer's acks=all, "
+        "the replicas that must hold a record before it is published (2 with a replication "
+        "factor of 3 survives one broker's loss without losing or refusing a record); unset: "
+        "the brokers' default",
+    )
     shutdown_flush_s: float = Field(
         10.0, ge=0, description="At shutdown, wait this long for queued records to be confirmed"
     )
@@ -159,6 +179,18 @@ class KafkaSettings(_FileBacked):
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> KafkaSettings:
+        if self.min_insync_replicas is not None and (
+            self.min_insync_replicas > self.replication_factor
+        ):
+            # Every acks=all write to such a topic would be refused (NOT_ENOUGH_REPLICAS).
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) exceeds replication_factor "
+                f"({self.replication_factor}): every publication would be refused"
+            )
+        return self
 
     def topic(self, aggregate_type: str) -> str:
         return f"{self.topic_prefix}{aggregate_type}"

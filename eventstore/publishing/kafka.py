@@ -49,8 +49,8 @@ TOPIC_SIZE_RETRY_S = 60.0
 TOPIC_READY_TIMEOUT_S = 30.0
 
 
-def topic_config(max_message_bytes: int) -> dict[str, str]:
-    return {
+def topic_config(max_message_bytes: int, min_insync_replicas: int | None = None) -> dict[str, str]:
+    config = {
         # Events are never deleted: keep every record for ever, whatever the broker defaults say.
         "retention.ms": "-1",
         "retention.bytes": "-1",
@@ -59,6 +59,10 @@ def topic_config(max_message_bytes: int) -> dict[str, str]:
         # (records.message_bytes), whatever the broker's default (about 1 MB).
         "max.message.bytes": str(max_message_bytes),
     }
+    if min_insync_replicas is not None:
+        # With acks=all, a record counts as published only once this many replicas hold it.
+        config["min.insync.replicas"] = str(min_insync_replicas)
+    return config
 
 
 async def _answer(future: concurrent.futures.Future[T], timeout_s: float) -> T:
@@ -82,7 +86,7 @@ async def ensure_topic(admin: AdminClient, name: str, settings: KafkaSettings) -
                 name,
                 settings.partitions,
                 settings.replication_factor,
-                config=topic_config(settings.max_message_bytes),
+                config=topic_config(settings.max_message_bytes, settings.min_insync_replicas),
             )
         ],
         request_timeout=10,

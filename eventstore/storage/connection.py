@@ -44,6 +44,12 @@ def make_cluster(settings: CassandraSettings) -> Cluster:
         protocol_version=5,
         connect_timeout=settings.request_timeout_s,
         ssl_context=settings.ssl_context(),
+        # The driver's defaults (30 s + 30 s) kept sending appends to a node stopped with
+        # SIGSTOP for its whole pause: each timed out after request_timeout_s, and so did the
+        # client's retries that landed on it (appends held 20 s). It marks a node down only
+        # when its connection fails, and a hung node's does not; an unanswered heartbeat does.
+        idle_heartbeat_interval=settings.heartbeat_interval_s,
+        idle_heartbeat_timeout=settings.heartbeat_timeout_s,
     )
 
 

@@ -119,6 +119,10 @@ def test_production_values_shape(helm: str) -> None:
     assert container["resources"]["requests"]["cpu"] == "2", "a core per server process"
     job = by_kind[("Job", "t-eventstore-migrate")]
     assert "pre-install" in job["metadata"]["annotations"]["helm.sh/hook"]
+    config = by_kind[("ConfigMap", "t-eventstore")]["data"]
+    # Three copies of every record, two of which must hold it before it counts as published.
+    assert config["EVENTSTORE_KAFKA_REPLICATION_FACTOR"] == "3"
+    assert config["EVENTSTORE_KAFKA_MIN_INSYNC_REPLICAS"] == "2"
 
 
 @pytest.mark.parametrize(
@@ -129,6 +133,7 @@ def test_production_values_shape(helm: str) -> None:
         "server.processes=two",
         "cassandra.serialConsistency=SOMETIMES",
         "kafka.partitions=0",
+        "kafka.minInsyncReplicas=-1",
         "server.healthPort=0",
         "server.tls.enabled=yes",
         "server.tls.secretName=Not_A_Name",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from eventstore.config import ConfigError, KafkaSettings, ServerSettings, load
 from eventstore.domain.access import Quotas
@@ -179,3 +180,9 @@ def test_in_flight_rpcs_leave_room_beside_every_subscription(
         load(ServerSettings)
     monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS", "100")
     assert load(ServerSettings).max_concurrent_rpcs == 512
+
+
+def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:
+    with pytest.raises(ValidationError, match="min_insync_replicas"):
+        KafkaSettings(replication_factor=1, min_insync_replicas=2)
+    assert KafkaSettings(replication_factor=3, min_insync_replicas=2).min_insync_replicas == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from devstack import __main__ as cli
-from devstack import kafka, run, stack, templates
+from devstack import cassandra, cluster, kafka, run, stack, templates
 from devstack.errors import ServiceFailed, UnknownService
 from devstack.tls import Pki
 
@@ -164,9 +165,8 @@ def test_every_template_is_filled() -> None:
         kafka.server_properties(home, tls),
         templates.render("kafka-log4j.properties", home=home),
         templates.render("cassandra-logback.xml", home=home),
-        templates.render(
-            "cassandra.yaml", home=home, keystore=tls.keystore, keystore_password="pw"
-        ),
+        cassandra.cassandra_yaml(home, tls, cassandra.SINGLE),
+        cluster.broker_properties(home, 0),
     ]
     assert len(rendered) == len(list(templates.TEMPLATES_DIR.iterdir()))
     for text in rendered:
@@ -187,3 +187,33 @@ def test_up_leaves_an_external_service_alone(
 def test_make_run_serves_with_one_process_per_core_unless_told_otherwise() -> None:
     assert run.environment({})["EVENTSTORE_PROCESSES"] == str(os.cpu_count() or 1)
     assert run.environment({"EVENTSTORE_PROCESSES": "1"})["EVENTSTORE_PROCESSES"] == "1"
+
+
+def test_cluster_nodes_get_one_balanced_token_and_their_own_address() -> None:
+    tokens = cluster.balanced_tokens(3)
+    assert tokens[0] == -(2**63)
+    assert all(b - a == 2**64 // 3 for a, b in itertools.pairwise(tokens))
+    assert tokens[-1] < 2**63
+    home, tls = Path("/state/x"), Pki(Path("/state/pki"))
+    yaml_text = cassandra.cassandra_yaml(home, tls, cassandra.SINGLE)
+    assert "initial_token" not in yaml_text  # a node made before this cannot change its token
+    assert "listen_address: 127.0.0.1" in yaml_text
+    for node, address in zip(cluster.CASSANDRA_NODES, cluster.ADDRESSES, strict=True):
+        assert node.host == address
+        assert node.endpoint == f"{address}:9042"
+        assert not node.external  # the cluster's nodes are always ours to start and kill
+    broker = cluster.broker_properties(home, 1)
+    assert "node.id=2" in broker
+    assert "listeners=PLAINTEXT://127.0.0.3:9092,CONTROLLER://127.0.0.3:9093" in broker
+    assert "min.insync.replicas=2" in broker
+
+
+def test_the_cluster_group_names_its_six_nodes() -> None:
+    names = [s.name for s in stack.by_name(["cluster"])]
+    assert names == [f"cluster-cassandra-{n}" for n in (1, 2, 3)] + [
+        f"cluster-kafka-{n}" for n in (1, 2, 3)
+    ]
+    assert [s.name for s in stack.by_name([])] == ["cassandra", "kafka", "opensearch"]
+    found = stack.endpoints(cluster=True)
+    assert found["EVENTSTORE_CASSANDRA_HOSTS"] == cluster.CASSANDRA_HOSTS
+    assert found["EVENTSTORE_KAFKA_BOOTSTRAP"].count(",") == 2
