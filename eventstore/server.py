@@ -158,7 +158,7 @@ class RunningServer:
                 on_round=metrics.RELAY_ROUND.observe,
             )
             # The writer exists for the other replicas before its first announcement.
-            await self.publication.start()
+            await self.publication.start(settings.startup_timeout_s)
             self.relay = asyncio.create_task(self.publication.run(), name="relay")
         self.deferred.target = EventStoreServicer(
             admission=self.admission,
@@ -268,7 +268,10 @@ async def listen(settings: ServerSettings) -> RunningServer:
         options=[
             ("grpc.max_receive_message_length", receive),
             ("grpc.max_send_message_length", send),
-            ("grpc.so_reuseport", 1),
+            # Only a worker shares its port (with the other workers of its supervisor): any
+            # other server must fail to bind a port in use, not silently share it with whatever
+            # holds it (seen in the suite: a restarted server got another test's connections).
+            ("grpc.so_reuseport", int(settings.worker is not None)),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
@@ -286,16 +289,21 @@ async def listen(settings: ServerSettings) -> RunningServer:
         [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     credentials = settings.server_credentials()
-    if credentials is None:
-        port = server.add_insecure_port(settings.listen)
-    else:
-        port = server.add_secure_port(settings.listen, credentials)
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except RuntimeError:  # gRPC's "Failed to bind" (e.g. the port is in use)
+        port = 0
     if port == 0:
-        raise StartupFailed(f"cannot listen on {settings.listen}")
+        raise StartupFailed(f"cannot listen on {settings.listen} (in use?)")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    health_server = await _health_only_server(settings.health_listen, health_servicer)
+    health_server = await _health_only_server(
+        settings.health_listen, health_servicer, shared=settings.worker is not None
+    )
     watcher = (
         asyncio.create_task(permissions.watch(settings.permissions_reload_s), name="permissions")
         if permissions is not None
@@ -316,16 +324,20 @@ async def listen(settings: ServerSettings) -> RunningServer:
 
 
 async def _health_only_server(
-    address: str, servicer: health_aio.HealthServicer
+    address: str, servicer: health_aio.HealthServicer, shared: bool
 ) -> grpc.aio.Server | None:
     """Kubernetes' gRPC probes speak no TLS: they get the health service alone, in plaintext,
     on its own port. It shares the servicer, so it reports exactly what the main port does."""
     if not address:
         return None
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])  # shared by the workers
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(shared))])  # workers share it
     add_service(server, HEALTH_SERVICE, servicer, refuse_undecodable)
-    if server.add_insecure_port(address) == 0:
-        raise StartupFailed(f"cannot listen on {address} (EVENTSTORE_HEALTH_LISTEN)")
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # gRPC's "Failed to bind" (e.g. the port is in use)
+        port = 0
+    if port == 0:
+        raise StartupFailed(f"cannot listen on {address} (EVENTSTORE_HEALTH_LISTEN; in use?)")
     await server.start()
     return server
 
@@ -397,7 +409,13 @@ async def serve(settings: ServerSettings) -> None:
     except StartupFailed:
         await running.stop(0)
         raise
-    await running.attach(components)
+    try:
+        await running.attach(components)
+    except StorageUnavailable as exc:
+        await running.stop(0)
+        raise StartupFailed(
+            f"{exc} (could not register this writer in {settings.startup_timeout_s:.0f} s)"
+        ) from exc
     log.info(
         "eventstore server ready",
         address=f"{host}:{running.port}",

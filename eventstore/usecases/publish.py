@@ -186,9 +186,22 @@ class Publication:
 
     # --- the relay -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Register this writer (its first heartbeat) before any append is announced."""
-        await self.journal.beat()
+    async def start(self, within_s: float = 60.0) -> None:
+        """Register this writer (its first heartbeat) before any append is announced; a
+        Cassandra that cannot take the write yet (a replica restarting: WriteTimeout) is asked
+        again for `within_s`, as the connection itself is at start-up."""
+        deadline = time.monotonic() + within_s
+        delay = 0.5
+        while True:
+            try:
+                await self.journal.beat()
+                return
+            except StorageUnavailable as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("writer not registered yet; retrying", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def run(self) -> None:
         """The relay loop (and the heartbeat); ends on stop()."""

@@ -255,3 +255,20 @@ async def until_gone(pids: Iterable[int], proc: ServerProcess, within_s: float =
                 os.kill(pid, signal.SIGKILL)
             raise AssertionError(f"orphaned workers {running}\n{proc.log.read_text()}")
         await asyncio.sleep(0.1)
+
+
+async def test_a_single_server_refuses_a_port_another_server_holds(
+    server_settings: ServerSettings,
+) -> None:
+    """Only workers of one supervisor share a port: a lone server on a port in use must fail
+    to start, not share the port with the other and get some of its connections (seen: a
+    restarted server of one test received connections meant for another's)."""
+    from eventstore.server import StartupFailed, listen
+
+    first = await listen(server_settings)
+    try:
+        taken = server_settings.model_copy(update={"listen": f"127.0.0.1:{first.port}"})
+        with pytest.raises(StartupFailed, match="cannot listen"):
+            await listen(taken)
+    finally:
+        await first.stop(0)

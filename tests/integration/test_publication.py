@@ -78,8 +78,6 @@ async def test_crash_right_after_commit_loses_nothing(
     assert crashing.process is not None
     assert await crashing.process.wait() == -9, "the failpoint must have killed the server"
     recovered = server_process(server_settings, tmp_path)
-    recovered.address = crashing.address
-    recovered.env["EVENTSTORE_LISTEN"] = crashing.env["EVENTSTORE_LISTEN"]
     await recovered.start()
     try:
         async with EventStoreClient(recovered.address) as client:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from eventstore.domain.access import UNRESTRICTED
-from eventstore.domain.errors import WrongExpectedVersion
+from eventstore.domain.errors import StorageUnavailable, WrongExpectedVersion
 from eventstore.domain.events import AppendRequest, Direction, ExpectedVersion, NewEvent
 from eventstore.ports import AppendOutcome
 from eventstore.storage.memory import (
@@ -314,3 +314,35 @@ async def test_a_stop_with_unpublished_appends_leaves_them_to_the_others() -> No
     (writer,) = await world.outbox.writers()
     assert writer.writer == publication.journal.writer
     assert writer.resolved < publication.journal.writes
+
+
+class FlakyHeartbeats(InMemoryPublicationLog):
+    """A journal store whose first `failures` heartbeats time out (a replica restarting)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def heartbeat(self, writer: uuid.UUID, resolved: int, at: datetime) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("Cassandra: WriteTimeout")
+        await super().heartbeat(writer, resolved, at)
+
+
+async def test_a_writer_registration_that_times_out_is_asked_again() -> None:
+    """Seen in the fault tests: a replica started while a Cassandra node came back crashed on
+    one WriteTimeout of its first heartbeat instead of waiting for the node."""
+    world = World()
+    world.outbox = FlakyHeartbeats(failures=1)
+    publication, _ = world.process()
+    await publication.start(within_s=10)
+    assert publication.journal.writer in world.outbox.heartbeats
+
+
+async def test_a_writer_that_cannot_register_in_time_gives_up() -> None:
+    world = World()
+    world.outbox = FlakyHeartbeats(failures=100)
+    publication, _ = world.process()
+    with pytest.raises(StorageUnavailable):
+        await publication.start(within_s=0.2)
