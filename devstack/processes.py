@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -31,16 +32,21 @@ def launch(command: Sequence[str], cwd: Path, env: Mapping[str, str], log_file: 
     return int(launcher.stdout.strip())
 
 
-def terminate(pid: int, grace_s: float = 60) -> bool:
-    """SIGTERM, then SIGKILL after `grace_s`; True when it had to be killed."""
-    os.kill(pid, signal.SIGTERM)
+def terminate_all(pids: Sequence[int], grace_s: float = 60) -> set[int]:
+    """SIGTERM to every pid at once, then SIGKILL to those still alive after `grace_s`; the
+    pids that had to be killed. At once, not one after another: the last broker of a KRaft
+    quorum cannot shut down cleanly once the others are gone (it waited out its 60 s)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and pid_alive(pid):
-        time.sleep(0.5)
-    if not pid_alive(pid):
-        return False
-    os.kill(pid, signal.SIGKILL)
-    return True
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in pids):
+        time.sleep(0.2)
+    killed = {pid for pid in pids if pid_alive(pid)}
+    for pid in killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return killed
 
 
 def pid_alive(pid: int) -> bool:

@@ -19,7 +19,7 @@ from devstack import cluster as _cluster
 from devstack.errors import PortTaken, ServiceFailed, UnknownService
 from devstack.java import java_home
 from devstack.locations import state_dir
-from devstack.processes import launch, port_open, rss_mb, terminate
+from devstack.processes import launch, port_open, rss_mb, terminate_all
 from devstack.service import Service
 from devstack.tls import Pki, pki
 
@@ -151,15 +151,18 @@ def tail(path: Path, lines: int = 30) -> str:
 
 
 def down(names: Sequence[str] = ()) -> None:
-    """Stop the processes `up` started (by recorded pid), never anyone else's."""
+    """Stop the processes `up` started (by recorded pid), never anyone else's; all at once."""
+    stopping: dict[int, Service] = {}
     for service in by_name(names):
         pid = service.running_pid()
         if pid is None:
             log.info("%s: not running (nothing of ours to stop)", service.name)
             continue
         log.info("%s: stopping pid %d", service.name, pid)
-        if terminate(pid, grace_s=60):
-            log.info("%s: pid %d ignored SIGTERM for 60 s; killed it", service.name, pid)
+        stopping[pid] = service
+    for pid in terminate_all(list(stopping), grace_s=60):
+        log.info("%s: pid %d ignored SIGTERM for 60 s; killed it", stopping[pid].name, pid)
+    for service in stopping.values():
         service.pid_file.unlink(missing_ok=True)
 
 

@@ -6,13 +6,14 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from devstack import __main__ as cli
-from devstack import cassandra, cluster, kafka, run, stack, templates
+from devstack import cassandra, cluster, kafka, processes, run, stack, templates
 from devstack.errors import ServiceFailed, UnknownService
 from devstack.tls import Pki
 
@@ -217,3 +218,28 @@ def test_the_cluster_group_names_its_six_nodes() -> None:
     found = stack.endpoints(cluster=True)
     assert found["EVENTSTORE_CASSANDRA_HOSTS"] == cluster.CASSANDRA_HOSTS
     assert found["EVENTSTORE_KAFKA_BOOTSTRAP"].count(",") == 2
+
+
+def test_down_signals_every_process_before_waiting_for_any(tmp_path: Path) -> None:
+    """The first process ends on SIGTERM only once the second has had its SIGTERM too, as
+    the last broker of a KRaft quorum needs the others: one at a time, it would be killed."""
+    loop = "while :; do sleep 0.1; done"
+    second = subprocess.Popen(
+        ["/bin/sh", "-c", f"trap 'touch {tmp_path}/second; exit 0' TERM; {loop}"]
+    )
+    first = subprocess.Popen(
+        [
+            "/bin/sh",
+            "-c",
+            f"trap 'while [ ! -f {tmp_path}/second ]; do sleep 0.1; done; exit 0' TERM; {loop}",
+        ]
+    )
+    try:
+        time.sleep(0.3)  # both shells have set their traps
+        assert processes.terminate_all([first.pid, second.pid], grace_s=20) == set()
+        assert first.wait(5) == 0
+        assert second.wait(5) == 0
+    finally:
+        for child in (first, second):
+            child.kill()
+            child.wait()
