@@ -48,6 +48,7 @@ def make_cluster(settings: CassandraSettings) -> Cluster:
         # SIGSTOP for its whole pause: each timed out after request_timeout_s, and so did the
         # client's retries that landed on it (appends held 20 s). It marks a node down only
         # when its connection fails, and a hung node's does not; an unanswered heartbeat does.
+        # (5 s + 5 s let a hung node stall every writer for 13.7 s in the same test.)
         idle_heartbeat_interval=settings.heartbeat_interval_s,
         idle_heartbeat_timeout=settings.heartbeat_timeout_s,
     )

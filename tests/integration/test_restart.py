@@ -51,7 +51,7 @@ class ServerProcess:
             return
         async with grpc.aio.insecure_channel(self.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            for _ in range(300):
+            for _ in range(900):  # the server itself waits up to startup_timeout_s (60 s)
                 try:
                     reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
