@@ -14,7 +14,6 @@ from eventstore.client import (
     Event,
     EventStoreClient,
     InvalidArgumentError,
-    RetryPolicy,
     WrongExpectedVersionError,
 )
 from eventstore.config import CassandraSettings, KafkaSettings, OpenSearchSettings
@@ -27,10 +26,6 @@ from tests.integration.test_indexer import answered
 from tests.support import decode, read_topic
 
 AGGREGATE_TYPE = "Order"
-
-#: The client's own retries inside one call (the default policy): what "within the client's
-#: retry budget" means in the report.
-CLIENT_RETRIES = RetryPolicy()
 
 #: A writer resends an unanswered append (same event ids) for this long before recording its
 #: outcome as unknown: what an application with a durable outbox of its own would do.
