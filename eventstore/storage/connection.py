@@ -43,6 +43,10 @@ def make_cluster(settings: CassandraSettings) -> Cluster:
         auth_provider=auth,
         protocol_version=5,
         connect_timeout=settings.request_timeout_s,
+        # The control connection reads the whole schema when it opens; the driver's 2 s
+        # default failed first connects on a loaded host (one worker of a CI run lost all its
+        # tests to it).
+        control_connection_timeout=settings.request_timeout_s,
         ssl_context=settings.ssl_context(),
         # The driver's defaults (30 s + 30 s) kept sending appends to a node stopped with
         # SIGSTOP for its whole pause: each timed out after request_timeout_s, and so did the

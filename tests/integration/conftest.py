@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cassandra.cluster import Cluster
+from cassandra.cluster import Cluster, NoHostAvailable, Session
 from confluent_kafka.admin import AdminClient
 
 from devstack import kafka, stack
@@ -57,6 +57,29 @@ def cassandra_hosts(endpoints: dict[str, str]) -> str:
     return endpoints["EVENTSTORE_CASSANDRA_HOSTS"]
 
 
+def connect_patiently(contact: list[str], port: int) -> tuple[Cluster, Session]:
+    """A session for fixtures. A session-scoped fixture that fails fails every test of its
+    xdist worker (pytest caches the error): one connect that timed out while the host was at
+    its busiest (the cluster starting beside the suite) once errored 172 tests. So: patient
+    timeouts, and a few tries."""
+    deadline = time.monotonic() + 120
+    while True:
+        cluster = Cluster(
+            contact,
+            port=port,
+            protocol_version=5,
+            connect_timeout=30,
+            control_connection_timeout=30,
+        )
+        try:
+            return cluster, cluster.connect()
+        except NoHostAvailable:
+            cluster.shutdown()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 class KeyspacePool:
     """Every test gets an empty keyspace of its own: made once, emptied after each test, reused.
 
@@ -72,8 +95,7 @@ class KeyspacePool:
         self._hosts = hosts
         settings = CassandraSettings(hosts=hosts)
         contact, port = settings.contact_points()
-        self._cluster = Cluster(contact, port=port, protocol_version=5)
-        self._session = self._cluster.connect()
+        self._cluster, self._session = connect_patiently(contact, port)
         # One thread: Cassandra makes schema changes one at a time anyway.
         self._work = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keyspace-pool")
         self._clean: deque[Future[CassandraSettings]] = deque()
