@@ -158,11 +158,9 @@ class RetryPolicy:
     up to `attempts` tries in all, with exponential backoff between them, each wait between
     half and all of its step (jittered, yet never near zero).
 
-    The defaults outlast a replica's drain: a replica stopping refuses new calls for about a
-    second before it closes its connections, and round robin keeps offering it meanwhile. With
-    five tries inside that second (the old defaults: 0.05 s, up to 0 s waits), one append in
-    about 800 hit the draining replica every time during a rolling restart (tests/cluster);
-    now the waits add up to at least 1.55 s, so the last try goes to a replica still up."""
+    The waits add up to at least 1.55 s (at most 3.1 s): enough for a Cassandra coordinator
+    lost mid-call to be marked down, or a replica that crashed to be left by round robin. A
+    replica that stops on purpose sends GOAWAY, so its calls move without spending a try."""
 
     attempts: int = 6
     initial_backoff_s: float = 0.1
@@ -326,6 +324,11 @@ class EventStoreClient:
             ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE_BYTES),
             # pick_first (gRPC's default) would send everything to the first replica.
             ("grpc.lb_policy_name", "round_robin"),
+            # A replica that went away (restart, rollout) is dialled again within a second or
+            # two, not after gRPC's default backoff (growing to 120 s): until it is, round
+            # robin has one replica fewer to send calls and retries to.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 2000),
         ]
         if channel is None and tls is not None:
             channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)

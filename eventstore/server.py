@@ -65,8 +65,8 @@ from eventstore.v1 import eventstore_pb2
 
 log = structlog.get_logger(__name__)
 
-#: After draining, how long new requests are still refused before the listener closes.
-REFUSAL_LINGER_S = 1.0
+#: How long a stopping replica reports NOT_SERVING, still serving, before it sends GOAWAY.
+ANNOUNCE_S = 1.0
 
 SERVICE = eventstore_pb2.DESCRIPTOR.services_by_name["EventStore"]
 SERVICE_NAME = SERVICE.full_name
@@ -203,16 +203,23 @@ class RunningServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float) -> None:
-        # Report NOT_SERVING first so load balancers stop sending; refuse new RPCs and let the
-        # ones in flight finish (admission.py); then stop gRPC, let queued publications be
-        # confirmed, and close the connections.
+        # 1. Report NOT_SERVING, and keep serving a moment: health-checking load balancers
+        #    stop sending here, and nobody is refused meanwhile.
+        # 2. gRPC's stop() sends every connection a GOAWAY and closes the listener: clients'
+        #    channels open their next calls on other replicas (transparently, spending none of
+        #    their retries). Refusing calls ourselves on connections still open (as this did
+        #    before) let round robin keep picking this replica: during a rolling restart an
+        #    append got UNAVAILABLE on all six of its client's tries.
+        # 3. Meanwhile drain (admission.py): calls in flight finish, streams end between two
+        #    messages, and a call that crossed the GOAWAY is refused cleanly (UNAVAILABLE).
+        # Then let queued publications be confirmed, and close the backends.
         await self.health.enter_graceful_shutdown()
         started = time.monotonic()
-        await self.admission.drain(grace)
-        # Keep refusing (cleanly, UNAVAILABLE) a little longer: a request already on its way
-        # when we drained would otherwise be cut off by gRPC's stop() as CANCELLED.
-        await asyncio.sleep(min(REFUSAL_LINGER_S, grace / 2))
-        await self.server.stop(max(grace - (time.monotonic() - started), 0.5))
+        await asyncio.sleep(min(ANNOUNCE_S, grace / 4))
+        remaining = max(grace - (time.monotonic() - started), 0.5)
+        stopping = asyncio.create_task(self.server.stop(remaining))
+        await self.admission.drain(remaining)
+        await stopping
         if self.health_server is not None:
             await self.health_server.stop(0)
         if self.publication is not None:
