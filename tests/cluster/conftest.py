@@ -6,6 +6,7 @@ node up for the next. Each test gets its own keyspace (replication factor 3), to
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -29,6 +30,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group("cluster"))
             # A node's restart takes 30-60 s on a busy two-core machine; keep room for two.
             item.add_marker(pytest.mark.timeout(600))
+
+
+#: One line per fault, printed at the end of the session (each test's output is captured).
+REPORTS: list[str] = []
+
+
+def report(summary: dict[str, object]) -> None:
+    line = json.dumps(summary)
+    print(f"\n[fault report] {line}")
+    REPORTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if REPORTS:
+        terminalreporter.section("fault reports")
+        for line in REPORTS:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
