@@ -396,19 +396,25 @@ class EventStoreClient:
     ) -> AsyncIterator[RecordedEvent]:
         """The aggregate's events from `from_version` (0: the first, or the last if
         `backwards`), at most `max_count` of them (0: all). An aggregate without events yields
-        nothing."""
+        nothing. Stopping early (`aclose()`, or dropping the generator) cancels the call."""
         request = pb.ReadAggregateRequest(
             aggregate_id=aggregate_id,
             from_version=from_version,
             direction=pb.DIRECTION_BACKWARDS if backwards else pb.DIRECTION_FORWARDS,
             max_count=max_count,
         )
+        call = self._stub.ReadAggregate(request, metadata=self._metadata)
         try:
-            async for page in self._stub.ReadAggregate(request, metadata=self._metadata):
+            async for page in call:
                 for event in page.events:
                     yield event_from_proto(event)
         except grpc.aio.AioRpcError as exc:
             raise _error(exc) from None
+        finally:
+            # A read left half-way (the caller broke out, or closed this generator) ends on the
+            # server now, not when the call is collected: it holds one of the principal's calls
+            # in flight there until it does.
+            call.cancel()
 
     async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
         """`read` as a list (same arguments)."""

@@ -316,6 +316,13 @@ class LimitSettings(BaseSettings):
     #: Subscriptions one server process holds open in all, whoever the callers (also without
     #: authentication, where every caller is one principal).
     max_subscriptions: int = Field(512, ge=1)
+    #: Calls (every RPC but Subscribe, bounded above) one authenticated principal may have in
+    #: flight at once on one server process, unless its permissions entry sets
+    #: `quotas.max_calls_in_flight`. 256: by Little's law the default 5,000 calls/s at 50 ms
+    #: each are 250 at once, so a service within its rate meets it only when the server is
+    #: already slow; yet one principal holding slow calls (reads of long aggregates, streams it
+    #: does not read) takes at most an eighth of the 2,048 EVENTSTORE_MAX_CONCURRENT_RPCS.
+    max_calls_in_flight_per_principal: int = Field(256, ge=1)
     #: Calls per second (any RPC) one authenticated principal may make to one server, unless
     #: its permissions entry sets `quotas.requests_per_s`; 0: no default (unlimited).
     default_requests_per_s: float = Field(5000, ge=0)
@@ -338,6 +345,7 @@ class LimitSettings(BaseSettings):
         """What an authenticated principal gets where its permissions entry sets no quota."""
         return Quotas(
             max_subscriptions=self.max_subscriptions_per_principal,
+            max_calls_in_flight=self.max_calls_in_flight_per_principal,
             requests_per_s=self.default_requests_per_s or None,
             append_bytes_per_s=self.default_append_bytes_per_s or None,
         )
@@ -504,6 +512,21 @@ class ServerSettings(BaseSettings):
                 f"EVENTSTORE_MAX_CONCURRENT_RPCS={self.max_concurrent_rpcs} must exceed "
                 f"EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS={self.limits.max_subscriptions}: open "
                 "subscriptions could otherwise take every slot and refuse all other calls"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _room_beside_one_principal(self) -> Any:
+        # Half of what subscriptions leave: one principal at its bound still leaves the others
+        # as many slots as it holds.
+        room = (self.max_concurrent_rpcs - self.limits.max_subscriptions) // 2
+        if self.max_concurrent_rpcs > 0 and self.limits.max_calls_in_flight_per_principal > room:
+            raise ValueError(
+                "EVENTSTORE_LIMIT_MAX_CALLS_IN_FLIGHT_PER_PRINCIPAL="
+                f"{self.limits.max_calls_in_flight_per_principal} must be at most half of "
+                f"EVENTSTORE_MAX_CONCURRENT_RPCS={self.max_concurrent_rpcs} less "
+                f"EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS={self.limits.max_subscriptions} ({room}): "
+                "one principal's slow calls could otherwise take the slots of all the others"
             )
         return self
 

@@ -16,6 +16,9 @@ from eventstore.domain.access import Principal, QuotaExceeded, Quotas
 
 #: How long a client is told to wait when it holds too many subscriptions.
 SUBSCRIPTION_RETRY_S = 1.0
+#: ... when it has too many calls in flight: most calls end within milliseconds, so a slot
+#: is soon free again (unless the principal holds them all with slow calls).
+CALL_RETRY_S = 0.1
 
 
 @dataclass
@@ -39,6 +42,7 @@ class QuotaLimiter:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._subscriptions: dict[str, int] = {}
         self._open_subscriptions = 0
+        self._calls: dict[str, int] = {}
         self._defaults = defaults or Quotas()
         #: for the whole server (None: unbounded)
         self._server_limit = subscriptions
@@ -92,6 +96,27 @@ class QuotaLimiter:
         return bucket
 
     @contextmanager
+    def call(self, principal: Principal) -> Iterator[None]:
+        """One call in flight, from its admission to its answer or its stream's end, whatever
+        ends it (an error, the client cancelling or going away). Every RPC but Subscribe,
+        which `subscription` bounds: within its rate, a principal holding many slow calls (long
+        reads, streams it does not read) would take the server's concurrent-RPC slots from the
+        others. Counted whatever the quota, so a reloaded permissions file finds the count."""
+        limit: int | None = self._quota(principal, "max_calls_in_flight")
+        in_flight = self._calls.get(principal.name, 0)
+        if limit is not None and in_flight >= limit:
+            raise QuotaExceeded(principal.name, "max_calls_in_flight", limit, CALL_RETRY_S)
+        self._calls[principal.name] = in_flight + 1
+        try:
+            yield
+        finally:
+            _release(self._calls, principal.name)
+
+    def calls_in_flight(self, principal: Principal) -> int:
+        """What `call` compares with the bound: this principal's calls running now."""
+        return self._calls.get(principal.name, 0)
+
+    @contextmanager
     def subscription(self, principal: Principal) -> Iterator[None]:
         limit: int | None = self._quota(principal, "max_subscriptions")
         open_now = self._subscriptions.get(principal.name, 0)
@@ -110,8 +135,14 @@ class QuotaLimiter:
             yield
         finally:
             self._open_subscriptions -= 1
-            remaining = self._subscriptions[principal.name] - 1
-            if remaining:
-                self._subscriptions[principal.name] = remaining
-            else:
-                del self._subscriptions[principal.name]
+            _release(self._subscriptions, principal.name)
+
+
+def _release(counts: dict[str, int], name: str) -> None:
+    """One fewer for `name`; a principal with none left leaves no entry (names come and go
+    with the permissions file)."""
+    remaining = counts[name] - 1
+    if remaining:
+        counts[name] = remaining
+    else:
+        del counts[name]

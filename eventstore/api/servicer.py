@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -199,33 +199,43 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._quotas.take_request(principal)
         return principal
 
+    @contextlib.contextmanager
+    def _call(self, context: grpc.aio.ServicerContext[Any, Any]) -> Iterator[Principal]:
+        """The caller, holding one of its calls in flight until the block ends: a unary call's
+        answer, a stream's last message, an error, or the cancellation of a client that went
+        away (a closed stream's generator is closed, which ends the block). Subscribe holds a
+        subscription instead."""
+        principal = self._principal(context)
+        with self._quotas.call(principal):
+            yield principal
+
     @unary
     async def Append(
         self, request: pb.AppendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AppendResponse:
-        principal = self._principal(context)
-        # The quotas first: a principal over its rate is refused before its events are even
-        # converted and validated, so refusing it costs little of the CPU others need.
-        self._quotas.take_append(principal, len(request.events), received_bytes(request))
-        validated = validate_append(convert.append_from_proto(request), self._limits)
-        result = await self._append(validated, principal)
-        return results.append_result_to_proto(result)
+        with self._call(context) as principal:
+            # The quotas first: a principal over its rate is refused before its events are even
+            # converted and validated, so refusing it costs little of the CPU others need.
+            self._quotas.take_append(principal, len(request.events), received_bytes(request))
+            validated = validate_append(convert.append_from_proto(request), self._limits)
+            result = await self._append(validated, principal)
+            return results.append_result_to_proto(result)
 
     @server_streaming
     async def ReadAggregate(
         self, request: pb.ReadAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.ReadAggregateResponse]:
-        principal = self._principal(context)
-        validated = validate_read(
-            request.aggregate_id,
-            request.from_version,
-            convert.direction_from_proto(request.direction),
-            request.max_count,
-            self._limits,
-        )
-        async for page in self._read.pages(validated, principal):
-            for message in convert.read_responses(page, READ_MESSAGE_BUDGET_BYTES):
-                yield message
+        with self._call(context) as principal:
+            validated = validate_read(
+                request.aggregate_id,
+                request.from_version,
+                convert.direction_from_proto(request.direction),
+                request.max_count,
+                self._limits,
+            )
+            async for page in self._read.pages(validated, principal):
+                for message in convert.read_responses(page, READ_MESSAGE_BUDGET_BYTES):
+                    yield message
 
     @server_streaming
     async def Subscribe(
@@ -233,6 +243,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> AsyncIterator[pb.SubscribeResponse]:
         if self._subscribe is None:
             raise BackendNotConfigured("subscriptions need the event log (Kafka)")
+        # Not a call in flight (`_call`): a subscription is open for hours by design, and has
+        # bounds of its own (per principal and per process) that leave room for calls.
         principal = self._principal(context)
         subscription, start = validate_subscribe(
             request.aggregate_id,
@@ -266,20 +278,20 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.QueryEventsResponse:
         if self._query is None:
             raise BackendNotConfigured("queries need the search index (OpenSearch)")
-        principal = self._principal(context)
-        query = validate_query(
-            list(request.event_types),
-            list(request.aggregate_types),
-            request.aggregate_id,
-            convert.optional_time(request, "from"),
-            convert.optional_time(request, "to"),
-            request.page_size,
-            request.page_token,
-            request.visible_event_id,
-            self._limits,
-            count_total=request.count_total,
-        )
-        return results.query_page_to_proto(await self._query(query, principal))
+        with self._call(context) as principal:
+            query = validate_query(
+                list(request.event_types),
+                list(request.aggregate_types),
+                request.aggregate_id,
+                convert.optional_time(request, "from"),
+                convert.optional_time(request, "to"),
+                request.page_size,
+                request.page_token,
+                request.visible_event_id,
+                self._limits,
+                count_total=request.count_total,
+            )
+            return results.query_page_to_proto(await self._query(query, principal))
 
     @unary
     async def SaveSnapshot(
@@ -287,24 +299,24 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.SaveSnapshotResponse:
         if self._snapshots is None:
             raise BackendNotConfigured("snapshots need their store")
-        principal = self._principal(context)
-        validate_snapshot(
-            request.aggregate_id,
-            request.version,
-            request.state,
-            request.state_type,
-            request.schema_version,
-            self._limits,
-        )
-        saved = await self._snapshots[0](
-            request.aggregate_id,
-            request.version,
-            request.state,
-            request.state_type,
-            request.schema_version,
-            principal,
-        )
-        return pb.SaveSnapshotResponse(created_at=timestamp(saved.created_at))
+        with self._call(context) as principal:
+            validate_snapshot(
+                request.aggregate_id,
+                request.version,
+                request.state,
+                request.state_type,
+                request.schema_version,
+                self._limits,
+            )
+            saved = await self._snapshots[0](
+                request.aggregate_id,
+                request.version,
+                request.state,
+                request.state_type,
+                request.schema_version,
+                principal,
+            )
+            return pb.SaveSnapshotResponse(created_at=timestamp(saved.created_at))
 
     @unary
     async def GetSnapshot(
@@ -312,22 +324,23 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     ) -> pb.Snapshot:
         if self._snapshots is None:
             raise BackendNotConfigured("snapshots need their store")
-        principal = self._principal(context)
-        validate_aggregate_id(request.aggregate_id, self._limits)
-        if request.max_version < 0:
-            raise InvalidArgument.of("max_version", "must be 0 (latest) or a version")
-        snapshot = await self._snapshots[1](
-            request.aggregate_id, request.max_version or None, principal
-        )
-        return results.snapshot_to_proto(snapshot)
+        with self._call(context) as principal:
+            validate_aggregate_id(request.aggregate_id, self._limits)
+            if request.max_version < 0:
+                raise InvalidArgument.of("max_version", "must be 0 (latest) or a version")
+            snapshot = await self._snapshots[1](
+                request.aggregate_id, request.max_version or None, principal
+            )
+            return results.snapshot_to_proto(snapshot)
 
     @unary
     async def GetAggregate(
         self, request: pb.GetAggregateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetAggregateResponse:
-        principal = self._principal(context)
-        validate_aggregate_id(request.aggregate_id, self._limits)
-        return results.aggregate_to_proto(await self._describe(request.aggregate_id, principal))
+        with self._call(context) as principal:
+            validate_aggregate_id(request.aggregate_id, self._limits)
+            described = await self._describe(request.aggregate_id, principal)
+            return results.aggregate_to_proto(described)
 
 
 def _forward_unary(name: str) -> Any:

@@ -84,6 +84,8 @@ class Quotas:
     append_bytes_burst: float | None = None
     #: open Subscribe streams at a time
     max_subscriptions: int | None = None
+    #: calls in flight at a time, every RPC but Subscribe (bounded by `max_subscriptions`)
+    max_calls_in_flight: int | None = None
     #: calls per second, whatever the RPC (a stream counts when it opens)
     requests_per_s: float | None = None
     #: calls that may come at once above the sustained rate
@@ -231,6 +233,10 @@ def _strings(value: Any, where: str) -> list[str]:
     return value
 
 
+#: Quotas that count things at a time rather than a rate.
+_WHOLE_QUOTAS = {"max_subscriptions", "max_calls_in_flight"}
+
+
 def _quotas(value: Any, where: str) -> Quotas:
     where = f"{where}.quotas"
     if not isinstance(value, Mapping):
@@ -242,7 +248,7 @@ def _quotas(value: Any, where: str) -> Quotas:
     for key, number in value.items():
         if isinstance(number, bool) or not isinstance(number, int | float) or number <= 0:
             raise PolicyError(f"{where}.{key}: must be a positive number")
-        if key == "max_subscriptions" and not isinstance(number, int):
+        if key in _WHOLE_QUOTAS and not isinstance(number, int):
             raise PolicyError(f"{where}.{key}: must be a whole number")
         numbers[key] = number
     return Quotas(**numbers)

@@ -13,7 +13,7 @@ import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from eventstore.client import (
     RetryPolicy,
 )
 from eventstore.config import CassandraSettings, LimitSettings, ServerSettings
-from eventstore.domain.events import Direction
+from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.domain.snapshots import Snapshot
 from eventstore.search.setup import make_client
 from eventstore.server import RunningServer
@@ -874,6 +874,91 @@ async def test_calls_beyond_the_in_flight_bound_are_refused_at_once(
             except ResourceExhaustedError:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
+
+
+def closable(events: AsyncIterator[RecordedEvent]) -> AsyncGenerator[RecordedEvent, None]:
+    """The client's `read`, which is a generator: closing it cancels its call."""
+    assert isinstance(events, AsyncGenerator)
+    return events
+
+
+async def test_one_principals_slow_calls_are_bounded_and_leave_the_others_served(
+    server_settings: ServerSettings, start_server: StartServer, tmp_path: Path
+) -> None:
+    """Within its rate, one principal could hold any number of slow calls and take the slots
+    of EVENTSTORE_MAX_CONCURRENT_RPCS from the others. `max_calls_in_flight` bounds it.
+
+    The slow calls are reads of a 24 MB aggregate that the caller stops reading after the
+    first message: the server's generator then waits on HTTP/2 flow control (four such reads
+    over one connection fill its window: 4 MB each was all delivered at once, 16 MB each still
+    held after 3 s), so each holds its slot server-side for as long as the client keeps it."""
+    path = tmp_path / "permissions.yaml"
+    # Its own bytes quota, so filling the aggregate is not slowed by the default 8 MB/s.
+    path.write_text(
+        with_quotas("orders", "{max_calls_in_flight: 4, append_bytes_per_s: 100000000}")
+    )
+    running = await start_server(
+        # Pages of 2 events: each held read keeps about 2 MB in the server, not all 24.
+        server_settings.model_copy(
+            update={"auth_disabled": False, "permissions_file": path, "read_page_size": 2}
+        )
+    )
+    address = f"127.0.0.1:{running.port}"
+    one_try = RetryPolicy(attempts=1)
+    async with (
+        EventStoreClient(address, api_key=KEYS["orders"], retry=one_try, timeout_s=30) as orders,
+        EventStoreClient(address, api_key=KEYS["auditor"], retry=one_try, timeout_s=30) as auditor,
+        EventStoreClient(address, api_key=KEYS["orders"], timeout_s=30) as patient,
+    ):
+        blob = "x" * 1_000_000
+        for _ in range(6):
+            await orders.append(
+                "order-long", "Order", [Event("Placed", {"b": blob}) for _ in range(4)]
+            )
+        readers = [closable(orders.read("order-long")) for _ in range(4)]
+        for reader in readers:
+            assert (await anext(reader)).version == 1  # open, then left unread
+        try:
+            await asyncio.sleep(0.5)  # had they been delivered whole, they would have ended
+            over = await refused(orders.get_aggregate("order-long"))
+            assert isinstance(over, ResourceExhaustedError), over
+            assert quota_of(over) == ("max_calls_in_flight", "max_calls_in_flight is 4")
+            assert over.retry_after_s == pytest.approx(0.1)
+            with pytest.raises(ResourceExhaustedError):  # a stream is refused just the same
+                await orders.read_all("order-long")
+            # The client's default policy retries after the advised delay, then gives up.
+            started = time.monotonic()
+            with pytest.raises(ResourceExhaustedError):
+                await patient.get_aggregate("order-long")
+            gave_up = time.monotonic() - started
+            assert 0.5 < gave_up < 5, gave_up
+            # Another principal is served meanwhile, the same slow read included.
+            assert (await auditor.get_aggregate("order-long")).version == 24
+            assert len(await auditor.read_all("order-long")) == 24
+        finally:
+            for reader in readers:
+                await reader.aclose()  # the client cancels each call
+        # The slots came back: at once for the client, shortly after for the server.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert (await orders.get_aggregate("order-long")).version == 24
+                break
+            except ResourceExhaustedError:
+                assert time.monotonic() < deadline, "the abandoned reads kept their slots"
+                await asyncio.sleep(0.05)
+        settled = time.monotonic() - (deadline - 5)
+        print(
+            f"4 held reads: the 5th call refused; the default client gave up after "
+            f"{gave_up:.2f} s; slots back {settled:.2f} s after the reads were closed"
+        )
+        held_again = [closable(orders.read("order-long")) for _ in range(4)]
+        try:
+            for reader in held_again:
+                await anext(reader)
+        finally:
+            for reader in held_again:
+                await reader.aclose()
 
 
 def peak_resident_bytes(pid: int) -> int:

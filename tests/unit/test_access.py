@@ -41,7 +41,11 @@ DOCUMENT: dict[str, Any] = {
             "read": ["Order", "Payment"],
             "query": ["Order", "Payment"],
             "subscribe": ["Order", "Payment"],
-            "quotas": {"append_events_per_s": 100, "max_subscriptions": 2},
+            "quotas": {
+                "append_events_per_s": 100,
+                "max_subscriptions": 2,
+                "max_calls_in_flight": 16,
+            },
         },
         "auditor": {"keys": [hash_key(PAYMENTS_KEY)], "read": ["*"], "query": ["*"]},
     }
@@ -61,6 +65,7 @@ def test_grants_per_operation_and_type() -> None:
     assert not auditor.may(Operation.APPEND, "Order")
     assert orders.quotas.append_events_per_s == 100
     assert orders.quotas.max_subscriptions == 2
+    assert orders.quotas.max_calls_in_flight == 16
 
 
 def test_narrowing_wide_reads_to_the_granted_types() -> None:
@@ -94,6 +99,26 @@ def test_keys_and_certificates_identify_principals() -> None:
         ({"principals": {"a": {"write": ["Order"]}}}, "principals.a: unknown keys"),
         ({"principals": {"a": {"quotas": {"append_events_per_s": 0}}}}, "append_events_per_s"),
         ({"principals": {"a": {"quotas": {"max_subscriptions": 1.5}}}}, "max_subscriptions"),
+        (
+            {"principals": {"a": {"quotas": {"max_calls_in_flight": 0}}}},
+            "principals.a.quotas.max_calls_in_flight: must be a positive number",
+        ),
+        (
+            {"principals": {"a": {"quotas": {"max_calls_in_flight": -4}}}},
+            "principals.a.quotas.max_calls_in_flight: must be a positive number",
+        ),
+        (
+            {"principals": {"a": {"quotas": {"max_calls_in_flight": 2.5}}}},
+            "principals.a.quotas.max_calls_in_flight: must be a whole number",
+        ),
+        (
+            {"principals": {"a": {"quotas": {"max_calls_in_flight": "8"}}}},
+            "principals.a.quotas.max_calls_in_flight: must be a positive number",
+        ),
+        (
+            {"principals": {"a": {"quotas": {"max_calls_in_flight": True}}}},
+            "principals.a.quotas.max_calls_in_flight: must be a positive number",
+        ),
         (
             {"principals": {"a": {"quotas": {"append_bytes_per_s": -1}}}},
             "principals.a.quotas.append_bytes_per_s",

@@ -158,13 +158,16 @@ def test_default_quotas_and_their_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load(ServerSettings)
     assert settings.max_concurrent_rpcs == 2048
     assert settings.limits.default_quotas() == Quotas(
-        max_subscriptions=32, requests_per_s=5000, append_bytes_per_s=8 * 1024 * 1024
+        max_subscriptions=32,
+        max_calls_in_flight=256,
+        requests_per_s=5000,
+        append_bytes_per_s=8 * 1024 * 1024,
     )
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_REQUESTS_PER_S", "0")  # 0: no default
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S", "0")
     monkeypatch.setenv("EVENTSTORE_MAX_CONCURRENT_RPCS", "0")  # 0: unbounded
     settings = load(ServerSettings)
-    assert settings.limits.default_quotas() == Quotas(max_subscriptions=32)
+    assert settings.limits.default_quotas() == Quotas(max_subscriptions=32, max_calls_in_flight=256)
     assert settings.max_concurrent_rpcs == 0
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S", "-1")
     with pytest.raises(ConfigError, match="EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S"):
@@ -179,7 +182,33 @@ def test_in_flight_rpcs_leave_room_beside_every_subscription(
     with pytest.raises(ConfigError, match="EVENTSTORE_MAX_CONCURRENT_RPCS=512 must exceed"):
         load(ServerSettings)
     monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS", "100")
+    monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_CALLS_IN_FLIGHT_PER_PRINCIPAL", "200")
     assert load(ServerSettings).max_concurrent_rpcs == 512
+
+
+def test_one_principal_in_flight_leaves_room_for_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EVENTSTORE_AUTH_DISABLED", "true")
+    # The defaults: 256 of the (2048 - 512) / 2 = 768 allowed.
+    assert load(ServerSettings).limits.max_calls_in_flight_per_principal == 256
+    monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_CALLS_IN_FLIGHT_PER_PRINCIPAL", "769")
+    with pytest.raises(
+        ConfigError,
+        match="EVENTSTORE_LIMIT_MAX_CALLS_IN_FLIGHT_PER_PRINCIPAL=769 must be at most half",
+    ):
+        load(ServerSettings)
+    monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_CALLS_IN_FLIGHT_PER_PRINCIPAL", "768")
+    assert load(ServerSettings).limits.max_calls_in_flight_per_principal == 768
+    monkeypatch.setenv("EVENTSTORE_MAX_CONCURRENT_RPCS", "1024")  # the room shrinks with it
+    with pytest.raises(ConfigError, match="EVENTSTORE_MAX_CONCURRENT_RPCS=1024"):
+        load(ServerSettings)
+    monkeypatch.setenv("EVENTSTORE_MAX_CONCURRENT_RPCS", "0")  # unbounded: nothing to share
+    assert load(ServerSettings).limits.max_calls_in_flight_per_principal == 768
+    for wrong in ("0", "-1", "many"):
+        monkeypatch.setenv("EVENTSTORE_LIMIT_MAX_CALLS_IN_FLIGHT_PER_PRINCIPAL", wrong)
+        with pytest.raises(ConfigError, match="EVENTSTORE_LIMIT_MAX_CALLS_IN_FLIGHT_PER_PRINCIPAL"):
+            load(ServerSettings)
 
 
 def test_min_insync_replicas_above_the_replication_factor_is_refused() -> None:

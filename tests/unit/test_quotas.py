@@ -1,8 +1,10 @@
-"""Quotas: subscriptions bounded per principal and per server, rates of calls, appended events
-and appended bytes; the server's defaults for authenticated principals without their own."""
+"""Quotas: subscriptions and calls in flight bounded per principal (subscriptions per server
+too), rates of calls, appended events and appended bytes; the server's defaults for
+authenticated principals without their own."""
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import ExitStack
 
 import pytest
@@ -176,3 +178,54 @@ def test_defaults_bound_authenticated_principals_without_a_quota_of_their_own() 
     for _ in range(100):
         limiter.take_request(UNRESTRICTED)
         limiter.take_append(UNRESTRICTED, 1000, MIB)
+
+
+def test_calls_in_flight_are_counted_per_principal_and_given_back() -> None:
+    limiter = QuotaLimiter(defaults=Quotas(max_calls_in_flight=3))
+    with ExitStack() as held:
+        for _ in range(3):
+            held.enter_context(limiter.call(ALICE))
+        with pytest.raises(QuotaExceeded) as refused:
+            held.enter_context(limiter.call(ALICE))
+        assert (refused.value.quota, refused.value.limit) == ("max_calls_in_flight", 3)
+        assert refused.value.retry_after_s == pytest.approx(0.1)
+        assert limiter.calls_in_flight(ALICE) == 3  # the refused one took nothing
+        for _ in range(3):  # another principal has its own
+            held.enter_context(limiter.call(BOB))
+        # Subscriptions are not calls in flight: bounded on their own.
+        held.enter_context(limiter.subscription(ALICE))
+    assert limiter.calls_in_flight(ALICE) == limiter.calls_in_flight(BOB) == 0
+
+
+def test_a_call_that_fails_or_is_cancelled_gives_its_slot_back() -> None:
+    limiter = QuotaLimiter(defaults=Quotas(max_calls_in_flight=1))
+    for ending in (RuntimeError("backend"), QuotaExceeded("alice", "requests_per_s", 1, 1)):
+        with pytest.raises(type(ending)), limiter.call(ALICE):
+            raise ending
+        assert limiter.calls_in_flight(ALICE) == 0
+    # A client that went away: the task is cancelled inside the call (a BaseException).
+    with pytest.raises(asyncio.CancelledError), limiter.call(ALICE):
+        raise asyncio.CancelledError
+    with limiter.call(ALICE):
+        pass
+
+
+def test_a_calls_in_flight_quota_of_its_own_wins_and_authentication_off_is_unbounded() -> None:
+    limiter = QuotaLimiter(defaults=Quotas(max_calls_in_flight=2))
+    more = Principal("more", quotas=Quotas(max_calls_in_flight=4))
+    fewer = Principal("fewer", quotas=Quotas(max_calls_in_flight=1))
+    with ExitStack() as held:
+        for principal, allowed in ((more, 4), (fewer, 1), (ALICE, 2)):
+            for _ in range(allowed):
+                held.enter_context(limiter.call(principal))
+            with pytest.raises(QuotaExceeded):
+                held.enter_context(limiter.call(principal))
+        # Authentication off: one anonymous principal, bounded by gRPC's per-process limit only.
+        for _ in range(100):
+            held.enter_context(limiter.call(UNRESTRICTED))
+    # No default at all: a principal without a quota of its own is counted, never refused.
+    unbounded = QuotaLimiter()
+    with ExitStack() as held:
+        for _ in range(100):
+            held.enter_context(unbounded.call(ALICE))
+        assert unbounded.calls_in_flight(ALICE) == 100
