@@ -72,13 +72,14 @@ async def indexer(
 def answered(call: Callable[[], T], within_s: float = 30) -> T:
     """OpenSearch answers 503 (all shards failed) for a moment while an index the indexer just
     created (the month's) has its shard starting, or right after a restart even once its health
-    is yellow: ask again rather than fail the test on it."""
+    is yellow; and 429 (its parent circuit breaker) while an indexer under test sends it
+    requests of hundreds of MB: ask again rather than fail the test on it."""
     deadline = time.monotonic() + within_s
     while True:
         try:
             return call()
         except TransportError as exc:
-            if exc.status_code != 503 or time.monotonic() > deadline:
+            if exc.status_code not in (429, 503) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 

@@ -107,7 +107,10 @@ async def test_sigterm_under_load_loses_no_acknowledged_append(
     assert await asyncio.wait_for(proc.process.wait(), 30) == 0, proc.log.read_text()[-2000:]
     await asyncio.gather(*writers)
     assert len(acknowledged) > 50
-    assert refusals <= {"UNAVAILABLE"}, refusals
+    # UNAVAILABLE from the drain or the closed port; CANCELLED for a call that crossed the
+    # GOAWAY (gRPC's stop cancels calls that arrive after it began, before any handler ran:
+    # nothing was written). The Python client retries both.
+    assert refusals <= {"UNAVAILABLE", "CANCELLED"}, refusals
     stored = {
         e.event_id
         for n in range(8)
