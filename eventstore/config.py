@@ -309,6 +309,8 @@ class LimitSettings(BaseSettings):
     max_append_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_snapshot_bytes: int = Field(4 * 1024 * 1024, ge=1)
     max_filter_types: int = Field(100, ge=1)
+    #: Entries of one event's metadata (see Limits.max_metadata_entries for the default).
+    max_metadata_entries: int = Field(64, ge=1)
     #: Subscriptions one principal may hold open on one server process (its permissions-file
     #: quota `max_subscriptions` overrides it). One catching up holds a Kafka consumer
     #: (threads, sockets); live ones share one per process and hold a queue of about 1 MiB.
@@ -339,6 +341,7 @@ class LimitSettings(BaseSettings):
             max_append_bytes=self.max_append_bytes,
             max_snapshot_bytes=self.max_snapshot_bytes,
             max_filter_types=self.max_filter_types,
+            max_metadata_entries=self.max_metadata_entries,
         )
 
     def default_quotas(self) -> Quotas:
@@ -359,6 +362,7 @@ class LimitSettings(BaseSettings):
         if required > kafka.max_message_bytes:
             problems.append(
                 f"EVENTSTORE_LIMIT_MAX_EVENT_BYTES={self.max_event_bytes} (with "
+                f"EVENTSTORE_LIMIT_MAX_METADATA_ENTRIES={self.max_metadata_entries}, "
                 f"EVENTSTORE_LIMIT_MAX_AGGREGATE_ID_BYTES={self.max_aggregate_id_bytes} and "
                 f"EVENTSTORE_LIMIT_MAX_TYPE_NAME_LENGTH={self.max_type_name_length}) allows Kafka "
                 f"records of up to {batch} bytes ({required} with a margin), more than "

@@ -22,6 +22,7 @@ from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
 from eventstore.api.decoding import add_service
 from eventstore.api.gate import CredentialGate
+from eventstore.api.precheck import append_precheck
 from eventstore.api.quotas import QuotaLimiter
 from eventstore.api.servicer import DeferredServicer, EventStoreServicer, refuse_undecodable
 from eventstore.config import ConfigError, ServerSettings, load
@@ -289,6 +290,7 @@ async def listen(settings: ServerSettings) -> RunningServer:
         SERVICE,
         deferred,
         around=lambda handler: CredentialGate(handler, authenticator, certificates),
+        prechecks={"Append": append_precheck(limits)},
     )
     health_servicer = health_aio.HealthServicer()
     add_service(server, HEALTH_SERVICE, health_servicer, refuse_undecodable)

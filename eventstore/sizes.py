@@ -3,11 +3,13 @@
 Validation counts an event's data, event type and metadata keys and values against
 `Limits.max_event_bytes`. The protobuf encoding adds what it does not count: the event id,
 aggregate id and type, content type, version and time, and per field a tag and a length
-prefix. Per metadata entry that is up to six bytes of framing, so an event whose counted
-bytes are all tiny metadata entries encodes to about three times its counted size (the
-worst case, which tests build and encode). The functions here give a safe upper bound from
-the limits alone, so that the places an event goes (a Kafka record, a gRPC message) can be
-sized for the largest event the store accepts. Pure arithmetic: no protobuf import.
+prefix. Per metadata entry that is six bytes of framing or more, so an event whose counted
+bytes were all tiny metadata entries would encode to about three times its counted size;
+`Limits.max_metadata_entries` bounds the entries, and with it the framing (the worst case,
+which tests build and encode: every entry used, all of them long). The functions here give a
+safe upper bound from the limits alone, so that the places an event goes (a Kafka record, a
+gRPC message) can be sized for the largest event the store accepts. Pure arithmetic: no
+protobuf import.
 """
 
 from __future__ import annotations
@@ -68,10 +70,19 @@ _TIMESTAMP = _length_delimited((1 + _INT64) + (1 + _NANOS))
 _SERVER_METADATA = _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES)
 
 
-def _metadata_bound(counted: int, maps: int) -> int:
-    """Encoded bytes of `maps` metadata maps whose keys and values add up to `counted` bytes.
+def _entry_framing(counted: int) -> int:
+    """The most bytes protobuf adds to one metadata entry whose key and value are at most
+    `counted` bytes together: tags of the entry, key and value, and their three lengths."""
+    part = varint_size(counted)
+    return 3 + 2 * part + varint_size(counted + 2 + 2 * part)
 
-    An entry of k key bytes and v value bytes (s = k + v counted) encodes to
+
+def _metadata_bound(counted: int, maps: int, entries: int) -> int:
+    """Encoded bytes of `maps` metadata maps of at most `entries` entries each, whose keys and
+    values add up to `counted` bytes: the lesser of two bounds, each valid alone.
+
+    By count: every entry adds at most `_entry_framing` to its counted bytes. By ratio,
+    whatever the count: an entry of k key bytes and v value bytes (s = k + v counted) encodes to
     s + 3 + varint(k) + varint(v) + varint(length of the entry): s + 6 for small entries, which
     is at most 3s once s >= 3 (and the varints grow far slower than s). An entry of s = 1 (a
     1-byte key) encodes to 3s + 4, one of s = 2 (a 1- or 2-byte key) to 3s + 2. So the excess
@@ -80,17 +91,19 @@ def _metadata_bound(counted: int, maps: int) -> int:
     """
     if counted <= 0:
         return 0
+    by_count = counted + maps * entries * _entry_framing(counted)
     one_byte = min(_ONE_BYTE_KEYS * maps, counted)
     excess = min(_SHORT_ENTRY_EXCESS * maps, counted + 3 * one_byte)
-    return 3 * counted + excess
+    return min(by_count, 3 * counted + excess)
 
 
-def _payload_bound(counted: int, events: int) -> int:
+def _payload_bound(counted: int, events: int, limits: Limits) -> int:
     """Event type, data and metadata of `events` events with `counted` bytes between them."""
     # The type and the data encode to their counted bytes plus a tag and a length each;
-    # metadata costs the most per counted byte, so the bound puts every counted byte there.
+    # metadata costs at least as much per counted byte (both of its bounds grow by at least
+    # one byte per counted byte), so the bound puts every counted byte there.
     prefixes = events * 2 * (1 + varint_size(counted))
-    return prefixes + _metadata_bound(counted, events)
+    return prefixes + _metadata_bound(counted, events, limits.max_metadata_entries)
 
 
 def _event_counted(limits: Limits) -> int:
@@ -117,7 +130,7 @@ def max_event_bytes(limits: Limits) -> int:
     This is the Kafka record value, and what ReadAggregate, Subscribe and QueryEvents send
     per event.
     """
-    return _event_fixed(limits) + _payload_bound(_event_counted(limits), 1)
+    return _event_fixed(limits) + _payload_bound(_event_counted(limits), 1, limits)
 
 
 def max_append_request_bytes(limits: Limits) -> int:
@@ -139,7 +152,7 @@ def max_append_request_bytes(limits: Limits) -> int:
         + _length_delimited(limits.max_type_name_length)
         + _length_delimited(1 + _INT64)  # expected_version (exact)
         + events * per_event
-        + _payload_bound(counted, events)
+        + _payload_bound(counted, events, limits)
     )
 
 

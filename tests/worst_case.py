@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import unicodedata
 import uuid
@@ -43,17 +44,20 @@ def short_keys() -> Iterator[str]:
     yield from (a + b + c for a in printable for b in printable for c in printable if _allowed(a))
 
 
-def metadata_heavy(counted: int) -> dict[str, str]:
-    """Metadata of about `counted` bytes (keys, empty values) in as many entries as possible."""
-    metadata: dict[str, str] = {}
-    used = 0
-    for key in short_keys():
-        size = len(key.encode())
-        if used + size > counted:
+def metadata_heavy(counted: int, limits: Limits) -> dict[str, str]:
+    """Metadata of exactly `counted` bytes (keys and values) that encodes to nearly the most
+    bytes: every entry the limit allows (each adds framing), and the bytes beyond the shortest
+    keys spread evenly over the values (long values take long length varints; keys of 128
+    bytes or more would add a byte per entry, which the bound covers too)."""
+    keys: list[str] = []
+    left = counted
+    for key in itertools.islice(short_keys(), limits.max_metadata_entries):
+        if len(key.encode()) > left:
             break
-        metadata[key] = ""
-        used += size
-    return metadata
+        keys.append(key)
+        left -= len(key.encode())
+    share, extra = divmod(left, len(keys)) if keys else (0, 0)
+    return {key: "v" * (share + (i < extra)) for i, key in enumerate(keys)}
 
 
 def content_type(limits: Limits) -> str:
@@ -65,7 +69,7 @@ def raw_event(limits: Limits, heavy_metadata: bool, event_id: str = "") -> RawEv
     counted = min(limits.max_event_bytes, limits.max_append_bytes)
     event_type = "E"
     budget = counted - len(event_type)
-    metadata = metadata_heavy(budget) if heavy_metadata else {}
+    metadata = metadata_heavy(budget, limits) if heavy_metadata else {}
     used = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
     data = os.urandom(budget - used)  # incompressible
     return RawEvent(event_id, event_type, data, content_type(limits), metadata)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from eventstore import sizes
 from eventstore.api.convert import append_from_proto
 from eventstore.config import KafkaSettings
 from eventstore.domain.validation import Limits, validate_append
@@ -29,6 +30,8 @@ SMALL = Limits(max_aggregate_id_bytes=1, max_type_name_length=8, max_event_bytes
 #: The append limit below the event limit: an event can be no larger than the append.
 CAPPED = Limits(max_event_bytes=100_000, max_append_bytes=30_000)
 TINY_MAP = Limits(max_event_bytes=300)
+#: Entries not limited in practice: every counted byte may be a tiny entry of its own.
+UNCOUNTED = Limits(max_metadata_entries=10**9)
 
 
 def _bytes(data: str | bytes | None) -> bytes:
@@ -49,7 +52,7 @@ def librdkafka_record_size(key: bytes, value: bytes, headers: list[tuple[str, by
 
 
 @pytest.mark.parametrize("heavy_metadata", [True, False], ids=["metadata", "data"])
-@pytest.mark.parametrize("limits", [DEFAULT, SMALL, CAPPED, TINY_MAP], ids=repr)
+@pytest.mark.parametrize("limits", [DEFAULT, SMALL, CAPPED, TINY_MAP, UNCOUNTED], ids=repr)
 def test_the_largest_accepted_event_fits_its_bound(limits: Limits, heavy_metadata: bool) -> None:
     event = worst_case.recorded(limits, heavy_metadata)
     value = records.record_value(event)
@@ -62,12 +65,33 @@ def test_the_largest_accepted_event_fits_its_bound(limits: Limits, heavy_metadat
 
 
 def test_the_bound_is_close_for_the_default_limits() -> None:
-    """Tiny metadata entries make the worst case about three times the counted bytes; the
-    bound should not be much above what such an event really encodes to."""
+    """The entry limit keeps the worst case near the counted bytes; the bound should not be
+    much above what such an event really encodes to."""
     event = worst_case.recorded(DEFAULT, heavy_metadata=True)
+    assert len(event.metadata) == DEFAULT.max_metadata_entries + 1  # and the server's own
     actual = len(records.record_value(event))
-    assert actual > 3 * DEFAULT.max_event_bytes
+    assert actual > DEFAULT.max_event_bytes
     assert max_event_bytes(DEFAULT) - actual < 0.01 * actual
+
+
+def test_the_entry_limit_takes_the_bound_from_three_times_the_event_to_about_once() -> None:
+    """Without the entry limit, one-byte entries made an event about three times its counted
+    bytes once encoded (the Kafka topics were sized for that); the ratio bound still holds
+    for limits that allow that many entries."""
+    event = worst_case.recorded(UNCOUNTED, heavy_metadata=True)
+    actual = len(records.record_value(event))
+    assert actual > 3 * UNCOUNTED.max_event_bytes
+    assert actual <= max_event_bytes(UNCOUNTED) < 1.01 * actual
+    assert max_event_bytes(DEFAULT) < DEFAULT.max_event_bytes + 8 * 1024
+
+
+def test_a_metadata_entry_adds_at_most_its_framing_bound() -> None:
+    """The per-entry bound of the count bound, against protobuf itself, around each length
+    where a varint grows."""
+    for counted in (1, 2, 127, 128, 129, 16_383, 16_384, 16_390, 2**21 - 1, 2**21 + 5):
+        for key in {1, 2, 127, 128, counted // 2, counted - 1, counted} & set(range(counted + 1)):
+            entry = pb.Event(metadata={"k" * key: "v" * (counted - key)}).ByteSize()
+            assert entry - counted <= sizes._entry_framing(counted), (counted, key)
 
 
 def test_every_header_is_bounded() -> None:
@@ -88,8 +112,14 @@ def test_a_metadata_entry_costs_at_most_three_times_its_bytes_beyond_two_bytes()
     assert pb.Event(metadata={"kk": ""}).ByteSize() == 3 * 2 + 2
 
 
-def test_the_largest_accepted_append_request_fits_its_bound() -> None:
-    limits = Limits(max_events_per_append=4, max_event_bytes=6_000, max_append_bytes=20_000)
+@pytest.mark.parametrize("entries", [64, 10**9])
+def test_the_largest_accepted_append_request_fits_its_bound(entries: int) -> None:
+    limits = Limits(
+        max_events_per_append=4,
+        max_event_bytes=6_000,
+        max_append_bytes=20_000,
+        max_metadata_entries=entries,
+    )
     per_event = dataclasses.replace(limits, max_event_bytes=5_000)
     events = [
         worst_case.raw_event(per_event, heavy_metadata=True, event_id=worst_case.wide_event_id(i))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 
 import pytest
@@ -77,6 +78,50 @@ def test_metadata_counts_towards_the_event_size() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_append(raw(events=[event]), limits)
     assert fields_of(caught) == ["events[0]"]
+
+
+def test_metadata_entries_are_limited_per_event() -> None:
+    limits = Limits(max_metadata_entries=3)
+    at_limit = RawEvent("", "E", b"{}", "", {f"k{i}": "v" for i in range(3)})
+    validate_append(raw(events=[at_limit]), limits)
+    over = RawEvent("", "E", b"{}", "", {f"k{i}": "v" for i in range(4)})
+    with pytest.raises(InvalidArgument) as caught:
+        validate_append(raw(events=[at_limit, over]), limits)
+    ((violation),) = caught.value.violations
+    assert violation.field == "events[1].metadata"
+    assert violation.description == "holds 4 entries; the limit is 3"
+
+
+class _CountOnly(Mapping[str, str]):
+    """Metadata that can be counted but not read: reading a key fails the test."""
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        raise AssertionError("validation read a key of metadata it should refuse by count")
+
+    def __getitem__(self, key: str) -> str:
+        raise AssertionError("validation read a key of metadata it should refuse by count")
+
+
+def test_too_many_metadata_entries_are_refused_before_any_key_is_read() -> None:
+    """The per-key checks (control characters, the NFKC look-alike check) cost microseconds
+    a key: an event of 200,000 keys is refused by its count alone."""
+    event = RawEvent("", "E", b"{}", "", _CountOnly(200_000))
+    with pytest.raises(InvalidArgument) as caught:
+        validate_append(raw(events=[event]), Limits())
+    assert [v.description for v in caught.value.violations] == [
+        "holds 200000 entries; the limit is 64"
+    ]
+    # The same with real keys, reserved ones among them: only the count is reported.
+    keys = {"$principal": "x", "\uff04x": "y", **{str(i): "" for i in range(200_000)}}
+    with pytest.raises(InvalidArgument) as caught:
+        validate_append(raw(events=[RawEvent("", "E", b"{}", "", keys)]), Limits())
+    assert fields_of(caught) == ["events[0].metadata"]
 
 
 @pytest.mark.parametrize(
