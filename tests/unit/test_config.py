@@ -170,9 +170,11 @@ def test_default_quotas_and_their_zero(monkeypatch: pytest.MonkeyPatch) -> None:
         max_calls_in_flight=256,
         requests_per_s=5000,
         append_bytes_per_s=8 * 1024 * 1024,
+        append_events_per_s=10_000,
     )
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_REQUESTS_PER_S", "0")  # 0: no default
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_APPEND_BYTES_PER_S", "0")
+    monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_APPEND_EVENTS_PER_S", "0")
     monkeypatch.setenv("EVENTSTORE_MAX_CONCURRENT_RPCS", "0")  # 0: unbounded
     settings = load(ServerSettings)
     assert settings.limits.default_quotas() == Quotas(max_subscriptions=32, max_calls_in_flight=256)
