@@ -396,25 +396,48 @@ class EventStoreClient:
     ) -> AsyncIterator[RecordedEvent]:
         """The aggregate's events from `from_version` (0: the first, or the last if
         `backwards`), at most `max_count` of them (0: all). An aggregate without events yields
-        nothing. Stopping early (`aclose()`, or dropping the generator) cancels the call."""
-        request = pb.ReadAggregateRequest(
-            aggregate_id=aggregate_id,
-            from_version=from_version,
-            direction=pb.DIRECTION_BACKWARDS if backwards else pb.DIRECTION_FORWARDS,
-            max_count=max_count,
-        )
-        call = self._stub.ReadAggregate(request, metadata=self._metadata)
-        try:
-            async for page in call:
-                for event in page.events:
-                    yield event_from_proto(event)
-        except grpc.aio.AioRpcError as exc:
-            raise _error(exc) from None
-        finally:
-            # A read left half-way (the caller broke out, or closed this generator) ends on the
-            # server now, not when the call is collected: it holds one of the principal's calls
-            # in flight there until it does.
-            call.cancel()
+        nothing. Stopping early (`aclose()`, or dropping the generator) cancels the call.
+
+        A retryable failure (a replica restarting, say) is retried under the client's policy,
+        from the version after the last one yielded: every event is yielded once, in order."""
+        step = -1 if backwards else 1
+        backoff = self._retry.initial_backoff_s
+        failures = 0
+        yielded = False
+        while True:
+            request = pb.ReadAggregateRequest(
+                aggregate_id=aggregate_id,
+                from_version=from_version,
+                direction=pb.DIRECTION_BACKWARDS if backwards else pb.DIRECTION_FORWARDS,
+                max_count=max_count,
+            )
+            call = self._stub.ReadAggregate(request, metadata=self._metadata)
+            try:
+                async for page in call:
+                    for message in page.events:
+                        event = event_from_proto(message)
+                        yield event
+                        yielded = True
+                        failures, backoff = 0, self._retry.initial_backoff_s
+                        from_version = event.version + step
+                        if max_count:
+                            max_count -= 1
+                return
+            except grpc.aio.AioRpcError as exc:
+                failures += 1
+                if exc.code() not in RETRYABLE or failures >= self._retry.attempts:
+                    raise _error(exc) from None
+            finally:
+                # A read left half-way (the caller broke out, or closed this generator) ends on
+                # the server now, not when the call is collected: it holds one of the
+                # principal's calls in flight there until it does.
+                call.cancel()
+            if (backwards and yielded and from_version < 1) or (
+                max_count == 0 and request.max_count
+            ):
+                return  # what was asked for was all yielded before the failure
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(backoff * 2, self._retry.max_backoff_s)
 
     async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
         """`read` as a list (same arguments)."""

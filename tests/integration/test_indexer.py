@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
-from opensearchpy.exceptions import TransportError
+from opensearchpy.exceptions import ConnectionTimeout, TransportError
 
 from devstack.proxy import FaultProxy
 from eventstore.client import Event, EventStoreClient
@@ -72,12 +72,16 @@ async def indexer(
 def answered(call: Callable[[], T], within_s: float = 30) -> T:
     """OpenSearch answers 503 (all shards failed) for a moment while an index the indexer just
     created (the month's) has its shard starting, or right after a restart even once its health
-    is yellow; and 429 (its parent circuit breaker) while an indexer under test sends it
-    requests of hundreds of MB: ask again rather than fail the test on it."""
+    is yellow; and 429 (its parent circuit breaker), or no answer within the client's 10 s,
+    while an indexer under test sends it requests of hundreds of MB: ask again rather than
+    fail the test on it (what the tests assert is what is indexed in the end)."""
     deadline = time.monotonic() + within_s
     while True:
         try:
             return call()
+        except ConnectionTimeout:
+            if time.monotonic() > deadline:
+                raise
         except TransportError as exc:
             if exc.status_code not in (429, 503) or time.monotonic() > deadline:
                 raise
