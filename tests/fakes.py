@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
+import grpc
+
+from eventstore.config import ServerSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
 from eventstore.ports import (
@@ -18,6 +22,8 @@ from eventstore.ports import (
     PublisherUnavailable,
     PublishFailed,
 )
+from eventstore.server import Components, start
+from eventstore.storage.memory import InMemoryEventStorage, InMemorySnapshotStore
 from eventstore.wire.records import murmur2_partition
 
 #: How long an idle log read waits, like the Kafka reader's short sleep: the subscription loop
@@ -226,3 +232,22 @@ class InMemoryEventIndex(EventIndex):
 
 def _millis(value: datetime) -> int:
     return int(value.timestamp() * 1000)
+
+
+@contextlib.asynccontextmanager
+async def in_memory_server() -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to an in-process server (authentication off) over the in-memory fakes."""
+    running = await start(
+        ServerSettings(listen="127.0.0.1:0", auth_disabled=True),
+        Components(
+            InMemoryEventStorage(),
+            log=InMemoryEventLog(),
+            index=InMemoryEventIndex(),
+            snapshots=InMemorySnapshotStore(),
+        ),
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield channel
+    finally:
+        await running.stop(grace=0)

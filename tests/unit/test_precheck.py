@@ -12,13 +12,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from eventstore.api.precheck import append_metadata_counts, append_precheck
-from eventstore.config import ServerSettings
 from eventstore.domain.validation import Limits
-from eventstore.server import Components, start
-from eventstore.storage.memory import InMemoryEventStorage, InMemorySnapshotStore
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
-from tests.fakes import InMemoryEventIndex, InMemoryEventLog
+from tests.fakes import in_memory_server
 
 
 def append(*metadata: dict[str, str]) -> pb.AppendRequest:
@@ -67,18 +64,8 @@ def test_entries_are_counted_as_sent() -> None:
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    running = await start(
-        ServerSettings(listen="127.0.0.1:0", auth_disabled=True),
-        Components(
-            InMemoryEventStorage(),
-            log=InMemoryEventLog(),
-            index=InMemoryEventIndex(),
-            snapshots=InMemorySnapshotStore(),
-        ),
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    async with in_memory_server() as channel:
         yield channel
-    await running.stop(grace=0)
 
 
 @pytest.fixture

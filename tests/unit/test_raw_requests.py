@@ -10,29 +10,16 @@ import pytest
 from hypothesis import given, settings
 
 from eventstore import metrics
-from eventstore.config import ServerSettings
-from eventstore.server import Components, start
-from eventstore.storage.memory import InMemoryEventStorage, InMemorySnapshotStore
-from tests.fakes import InMemoryEventIndex, InMemoryEventLog
+from tests.fakes import in_memory_server
 from tests.raw_requests import RPCS, call, check, raw_requests
 
 
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
-    running = await start(
-        ServerSettings(listen="127.0.0.1:0", auth_disabled=True),
-        Components(
-            InMemoryEventStorage(),
-            log=InMemoryEventLog(),
-            index=InMemoryEventIndex(),
-            snapshots=InMemorySnapshotStore(),
-        ),
-    )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    async with in_memory_server() as channel:
         # The seeds name an aggregate with events (a snapshot needs its version to exist).
         assert await call(channel, RPCS["Append"], RPCS["Append"].seeds[0]) == grpc.StatusCode.OK
         yield channel
-    await running.stop(grace=0)
 
 
 def _test_for(name: str) -> object:
