@@ -241,6 +241,14 @@ class SharedTailReader(LogReader):
     async def _read_own(self, max_records: int) -> list[LogRecord]:
         assert self._own is not None
         records = await self._own.read(max_records)
+        if self._partitions is not None:
+            # A keyed reader opened before its type's topic existed learns its partition when
+            # its own reader is assigned it (not from a record: its key's partition may hold
+            # none), or it would never join the tail and keep a consumer for good.
+            for where, offset in self._own.start_positions().items():
+                if where not in self._partitions:
+                    self._partitions.add(where)
+                    self._positions.setdefault(where, offset)
         for record in records:
             where = (record.aggregate_type, record.partition)
             self._positions[where] = record.offset + 1

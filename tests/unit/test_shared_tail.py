@@ -178,3 +178,26 @@ async def test_the_tail_closes_once_unused_and_opens_again_when_needed(
         await second.stop()
     finally:
         await shared.close()
+
+
+async def test_a_keyed_reader_opened_before_its_topic_existed_joins_the_tail(
+    inner: InMemoryEventLog, shared: SharedTailLog
+) -> None:
+    """Its key's partition may never hold a record: it learns the partition from its own
+    reader's assignment, joins the tail and closes its own reader (in make test, keyed
+    subscriptions opened just before their type's first record kept their consumers)."""
+    key = "key-0"
+    other = next(
+        o
+        for o in (f"other-{n}" for n in range(100))
+        if inner.partition_of(o) != inner.partition_of(key)
+    )
+    keyed = Reading(await shared.open(frozenset({"T"}), "beginning", key=key))
+    await asyncio.sleep(0.05)
+    await inner.send(recorded(other, "T", range(1, 2)))  # creates the topic, not in key's partition
+    await until(lambda: shared.members == 1)
+    await until(lambda: open_readers(inner) == 1)  # the tail's only
+    await inner.send(recorded(key, "T", range(1, 3)))
+    await keyed.until(2)
+    assert [r.event.version for r in keyed.records] == [1, 2]
+    await keyed.stop()
