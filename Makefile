@@ -100,6 +100,9 @@ bench: migrate  ## append, publication, indexing and query figures against the r
 	$(PY) -m benchmarks.quotas --kind unauthenticated --quota 0
 	$(PY) -m benchmarks.quotas --kind bytes --quota 0
 	$(PY) -m benchmarks.quotas --kind bytes --quota 0 --bytes-quota 4194304
+	$(PY) -m benchmarks.quotas --kind inflight --quota 0
+	$(PY) -m benchmarks.quotas --kind metadata --quota 0
+	$(PY) -m benchmarks.quotas --kind events --quota 0
 	$(PY) -m benchmarks.subscriptions
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay

@@ -268,6 +268,13 @@ class ResourceExhaustedError(ClientError):
     """Over a quota: try again after `retry_after_s`."""
 
     @property
+    def quota(self) -> str | None:
+        """The quota the caller is over (`max_calls_in_flight`, `append_events_per_s`, ...);
+        None when the server as a whole was full (EVENTSTORE_MAX_CONCURRENT_RPCS)."""
+        info = self._detail(error_details_pb2.ErrorInfo)
+        return info.metadata.get("quota") if info is not None else None
+
+    @property
     def retry_after_s(self) -> float | None:
         info = self._detail(error_details_pb2.RetryInfo)
         return float(info.retry_delay.ToNanoseconds()) / 1e9 if info is not None else None

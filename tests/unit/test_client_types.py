@@ -16,7 +16,14 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from eventstore import client
-from eventstore.client import ClientError, EventStoreClient, WrongExpectedVersionError
+from eventstore.api.errors import to_status
+from eventstore.client import (
+    ClientError,
+    EventStoreClient,
+    ResourceExhaustedError,
+    WrongExpectedVersionError,
+)
+from eventstore.domain.access import QuotaExceeded
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
 from eventstore.domain.queries import Freshness, QueryPage
 from eventstore.domain.snapshots import Snapshot
@@ -131,3 +138,13 @@ def test_a_conflict_says_what_was_expected_in_domain_terms(expected: ExpectedVer
     assert (error.aggregate_id, error.expected, error.actual_version) == ("order-1", expected, 6)
     assert isinstance(error, ClientError)
     assert not any(isinstance(value, Message) for value in vars(error).values())
+
+
+def test_a_refusal_names_the_quota_or_none_when_the_server_was_full() -> None:
+    exhausted = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = to_status(QuotaExceeded("alice", "max_calls_in_flight", 256, 0.1), "req-1")
+    over = ResourceExhaustedError(exhausted, status.message, status)
+    assert over.quota == "max_calls_in_flight"
+    assert over.retry_after_s == pytest.approx(0.1)
+    # gRPC's own refusal beyond EVENTSTORE_MAX_CONCURRENT_RPCS carries no details.
+    assert ResourceExhaustedError(exhausted, "", None).quota is None
