@@ -47,10 +47,8 @@ from eventstore.v1 import eventstore_pb2 as pb
 KEYSPACE = "eventstore_bench"
 #: What the flood process prints once its set-up is done and its workers start.
 FLOODING = "flooding"
-#: Reads each `inflight` worker opens at once; refusals come back within milliseconds, and
-#: what is not answered within `HOLD_WAIT_S` is held.
+#: Reads each `inflight` worker opens at once (8 workers: as many as the default bound).
 INFLIGHT_BURST = 32
-HOLD_WAIT_S = 0.5
 
 
 def summary(samples: list[float]) -> str:
@@ -96,7 +94,7 @@ def metadata_flood_request(aggregate_id: str) -> bytes:
 
 
 async def flood(address: str, key: str, workers: int, seconds: float, kind: str) -> None:
-    admitted = failed = 0
+    admitted = failed = unanswered = 0
     refused: Counter[str] = Counter()  # by quota, or by status code where no quota is named
     deadline = 0.0  # set once the set-up is done
 
@@ -111,33 +109,53 @@ async def flood(address: str, key: str, workers: int, seconds: float, kind: str)
         async for _ in client.subscribe(aggregate_types=["Payment"]):
             opened.set()  # and keep it open, reading what comes
 
-    async def hold_read(client: EventStoreClient) -> None:
+    async def hold_read(client: EventStoreClient, opened: asyncio.Event) -> None:
         async for _ in client.read(long_aggregate):
+            opened.set()
             # Leave the rest unread: the server's next message waits on flow control, and the
-            # call keeps its slot. (The first may never come either; the slot is held alike.)
+            # call keeps its slot.
             await asyncio.get_running_loop().create_future()
+
+    async def first_answer(
+        task: asyncio.Task[None], opened: asyncio.Event, patience_s: float | None = None
+    ) -> bool:
+        """Whether `task`'s call is open (its first message came) within `patience_s`; its
+        refusal is raised if it ended first."""
+        waiting = asyncio.create_task(opened.wait())
+        await asyncio.wait({task, waiting}, timeout=patience_s, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if task.done():
+            task.result()
+        return opened.is_set()
 
     def refusal(exc: ResourceExhaustedError) -> None:
         refused[exc.quota or exc.code.name] += 1
 
     async def hold_reads(slow: EventStoreClient) -> None:
-        """A burst of reads at once: the refused ones answer within milliseconds, the ones
-        still unanswered after HOLD_WAIT_S are held to the end of the flood."""
-        nonlocal admitted, failed
-        burst = [asyncio.create_task(hold_read(slow)) for _ in range(INFLIGHT_BURST)]
-        await asyncio.wait(burst, timeout=HOLD_WAIT_S)
-        for task in burst:
-            if not task.done():
+        """A burst of reads at once, each answered (held open, or refused) before the next:
+        the flood's unanswered calls stay within INFLIGHT_BURST per worker."""
+        nonlocal admitted, failed, unanswered
+        burst: list[tuple[asyncio.Task[None], asyncio.Event]] = []
+        for _ in range(INFLIGHT_BURST):
+            opened = asyncio.Event()
+            burst.append((asyncio.create_task(hold_read(slow, opened)), opened))
+        left = max(deadline - time.monotonic(), 0.0) + 5.0  # then it counts as unanswered
+        outcomes = await asyncio.gather(
+            *(first_answer(task, opened, left) for task, opened in burst), return_exceptions=True
+        )
+        for (task, _), outcome in zip(burst, outcomes, strict=True):
+            if outcome is True:
                 held.append(task)
                 admitted += 1
-                continue
-            try:
-                task.result()
-                admitted += 1  # read in full: it held its slot only briefly
-            except ResourceExhaustedError as exc:
-                refusal(exc)
-            except ClientError:
+            elif outcome is False:
+                task.cancel()
+                unanswered += 1
+            elif isinstance(outcome, ResourceExhaustedError):
+                refusal(outcome)
+            elif isinstance(outcome, ClientError):
                 failed += 1
+            else:
+                raise outcome
 
     async def worker(w: int, client: EventStoreClient, slow: EventStoreClient) -> None:
         nonlocal admitted, failed
@@ -148,11 +166,7 @@ async def flood(address: str, key: str, workers: int, seconds: float, kind: str)
                 elif kind == "subscribe":
                     opened = asyncio.Event()
                     task = asyncio.create_task(hold(client, opened))
-                    waiting = asyncio.create_task(opened.wait())
-                    await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
-                    waiting.cancel()
-                    if task.done():
-                        task.result()  # raises the refusal
+                    await first_answer(task, opened)  # raises the refusal
                     held.append(task)
                 elif kind == "inflight":
                     await hold_reads(slow)
@@ -229,6 +243,7 @@ async def flood(address: str, key: str, workers: int, seconds: float, kind: str)
         f"noisy principal, {workers} workers for {seconds:.0f} s: "
         f"{admitted} admitted ({admitted / seconds:.0f}/s), {total} refused "
         f"({total / seconds:.0f}/s{': ' + why if why else ''}), {failed} failed otherwise"
+        + (f", {unanswered} unanswered" if unanswered else "")
         + (f"; {still_held} held open at the end" if kind in ("inflight", "subscribe") else ""),
         flush=True,
     )
