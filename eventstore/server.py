@@ -280,6 +280,12 @@ async def listen(settings: ServerSettings) -> RunningServer:
             # other server must fail to bind a port in use, not silently share it with whatever
             # holds it (seen in the suite: a restarted server got another test's connections).
             ("grpc.so_reuseport", int(settings.worker is not None)),
+            # HTTP/2 flow control bounds what a caller sends before we answer: a fixed 1 MiB
+            # window per stream. gRPC's bandwidth probing grows windows as fast as data
+            # arrives, and under load (the refusal slower to come) 160 unauthenticated 8 MiB
+            # appends, refused from their headers, still grew the server by 925 MiB.
+            ("grpc.http2.bdp_probe", 0),
+            ("grpc.http2.lookahead_bytes", 1024 * 1024),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
     )
