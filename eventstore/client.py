@@ -166,6 +166,15 @@ class RetryPolicy:
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 2.0
 
+    def step(self, failures: int) -> float:
+        """The backoff step after `failures` failed tries in a row (1: the first)."""
+        return min(self.initial_backoff_s * 2.0 ** (failures - 1), self.max_backoff_s)
+
+    def wait(self, failures: int) -> float:
+        """How long to wait after `failures` failed tries: between half and all of the step."""
+        step = self.step(failures)
+        return random.uniform(step / 2, step)
+
 
 class ClientError(Exception):
     """A call the server refused or could not answer. `code` is the gRPC status code,
@@ -408,7 +417,6 @@ class EventStoreClient:
         A retryable failure (a replica restarting, say) is retried under the client's policy,
         from the version after the last one yielded: every event is yielded once, in order."""
         step = -1 if backwards else 1
-        backoff = self._retry.initial_backoff_s
         failures = 0
         yielded = False
         while True:
@@ -425,7 +433,7 @@ class EventStoreClient:
                         event = event_from_proto(message)
                         yield event
                         yielded = True
-                        failures, backoff = 0, self._retry.initial_backoff_s
+                        failures = 0
                         from_version = event.version + step
                         if max_count:
                             max_count -= 1
@@ -443,8 +451,7 @@ class EventStoreClient:
                 max_count == 0 and request.max_count
             ):
                 return  # what was asked for was all yielded before the failure
-            await asyncio.sleep(random.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, self._retry.max_backoff_s)
+            await asyncio.sleep(self._retry.wait(failures))
 
     async def read_all(self, aggregate_id: str, **kwargs: Any) -> list[RecordedEvent]:
         """`read` as a list (same arguments)."""
@@ -568,9 +575,7 @@ class EventStoreClient:
         return snapshot_from_proto(snapshot)
 
     async def _with_retries(self, method: Any, request: Any) -> Any:
-        backoff = self._retry.initial_backoff_s
         for attempt in range(1, self._retry.attempts + 1):
-            wait = random.uniform(backoff / 2, backoff)
             try:
                 return await method(request, timeout=self._timeout, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
@@ -585,8 +590,9 @@ class EventStoreClient:
                     exc.code() not in RETRYABLE and quota_wait is None
                 ):
                     raise error from None
-                if quota_wait is not None:
-                    wait = quota_wait + random.uniform(0, backoff)
+            if quota_wait is not None:
+                wait = quota_wait + random.uniform(0, self._retry.step(attempt))
+            else:
+                wait = self._retry.wait(attempt)
             await asyncio.sleep(wait)
-            backoff = min(backoff * 2, self._retry.max_backoff_s)
         raise AssertionError("unreachable")
