@@ -81,8 +81,9 @@ def start(service: Service, java: Path) -> float | None:
     return time.monotonic()
 
 
-def up(names: Sequence[str] = ()) -> None:
-    """Start what is not running yet (idempotent) and wait until every service answers."""
+def up(names: Sequence[str] = (), timeout_s: float | None = None) -> None:
+    """Start what is not running yet (idempotent) and wait until every service answers, for
+    `timeout_s` (default: EVENTSTORE_STACK_START_TIMEOUT, 240 s)."""
     services = by_name(names)
     java: Path | None = None
     launched: dict[str, float] = {}
@@ -98,7 +99,8 @@ def up(names: Sequence[str] = ()) -> None:
             log.info("%s: already running (pid %s)", service.name, service.running_pid())
         else:
             launched[service.name] = started
-    timeout_s = float(os.environ.get("EVENTSTORE_STACK_START_TIMEOUT", "240"))
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("EVENTSTORE_STACK_START_TIMEOUT", "240"))
     deadline = time.monotonic() + timeout_s
     pending = list(services)
     while pending:
