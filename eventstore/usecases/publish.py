@@ -256,7 +256,7 @@ class Publication:
         if running is not None and not running.done():
             work.close()
             return
-        task = self._spawn(work)
+        task = self._spawn(self._guarded(key, work))
         self._replays[key] = task
 
         def forget(done: asyncio.Task[None]) -> None:
@@ -264,6 +264,19 @@ class Publication:
                 del self._replays[key]
 
         task.add_done_callback(forget)
+
+    @staticmethod
+    async def _guarded(key: object, work: Coroutine[Any, Any, None]) -> None:
+        """A background step of the relay whose failure is logged, never left in its task:
+        each is started again by a later round (its orphan, silent writer or parked entries
+        are still there). Seen under load: reading the parked entries timed out, and asyncio
+        reported "Task exception was never retrieved"."""
+        try:
+            await work
+        except StorageUnavailable as exc:
+            log.warning("relay: step failed, retried next round", step=str(key), error=str(exc))
+        except Exception:
+            log.exception("relay: step failed, retried next round", step=str(key))
 
     def _live(self, writers: list[WriterState]) -> list[UUID]:
         cutoff = self._clock() - self._takeover_after

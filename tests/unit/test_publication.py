@@ -14,7 +14,7 @@ import pytest
 from eventstore.domain.access import UNRESTRICTED
 from eventstore.domain.errors import StorageUnavailable, WrongExpectedVersion
 from eventstore.domain.events import AppendRequest, Direction, ExpectedVersion, NewEvent
-from eventstore.ports import AppendOutcome
+from eventstore.ports import AppendOutcome, ParkedAggregate
 from eventstore.storage.memory import (
     InMemoryAggregateCatalog,
     InMemoryEventStorage,
@@ -346,3 +346,41 @@ async def test_a_writer_that_cannot_register_in_time_gives_up() -> None:
     publication, _ = world.process()
     with pytest.raises(StorageUnavailable):
         await publication.start(within_s=0.2)
+
+
+class FlakyParked(InMemoryPublicationLog):
+    """A journal store whose reads of the parked entries time out `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def parked(self) -> list[ParkedAggregate]:
+        if self.failures:
+            self.failures -= 1
+            raise StorageUnavailable("Cassandra: OperationTimedOut")
+        return await super().parked()
+
+
+async def test_a_relay_step_that_fails_is_logged_and_retried_next_round() -> None:
+    """Not left as an exception in its task ("Task exception was never retrieved")."""
+    world = World()
+    world.outbox = FlakyParked(failures=1)
+    publication, append = world.process()
+    await publication.start()
+    world.publisher.refused.add("broken")
+    await append(request("broken"), UNRESTRICTED)
+    await settle(publication)
+    [parked] = await world.outbox.parked()
+    world.publisher.refused.clear()
+    publication._clock = lambda: parked.next_attempt_at + timedelta(seconds=1)
+    world.outbox.failures = 1
+    await publication.relay_once()
+    steps = list(publication._replays.values())
+    assert steps, "the parked entries' retry runs in the background"
+    await asyncio.gather(*steps)  # raises if the failure was left in the task
+    assert all(step.exception() is None for step in steps)
+    await publication.relay_once()
+    await settle(publication)
+    assert world.first_copies("broken") == [1]
+    assert await world.outbox.parked() == []
