@@ -330,6 +330,9 @@ class LimitSettings(BaseSettings):
     #: principal that holds the fewest (eventstore.usecases.fairness), so one principal's
     #: backlog cannot delay another's calls by more than about one call.
     storage_calls_in_flight: int = Field(64, ge=1)
+    #: The same for OpenSearch searches (QueryEvents): OpenSearch's search pool has
+    #: 1.5 x cores + 1 threads and queues the rest first come, first served.
+    search_calls_in_flight: int = Field(16, ge=1)
     #: Calls per second (any RPC) one authenticated principal may make to one server, unless
     #: its permissions entry sets `quotas.requests_per_s`; 0: no default (unlimited).
     default_requests_per_s: float = Field(5000, ge=0)

@@ -56,7 +56,7 @@ from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.storage.snapshots import CassandraSnapshotStore
 from eventstore.usecases.append import AppendEvents
-from eventstore.usecases.fairness import FairShare, FairStorage
+from eventstore.usecases.fairness import FairIndex, FairShare, FairSnapshots, FairStorage
 from eventstore.usecases.journal import WriterJournal
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
@@ -153,6 +153,12 @@ class RunningServer:
         # behind its callers.
         self.share = FairShare(settings.limits.storage_calls_in_flight)
         shared = FairStorage(storage, self.share)
+        searches = FairShare(settings.limits.search_calls_in_flight)
+        snapshots = (
+            FairSnapshots(components.snapshots, self.share)
+            if components.snapshots is not None
+            else None
+        )
         if components.outbox is not None and components.publisher is not None:
             self.publication = Publication(
                 storage,
@@ -195,13 +201,17 @@ class RunningServer:
                 if components.log is not None
                 else None
             ),
-            query=QueryEvents(components.index) if components.index is not None else None,
+            query=(
+                QueryEvents(FairIndex(components.index, searches))
+                if components.index is not None
+                else None
+            ),
             snapshots=(
                 (
-                    SaveSnapshot(shared, components.snapshots),
-                    GetSnapshot(shared, components.snapshots),
+                    SaveSnapshot(shared, snapshots),
+                    GetSnapshot(shared, snapshots),
                 )
-                if components.snapshots is not None
+                if snapshots is not None
                 else None
             ),
         )
