@@ -325,6 +325,14 @@ class LimitSettings(BaseSettings):
     #: already slow; yet one principal holding slow calls (reads of long aggregates, streams it
     #: does not read) takes at most an eighth of the 2,048 EVENTSTORE_MAX_CONCURRENT_RPCS.
     max_calls_in_flight_per_principal: int = Field(256, ge=1)
+    #: Cassandra calls (a read's page, an append's Paxos round, ...) one server process runs at
+    #: once for its callers; beyond it they queue, and each freed slot goes to the waiting
+    #: principal that holds the fewest (eventstore.usecases.fairness), so one principal's
+    #: backlog cannot delay another's calls by more than about one call.
+    storage_calls_in_flight: int = Field(64, ge=1)
+    #: The same for OpenSearch searches (QueryEvents): OpenSearch's search pool has
+    #: 1.5 x cores + 1 threads and queues the rest first come, first served.
+    search_calls_in_flight: int = Field(16, ge=1)
     #: Calls per second (any RPC) one authenticated principal may make to one server, unless
     #: its permissions entry sets `quotas.requests_per_s`; 0: no default (unlimited).
     default_requests_per_s: float = Field(5000, ge=0)

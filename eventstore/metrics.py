@@ -45,6 +45,12 @@ PRODUCER_QUEUE = Gauge(
     "Records handed to the Kafka producer, not yet confirmed",
     multiprocess_mode="livesum",
 )
+STORAGE_CALLS_WAITING = Gauge(
+    "eventstore_storage_calls_waiting",
+    "Storage calls for callers waiting for a fair-share slot (all "
+    "EVENTSTORE_LIMIT_STORAGE_CALLS_IN_FLIGHT taken)",
+    multiprocess_mode="livesum",
+)
 
 RPC_REQUESTS = Counter(
     "eventstore_rpc_requests", "RPCs finished, by method and status code", ["method", "code"]

@@ -56,6 +56,7 @@ from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.storage.snapshots import CassandraSnapshotStore
 from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.fairness import FairIndex, FairShare, FairSnapshots, FairStorage
 from eventstore.usecases.journal import WriterJournal
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
@@ -141,11 +142,23 @@ class RunningServer:
     components: Components | None = None
     publication: Publication | None = None
     relay: asyncio.Task[None] | None = None
+    #: Cassandra slots of the calls made for callers (None until attached)
+    share: FairShare | None = None
 
     async def attach(self, components: Components) -> None:
         """Wire the use cases to the connected backends, start the relay, report SERVING."""
         settings = self.settings
         storage = components.storage
+        # The relay and takeover use `storage` itself: the server's own work is not queued
+        # behind its callers.
+        self.share = FairShare(settings.limits.storage_calls_in_flight)
+        shared = FairStorage(storage, self.share)
+        searches = FairShare(settings.limits.search_calls_in_flight)
+        snapshots = (
+            FairSnapshots(components.snapshots, self.share)
+            if components.snapshots is not None
+            else None
+        )
         if components.outbox is not None and components.publisher is not None:
             self.publication = Publication(
                 storage,
@@ -169,17 +182,17 @@ class RunningServer:
                 subscriptions=settings.limits.max_subscriptions,
             ),
             append=AppendEvents(
-                storage,
+                shared,
                 publication=self.publication,
                 catalog=components.catalog,
                 failpoints=Failpoints(settings.failpoints),
             ),
-            read=ReadAggregate(storage, settings.read_page_size),
-            describe=DescribeAggregate(storage),
+            read=ReadAggregate(shared, settings.read_page_size),
+            describe=DescribeAggregate(shared),
             limits=settings.limits.to_limits(),
             subscribe=(
                 Subscribe(
-                    storage,
+                    shared,
                     components.log,
                     settings.subscription_heartbeat_s,
                     on_lag=metrics.SubscriptionLag().report,
@@ -188,13 +201,17 @@ class RunningServer:
                 if components.log is not None
                 else None
             ),
-            query=QueryEvents(components.index) if components.index is not None else None,
+            query=(
+                QueryEvents(FairIndex(components.index, searches))
+                if components.index is not None
+                else None
+            ),
             snapshots=(
                 (
-                    SaveSnapshot(storage, components.snapshots),
-                    GetSnapshot(storage, components.snapshots),
+                    SaveSnapshot(shared, snapshots),
+                    GetSnapshot(shared, snapshots),
                 )
-                if components.snapshots is not None
+                if snapshots is not None
                 else None
             ),
         )
@@ -458,6 +475,8 @@ async def _update_gauges(running: RunningServer) -> None:
             metrics.JOURNAL_ANNOUNCEMENTS.set(journal.announced)
         if isinstance(publisher, KafkaEventPublisher):
             metrics.PRODUCER_QUEUE.set(publisher.queued())
+        if running.share is not None:
+            metrics.STORAGE_CALLS_WAITING.set(running.share.waiting())
         await asyncio.sleep(1)
 
 

@@ -32,6 +32,7 @@ from eventstore.domain.validation import (
     validate_subscribe,
 )
 from eventstore.sizes import READ_MESSAGE_BUDGET_BYTES
+from eventstore.usecases import fairness
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
@@ -195,6 +196,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         principal = self._authenticator.authenticate(context)
         structlog.contextvars.bind_contextvars(principal=principal.name)
+        # Whose share of Cassandra this call's storage calls take (the call's own task).
+        fairness.serving.set(principal.name)
         # Before anything else is decoded, validated or asked of a backend.
         self._quotas.take_request(principal)
         return principal

@@ -1,9 +1,10 @@
-"""Fair shares of Cassandra among principals, per server process.
+"""Fair shares of Cassandra (and of OpenSearch) among principals, per server process.
 
 Quotas bound what each principal may ask for, but within its quotas one principal can still
 keep Cassandra busy (up to `max_calls_in_flight` long reads at once), and Cassandra serves
 what it is sent first come, first served: another principal's append then waits behind the
-whole backlog. Here every storage call made for a caller takes one of `capacity` slots first.
+whole backlog. Here every Cassandra call made for a caller (events and snapshots) takes one of
+`capacity` slots first, and every search one of OpenSearch's own.
 While slots are free nobody waits; once they are all taken, a freed slot goes to the waiting
 principal that holds the fewest (the longest-waiting call among equals), so a principal that
 asks for little is served within about one storage call of anybody's, however many calls
@@ -19,13 +20,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from datetime import datetime
 from itertools import count
+from typing import TypeVar
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
-from eventstore.ports import AppendOutcome, EventStorage, StreamState
+from eventstore.domain.queries import EventQuery, IndexProgress, SearchPage
+from eventstore.domain.snapshots import Snapshot
+from eventstore.ports import AppendOutcome, EventIndex, EventStorage, SnapshotStore, StreamState
+
+T = TypeVar("T")
 
 #: The principal the running task serves (set by the API layer per call; each RPC runs in a
 #: task of its own, so the value ends with the call). None: the server's own work.
@@ -58,6 +64,18 @@ class FairShare:
 
     def waiting(self) -> int:
         return sum(len(queue) for queue in self._queues.values())
+
+    async def run(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` in a slot of the principal the task serves; at once for the server's own
+        work."""
+        who = serving.get()
+        if who is None:
+            return await call()
+        await self.acquire(who)
+        try:
+            return await call()
+        finally:
+            self.release(who)
 
     async def acquire(self, who: str) -> None:
         if self._in_use < self.capacity and not self._queues:
@@ -125,14 +143,7 @@ class FairStorage(EventStorage):
         self._share = share
 
     async def stream_state(self, aggregate_id: str) -> StreamState:
-        who = serving.get()
-        if who is None:
-            return await self._inner.stream_state(aggregate_id)
-        await self._share.acquire(who)
-        try:
-            return await self._inner.stream_state(aggregate_id)
-        finally:
-            self._share.release(who)
+        return await self._share.run(lambda: self._inner.stream_state(aggregate_id))
 
     async def append(
         self,
@@ -142,40 +153,52 @@ class FairStorage(EventStorage):
         events: Sequence[NewEvent],
         recorded_at: datetime,
     ) -> AppendOutcome:
-        who = serving.get()
-        if who is None:
-            return await self._inner.append(
+        return await self._share.run(
+            lambda: self._inner.append(
                 aggregate_id, aggregate_type, expected_version, events, recorded_at
             )
-        await self._share.acquire(who)
-        try:
-            return await self._inner.append(
-                aggregate_id, aggregate_type, expected_version, events, recorded_at
-            )
-        finally:
-            self._share.release(who)
+        )
 
     async def read(
         self, aggregate_id: str, start: int | None, direction: Direction, limit: int
     ) -> list[RecordedEvent]:
-        who = serving.get()
-        if who is None:
-            return await self._inner.read(aggregate_id, start, direction, limit)
-        await self._share.acquire(who)
-        try:
-            return await self._inner.read(aggregate_id, start, direction, limit)
-        finally:
-            self._share.release(who)
+        return await self._share.run(
+            lambda: self._inner.read(aggregate_id, start, direction, limit)
+        )
 
     async def describe(self, aggregate_id: str) -> AggregateInfo | None:
-        who = serving.get()
-        if who is None:
-            return await self._inner.describe(aggregate_id)
-        await self._share.acquire(who)
-        try:
-            return await self._inner.describe(aggregate_id)
-        finally:
-            self._share.release(who)
+        return await self._share.run(lambda: self._inner.describe(aggregate_id))
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class FairSnapshots(SnapshotStore):
+    """Snapshots live in Cassandra too: the same share as the events."""
+
+    def __init__(self, inner: SnapshotStore, share: FairShare) -> None:
+        self._inner = inner
+        self._share = share
+
+    async def save(self, snapshot: Snapshot) -> None:
+        await self._share.run(lambda: self._inner.save(snapshot))
+
+    async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
+        return await self._share.run(lambda: self._inner.latest(aggregate_id, max_version))
+
+
+class FairIndex(EventIndex):
+    """Searches for callers take a slot of OpenSearch's own share."""
+
+    def __init__(self, inner: EventIndex, share: FairShare) -> None:
+        self._inner = inner
+        self._share = share
+
+    async def search(self, query: EventQuery) -> SearchPage:
+        return await self._share.run(lambda: self._inner.search(query))
+
+    async def progress(self, permitted_types: frozenset[str] | None = None) -> IndexProgress:
+        return await self._share.run(lambda: self._inner.progress(permitted_types))
 
     async def close(self) -> None:
         await self._inner.close()

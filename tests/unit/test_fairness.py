@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
+import grpc
 import pytest
 
-from eventstore.domain.events import Direction, NewEvent
+from eventstore.access_cli import new_key
+from eventstore.config import LimitSettings, ServerSettings
+from eventstore.domain.access import hash_key
+from eventstore.domain.events import AggregateInfo, Direction, NewEvent
+from eventstore.server import Components, start
 from eventstore.storage.memory import InMemoryEventStorage
 from eventstore.usecases.fairness import FairShare, FairStorage, serving
+from eventstore.v1 import eventstore_pb2 as pb
+from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
 
 
 async def settle() -> None:
@@ -43,7 +54,8 @@ async def test_a_freed_slot_goes_to_the_principal_holding_fewest_not_the_first_q
     await settle()
     quiet = asyncio.create_task(call("quiet"))
     await settle()
-    assert granted == [] and share.waiting() == 11
+    assert granted == []
+    assert share.waiting() == 11
     share.release("noisy")
     await settle()
     assert granted == ["quiet"]
@@ -76,7 +88,8 @@ async def test_among_equals_the_oldest_call_goes_first() -> None:
     share.release("x")
     await asyncio.gather(*tasks)
     assert granted == ["b", "a", "c"]
-    assert share.in_use == 0 and share.waiting() == 0
+    assert share.in_use == 0
+    assert share.waiting() == 0
 
 
 async def test_a_cancelled_waiter_leaves_the_queue_and_a_granted_one_hands_its_slot_on() -> None:
@@ -106,7 +119,10 @@ async def test_storage_calls_for_a_caller_take_a_slot_and_the_servers_own_do_not
     await share.acquire("someone")  # every slot taken
     # The server's own work (no caller) is not queued behind callers.
     outcome = await asyncio.wait_for(
-        storage.append("a-1", "Order", 0, [NewEvent(uuid4(), "Placed", b"{}", "application/json")], now), 1
+        storage.append(
+            "a-1", "Order", 0, [NewEvent(uuid4(), "Placed", b"{}", "application/json")], now
+        ),
+        1,
     )
     assert outcome is not None
 
@@ -116,7 +132,79 @@ async def test_storage_calls_for_a_caller_take_a_slot_and_the_servers_own_do_not
 
     read = asyncio.create_task(for_caller())
     await settle()
-    assert not read.done() and share.waiting() == 1
+    assert not read.done()
+    assert share.waiting() == 1
     share.release("someone")
     assert await asyncio.wait_for(read, 1) == 1
     assert share.in_use == 0
+
+
+class OrderedStorage(InMemoryEventStorage):
+    """Records which aggregates' calls reached the backend, in order; calls on `held…`
+    aggregates wait for `gate` once there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.reached: list[str] = []
+
+    async def describe(self, aggregate_id: str) -> AggregateInfo | None:
+        self.reached.append(aggregate_id)
+        if aggregate_id.startswith("held"):
+            await self.gate.wait()
+        return await super().describe(aggregate_id)
+
+
+async def test_through_grpc_a_quiet_principal_is_served_before_a_noisy_ones_backlog(
+    tmp_path: Path,
+) -> None:
+    noisy_key, quiet_key = new_key(), new_key()
+    permissions = tmp_path / "permissions.yaml"
+    permissions.write_text(
+        "principals:\n"
+        f"  noisy:\n    keys: ['{hash_key(noisy_key)}']\n    read: [T]\n"
+        f"  quiet:\n    keys: ['{hash_key(quiet_key)}']\n    read: [T]\n"
+    )
+    settings = ServerSettings(
+        listen="127.0.0.1:0",
+        auth_disabled=False,
+        permissions_file=permissions,
+        limits=LimitSettings(storage_calls_in_flight=2),
+    )
+    storage = OrderedStorage()
+    running = await start(settings, Components(storage))
+    assert running.share is not None
+    share = running.share
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.EventStoreStub(channel)
+
+            def get(aggregate_id: str, key: str) -> Any:
+                return stub.GetAggregate(
+                    pb.GetAggregateRequest(aggregate_id=aggregate_id),
+                    metadata=[("authorization", f"Bearer {key}")],
+                    timeout=10,
+                )
+
+            noisy = [get(f"held-{n}", noisy_key) for n in range(6)]
+            await until(lambda: len(storage.reached) == 2 and share.waiting() == 4)
+            quiet = get("free", quiet_key)
+            await until(lambda: share.waiting() == 5)  # queued too: every slot is taken
+            storage.gate.set()
+            for call in [quiet, *noisy]:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() is grpc.StatusCode.NOT_FOUND
+        # The first slot freed went to the principal holding none, not to the noisy backlog.
+        assert storage.reached[2] == "free"
+        assert sorted(storage.reached) == sorted(["free", *(f"held-{n}" for n in range(6))])
+        assert share.in_use == 0
+    finally:
+        await running.stop(grace=0)
+
+
+async def until(check: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.01)
