@@ -53,7 +53,10 @@ INFLIGHT_BURST = 32
 
 def summary(samples: list[float]) -> str:
     q = statistics.quantiles(sorted(samples), n=100, method="inclusive")
-    return f"p50 {q[49] * 1000:6.2f} ms  p99 {q[98] * 1000:6.2f} ms  (n={len(samples)})"
+    return (
+        f"p50 {q[49] * 1000:6.2f} ms  p99 {q[98] * 1000:6.2f} ms  max {max(samples) * 1000:7.1f} ms"
+        f"  (n={len(samples)})"
+    )
 
 
 async def quiet(address: str, key: str, count: int) -> str:

@@ -344,6 +344,13 @@ class LimitSettings(BaseSettings):
     #: does not bound the CPU of small events (8 MiB/s of ~100 B events is ~80,000 events/s,
     #: several cores of Python); 10,000/s is the product's whole target rate, per process.
     default_append_events_per_s: float = Field(10_000, ge=0)
+    #: Bytes of events ReadAggregate sends one authenticated principal per second from one
+    #: server, unless its permissions entry sets `quotas.read_bytes_per_s`; 0: no default.
+    #: Reads beyond it are slowed, not refused. Decoding what Cassandra returns is the
+    #: server's largest CPU cost per byte (its driver's I/O thread, holding the GIL): in a
+    #: flood of 256 reads of 4 MB aggregates, 65% of the server's samples, which stalled
+    #: other principals' appends for seconds. 32 MiB/s is a fraction of a core.
+    default_read_bytes_per_s: int = Field(32 * 1024 * 1024, ge=0)
 
     def to_limits(self) -> Limits:
         return Limits(
@@ -365,6 +372,7 @@ class LimitSettings(BaseSettings):
             requests_per_s=self.default_requests_per_s or None,
             append_bytes_per_s=self.default_append_bytes_per_s or None,
             append_events_per_s=self.default_append_events_per_s or None,
+            read_bytes_per_s=self.default_read_bytes_per_s or None,
         )
 
     def deliverable(self, kafka: KafkaSettings) -> list[str]:

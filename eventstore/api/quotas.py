@@ -6,6 +6,7 @@ Quotas are per server process (N replicas of P processes each admit up to N x P 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -78,6 +79,20 @@ class QuotaLimiter:
         call. It may go into debt: a call is admitted while the bucket is not empty, whatever
         its size (so an append larger than the burst is not refused forever), and what it
         takes is paid for by the following ones."""
+        refilled = self._refilled(principal, quota, burst_quota)
+        if refilled is None:
+            return None
+        bucket, rate = refilled
+        if bucket.tokens <= 0:
+            # Time until the bucket is positive again.
+            retry_after = (-bucket.tokens) / rate + 1.0 / rate
+            raise QuotaExceeded(principal.name, quota, rate, retry_after)
+        return bucket
+
+    def _refilled(
+        self, principal: Principal, quota: str, burst_quota: str
+    ) -> tuple[_Bucket, float] | None:
+        """The principal's bucket for `quota` and its rate, refilled to now (None: no quota)."""
         rate: float | None = self._quota(principal, quota)
         if rate is None:
             return None
@@ -89,11 +104,31 @@ class QuotaLimiter:
             bucket = self._buckets[key] = _Bucket(burst, now)
         bucket.tokens = min(burst, bucket.tokens + (now - bucket.updated) * rate)
         bucket.updated = now
-        if bucket.tokens <= 0:
-            # Time until the bucket is positive again.
-            retry_after = (-bucket.tokens) / rate + 1.0 / rate
-            raise QuotaExceeded(principal.name, quota, rate, retry_after)
-        return bucket
+        return bucket, rate
+
+    def read_delay(self, principal: Principal) -> float:
+        """Seconds the principal's reads must wait before their next page (0: none). Reads
+        are slowed rather than refused: a long read under way should finish, only slower."""
+        refilled = self._refilled(principal, "read_bytes_per_s", "read_bytes_burst")
+        if refilled is None:
+            return 0.0
+        bucket, rate = refilled
+        return 0.0 if bucket.tokens > 0 else (-bucket.tokens) / rate + 1.0 / rate
+
+    def charge_read(self, principal: Principal, sent: int) -> None:
+        """`sent` bytes of events read for the principal (they may take the bucket into debt,
+        which its following pages wait off)."""
+        refilled = self._refilled(principal, "read_bytes_per_s", "read_bytes_burst")
+        if refilled is not None:
+            refilled[0].tokens -= sent
+
+    async def pace_read(self, principal: Principal) -> None:
+        """Wait until the principal may read its next page (the delay is until its bucket is
+        positive again; readers of one principal waking together may overdraw it, and their
+        next pages wait that off)."""
+        delay = self.read_delay(principal)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     @contextmanager
     def call(self, principal: Principal) -> Iterator[None]:

@@ -90,6 +90,10 @@ class Quotas:
     requests_per_s: float | None = None
     #: calls that may come at once above the sustained rate
     requests_burst: float | None = None
+    #: sustained bytes of events sent by ReadAggregate per second (reads slow down beyond it)
+    read_bytes_per_s: float | None = None
+    #: bytes that may be read at once above the sustained rate
+    read_bytes_burst: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,3 +229,22 @@ def test_a_calls_in_flight_quota_of_its_own_wins_and_authentication_off_is_unbou
         for _ in range(100):
             held.enter_context(unbounded.call(ALICE))
         assert unbounded.calls_in_flight(ALICE) == 100
+
+
+def test_read_bytes_slow_reads_down_instead_of_refusing_them() -> None:
+    clock = Clock()
+    limiter = QuotaLimiter(clock, defaults=Quotas(read_bytes_per_s=MIB))
+    reader = Principal("reader", authenticated=True)
+    assert limiter.read_delay(reader) == 0  # a full burst (one second's worth)
+    limiter.charge_read(reader, 3 * MIB)  # a page larger than the bucket: in debt
+    assert limiter.read_delay(reader) == pytest.approx(2.0, abs=1e-3)
+    clock.now += 1
+    assert limiter.read_delay(reader) == pytest.approx(1.0, abs=1e-3)
+    clock.now += 1.01
+    assert limiter.read_delay(reader) == 0
+    # Its own quota wins over the default; another principal's reads are not slowed.
+    own = Principal("own", quotas=Quotas(read_bytes_per_s=10 * MIB), authenticated=True)
+    limiter.charge_read(own, 15 * MIB)
+    assert limiter.read_delay(own) == pytest.approx(0.5, abs=1e-3)
+    assert limiter.read_delay(Principal("other", authenticated=True)) == 0
+    assert limiter.read_delay(UNRESTRICTED) == 0  # authentication off: no default
