@@ -328,8 +328,11 @@ class LimitSettings(BaseSettings):
     #: Cassandra calls (a read's page, an append's Paxos round, ...) one server process runs at
     #: once for its callers; beyond it they queue, and each freed slot goes to the waiting
     #: principal that holds the fewest (eventstore.usecases.fairness), so one principal's
-    #: backlog cannot delay another's calls by more than about one call.
-    storage_calls_in_flight: int = Field(64, ge=1)
+    #: backlog cannot delay another's calls by more than about one call. 32: in a flood of
+    #: 256 reads of 4 MB aggregates on the 2-core dev box, 64 let Cassandra time out 2 of 500
+    #: other principal's appends (UNAVAILABLE, DEADLINE_EXCEEDED), 32 and 16 none; one
+    #: process does not run more than ~1,000 appends/s, which 32 Paxos rounds of 30 ms allow.
+    storage_calls_in_flight: int = Field(32, ge=1)
     #: The same for OpenSearch searches (QueryEvents): OpenSearch's search pool has
     #: 1.5 x cores + 1 threads and queues the rest first come, first served.
     search_calls_in_flight: int = Field(16, ge=1)
