@@ -54,7 +54,7 @@ async def running(tmp_path: Path) -> AsyncIterator[RunningServer]:
 
 async def read_all(stub: pb_grpc.EventStoreAsyncStub, key: str) -> tuple[int, float]:
     started = time.monotonic()
-    versions = []
+    versions: list[int] = []
     call = stub.ReadAggregate(
         pb.ReadAggregateRequest(aggregate_id="big-1"),
         metadata=[("authorization", f"Bearer {key}")],
