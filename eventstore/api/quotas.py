@@ -20,6 +20,8 @@ SUBSCRIPTION_RETRY_S = 1.0
 #: ... when it has too many calls in flight: most calls end within milliseconds, so a slot
 #: is soon free again (unless the principal holds them all with slow calls).
 CALL_RETRY_S = 0.1
+#: Bytes per event a principal's first read page is assumed to take (then: what its pages took).
+EVENT_BYTES_GUESS = 1024
 
 
 @dataclass
@@ -44,6 +46,8 @@ class QuotaLimiter:
         self._subscriptions: dict[str, int] = {}
         self._open_subscriptions = 0
         self._calls: dict[str, int] = {}
+        #: bytes per event of each principal's recent read pages, to reserve the next ones
+        self._event_bytes: dict[str, float] = {}
         self._defaults = defaults or Quotas()
         #: for the whole server (None: unbounded)
         self._server_limit = subscriptions
@@ -106,29 +110,33 @@ class QuotaLimiter:
         bucket.updated = now
         return bucket, rate
 
-    def read_delay(self, principal: Principal) -> float:
-        """Seconds the principal's reads must wait before their next page (0: none). Reads
-        are slowed rather than refused: a long read under way should finish, only slower."""
+    async def reserve_read(self, principal: Principal, events: int) -> int:
+        """Take from the principal's read bytes ahead of fetching a page of up to `events`
+        events, waiting first while its bucket is empty; the bytes taken (0: no quota). Taken
+        before the fetch, at the size its pages have had, so that many reads starting at once
+        cannot all fetch a page before the first is counted. Reads are slowed, never refused:
+        a long read under way should finish, only slower."""
+        while True:
+            refilled = self._refilled(principal, "read_bytes_per_s", "read_bytes_burst")
+            if refilled is None:
+                return 0
+            bucket, rate = refilled
+            if bucket.tokens > 0:
+                estimate = int(events * self._event_bytes.get(principal.name, EVENT_BYTES_GUESS))
+                bucket.tokens -= estimate
+                return estimate
+            await asyncio.sleep((-bucket.tokens) / rate + 1.0 / rate)
+
+    def settle_read(self, principal: Principal, reserved: int, sent: int, events: int) -> None:
+        """A page of `events` events, `sent` bytes, was sent where `reserved` were taken."""
         refilled = self._refilled(principal, "read_bytes_per_s", "read_bytes_burst")
         if refilled is None:
-            return 0.0
-        bucket, rate = refilled
-        return 0.0 if bucket.tokens > 0 else (-bucket.tokens) / rate + 1.0 / rate
-
-    def charge_read(self, principal: Principal, sent: int) -> None:
-        """`sent` bytes of events read for the principal (they may take the bucket into debt,
-        which its following pages wait off)."""
-        refilled = self._refilled(principal, "read_bytes_per_s", "read_bytes_burst")
-        if refilled is not None:
-            refilled[0].tokens -= sent
-
-    async def pace_read(self, principal: Principal) -> None:
-        """Wait until the principal may read its next page (the delay is until its bucket is
-        positive again; readers of one principal waking together may overdraw it, and their
-        next pages wait that off)."""
-        delay = self.read_delay(principal)
-        if delay > 0:
-            await asyncio.sleep(delay)
+            return
+        refilled[0].tokens -= sent - reserved
+        if events:
+            seen = sent / events
+            known = self._event_bytes.get(principal.name)
+            self._event_bytes[principal.name] = seen if known is None else (known + seen) / 2
 
     @contextmanager
     def call(self, principal: Principal) -> Iterator[None]:

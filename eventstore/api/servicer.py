@@ -236,16 +236,20 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                 request.max_count,
                 self._limits,
             )
-            # Paced before each page is fetched, by the bytes sent so far: a principal over
-            # its read bytes/s reads slower (and takes no Cassandra time meanwhile).
-            await self._quotas.pace_read(principal)
-            async for page in self._read.pages(validated, principal):
-                sent = 0
-                for message in convert.read_responses(page, READ_MESSAGE_BUDGET_BYTES):
-                    sent += message.ByteSize()
-                    yield message
-                self._quotas.charge_read(principal, sent)
-                await self._quotas.pace_read(principal)
+            # Each page's bytes are taken from the principal's read quota before it is
+            # fetched: over it, the read slows down (and takes no Cassandra time meanwhile).
+            page_events = self._read.page_events(validated)
+            reserved = await self._quotas.reserve_read(principal, page_events)
+            try:
+                async for page in self._read.pages(validated, principal):
+                    sent = 0
+                    for message in convert.read_responses(page, READ_MESSAGE_BUDGET_BYTES):
+                        sent += message.ByteSize()
+                        yield message
+                    self._quotas.settle_read(principal, reserved, sent, len(page))
+                    reserved = await self._quotas.reserve_read(principal, page_events)
+            finally:
+                self._quotas.settle_read(principal, reserved, 0, 0)
 
     @server_streaming
     async def Subscribe(

@@ -16,6 +16,12 @@ class ReadAggregate:
         self._storage = storage
         self._page_size = page_size
 
+    def page_events(self, request: ReadRequest) -> int:
+        """The most events one page of `request` holds."""
+        if request.max_count is None:
+            return self._page_size
+        return min(self._page_size, request.max_count)
+
     async def pages(
         self, request: ReadRequest, principal: Principal
     ) -> AsyncIterator[list[RecordedEvent]]:

@@ -231,20 +231,30 @@ def test_a_calls_in_flight_quota_of_its_own_wins_and_authentication_off_is_unbou
         assert unbounded.calls_in_flight(ALICE) == 100
 
 
-def test_read_bytes_slow_reads_down_instead_of_refusing_them() -> None:
+async def test_read_bytes_are_taken_before_each_page_and_slow_reads_instead_of_refusing() -> None:
     clock = Clock()
     limiter = QuotaLimiter(clock, defaults=Quotas(read_bytes_per_s=MIB))
     reader = Principal("reader", authenticated=True)
-    assert limiter.read_delay(reader) == 0  # a full burst (one second's worth)
-    limiter.charge_read(reader, 3 * MIB)  # a page larger than the bucket: in debt
-    assert limiter.read_delay(reader) == pytest.approx(2.0, abs=1e-3)
-    clock.now += 1
-    assert limiter.read_delay(reader) == pytest.approx(1.0, abs=1e-3)
-    clock.now += 1.01
-    assert limiter.read_delay(reader) == 0
-    # Its own quota wins over the default; another principal's reads are not slowed.
+    # Its first page is assumed 1 kB an event: 500 events take ~half the 1 MiB burst.
+    first = await limiter.reserve_read(reader, 500)
+    assert first == 500 * 1024
+    # Two reads starting at once cannot both fetch unseen: the second takes the rest.
+    second = await limiter.reserve_read(reader, 500)
+    assert second == 500 * 1024
+    # The pages were 1,100 bytes an event, more than taken: in debt (~50 kB, 0.05 s); the
+    # next pages are reserved at the size seen.
+    limiter.settle_read(reader, first, 500 * 1100, 500)
+    limiter.settle_read(reader, second, 500 * 1100, 500)
+    waiting = asyncio.create_task(limiter.reserve_read(reader, 500))
+    await asyncio.sleep(0.01)
+    assert not waiting.done(), "in debt: the next page waits"
+    clock.now += 0.06
+    assert await asyncio.wait_for(waiting, 5) == 500 * 1100
+    # Its own quota wins over the default; others' reads are not slowed; a read that ends
+    # gives back what its last reservation did not use.
     own = Principal("own", quotas=Quotas(read_bytes_per_s=10 * MIB), authenticated=True)
-    limiter.charge_read(own, 15 * MIB)
-    assert limiter.read_delay(own) == pytest.approx(0.5, abs=1e-3)
-    assert limiter.read_delay(Principal("other", authenticated=True)) == 0
-    assert limiter.read_delay(UNRESTRICTED) == 0  # authentication off: no default
+    reserved = await limiter.reserve_read(own, 1000)
+    limiter.settle_read(own, reserved, 0, 0)
+    assert limiter._buckets[("own", "read_bytes_per_s")].tokens == 10 * MIB
+    assert await limiter.reserve_read(Principal("other", authenticated=True), 10) == 10 * 1024
+    assert await limiter.reserve_read(UNRESTRICTED, 10) == 0  # authentication off: no default
