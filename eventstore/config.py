@@ -349,11 +349,12 @@ class LimitSettings(BaseSettings):
     default_append_events_per_s: float = Field(10_000, ge=0)
     #: Bytes of events ReadAggregate sends one authenticated principal per second from one
     #: server, unless its permissions entry sets `quotas.read_bytes_per_s`; 0: no default.
-    #: Reads beyond it are slowed, not refused. Decoding what Cassandra returns is the
-    #: server's largest CPU cost per byte (its driver's I/O thread, holding the GIL): in a
-    #: flood of 256 reads of 4 MB aggregates, 65% of the server's samples, which stalled
-    #: other principals' appends for seconds. 32 MiB/s is a fraction of a core.
-    default_read_bytes_per_s: int = Field(32 * 1024 * 1024, ge=0)
+    #: Reads beyond it are slowed, not refused. Reading costs the server far more CPU per
+    #: byte than Cassandra (the driver decoding rows, then protobuf: about a core for 30 MB/s
+    #: of 1 kB events), and a busy event loop delays every other call: in a flood of 256 reads
+    #: of 4 MB aggregates on the 2-core dev box, 32 MiB/s still let another principal's first
+    #: appends take 5-8 s; at 8 MiB/s the slowest of 500 took 134-185 ms.
+    default_read_bytes_per_s: int = Field(8 * 1024 * 1024, ge=0)
 
     def to_limits(self) -> Limits:
         return Limits(

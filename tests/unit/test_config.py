@@ -171,7 +171,7 @@ def test_default_quotas_and_their_zero(monkeypatch: pytest.MonkeyPatch) -> None:
         requests_per_s=5000,
         append_bytes_per_s=8 * 1024 * 1024,
         append_events_per_s=10_000,
-        read_bytes_per_s=32 * 1024 * 1024,
+        read_bytes_per_s=8 * 1024 * 1024,
     )
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_REQUESTS_PER_S", "0")  # 0: no default
     monkeypatch.setenv("EVENTSTORE_LIMIT_DEFAULT_READ_BYTES_PER_S", "0")
