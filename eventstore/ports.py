@@ -57,6 +57,14 @@ class EventStorage(ABC):
     async def stream_state(self, aggregate_id: str) -> StreamState:
         """The aggregate's current version (0 when it has no events) and type."""
 
+    async def settled_state(self, aggregate_id: str) -> StreamState:
+        """`stream_state` once any conditional append in flight on the aggregate is settled for
+        good. Recovery paths use it: a plain read can miss an append that a quorum accepted but
+        nobody committed yet (its writer timed out or died), which a later conditional write or
+        SERIAL read then commits, after whoever read the head had decided there was nothing
+        more. Adapters whose reads cannot miss one need not override it."""
+        return await self.stream_state(aggregate_id)
+
     @abstractmethod
     async def append(
         self,

@@ -105,6 +105,14 @@ class CassandraEventStorage(EventStorage):
             return StreamState(0, None)
         return StreamState(rows[0]["head"], rows[0]["aggregate_type"])
 
+    async def settled_state(self, aggregate_id: str) -> StreamState:
+        """At SERIAL: a Paxos round that completes an accepted-but-uncommitted append (or, with
+        its newer ballot, stops it from ever committing), as `_resolve_unknown` relies on."""
+        rows = await self._run(self._serial_read(self._select_head, (aggregate_id,)))
+        if not rows or rows[0]["head"] is None:
+            return StreamState(0, None)
+        return StreamState(rows[0]["head"], rows[0]["aggregate_type"])
+
     async def append(
         self,
         aggregate_id: str,

@@ -145,6 +145,9 @@ class FairStorage(EventStorage):
     async def stream_state(self, aggregate_id: str) -> StreamState:
         return await self._share.run(lambda: self._inner.stream_state(aggregate_id))
 
+    async def settled_state(self, aggregate_id: str) -> StreamState:
+        return await self._share.run(lambda: self._inner.settled_state(aggregate_id))
+
     async def append(
         self,
         aggregate_id: str,

@@ -376,7 +376,13 @@ class Publication:
         self._catching_up.add(aggregate_id)
         try:
             try:
-                head = (await self._storage.stream_state(aggregate_id)).version
+                # Settled, not merely read: the append that sent us here may have been
+                # accepted by a quorum and left uncommitted (its outcome unknown, or its
+                # writer dead). A plain read would miss it, and when a later Paxos round (the
+                # client's retry) commits it, nothing would publish it any more. Seen in the
+                # Cassandra node-kill fault test: the last version of an aggregate stored,
+                # never in Kafka.
+                head = (await self._storage.settled_state(aggregate_id)).version
             except StorageUnavailable as exc:
                 raise _Global(str(exc)) from exc
             if head == 0:

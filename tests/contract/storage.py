@@ -50,6 +50,16 @@ class EventStorageContract:
         state = await storage.stream_state(aggregate)
         assert (state.version, state.aggregate_type) == (3, "Order")
 
+    async def test_the_settled_state_is_the_head_once_nothing_is_in_flight(
+        self, storage: EventStorage
+    ) -> None:
+        aggregate = unique("agg")
+        empty = await storage.settled_state(aggregate)
+        assert (empty.version, empty.aggregate_type) == (0, None)
+        await storage.append(aggregate, "Order", 0, new_events(2), NOW)
+        settled = await storage.settled_state(aggregate)
+        assert (settled.version, settled.aggregate_type) == (2, "Order")
+
     async def test_append_at_stale_version_writes_nothing(self, storage: EventStorage) -> None:
         aggregate = unique("agg")
         await storage.append(aggregate, "Order", 0, new_events(2), NOW)

@@ -14,7 +14,7 @@ import pytest
 from eventstore.domain.access import UNRESTRICTED
 from eventstore.domain.errors import StorageUnavailable, WrongExpectedVersion
 from eventstore.domain.events import AppendRequest, Direction, ExpectedVersion, NewEvent
-from eventstore.ports import AppendOutcome, ParkedAggregate
+from eventstore.ports import AppendOutcome, ParkedAggregate, StreamState
 from eventstore.storage.memory import (
     InMemoryAggregateCatalog,
     InMemoryEventStorage,
@@ -384,3 +384,50 @@ async def test_a_relay_step_that_fails_is_logged_and_retried_next_round() -> Non
     await settle(publication)
     assert world.first_copies("broken") == [1]
     assert await world.outbox.parked() == []
+
+
+class UnsettledAppends(InMemoryEventStorage):
+    """Appends to `unsure-…` aggregates after their first commit but answer as a CAS write
+    timeout would, and a plain read of the head misses them (a quorum accepted the proposal,
+    none committed it yet); only `settled_state` (Cassandra: a SERIAL read) sees them."""
+
+    async def append(
+        self,
+        aggregate_id: str,
+        aggregate_type: str,
+        expected_version: int,
+        events: Sequence[NewEvent],
+        recorded_at: datetime,
+    ) -> AppendOutcome:
+        outcome = await super().append(
+            aggregate_id, aggregate_type, expected_version, events, recorded_at
+        )
+        if aggregate_id.startswith("unsure") and expected_version > 0:
+            raise StorageUnavailable("Cassandra: append outcome unknown; retry it")
+        return outcome
+
+    async def stream_state(self, aggregate_id: str) -> StreamState:
+        state = await super().stream_state(aggregate_id)
+        if aggregate_id.startswith("unsure") and state.version > 1:
+            return StreamState(state.version - 1, state.aggregate_type)
+        return state
+
+    async def settled_state(self, aggregate_id: str) -> StreamState:
+        return await super().stream_state(aggregate_id)
+
+
+async def test_an_unknown_outcome_is_caught_up_from_the_settled_head_not_a_plain_read() -> None:
+    """Seen in the Cassandra node-kill fault test: an append timed out, the relay read the
+    head before the proposal was committed, found nothing to publish and settled its entry;
+    the client's retry then committed it (`already_committed`), and that last version of the
+    aggregate never reached Kafka."""
+    world = World()
+    world.storage = UnsettledAppends()
+    publication, append = world.process()
+    await publication.start()
+    await append(request("unsure-1"), UNRESTRICTED)  # version 1, answered
+    with pytest.raises(StorageUnavailable):  # version 2, committed, its outcome unknown
+        await append(request("unsure-1"), UNRESTRICTED)
+    await settle(publication)
+    assert world.first_copies("unsure-1") == [1, 2]
+    assert publication.journal.open_entries == 0
