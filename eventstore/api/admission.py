@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections.abc import AsyncIterator, Iterator
 from typing import TypeVar
 
@@ -69,9 +70,17 @@ class Admission:
         iterator = aiter(items)
         draining = asyncio.ensure_future(self._draining.wait())
         following: asyncio.Future[T] | None = None
+        # Every step in one context, as if the stream ran in one task: what a step sets
+        # (whose share of Cassandra its reads take, the log's bound fields) holds for the next.
+        context = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+
+        async def step() -> T:
+            return await anext(iterator)
+
         try:
             while True:
-                following = asyncio.ensure_future(anext(iterator))
+                following = loop.create_task(step(), context=context)
                 await asyncio.wait({following, draining}, return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
                     raise ShuttingDown()

@@ -16,7 +16,7 @@ import pytest
 from eventstore.access_cli import new_key
 from eventstore.config import LimitSettings, ServerSettings
 from eventstore.domain.access import hash_key
-from eventstore.domain.events import AggregateInfo, Direction, NewEvent
+from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
 from eventstore.server import Components, start
 from eventstore.storage.memory import InMemoryEventStorage
 from eventstore.usecases.fairness import FairShare, FairStorage, serving
@@ -208,3 +208,49 @@ async def until(check: Callable[[], bool]) -> None:
     while not check():
         assert time.monotonic() < deadline, "never happened"
         await asyncio.sleep(0.01)
+
+
+class RecordingStorage(InMemoryEventStorage):
+    """Records whom each read of a page was made for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served: list[str | None] = []
+
+    async def read(
+        self, aggregate_id: str, start: int | None, direction: Direction, limit: int
+    ) -> list[RecordedEvent]:
+        self.served.append(serving.get())
+        return await super().read(aggregate_id, start, direction, limit)
+
+
+async def test_every_page_of_a_read_takes_the_callers_share_not_only_the_first(
+    tmp_path: Path,
+) -> None:
+    """Each step of a server stream runs as a task of its own (to end it on shutdown between
+    messages); they share one context, so what names the caller holds for every page."""
+    key = new_key()
+    permissions = tmp_path / "permissions.yaml"
+    permissions.write_text(
+        f"principals:\n  reader:\n    keys: ['{hash_key(key)}']\n    read: [T]\n"
+    )
+    storage = RecordingStorage()
+    events = [NewEvent(uuid4(), "E", b"{}", "application/json") for _ in range(5)]
+    await storage.append("long-1", "T", 0, events, datetime.now(UTC))
+    settings = ServerSettings(
+        listen="127.0.0.1:0", auth_disabled=False, permissions_file=permissions, read_page_size=2
+    )
+    running = await start(settings, Components(storage))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.EventStoreStub(channel)
+            call = stub.ReadAggregate(
+                pb.ReadAggregateRequest(aggregate_id="long-1"),
+                metadata=[("authorization", f"Bearer {key}")],
+                timeout=10,
+            )
+            versions = [event.version async for message in call for event in message.events]
+        assert versions == [1, 2, 3, 4, 5]
+        assert storage.served == ["reader", "reader", "reader"]  # pages of 2, 2 and 1
+    finally:
+        await running.stop(grace=0)
