@@ -38,6 +38,12 @@ log = structlog.get_logger(__name__)
 FaultHook = Callable[[str], Awaitable[None]]
 
 
+def _head(rows: list[Any]) -> StreamState:
+    if not rows or rows[0]["head"] is None:
+        return StreamState(0, None)
+    return StreamState(rows[0]["head"], rows[0]["aggregate_type"])
+
+
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -100,18 +106,12 @@ class CassandraEventStorage(EventStorage):
     # --- EventStorage ------------------------------------------------------------------
 
     async def stream_state(self, aggregate_id: str) -> StreamState:
-        rows = await self._run(self._bound(self._select_head, (aggregate_id,)))
-        if not rows or rows[0]["head"] is None:
-            return StreamState(0, None)
-        return StreamState(rows[0]["head"], rows[0]["aggregate_type"])
+        return _head(await self._run(self._bound(self._select_head, (aggregate_id,))))
 
     async def settled_state(self, aggregate_id: str) -> StreamState:
         """At SERIAL: a Paxos round that completes an accepted-but-uncommitted append (or, with
         its newer ballot, stops it from ever committing), as `_resolve_unknown` relies on."""
-        rows = await self._run(self._serial_read(self._select_head, (aggregate_id,)))
-        if not rows or rows[0]["head"] is None:
-            return StreamState(0, None)
-        return StreamState(rows[0]["head"], rows[0]["aggregate_type"])
+        return _head(await self._run(self._serial_read(self._select_head, (aggregate_id,))))
 
     async def append(
         self,
