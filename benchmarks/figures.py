@@ -44,7 +44,7 @@ class Lag:
 
 @dataclass
 class Result:
-    path: str  # "adapter" (storage adapter loop, no gRPC) or "server"
+    path: str  # "adapter" (storage adapter loop, no gRPC), "floor" (null gRPC server), "server"
     phase: str  # "fixed", "sustain" (the 10k events/s search) or "ceiling"
     clients: int
     batch: int  # events per append
@@ -112,8 +112,26 @@ def add_ratios(results: Sequence[Result]) -> None:
     adapters = {(r.clients, r.batch): r for r in results if r.path == "adapter"}
     for result in results:
         adapter = adapters.get((result.clients, result.batch))
-        if result.path == "server" and adapter is not None:
+        if adapter is None:
+            continue
+        if result.path == "server":
             result.ratios = compare(result, adapter)
+        elif result.path == "floor":
+            result.ratios = floor_ratios(result, adapter)
+
+
+def floor_ratios(floor: Result, adapter: Result) -> dict[str, float | None]:
+    """The null server's figures against the adapter loop: appends/s, and (gRPC's CPU per call +
+    the loop's CPU per append) over the loop's, the least `server_cpu` can be in one process."""
+    grpc_ms, loop_ms = (
+        floor.cpu_ms_per_append.get("server"),
+        adapter.cpu_ms_per_append.get("client"),
+    )
+    return {
+        "appends_per_s": ratio(floor.appends_per_s, adapter.appends_per_s),
+        "server_cpu": ratio(grpc_ms, loop_ms),
+        "floor_cpu": None if grpc_ms is None else ratio(grpc_ms + (loop_ms or 0.0), loop_ms),
+    }
 
 
 def _num(value: float | None, digits: int = 2) -> str:

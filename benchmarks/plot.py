@@ -13,7 +13,11 @@ from benchmarks.figures import Result
 WIDTH, HEIGHT = 560, 380
 LEFT, RIGHT, TOP, BOTTOM = 70, 20, 40, 80
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
-NAMES = {"adapter": "adapter loop (no gRPC)", "server": "through the server"}
+NAMES = {
+    "adapter": "adapter loop (no gRPC)",
+    "floor": "gRPC alone (null server)",
+    "server": "through the server",
+}
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,16 @@ def test_ratios_against_the_adapter_loop_at_the_same_clients_and_batch() -> None
     assert ratio(None, 2.0) is None
 
 
+def test_the_grpc_floor_adds_grpc_alone_to_the_adapter_loops_cost() -> None:
+    adapter = result("adapter", 16, 1, appends=20_000, cpu_ms_per_append={"client": 0.25})
+    floor = result("floor", 16, 1, appends=40_000, cpu_ms_per_append={"server": 0.3})
+    add_ratios([adapter, floor])
+    assert floor.ratios["appends_per_s"] == pytest.approx(2.0)
+    assert floor.ratios["server_cpu"] == pytest.approx(1.2)
+    # (0.3 + 0.25) / 0.25: one process cannot get under 2.2x the loop's CPU per append.
+    assert floor.ratios["floor_cpu"] == pytest.approx(2.2)
+
+
 def write_stat(proc: Path, pid: int, ppid: int, utime: int, stime: int, comm: str) -> None:
     # Fields after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt
     # cmajflt utime stime ... (man 5 proc); the rest are zeros.
