@@ -471,16 +471,19 @@ class EventStoreClient:
         aggregate_id: str = "",
         aggregate_types: Sequence[str] = (),
         event_types: Sequence[str] = (),
-        start: str = "beginning",
+        start: str | datetime = "beginning",
     ) -> AsyncIterator[SubscriptionMessage]:
-        """History, a caught-up marker, then live events. `start`: "beginning", "end", or the
-        checkpoint of a message received earlier (to resume right after it)."""
+        """History, a caught-up marker, then live events. `start`: "beginning", "end", the
+        checkpoint of a message received earlier (to resume right after it), or a time (the
+        events recorded at or after it; an aware datetime)."""
         request = pb.SubscribeRequest(
             aggregate_id=aggregate_id,
             aggregate_types=list(aggregate_types),
             event_types=list(event_types),
         )
-        if start == "beginning":
+        if isinstance(start, datetime):
+            request.from_time.FromDatetime(start)
+        elif start == "beginning":
             request.from_beginning.SetInParent()
         elif start == "end":
             request.from_end.SetInParent()

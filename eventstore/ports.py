@@ -264,6 +264,11 @@ class LogReader(ABC):
     async def close(self) -> None: ...
 
 
+#: Where a reader of the log starts: positions (absent partitions: from 0), "beginning", "end",
+#: or a time (each partition's first record published with `recorded_at` at or after it).
+LogStart = Mapping[tuple[str, int], int] | str | datetime
+
+
 class EventLog(ABC):
     """The published event log (Kafka), read by subscriptions."""
 
@@ -271,12 +276,13 @@ class EventLog(ABC):
     async def open(
         self,
         aggregate_types: frozenset[str],
-        start: Mapping[tuple[str, int], int] | str,
+        start: LogStart,
         key: str | None = None,
     ) -> LogReader:
         """Read the topics of `aggregate_types` (empty: all, including ones created later) from
-        positions (absent partitions: from 0), or from "beginning" or "end". With `key`, only
-        the partition that key maps to."""
+        `start` (a topic created after the reader opened: from 0). From a time, a partition
+        without a record at or after it starts at its end. With `key`, only the partition
+        that key maps to."""
 
 
 class EventIndex(ABC):

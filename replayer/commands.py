@@ -24,7 +24,7 @@ from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import is_json_content_type
 from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic, producer_config
-from eventstore.wire.records import record_headers, record_value
+from eventstore.wire.records import record_headers, record_timestamp, record_value
 from replayer.progress import Progress
 from replayer.reducers import ReplayError, ReplayEvent, load_reducer, state_type
 
@@ -261,6 +261,7 @@ async def republish(
                         key=event.aggregate_id.encode(),
                         value=record_value(event),
                         headers=record_headers(event),
+                        timestamp=record_timestamp(event),
                         on_delivery=lambda err, _msg: failures.append(str(err)) if err else None,
                     )
                     producer.poll(0)

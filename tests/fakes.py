@@ -19,6 +19,7 @@ from eventstore.ports import (
     EventPublisher,
     LogReader,
     LogRecord,
+    LogStart,
     PublisherUnavailable,
     PublishFailed,
 )
@@ -99,7 +100,7 @@ class InMemoryEventLog(EventLog, EventPublisher):
     async def open(
         self,
         aggregate_types: frozenset[str],
-        start: Mapping[Position, int] | str,
+        start: LogStart,
         key: str | None = None,
     ) -> LogReader:
         reader = InMemoryLogReader(self, aggregate_types, start, key)
@@ -112,7 +113,7 @@ class InMemoryLogReader(LogReader):
         self,
         log: InMemoryEventLog,
         aggregate_types: frozenset[str],
-        start: Mapping[Position, int] | str,
+        start: LogStart,
         key: str | None,
     ) -> None:
         self._log = log
@@ -141,6 +142,13 @@ class InMemoryLogReader(LogReader):
                     offset = ends[where]
                 elif isinstance(self._start, Mapping):
                     offset = self._start.get(where, 0)
+                elif isinstance(self._start, datetime) and initial:
+                    # As Kafka's offsets for a time: the first record at or after it, else the end.
+                    records = self._log.topics[aggregate_type][partition]
+                    offset = next(
+                        (i for i, e in enumerate(records) if e.recorded_at >= self._start),
+                        ends[where],
+                    )
                 else:
                     offset = 0  # beginning, or a topic created after the reader opened
                 self._assigned[where] = self._next[where] = offset

@@ -67,6 +67,8 @@ def start_from_proto(request: pb.SubscribeRequest) -> StartAt:
             return StartAt.END
         case "checkpoint":
             return StartAt.CHECKPOINT
+        case "from_time":
+            return StartAt.TIME
         case _:
             return StartAt.BEGINNING
 
@@ -79,7 +81,9 @@ def subscription_item_to_proto(item: SubscriptionItem) -> pb.SubscribeResponse:
     return pb.SubscribeResponse(heartbeat=pb.Heartbeat(), checkpoint=item.checkpoint)
 
 
-def optional_time(message: pb.QueryEventsRequest, field: str) -> RawTime | None:
+def optional_time(
+    message: pb.QueryEventsRequest | pb.SubscribeRequest, field: str
+) -> RawTime | None:
     if not message.HasField(field):  # type: ignore[arg-type]
         return None
     value: Timestamp = getattr(message, field)

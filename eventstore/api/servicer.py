@@ -267,6 +267,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             convert.start_from_proto(request),
             request.checkpoint,
             self._limits,
+            convert.optional_time(request, "from_time"),
         )
         # A forbidden filter is refused here, before it takes one of the principal's slots.
         items = self._subscribe(subscription, start, principal)

@@ -8,6 +8,7 @@ import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.events import MAX_VERSION, RecordedEvent
@@ -44,6 +45,7 @@ class StartAt(enum.Enum):
     BEGINNING = "beginning"
     END = "end"
     CHECKPOINT = "checkpoint"
+    TIME = "time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,12 @@ Checkpoint = AggregateCheckpoint | LogCheckpoint
 class Start:
     at: StartAt
     checkpoint: Checkpoint | None = None
+    #: StartAt.TIME: the events recorded at or after this
+    time: datetime | None = None
+
+    def includes(self, event: RecordedEvent) -> bool:
+        """Whether the start lets `event` through (only a start time holds any back)."""
+        return self.time is None or event.recorded_at >= self.time
 
 
 def encode_checkpoint(checkpoint: Checkpoint) -> str:

@@ -333,6 +333,7 @@ def validate_subscribe(
     start: StartAt,
     checkpoint: str,
     limits: Limits,
+    from_time: RawTime | None = None,
 ) -> tuple[SubscriptionFilter, Start]:
     out = _Collector()
     if aggregate_id:
@@ -347,13 +348,14 @@ def validate_subscribe(
             decoded = decode_checkpoint(checkpoint)
         except InvalidArgument as exc:
             out.violations.extend(exc.violations)
+    time = check_time(from_time, "from_time", out) if start is StartAt.TIME else None
     out.raise_if_any()
     subscription = SubscriptionFilter(
         aggregate_id=aggregate_id or None,
         aggregate_types=frozenset(aggregate_types),
         event_types=frozenset(event_types),
     )
-    return subscription, Start(start, decoded)
+    return subscription, Start(start, decoded, time)
 
 
 def validate_query(

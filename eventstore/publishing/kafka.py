@@ -37,7 +37,7 @@ from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import Limits
 from eventstore.ports import Delivery, EventPublisher, PublisherUnavailable, PublishFailed
-from eventstore.wire.records import message_bytes, record_headers, record_value
+from eventstore.wire.records import message_bytes, record_headers, record_timestamp, record_value
 
 log = structlog.get_logger(__name__)
 
@@ -354,6 +354,7 @@ class KafkaEventPublisher(EventPublisher):
                     key=event.aggregate_id.encode(),
                     value=record_value(event),
                     headers=record_headers(event),
+                    timestamp=record_timestamp(event),
                     on_delivery=report,
                 )
             except (BufferError, KafkaException) as exc:

@@ -10,9 +10,11 @@ timeout and the reader sleeps briefly when nothing has arrived.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -20,7 +22,7 @@ from google.protobuf.message import DecodeError
 
 from eventstore.config import KafkaSettings
 from eventstore.domain.errors import StorageUnavailable
-from eventstore.ports import EventLog, LogReader, LogRecord
+from eventstore.ports import EventLog, LogReader, LogRecord, LogStart
 from eventstore.wire.records import decode_event, murmur2_partition
 
 log = structlog.get_logger(__name__)
@@ -34,7 +36,7 @@ class KafkaLogReader(LogReader):
         self,
         settings: KafkaSettings,
         aggregate_types: frozenset[str],
-        start: Mapping[tuple[str, int], int] | str,
+        start: LogStart,
         key: str | None,
     ) -> None:
         self._settings = settings
@@ -76,29 +78,60 @@ class KafkaLogReader(LogReader):
 
     def _assign_new(self, initial: bool) -> None:
         """Assign partitions we do not read yet (blocking; run in a thread)."""
-        new: list[TopicPartition] = []
+        found: dict[tuple[str, int], tuple[TopicPartition, int]] = {}
         for topic, count in self._wanted_topics().items():
             partitions = range(count)
             if self._key is not None:
                 partitions = range(p := murmur2_partition(self._key.encode(), count), p + 1)
             for partition in partitions:
                 where = (self._type_of(topic), partition)
-                if where in self._assigned:
-                    continue
-                _low, high = self._watermarks(TopicPartition(topic, partition))
-                if initial:
-                    self._end_at_open[where] = high
-                if self._start == "end" and initial:
-                    offset = high
-                elif isinstance(self._start, Mapping):
-                    offset = self._start.get(where, 0)
-                else:
-                    offset = 0  # beginning, or a topic created after we opened
-                self._assigned[where] = offset
-                new.append(TopicPartition(topic, partition, offset if offset else OFFSET_BEGINNING))
+                if where not in self._assigned:
+                    tp = TopicPartition(topic, partition)
+                    found[where] = tp, self._watermarks(tp)[1]
+        at_time = (
+            self._offsets_at(self._start, found)
+            if initial and isinstance(self._start, datetime)
+            else {}
+        )
+        new: list[TopicPartition] = []
+        for where, (tp, high) in found.items():
+            if initial:
+                self._end_at_open[where] = high
+            if self._start == "end" and initial:
+                offset = high
+            elif isinstance(self._start, Mapping):
+                offset = self._start.get(where, 0)
+            else:
+                # beginning, or a topic created after we opened (from a time too: what it
+                # holds was published after the reader opened)
+                offset = at_time.get(where, 0)
+            self._assigned[where] = offset
+            new.append(TopicPartition(tp.topic, tp.partition, offset or OFFSET_BEGINNING))
         if new:
             self._consumer.incremental_assign(new)
         self._next_refresh = time.monotonic() + TOPIC_REFRESH_S
+
+    def _offsets_at(
+        self, at: datetime, found: Mapping[tuple[str, int], tuple[TopicPartition, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Per partition, the first offset whose record timestamp (the event's recorded_at,
+        set by the publisher) is at or after `at`; its end when there is none."""
+        if not found:
+            return {}
+        millis = math.floor(at.timestamp() * 1000)
+        wanted = [TopicPartition(tp.topic, tp.partition, millis) for tp, _ in found.values()]
+        answered = {
+            (tp.topic, tp.partition): tp
+            for tp in self._consumer.offsets_for_times(wanted, timeout=10)
+        }
+        offsets = {}
+        for where, (tp, high) in found.items():
+            got = answered.get((tp.topic, tp.partition))
+            if got is None or got.error is not None:
+                error = got.error if got is not None else "no answer"
+                raise StorageUnavailable(f"Kafka: offsets for a time: {error}")
+            offsets[where] = got.offset if got.offset >= 0 else high
+        return offsets
 
     def _watermarks(self, tp: TopicPartition) -> tuple[int, int]:
         # Right after a topic is created or a broker restarts, leadership may still be moving.
@@ -188,7 +221,7 @@ class KafkaEventLog(EventLog):
     async def open(
         self,
         aggregate_types: frozenset[str],
-        start: Mapping[tuple[str, int], int] | str,
+        start: LogStart,
         key: str | None = None,
     ) -> LogReader:
         reader = KafkaLogReader(self._settings, aggregate_types, start, key)

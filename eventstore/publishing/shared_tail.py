@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from eventstore.ports import EventLog, LogReader, LogRecord
+from eventstore.ports import EventLog, LogReader, LogRecord, LogStart
 
 log = structlog.get_logger(__name__)
 
@@ -69,7 +69,7 @@ class SharedTailLog(EventLog):
     async def open(
         self,
         aggregate_types: frozenset[str],
-        start: Mapping[Where, int] | str,
+        start: LogStart,
         key: str | None = None,
     ) -> LogReader:
         own = await self._inner.open(aggregate_types, start, key)

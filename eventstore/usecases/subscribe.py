@@ -30,7 +30,7 @@ from eventstore.domain.subscriptions import (
     SubscriptionItem,
     encode_checkpoint,
 )
-from eventstore.ports import EventLog, EventStorage, LogReader
+from eventstore.ports import EventLog, EventStorage, LogReader, LogStart
 
 READ_BATCH = 500
 #: Memory a wide subscription may spend remembering the last version of the most recently
@@ -155,13 +155,13 @@ class Subscribe:
         elif start.at is StartAt.END:
             delivered = info.version if info else 0
         else:
-            delivered = 0
+            delivered = 0  # the beginning, or a time: the history up to it is skipped below
         # Position the live reader first: whatever commits after this is in Kafka after it.
         reader = await self._log.open(frozenset({aggregate_type}), "end", key=aggregate_id)
         try:
             async for event in self._history(aggregate_id, delivered + 1):
                 delivered = event.version
-                if subscription.matches(event):
+                if subscription.matches(event) and start.includes(event):
                     yield self._item(aggregate_id, delivered, event=event)
             yield self._item(aggregate_id, delivered, caught_up=True)
             last_sent = time.monotonic()
@@ -176,11 +176,11 @@ class Subscribe:
                         aggregate_id, delivered + 1, event.version - 1
                     ):
                         delivered = missing.version
-                        if subscription.matches(missing):
+                        if subscription.matches(missing) and start.includes(missing):
                             yield self._item(aggregate_id, delivered, event=missing)
                             last_sent = time.monotonic()
                     delivered = event.version
-                    if subscription.matches(event):
+                    if subscription.matches(event) and start.includes(event):
                         yield self._item(aggregate_id, delivered, event=event)
                         last_sent = time.monotonic()
                 if time.monotonic() - last_sent >= self._heartbeat_s:
@@ -221,20 +221,23 @@ class Subscribe:
         if start.at is StartAt.CHECKPOINT:
             if not isinstance(start.checkpoint, LogCheckpoint):
                 raise InvalidArgument.of("checkpoint", "belongs to a single-aggregate subscription")
-            where: dict[tuple[str, int], int] | str = dict(start.checkpoint.positions)
+            where: LogStart = dict(start.checkpoint.positions)
+        elif start.at is StartAt.TIME:
+            assert start.time is not None  # validation sets it
+            where = start.time
         else:
             where = start.at.value
         reader = await self._log.open(
             subscription.aggregate_types or subscription.permitted_types or frozenset(), where
         )
         try:
-            async for item in self._follow(subscription, reader):
+            async for item in self._follow(subscription, start, reader):
                 yield item
         finally:
             await reader.close()
 
     async def _follow(
-        self, subscription: SubscriptionFilter, reader: LogReader
+        self, subscription: SubscriptionFilter, start: Start, reader: LogReader
     ) -> AsyncIterator[SubscriptionItem]:
         positions = reader.start_positions()
         delivered = RecentVersions(self._dedupe_bytes)
@@ -251,7 +254,10 @@ class Subscribe:
                     event = record.event
                     if delivered.is_repeat(event):
                         continue
-                    if subscription.matches(event):
+                    # From a time, the log is read from the first record of each partition
+                    # recorded at or after it; one recorded earlier but published later (the
+                    # relay, a replay) is past that point, and is not wanted.
+                    if subscription.matches(event) and start.includes(event):
                         yield self._log_item(positions, event=event)
                         last_sent = time.monotonic()
                 if self._on_lag is not None and time.monotonic() >= next_lag_report:

@@ -414,6 +414,7 @@ class SubscribeRequest(_message.Message):
     FROM_BEGINNING_FIELD_NUMBER: _builtins.int
     FROM_END_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    FROM_TIME_FIELD_NUMBER: _builtins.int
     aggregate_id: _builtins.str
     """Only this aggregate's events. Its type is looked up; name it in aggregate_types if the
     aggregate may have no events yet.
@@ -432,6 +433,10 @@ class SubscribeRequest(_message.Message):
     def from_beginning(self) -> _empty_pb2.Empty: ...
     @_builtins.property
     def from_end(self) -> _empty_pb2.Empty: ...
+    @_builtins.property
+    def from_time(self) -> _timestamp_pb2.Timestamp:
+        """The events recorded at or after this time (recorded_at >= from_time), then live."""
+
     def __init__(
         self,
         *,
@@ -441,12 +446,13 @@ class SubscribeRequest(_message.Message):
         from_beginning: _empty_pb2.Empty | None = ...,
         from_end: _empty_pb2.Empty | None = ...,
         checkpoint: _builtins.str = ...,
+        from_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "from_beginning", b"from_beginning", "from_end", b"from_end", "start", b"start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "from_beginning", b"from_beginning", "from_end", b"from_end", "from_time", b"from_time", "start", b"start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_types", b"aggregate_types", "checkpoint", b"checkpoint", "event_types", b"event_types", "from_beginning", b"from_beginning", "from_end", b"from_end", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_types", b"aggregate_types", "checkpoint", b"checkpoint", "event_types", b"event_types", "from_beginning", b"from_beginning", "from_end", b"from_end", "from_time", b"from_time", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_beginning", "from_end", "checkpoint"]  # noqa: Y015
+    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_beginning", "from_end", "checkpoint", "from_time"]  # noqa: Y015
     _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
 

@@ -5,6 +5,8 @@ eventstore.v1.Event, headers naming the event."""
 
 from __future__ import annotations
 
+import math
+
 from eventstore.domain.events import MAX_VERSION, RecordedEvent
 from eventstore.domain.validation import Limits
 from eventstore.sizes import max_event_bytes, varint_size
@@ -59,6 +61,13 @@ def decode_event(value: bytes) -> RecordedEvent:
     message = pb.Event()
     message.ParseFromString(value)
     return event_from_proto(message)
+
+
+def record_timestamp(event: RecordedEvent) -> int:
+    """The record's timestamp (ms): the event's recorded_at, not when it was sent, so that a
+    subscription from a time finds its place (offsets_for_times) also among events the relay
+    or a replay publishes late."""
+    return math.floor(event.recorded_at.timestamp() * 1000)
 
 
 def record_headers(event: RecordedEvent) -> list[tuple[str, str | bytes | None]]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from eventstore.domain.events import RecordedEvent
 from eventstore.ports import EventLog, LogReader, LogRecord
@@ -108,6 +110,39 @@ class EventLogContract:
         finally:
             await reader.close()
         assert ids(records) == [(aggregate, 3), (aggregate, 4)]
+
+    async def test_from_a_time_the_first_record_recorded_at_or_after_it_per_partition(
+        self, log: EventLog, publish: Publish, partitions: int
+    ) -> None:
+        aggregate_type = new_type()
+        a = unique("a")
+        b = other_partition_id(a, partitions)
+        noon = datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+        def at(events: list[RecordedEvent], minutes: list[int]) -> list[RecordedEvent]:
+            return [
+                replace(e, recorded_at=noon + timedelta(minutes=m))
+                for e, m in zip(events, minutes, strict=True)
+            ]
+
+        # a: 11:58, 11:59, 12:00, 12:01 (two before the time); then one recorded at 11:50 but
+        # published after them (as the relay may). b: only 11:00, before the time.
+        late = at(recorded(a, aggregate_type, range(5, 6)), [-10])
+        await publish(at(recorded(a, aggregate_type, range(1, 5)), [-2, -1, 0, 1]))
+        await publish(at(recorded(b, aggregate_type, range(1, 2)), [-60]))
+        await publish(late)
+        reader = await log.open(frozenset({aggregate_type}), noon)
+        try:
+            assert not reader.caught_up(reader.start_positions())
+            records = await read_records(reader, 3, self.quiet_s)
+            # b's partition starts at its end: nothing there at or after the time.
+            ends = {(r.aggregate_type, r.partition): r.offset + 1 for r in records}
+            assert reader.caught_up({**reader.start_positions(), **ends})
+        finally:
+            await reader.close()
+        # From a's 12:00 record on, in log order; the late one comes along (the reader does
+        # not filter: the subscription drops what was recorded before its time).
+        assert ids(records) == [(a, 3), (a, 4), (a, 5)]
 
     async def test_resumes_exactly_after_the_positions_read(
         self, log: EventLog, publish: Publish

@@ -247,6 +247,48 @@ async def test_bad_subscriptions_are_refused(
     assert caught.value.fields == ["event_types[0]"]
 
 
+async def test_from_a_time_exactly_the_events_recorded_at_or_after_it(
+    client: EventStoreClient,
+) -> None:
+    kind = unique("Timed").replace("-", "")
+    aggregates = [unique("timed") for _ in range(6)]
+
+    async def round_of(event_type: str) -> None:
+        await asyncio.gather(
+            *(
+                client.append(a, kind, [Event(event_type, {}), Event(event_type, {})])
+                for a in aggregates
+            )
+        )
+
+    await round_of("Before")
+    await asyncio.sleep(0.01)  # recorded_at is in milliseconds: the rounds do not share one
+    await round_of("After")
+    stored = [e for a in aggregates for e in await client.read_all(a)]
+    since = min(e.recorded_at for e in stored if e.event_type == "After")
+    assert any(e.recorded_at < since for e in stored)
+    wide = Collector(client.subscribe(aggregate_types=[kind], start=since))
+    one = Collector(client.subscribe(aggregate_id=aggregates[0], start=since))
+    history = [e for e in stored if e.recorded_at >= since]
+    await wide.wait_for(lambda c: bool(c.caught_up_at))
+    await one.wait_for(lambda c: bool(c.caught_up_at))
+    await round_of("Live")
+    stored = [e for a in aggregates for e in await client.read_all(a)]
+    expected = [e for e in stored if e.recorded_at >= since]
+    await wide.wait_for(events_at_least(len(expected)))
+    await one.wait_for(
+        events_at_least(len([e for e in expected if e.aggregate_id == aggregates[0]]))
+    )
+    await wide.settle()
+    assert_exactly(wide.events, expected)
+    assert_exactly(one.events, [e for e in expected if e.aggregate_id == aggregates[0]])
+    # History (the "After" round) came before the caught-up marker, live events after it.
+    assert wide.caught_up_at == [len(history)]
+    assert one.caught_up_at == [len([e for e in history if e.aggregate_id == aggregates[0]])]
+    await wide.stop()
+    await one.stop()
+
+
 def threads() -> int:
     return len(os.listdir("/proc/self/task"))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -55,10 +55,11 @@ class World:
         aggregate_type: str = "T",
         event_type: str = "Happened",
         publish: bool = True,
+        at: datetime = NOW,
     ) -> list[RecordedEvent]:
         head = (await self.storage.stream_state(aggregate)).version
         await self.storage.append(
-            aggregate, aggregate_type, head, new_events(count, event_type), NOW
+            aggregate, aggregate_type, head, new_events(count, event_type), at
         )
         events = await self.storage.read(aggregate, head + 1, Direction.FORWARDS, count)
         if publish:
@@ -219,6 +220,27 @@ async def test_from_the_end_only_later_events_and_a_heartbeat_when_idle(world: W
     assert shown([wanted]) == [("a", 4)]
     assert heartbeat.heartbeat
     assert decode_checkpoint(heartbeat.checkpoint) == decode_checkpoint(wanted.checkpoint)
+
+
+async def test_from_a_time_only_the_events_recorded_at_or_after_it(world: World) -> None:
+    later = NOW + timedelta(minutes=1)
+    await world.commit("a", 2)
+    await world.commit("a", 2, at=later)
+    early = await world.commit("b", 1, publish=False)
+    await world.commit("c", 1, at=later)
+    await world.log.send(early)  # recorded before the time, published after (the relay)
+    start = Start(StartAt.TIME, time=later)
+    one = world.open(SubscriptionFilter(aggregate_id="a"), start)
+    assert shown(await take(one, 3)) == [("a", 3), ("a", 4), "caught up"]
+    wide = world.open(SubscriptionFilter(), start)
+    history = shown(await take(wide, 4))
+    assert history[-1] == "caught up"
+    assert sorted(history[:-1]) == [("a", 3), ("a", 4), ("c", 1)]  # type: ignore[type-var]
+    await world.commit("a", 1)  # live, yet recorded before the time (a clock behind)
+    await world.commit("b", 1, at=later)
+    assert shown(await take(wide, 1)) == [("b", 2)]
+    await nothing_more(wide)
+    await nothing_more(one)
 
 
 async def test_dedupe_memory_is_bounded_and_forgets_the_least_recent_aggregates() -> None:

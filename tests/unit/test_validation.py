@@ -315,3 +315,14 @@ def test_a_subscription_names_a_bounded_number_of_types() -> None:
     with pytest.raises(InvalidArgument) as caught:
         subscribe(None, start=StartAt.BEGINNING, event_types=[f"E{i}" for i in range(101)])
     assert fields_of(caught) == ["event_types"]
+
+
+def test_a_start_time_is_checked_and_kept() -> None:
+    start = subscribe(None, start=StartAt.TIME, from_time=(1_700_000_000, 5_000_000))
+    assert start.time == datetime(2023, 11, 14, 22, 13, 20, 5000, tzinfo=UTC)
+    with pytest.raises(InvalidArgument) as caught:
+        subscribe(None, start=StartAt.TIME, from_time=(253_402_300_800, 0))
+    assert fields_of(caught) == ["from_time"]
+    with pytest.raises(InvalidArgument) as caught:
+        subscribe(None, start=StartAt.TIME, from_time=(0, 1_000_000_000))
+    assert fields_of(caught) == ["from_time.nanos"]
