@@ -71,6 +71,7 @@ __all__ = [
     "ExpectedVersion",
     "Freshness",
     "InvalidArgumentError",
+    "NotYetSearchableError",
     "PermissionDeniedError",
     "QueryPage",
     "RecordedEvent",
@@ -289,6 +290,26 @@ class ResourceExhaustedError(ClientError):
         return float(info.retry_delay.ToNanoseconds()) / 1e9 if info is not None else None
 
 
+class NotYetSearchableError(ClientError):
+    """A query's `min_consistency_token` write was not searchable before the call's deadline
+    (DEADLINE_EXCEEDED, reason NOT_YET_SEARCHABLE): the indexer is behind by about
+    `indexer_lag` records. Not retried by the client: ask again with a longer timeout."""
+
+    @property
+    def indexer_lag(self) -> int | None:
+        """Records the indexer still had to index when it last reported (None: unknown)."""
+        info = self._detail(error_details_pb2.ErrorInfo)
+        lag = int(info.metadata.get("indexer_lag", "-1")) if info is not None else -1
+        return None if lag < 0 else lag
+
+    @property
+    def indexed_through(self) -> datetime | None:
+        """The newest recorded_at the indexer had indexed then (None: unknown)."""
+        info = self._detail(error_details_pb2.ErrorInfo)
+        value = info.metadata.get("indexed_through", "") if info is not None else ""
+        return datetime.fromisoformat(value) if value else None
+
+
 _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: WrongExpectedVersionError,
@@ -301,7 +322,10 @@ _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
 
 
 #: Errors that share a status code with another, told apart by their ErrorInfo reason.
-_BY_REASON: dict[str, type[ClientError]] = {"EVENT_ID_REUSED": EventIdReusedError}
+_BY_REASON: dict[str, type[ClientError]] = {
+    "EVENT_ID_REUSED": EventIdReusedError,
+    "NOT_YET_SEARCHABLE": NotYetSearchableError,
+}
 
 
 def _error(exc: grpc.aio.AioRpcError) -> ClientError:
@@ -516,12 +540,18 @@ class EventStoreClient:
         page_token: str = "",
         visible_event_id: uuid.UUID | None = None,
         count_total: bool = False,
+        min_consistency_token: str = "",
+        timeout_s: float | None = None,
     ) -> QueryPage:
         """One page of events by type and time (from the search index), sorted by
         (recorded_at, aggregate_id, version); `start` inclusive, `end` exclusive. Pass the
         page's `next_page_token` (same filters) for the next one. `freshness` says how far the
         index has caught up, and whether `visible_event_id` is searchable yet; `total_hits` is
-        set when `count_total` is."""
+        set when `count_total` is.
+
+        Read your own writes: with `min_consistency_token` (an `AppendResult`'s), the server
+        answers once that append is searchable, waiting up to the call's timeout (`timeout_s`,
+        else the client's); not in time: `NotYetSearchableError`, with the indexer's lag."""
         request = pb.QueryEventsRequest(
             event_types=list(event_types),
             aggregate_types=list(aggregate_types),
@@ -530,12 +560,15 @@ class EventStoreClient:
             page_token=page_token,
             visible_event_id=str(visible_event_id) if visible_event_id else "",
             count_total=count_total,
+            min_consistency_token=min_consistency_token,
         )
         if start is not None:
             getattr(request, "from").FromDatetime(start)
         if end is not None:
             request.to.FromDatetime(end)
-        response: pb.QueryEventsResponse = await self._with_retries(self._stub.QueryEvents, request)
+        response: pb.QueryEventsResponse = await self._with_retries(
+            self._stub.QueryEvents, request, timeout_s
+        )
         return query_page_from_proto(response, counted=count_total)
 
     async def query_all(self, **kwargs: Any) -> list[RecordedEvent]:
@@ -577,12 +610,16 @@ class EventStoreClient:
             return None
         return snapshot_from_proto(snapshot)
 
-    async def _with_retries(self, method: Any, request: Any) -> Any:
+    async def _with_retries(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         for attempt in range(1, self._retry.attempts + 1):
             try:
-                return await method(request, timeout=self._timeout, metadata=self._metadata)
+                return await method(
+                    request, timeout=timeout_s or self._timeout, metadata=self._metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 error = _error(exc)
+                if isinstance(error, NotYetSearchableError):
+                    raise error from None  # it waited as long as the caller allowed
                 # Over a quota: the server says when to come back (retrying an append is safe:
                 # its event ids make it idempotent). Without that advice it is not a quota of
                 # ours (e.g. the server's concurrency limit) and is not retried.

@@ -318,6 +318,10 @@ class LimitSettings(BaseSettings):
     #: Subscriptions one server process holds open in all, whoever the callers (also without
     #: authentication, where every caller is one principal).
     max_subscriptions: int = Field(512, ge=1)
+    #: Longest a QueryEvents with min_consistency_token waits for that write to be searchable,
+    #: whatever the caller's deadline (the call holds one of the principal's calls in flight
+    #: meanwhile, and searches about four times a second).
+    max_visibility_wait_s: float = Field(10.0, gt=0, le=300)
     #: Calls (every RPC but Subscribe, bounded above) one authenticated principal may have in
     #: flight at once on one server process, unless its permissions entry sets
     #: `quotas.max_calls_in_flight`. 256: by Little's law the default 5,000 calls/s at 50 ms

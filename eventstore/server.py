@@ -202,7 +202,10 @@ class RunningServer:
                 else None
             ),
             query=(
-                QueryEvents(FairIndex(components.index, searches))
+                QueryEvents(
+                    FairIndex(components.index, searches),
+                    max_wait_s=settings.limits.max_visibility_wait_s,
+                )
                 if components.index is not None
                 else None
             ),

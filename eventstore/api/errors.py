@@ -33,6 +33,7 @@ from eventstore.domain.errors import (
     BackendRejected,
     EventIdReused,
     InvalidArgument,
+    NotYetSearchable,
     SnapshotNotFound,
     StorageUnavailable,
     WrongExpectedVersion,
@@ -45,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 DOMAIN = "eventstore.v1"
 RETRY_DELAY_MS = 200
+#: OpenSearch's refresh interval for our indices (search/documents.py).
+SEARCH_REFRESH_S = 1.0
 
 
 def _retry_info(seconds: float = RETRY_DELAY_MS / 1000) -> error_details_pb2.RetryInfo:
@@ -194,6 +197,17 @@ RULES: dict[type[BaseException], Rule] = {
         retry=True,
         metadata=lambda exc: {"aggregate_id": exc.aggregate_id},
     ),
+    # The caller's deadline (or the server's limit) came before its write was searchable.
+    NotYetSearchable: Rule(
+        code_pb2.DEADLINE_EXCEEDED,
+        "NOT_YET_SEARCHABLE",
+        retry=True,
+        metadata=lambda exc: {
+            "indexer_lag": str(exc.indexer_lag),
+            "indexed_through": exc.indexed_through.isoformat() if exc.indexed_through else "",
+            "waited_s": f"{exc.waited_s:.3f}",
+        },
+    ),
     StorageUnavailable: Rule(
         code_pb2.UNAVAILABLE, "BACKEND_UNAVAILABLE", retry=True, message=UNAVAILABLE_MESSAGE
     ),
@@ -220,6 +234,8 @@ def rule_for(exc: BaseException) -> Rule:
 def _retry_delay(exc: BaseException) -> float:
     if isinstance(exc, QuotaExceeded):
         return exc.retry_after_s
+    if isinstance(exc, NotYetSearchable):
+        return SEARCH_REFRESH_S  # what makes new documents searchable
     return RETRY_DELAY_MS / 1000
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from eventstore.domain.events import ExpectedVersion
 
@@ -67,6 +68,22 @@ class SnapshotNotFound(EventStoreError):
         self.aggregate_id = aggregate_id
         where = f" at or below version {max_version}" if max_version else ""
         super().__init__(f"aggregate {aggregate_id!r} has no snapshot{where}")
+
+
+class NotYetSearchable(EventStoreError):
+    """A query waited for a consistency token's write to become searchable, and the time it
+    could wait ran out first. Retrying later succeeds once the indexer has caught up."""
+
+    def __init__(self, waited_s: float, indexer_lag: int, indexed_through: datetime | None) -> None:
+        self.waited_s = waited_s
+        self.indexer_lag = indexer_lag
+        self.indexed_through = indexed_through
+        lag = "unknown" if indexer_lag < 0 else f"{indexer_lag} records"
+        through = indexed_through.isoformat() if indexed_through else "unknown"
+        super().__init__(
+            f"the write of min_consistency_token was not searchable after {waited_s:.3g} s "
+            f"(indexer lag {lag}, indexed through {through})"
+        )
 
 
 class StorageUnavailable(EventStoreError):

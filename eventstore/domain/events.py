@@ -103,6 +103,9 @@ class AppendResult:
     event_ids: tuple[UUID, ...]
     #: True when an earlier identical append had committed these events (an idempotent retry).
     already_committed: bool = False
+    #: What the server answered to read this write back from queries (clients only: the server
+    #: derives it from the last event id when it answers).
+    consistency_token: str = ""
 
 
 class Direction(enum.Enum):

@@ -34,6 +34,8 @@ class EventQuery:
     after: Cursor | None = None
     visible_event_id: UUID | None = None
     count_total: bool = False
+    #: answer only once `visible_event_id` is searchable (a consistency token), or fail
+    wait_until_visible: bool = False
     #: set by the server, not the client: the aggregate types the caller may query (None: all).
     #: Not part of the fingerprint: it narrows what a page holds, not where the next one starts.
     permitted_types: frozenset[str] | None = None
@@ -89,6 +91,24 @@ class QueryPage:
     next_page_token: str
     freshness: Freshness
     total_hits: int | None = None
+
+
+def encode_consistency_token(last_event_id: UUID) -> str:
+    """AppendResponse.consistency_token: the last event of the append (the indexer indexes a
+    partition in order, so once it is searchable, so is everything before it there)."""
+    raw = json.dumps({"v": 1, "e": str(last_event_id)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_consistency_token(token: str) -> UUID:
+    bad = InvalidArgument.of("min_consistency_token", "is not a token this server issued")
+    try:
+        body = json.loads(base64.urlsafe_b64decode((token + "=" * (-len(token) % 4)).encode()))
+        if not isinstance(body, dict) or body.get("v") != 1 or not isinstance(body.get("e"), str):
+            raise bad
+        return UUID(body["e"])
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise bad from exc
 
 
 def encode_page_token(query: EventQuery, cursor: Cursor) -> str:

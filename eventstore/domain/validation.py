@@ -31,6 +31,7 @@ from eventstore.domain.queries import (
     MAX_TIMESTAMP_SECONDS,
     MIN_TIMESTAMP_SECONDS,
     EventQuery,
+    decode_consistency_token,
     decode_page_token,
 )
 from eventstore.domain.subscriptions import (
@@ -369,6 +370,7 @@ def validate_query(
     visible_event_id: str,
     limits: Limits,
     count_total: bool = False,
+    min_consistency_token: str = "",
 ) -> EventQuery:
     out = _Collector()
     check_type_names(event_types, limits, "event_types", out)
@@ -387,6 +389,14 @@ def validate_query(
             visible = uuid.UUID(visible_event_id)
         except ValueError:
             out.add("visible_event_id", "must be a UUID")
+    if min_consistency_token:
+        if visible_event_id:
+            out.add("min_consistency_token", "cannot be combined with visible_event_id")
+        else:
+            try:
+                visible = decode_consistency_token(min_consistency_token)
+            except InvalidArgument as exc:
+                out.violations.extend(exc.violations)
     out.raise_if_any()
     query = EventQuery(
         event_types=tuple(event_types),
@@ -397,6 +407,7 @@ def validate_query(
         page_size=page_size or DEFAULT_PAGE_SIZE,
         visible_event_id=visible,
         count_total=count_total,
+        wait_until_visible=bool(min_consistency_token),
     )
     if page_token:
         return dataclasses.replace(query, after=decode_page_token(query, page_token))

@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65ventstore/v1/eventstore.proto\x12\reventstore.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x0f\x45xpectedVersion\x12%\n\x03\x61ny\x18\x01 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12+\n\tno_stream\x18\x02 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12/\n\rstream_exists\x18\x03 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x0f\n\x05\x65xact\x18\x04 \x01(\x03H\x00\x42\r\n\x0b\x65xpectation\"\xc0\x01\n\tEventData\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x38\n\x08metadata\x18\x05 \x03(\x0b\x32&.eventstore.v1.EventData.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x01\n\rAppendRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x38\n\x10\x65xpected_version\x18\x03 \x01(\x0b\x32\x1e.eventstore.v1.ExpectedVersion\x12(\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x18.eventstore.v1.EventData\"\x9d\x01\n\x0e\x41ppendResponse\x12\x15\n\rfirst_version\x18\x01 \x01(\x03\x12\x14\n\x0clast_version\x18\x02 \x01(\x03\x12\x30\n\x0c\x63ommitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tevent_ids\x18\x04 \x03(\t\x12\x19\n\x11\x61lready_committed\x18\x05 \x01(\x08\"\xa8\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x34\n\x08metadata\x18\x08 \x03(\x0b\x32\".eventstore.v1.Event.MetadataEntry\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x14ReadAggregateRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\x03\x12+\n\tdirection\x18\x03 \x01(\x0e\x32\x18.eventstore.v1.Direction\x12\x11\n\tmax_count\x18\x04 \x01(\x03\"=\n\x15ReadAggregateResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.eventstore.v1.Event\"+\n\x13GetAggregateRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\"\xc2\x01\n\x14GetAggregateResponse\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x35\n\x11\x66irst_recorded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_recorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x14WrongExpectedVersion\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x30\n\x08\x65xpected\x18\x02 \x01(\x0b\x32\x1e.eventstore.v1.ExpectedVersion\x12\x16\n\x0e\x61\x63tual_version\x18\x03 \x01(\x03\"\x84\x02\n\x10SubscribeRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61ggregate_types\x18\x02 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x30\n\x0e\x66rom_beginning\x18\x04 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12*\n\x08\x66rom_end\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x14\n\ncheckpoint\x18\x06 \x01(\tH\x00\x12/\n\tfrom_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05start\"\xb6\x01\n\x11SubscribeResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.eventstore.v1.EventH\x00\x12,\n\tcaught_up\x18\x02 \x01(\x0b\x32\x17.eventstore.v1.CaughtUpH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.eventstore.v1.HeartbeatH\x00\x12\x12\n\ncheckpoint\x18\x04 \x01(\tB\t\n\x07message\"\n\n\x08\x43\x61ughtUp\"\x0b\n\tHeartbeat\"\x80\x02\n\x12QueryEventsRequest\x12\x13\n\x0b\x65vent_types\x18\x01 \x03(\t\x12\x17\n\x0f\x61ggregate_types\x18\x02 \x03(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12(\n\x04\x66rom\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x18\n\x10visible_event_id\x18\x08 \x01(\t\x12\x13\n\x0b\x63ount_total\x18\t \x01(\x08\"\x9a\x01\n\x13QueryEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.eventstore.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x30\n\tfreshness\x18\x03 \x01(\x0b\x32\x1d.eventstore.v1.IndexFreshness\x12\x12\n\ntotal_hits\x18\x04 \x01(\x03\"\x9c\x01\n\x08Snapshot\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\x0c\x12\x12\n\nstate_type\x18\x04 \x01(\t\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x13SaveSnapshotRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\x0c\x12\x12\n\nstate_type\x18\x04 \x01(\t\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05\"F\n\x14SaveSnapshotResponse\x12.\n\ncreated_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12GetSnapshotRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x13\n\x0bmax_version\x18\x02 \x01(\x03\"\xa2\x01\n\x0eIndexFreshness\x12\x15\n\revent_visible\x18\x01 \x01(\x08\x12\x13\n\x0bindexer_lag\x18\x02 \x01(\x03\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0findexed_through\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*<\n\tDirection\x12\x16\n\x12\x44IRECTION_FORWARDS\x10\x00\x12\x17\n\x13\x44IRECTION_BACKWARDS\x10\x01\x32\xd6\x04\n\nEventStore\x12\x45\n\x06\x41ppend\x12\x1c.eventstore.v1.AppendRequest\x1a\x1d.eventstore.v1.AppendResponse\x12\\\n\rReadAggregate\x12#.eventstore.v1.ReadAggregateRequest\x1a$.eventstore.v1.ReadAggregateResponse0\x01\x12W\n\x0cGetAggregate\x12\".eventstore.v1.GetAggregateRequest\x1a#.eventstore.v1.GetAggregateResponse\x12P\n\tSubscribe\x12\x1f.eventstore.v1.SubscribeRequest\x1a .eventstore.v1.SubscribeResponse0\x01\x12T\n\x0bQueryEvents\x12!.eventstore.v1.QueryEventsRequest\x1a\".eventstore.v1.QueryEventsResponse\x12W\n\x0cSaveSnapshot\x12\".eventstore.v1.SaveSnapshotRequest\x1a#.eventstore.v1.SaveSnapshotResponse\x12I\n\x0bGetSnapshot\x12!.eventstore.v1.GetSnapshotRequest\x1a\x17.eventstore.v1.Snapshotb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65ventstore/v1/eventstore.proto\x12\reventstore.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x0f\x45xpectedVersion\x12%\n\x03\x61ny\x18\x01 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12+\n\tno_stream\x18\x02 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12/\n\rstream_exists\x18\x03 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x0f\n\x05\x65xact\x18\x04 \x01(\x03H\x00\x42\r\n\x0b\x65xpectation\"\xc0\x01\n\tEventData\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\x12\x38\n\x08metadata\x18\x05 \x03(\x0b\x32&.eventstore.v1.EventData.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa1\x01\n\rAppendRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x38\n\x10\x65xpected_version\x18\x03 \x01(\x0b\x32\x1e.eventstore.v1.ExpectedVersion\x12(\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x18.eventstore.v1.EventData\"\xb8\x01\n\x0e\x41ppendResponse\x12\x15\n\rfirst_version\x18\x01 \x01(\x03\x12\x14\n\x0clast_version\x18\x02 \x01(\x03\x12\x30\n\x0c\x63ommitted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tevent_ids\x18\x04 \x03(\t\x12\x19\n\x11\x61lready_committed\x18\x05 \x01(\x08\x12\x19\n\x11\x63onsistency_token\x18\x06 \x01(\t\"\xa8\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61ggregate_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x03\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x06 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x07 \x01(\t\x12\x34\n\x08metadata\x18\x08 \x03(\x0b\x32\".eventstore.v1.Event.MetadataEntry\x12/\n\x0brecorded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x82\x01\n\x14ReadAggregateRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x02 \x01(\x03\x12+\n\tdirection\x18\x03 \x01(\x0e\x32\x18.eventstore.v1.Direction\x12\x11\n\tmax_count\x18\x04 \x01(\x03\"=\n\x15ReadAggregateResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.eventstore.v1.Event\"+\n\x13GetAggregateRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\"\xc2\x01\n\x14GetAggregateResponse\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ggregate_type\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x35\n\x11\x66irst_recorded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_recorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\x14WrongExpectedVersion\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x30\n\x08\x65xpected\x18\x02 \x01(\x0b\x32\x1e.eventstore.v1.ExpectedVersion\x12\x16\n\x0e\x61\x63tual_version\x18\x03 \x01(\x03\"\x84\x02\n\x10SubscribeRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x17\n\x0f\x61ggregate_types\x18\x02 \x03(\t\x12\x13\n\x0b\x65vent_types\x18\x03 \x03(\t\x12\x30\n\x0e\x66rom_beginning\x18\x04 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12*\n\x08\x66rom_end\x18\x05 \x01(\x0b\x32\x16.google.protobuf.EmptyH\x00\x12\x14\n\ncheckpoint\x18\x06 \x01(\tH\x00\x12/\n\tfrom_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\x07\n\x05start\"\xb6\x01\n\x11SubscribeResponse\x12%\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.eventstore.v1.EventH\x00\x12,\n\tcaught_up\x18\x02 \x01(\x0b\x32\x17.eventstore.v1.CaughtUpH\x00\x12-\n\theartbeat\x18\x03 \x01(\x0b\x32\x18.eventstore.v1.HeartbeatH\x00\x12\x12\n\ncheckpoint\x18\x04 \x01(\tB\t\n\x07message\"\n\n\x08\x43\x61ughtUp\"\x0b\n\tHeartbeat\"\x9f\x02\n\x12QueryEventsRequest\x12\x13\n\x0b\x65vent_types\x18\x01 \x03(\t\x12\x17\n\x0f\x61ggregate_types\x18\x02 \x03(\t\x12\x14\n\x0c\x61ggregate_id\x18\x03 \x01(\t\x12(\n\x04\x66rom\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x02to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\x18\n\x10visible_event_id\x18\x08 \x01(\t\x12\x13\n\x0b\x63ount_total\x18\t \x01(\x08\x12\x1d\n\x15min_consistency_token\x18\n \x01(\t\"\x9a\x01\n\x13QueryEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.eventstore.v1.Event\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x30\n\tfreshness\x18\x03 \x01(\x0b\x32\x1d.eventstore.v1.IndexFreshness\x12\x12\n\ntotal_hits\x18\x04 \x01(\x03\"\x9c\x01\n\x08Snapshot\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\x0c\x12\x12\n\nstate_type\x18\x04 \x01(\t\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"w\n\x13SaveSnapshotRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05state\x18\x03 \x01(\x0c\x12\x12\n\nstate_type\x18\x04 \x01(\t\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05\"F\n\x14SaveSnapshotResponse\x12.\n\ncreated_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12GetSnapshotRequest\x12\x14\n\x0c\x61ggregate_id\x18\x01 \x01(\t\x12\x13\n\x0bmax_version\x18\x02 \x01(\x03\"\xa2\x01\n\x0eIndexFreshness\x12\x15\n\revent_visible\x18\x01 \x01(\x08\x12\x13\n\x0bindexer_lag\x18\x02 \x01(\x03\x12/\n\x0breported_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0findexed_through\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*<\n\tDirection\x12\x16\n\x12\x44IRECTION_FORWARDS\x10\x00\x12\x17\n\x13\x44IRECTION_BACKWARDS\x10\x01\x32\xd6\x04\n\nEventStore\x12\x45\n\x06\x41ppend\x12\x1c.eventstore.v1.AppendRequest\x1a\x1d.eventstore.v1.AppendResponse\x12\\\n\rReadAggregate\x12#.eventstore.v1.ReadAggregateRequest\x1a$.eventstore.v1.ReadAggregateResponse0\x01\x12W\n\x0cGetAggregate\x12\".eventstore.v1.GetAggregateRequest\x1a#.eventstore.v1.GetAggregateResponse\x12P\n\tSubscribe\x12\x1f.eventstore.v1.SubscribeRequest\x1a .eventstore.v1.SubscribeResponse0\x01\x12T\n\x0bQueryEvents\x12!.eventstore.v1.QueryEventsRequest\x1a\".eventstore.v1.QueryEventsResponse\x12W\n\x0cSaveSnapshot\x12\".eventstore.v1.SaveSnapshotRequest\x1a#.eventstore.v1.SaveSnapshotResponse\x12I\n\x0bGetSnapshot\x12!.eventstore.v1.GetSnapshotRequest\x1a\x17.eventstore.v1.Snapshotb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENTDATA_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_METADATAENTRY']._loaded_options = None
   _globals['_EVENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DIRECTION']._serialized_start=3143
-  _globals['_DIRECTION']._serialized_end=3203
+  _globals['_DIRECTION']._serialized_start=3201
+  _globals['_DIRECTION']._serialized_end=3261
   _globals['_EXPECTEDVERSION']._serialized_start=112
   _globals['_EXPECTEDVERSION']._serialized_end=294
   _globals['_EVENTDATA']._serialized_start=297
@@ -48,43 +48,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDREQUEST']._serialized_start=492
   _globals['_APPENDREQUEST']._serialized_end=653
   _globals['_APPENDRESPONSE']._serialized_start=656
-  _globals['_APPENDRESPONSE']._serialized_end=813
-  _globals['_EVENT']._serialized_start=816
-  _globals['_EVENT']._serialized_end=1112
+  _globals['_APPENDRESPONSE']._serialized_end=840
+  _globals['_EVENT']._serialized_start=843
+  _globals['_EVENT']._serialized_end=1139
   _globals['_EVENT_METADATAENTRY']._serialized_start=442
   _globals['_EVENT_METADATAENTRY']._serialized_end=489
-  _globals['_READAGGREGATEREQUEST']._serialized_start=1115
-  _globals['_READAGGREGATEREQUEST']._serialized_end=1245
-  _globals['_READAGGREGATERESPONSE']._serialized_start=1247
-  _globals['_READAGGREGATERESPONSE']._serialized_end=1308
-  _globals['_GETAGGREGATEREQUEST']._serialized_start=1310
-  _globals['_GETAGGREGATEREQUEST']._serialized_end=1353
-  _globals['_GETAGGREGATERESPONSE']._serialized_start=1356
-  _globals['_GETAGGREGATERESPONSE']._serialized_end=1550
-  _globals['_WRONGEXPECTEDVERSION']._serialized_start=1552
-  _globals['_WRONGEXPECTEDVERSION']._serialized_end=1670
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=1673
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=1933
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=1936
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=2118
-  _globals['_CAUGHTUP']._serialized_start=2120
-  _globals['_CAUGHTUP']._serialized_end=2130
-  _globals['_HEARTBEAT']._serialized_start=2132
-  _globals['_HEARTBEAT']._serialized_end=2143
-  _globals['_QUERYEVENTSREQUEST']._serialized_start=2146
-  _globals['_QUERYEVENTSREQUEST']._serialized_end=2402
-  _globals['_QUERYEVENTSRESPONSE']._serialized_start=2405
-  _globals['_QUERYEVENTSRESPONSE']._serialized_end=2559
-  _globals['_SNAPSHOT']._serialized_start=2562
-  _globals['_SNAPSHOT']._serialized_end=2718
-  _globals['_SAVESNAPSHOTREQUEST']._serialized_start=2720
-  _globals['_SAVESNAPSHOTREQUEST']._serialized_end=2839
-  _globals['_SAVESNAPSHOTRESPONSE']._serialized_start=2841
-  _globals['_SAVESNAPSHOTRESPONSE']._serialized_end=2911
-  _globals['_GETSNAPSHOTREQUEST']._serialized_start=2913
-  _globals['_GETSNAPSHOTREQUEST']._serialized_end=2976
-  _globals['_INDEXFRESHNESS']._serialized_start=2979
-  _globals['_INDEXFRESHNESS']._serialized_end=3141
-  _globals['_EVENTSTORE']._serialized_start=3206
-  _globals['_EVENTSTORE']._serialized_end=3804
+  _globals['_READAGGREGATEREQUEST']._serialized_start=1142
+  _globals['_READAGGREGATEREQUEST']._serialized_end=1272
+  _globals['_READAGGREGATERESPONSE']._serialized_start=1274
+  _globals['_READAGGREGATERESPONSE']._serialized_end=1335
+  _globals['_GETAGGREGATEREQUEST']._serialized_start=1337
+  _globals['_GETAGGREGATEREQUEST']._serialized_end=1380
+  _globals['_GETAGGREGATERESPONSE']._serialized_start=1383
+  _globals['_GETAGGREGATERESPONSE']._serialized_end=1577
+  _globals['_WRONGEXPECTEDVERSION']._serialized_start=1579
+  _globals['_WRONGEXPECTEDVERSION']._serialized_end=1697
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=1700
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1960
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1963
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=2145
+  _globals['_CAUGHTUP']._serialized_start=2147
+  _globals['_CAUGHTUP']._serialized_end=2157
+  _globals['_HEARTBEAT']._serialized_start=2159
+  _globals['_HEARTBEAT']._serialized_end=2170
+  _globals['_QUERYEVENTSREQUEST']._serialized_start=2173
+  _globals['_QUERYEVENTSREQUEST']._serialized_end=2460
+  _globals['_QUERYEVENTSRESPONSE']._serialized_start=2463
+  _globals['_QUERYEVENTSRESPONSE']._serialized_end=2617
+  _globals['_SNAPSHOT']._serialized_start=2620
+  _globals['_SNAPSHOT']._serialized_end=2776
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_start=2778
+  _globals['_SAVESNAPSHOTREQUEST']._serialized_end=2897
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_start=2899
+  _globals['_SAVESNAPSHOTRESPONSE']._serialized_end=2969
+  _globals['_GETSNAPSHOTREQUEST']._serialized_start=2971
+  _globals['_GETSNAPSHOTREQUEST']._serialized_end=3034
+  _globals['_INDEXFRESHNESS']._serialized_start=3037
+  _globals['_INDEXFRESHNESS']._serialized_end=3199
+  _globals['_EVENTSTORE']._serialized_start=3264
+  _globals['_EVENTSTORE']._serialized_end=3862
 # @@protoc_insertion_point(module_scope)

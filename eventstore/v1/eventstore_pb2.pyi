@@ -177,10 +177,13 @@ class AppendResponse(_message.Message):
     COMMITTED_AT_FIELD_NUMBER: _builtins.int
     EVENT_IDS_FIELD_NUMBER: _builtins.int
     ALREADY_COMMITTED_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     first_version: _builtins.int
     last_version: _builtins.int
     already_committed: _builtins.bool
     """True when these events were already committed by an earlier identical append."""
+    consistency_token: _builtins.str
+    """Opaque. Pass it as QueryEventsRequest.min_consistency_token to read this write back."""
     @_builtins.property
     def committed_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -195,10 +198,11 @@ class AppendResponse(_message.Message):
         committed_at: _timestamp_pb2.Timestamp | None = ...,
         event_ids: _abc.Iterable[_builtins.str] | None = ...,
         already_committed: _builtins.bool = ...,
+        consistency_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["committed_at", b"committed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_committed", b"already_committed", "committed_at", b"committed_at", "event_ids", b"event_ids", "first_version", b"first_version", "last_version", b"last_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_committed", b"already_committed", "committed_at", b"committed_at", "consistency_token", b"consistency_token", "event_ids", b"event_ids", "first_version", b"first_version", "last_version", b"last_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -539,6 +543,7 @@ class QueryEventsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VISIBLE_EVENT_ID_FIELD_NUMBER: _builtins.int
     COUNT_TOTAL_FIELD_NUMBER: _builtins.int
+    MIN_CONSISTENCY_TOKEN_FIELD_NUMBER: _builtins.int
     aggregate_id: _builtins.str
     """Only this aggregate, if set."""
     page_size: _builtins.int
@@ -549,6 +554,12 @@ class QueryEventsRequest(_message.Message):
     """An event id (e.g. from AppendResponse): the answer says whether it is searchable yet."""
     count_total: _builtins.bool
     """Count every match (total_hits); costs more, so ask only on a first page."""
+    min_consistency_token: _builtins.str
+    """An AppendResponse.consistency_token: answer only once that append is searchable (and
+    with it everything indexed before it), waiting up to the call's deadline (and at most the
+    server's limit). Not in time: DEADLINE_EXCEEDED, reason NOT_YET_SEARCHABLE, with the
+    indexer's lag in the details. Not together with visible_event_id.
+    """
     @_builtins.property
     def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Any of these event types; empty means all."""
@@ -572,10 +583,11 @@ class QueryEventsRequest(_message.Message):
         page_token: _builtins.str = ...,
         visible_event_id: _builtins.str = ...,
         count_total: _builtins.bool = ...,
+        min_consistency_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["from", b"from", "to", b"to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_types", b"aggregate_types", "count_total", b"count_total", "event_types", b"event_types", "from", b"from", "page_size", b"page_size", "page_token", b"page_token", "to", b"to", "visible_event_id", b"visible_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_id", b"aggregate_id", "aggregate_types", b"aggregate_types", "count_total", b"count_total", "event_types", b"event_types", "from", b"from", "min_consistency_token", b"min_consistency_token", "page_size", b"page_size", "page_token", b"page_token", "to", b"to", "visible_event_id", b"visible_event_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

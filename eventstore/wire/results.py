@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 
 from eventstore.domain.events import AggregateInfo, AppendResult
-from eventstore.domain.queries import Freshness, QueryPage
+from eventstore.domain.queries import Freshness, QueryPage, encode_consistency_token
 from eventstore.domain.snapshots import Snapshot
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import event_from_proto, event_to_proto, time_from_proto, timestamp
@@ -19,6 +19,8 @@ def append_result_to_proto(result: AppendResult) -> pb.AppendResponse:
         committed_at=timestamp(result.committed_at),
         event_ids=[str(event_id) for event_id in result.event_ids],
         already_committed=result.already_committed,
+        consistency_token=result.consistency_token
+        or encode_consistency_token(result.event_ids[-1]),
     )
 
 
@@ -29,6 +31,7 @@ def append_result_from_proto(message: pb.AppendResponse) -> AppendResult:
         committed_at=time_from_proto(message.committed_at),
         event_ids=tuple(uuid.UUID(event_id) for event_id in message.event_ids),
         already_committed=message.already_committed,
+        consistency_token=message.consistency_token,
     )
 
 

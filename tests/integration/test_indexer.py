@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from opensearchpy.exceptions import ConnectionTimeout, TransportError
 
 from devstack.proxy import FaultProxy
-from eventstore.client import Event, EventStoreClient
+from eventstore.client import Event, EventStoreClient, NotYetSearchableError
 from eventstore.config import KafkaSettings, OpenSearchSettings
 from eventstore.publishing.kafka import ensure_topic
 from eventstore.search.setup import make_client
@@ -177,6 +178,33 @@ async def test_appended_events_are_found_by_type_and_time(
     assert [(e.event_id, e.data, e.metadata) for e in queried] == [
         (e.event_id, e.data, e.metadata) for e in first
     ]
+
+
+async def test_read_your_own_writes_with_a_consistency_token(
+    client: EventStoreClient, indexer: IndexerProcess
+) -> None:
+    kind = unique("Own").replace("-", "")
+    # No indexer yet: the write cannot become searchable, and the query says so at the
+    # deadline the caller set, with the indexer's lag, instead of answering without it.
+    early = await client.append(unique("own"), kind, [Event("Written", {"n": 0})])
+    started = time.monotonic()
+    with pytest.raises(NotYetSearchableError) as caught:
+        await client.query_events(
+            aggregate_types=[kind], min_consistency_token=early.consistency_token, timeout_s=1.0
+        )
+    assert 0.5 < time.monotonic() - started < 1.0  # answered before the deadline, not by it
+    assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert caught.value.message.startswith("the write of min_consistency_token")
+    await indexer.start()
+    # Each query right after its append, no sleep: the token makes the server wait.
+    for n in range(1, 6):
+        written = await client.append(unique("own"), kind, [Event("Written", {"n": n})])
+        page = await client.query_events(
+            aggregate_types=[kind], min_consistency_token=written.consistency_token, timeout_s=60
+        )
+        assert written.event_ids[-1] in {e.event_id for e in page.events}
+        assert early.event_ids[0] in {e.event_id for e in page.events}
+        assert page.freshness.event_visible
 
 
 async def test_indexer_killed_mid_stream_indexes_everything_once(

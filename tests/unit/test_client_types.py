@@ -25,7 +25,7 @@ from eventstore.client import (
 )
 from eventstore.domain.access import QuotaExceeded
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
-from eventstore.domain.queries import Freshness, QueryPage
+from eventstore.domain.queries import Freshness, QueryPage, encode_consistency_token
 from eventstore.domain.snapshots import Snapshot
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire import results
@@ -77,11 +77,21 @@ EVENT = RecordedEvent(
 )
 
 
+LAST_ID = uuid.uuid4()
+
+
 @pytest.mark.parametrize(
     ("value", "to_proto", "from_proto"),
     [
         (
-            AppendResult(1, 2, WHEN, (uuid.uuid4(), uuid.uuid4()), already_committed=True),
+            AppendResult(
+                1,
+                2,
+                WHEN,
+                (uuid.uuid4(), LAST_ID),
+                already_committed=True,
+                consistency_token=encode_consistency_token(LAST_ID),
+            ),
             results.append_result_to_proto,
             results.append_result_from_proto,
         ),

@@ -4,6 +4,7 @@ for errors a retry can cure, the other details, and whether the error is logged 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import pytest
 from google.protobuf.message import Message
@@ -24,6 +25,7 @@ from eventstore.domain.errors import (
     EventIdReused,
     FieldViolation,
     InvalidArgument,
+    NotYetSearchable,
     SnapshotNotFound,
     StorageUnavailable,
     WrongExpectedVersion,
@@ -114,6 +116,17 @@ ROWS: dict[type[BaseException], Row] = {
         "CONTENTION",
         0.2,
         metadata={"aggregate_id": "agg"},
+    ),
+    NotYetSearchable: Row(
+        NotYetSearchable(2.5, 17, datetime(2026, 1, 1, tzinfo=UTC)),
+        code_pb2.DEADLINE_EXCEEDED,
+        "NOT_YET_SEARCHABLE",
+        1.0,
+        metadata={
+            "indexer_lag": "17",
+            "indexed_through": "2026-01-01T00:00:00+00:00",
+            "waited_s": "2.500",
+        },
     ),
     StorageUnavailable: Row(
         StorageUnavailable("Cassandra: NoHostAvailable"),
