@@ -47,6 +47,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
+from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.queries import Freshness, QueryPage
 from eventstore.domain.snapshots import Snapshot
 from eventstore.sizes import CLIENT_MAX_RECEIVE_BYTES
@@ -56,6 +57,7 @@ from eventstore.wire.events import event_from_proto, expected_from_proto, expect
 from eventstore.wire.results import (
     aggregate_from_proto,
     append_result_from_proto,
+    parked_from_proto,
     query_page_from_proto,
     snapshot_from_proto,
 )
@@ -70,8 +72,11 @@ __all__ = [
     "EventStoreClient",
     "ExpectedVersion",
     "Freshness",
+    "GroupDelivery",
+    "GroupMember",
     "InvalidArgumentError",
     "NotYetSearchableError",
+    "ParkedEvent",
     "PermissionDeniedError",
     "QueryPage",
     "RecordedEvent",
@@ -132,6 +137,67 @@ class SubscriptionMessage:
     event: RecordedEvent | None = None
     caught_up: bool = False
     heartbeat: bool = False
+
+
+@dataclass(frozen=True)
+class GroupDelivery:
+    """An event a consumer group gave this member: acknowledge it (`GroupMember.ack`) once
+    handled, or reject it (`nack`). `attempt` counts the group's deliveries of this event."""
+
+    delivery_id: int
+    event: RecordedEvent
+    attempt: int
+
+
+class GroupMember:
+    """One member of a consumer group (`EventStoreClient.subscribe_group`): iterate over its
+    deliveries, answer each with `ack` or `nack`. Closing it (leaving the `async with`) leaves
+    the group: what it had not acknowledged goes to another member."""
+
+    def __init__(self, call: Any, join: pb.SubscribeGroupRequest) -> None:
+        self._call = call
+        self._join = join
+
+    async def __aenter__(self) -> GroupMember:
+        try:
+            await self._call.write(self._join)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._call.cancel()
+
+    def __aiter__(self) -> AsyncIterator[GroupDelivery]:
+        return self._deliveries()
+
+    async def _deliveries(self) -> AsyncIterator[GroupDelivery]:
+        try:
+            async for message in self._call:
+                if message.WhichOneof("message") == "delivery":
+                    delivery = message.delivery
+                    yield GroupDelivery(
+                        delivery.delivery_id, event_from_proto(delivery.event), delivery.attempt
+                    )
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
+
+    async def ack(self, *deliveries: GroupDelivery) -> None:
+        """Handled: the group moves past them."""
+        ids = [d.delivery_id for d in deliveries]
+        await self._send(pb.SubscribeGroupRequest(ack=pb.GroupAck(delivery_ids=ids)))
+
+    async def nack(self, *deliveries: GroupDelivery, reason: str = "") -> None:
+        """Failed: delivered again after a backoff, parked after the group's last attempt."""
+        ids = [d.delivery_id for d in deliveries]
+        nack = pb.GroupNack(delivery_ids=ids, reason=reason)
+        await self._send(pb.SubscribeGroupRequest(nack=nack))
+
+    async def _send(self, request: pb.SubscribeGroupRequest) -> None:
+        try:
+            await self._call.write(request)
+        except grpc.aio.AioRpcError as exc:
+            raise _error(exc) from None
 
 
 @dataclass(frozen=True)
@@ -527,6 +593,51 @@ class EventStoreClient:
             raise _error(exc) from None
         finally:
             call.cancel()
+
+    def subscribe_group(
+        self,
+        group: str,
+        *,
+        aggregate_types: Sequence[str] = (),
+        event_types: Sequence[str] = (),
+        start: str | datetime = "beginning",
+        max_in_flight: int = 0,
+    ) -> GroupMember:
+        """Join consumer group `group` (yours: another principal's group of that name is
+        another group). Members share its aggregates: each aggregate goes to one member at a
+        time, in version order, one unacknowledged event at a time. `start` ("beginning",
+        "end" or a time) places a group that has no position yet. Use as
+        `async with client.subscribe_group(...) as member: async for delivery in member:`."""
+        join = pb.JoinGroup(
+            group=group,
+            aggregate_types=list(aggregate_types),
+            event_types=list(event_types),
+            max_in_flight=max_in_flight,
+        )
+        if isinstance(start, datetime):
+            join.from_time.FromDatetime(start)
+        elif start == "end":
+            join.from_end.SetInParent()
+        else:
+            join.from_beginning.SetInParent()
+        # No request iterator: the member writes its requests (join, acks) on the call.
+        call = self._stub.SubscribeGroup(metadata=self._metadata)  # type: ignore[call-arg]
+        return GroupMember(call, pb.SubscribeGroupRequest(join=join))
+
+    async def parked(self, group: str, max_count: int = 0) -> list[ParkedEvent]:
+        """The group's parked events not yet replayed or skipped, oldest first."""
+        request = pb.ListParkedRequest(group=group, max_count=max_count)
+        response: pb.ListParkedResponse = await self._with_retries(self._stub.ListParked, request)
+        return [parked_from_proto(p) for p in response.parked]
+
+    async def replay_parked(self, group: str, *, skip: bool = False) -> int:
+        """Deliver the group's parked events to its members again (or, with `skip`, pass
+        over them); how many."""
+        request = pb.ReplayParkedRequest(group=group, skip=skip)
+        response: pb.ReplayParkedResponse = await self._with_retries(
+            self._stub.ReplayParked, request
+        )
+        return response.count
 
     async def query_events(
         self,

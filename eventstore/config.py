@@ -166,6 +166,12 @@ class KafkaSettings(_FileBacked):
         "eventstore.dead-letter",
         description="Where the indexer puts records it cannot index, with the reason",
     )
+    group_topic_prefix: str = Field(
+        "eventstore.groups.",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Consumer groups' own topics (parked and replayed events): prefix + group "
+        "id + .parked/.retry; must not start with topic_prefix (they are not event topics)",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
     sasl_username: str | None = None
@@ -179,6 +185,16 @@ class KafkaSettings(_FileBacked):
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
+
+    @model_validator(mode="after")
+    def _group_topics_apart(self) -> KafkaSettings:
+        if self.topic_prefix and self.group_topic_prefix.startswith(self.topic_prefix):
+            # The indexer and subscriptions would read parked events as an aggregate type.
+            raise ValueError(
+                f"group_topic_prefix ({self.group_topic_prefix!r}) starts with topic_prefix "
+                f"({self.topic_prefix!r}): groups' topics would be read as event topics"
+            )
+        return self
 
     @model_validator(mode="after")
     def _insync_within_replicas(self) -> KafkaSettings:
@@ -483,6 +499,20 @@ class ServerSettings(BaseSettings):
         ge=64 * 1024,
         description="Memory one wide subscription spends remembering recent aggregates' versions "
         "to drop repeated copies (a server holds at most EVENTSTORE_LIMIT_MAX_SUBSCRIPTIONS)",
+    )
+    group_max_attempts: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="Deliveries of one event to a consumer group before it is parked",
+    )
+    group_ack_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A group delivery not acknowledged within this counts as rejected",
+    )
+    group_max_backoff_s: float = Field(
+        5.0, gt=0, description="Longest wait before a rejected group delivery is sent again"
     )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Prometheus metrics on 127.0.0.1:<port>; 0 turns them off"

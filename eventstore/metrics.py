@@ -64,6 +64,11 @@ RPC_LATENCY = Histogram(
 APPEND_CONFLICTS = Counter(
     "eventstore_append_conflicts", "Appends refused because the expected version did not hold"
 )
+GROUP_MEMBERS = Gauge(
+    "eventstore_group_members_active",
+    "SubscribeGroup streams (consumer group members) open now",
+    multiprocess_mode="livesum",
+)
 SUBSCRIPTIONS = Gauge(
     "eventstore_subscriptions_active", "Subscribe streams open now", multiprocess_mode="livesum"
 )

@@ -6,9 +6,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import Protocol
 from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
+from eventstore.domain.groups import Commit, GroupRecord, ParkedEvent, Where
 from eventstore.domain.queries import EventQuery, IndexProgress, SearchPage
 from eventstore.domain.snapshots import Snapshot
 
@@ -283,6 +285,72 @@ class EventLog(ABC):
         `start` (a topic created after the reader opened: from 0). From a time, a partition
         without a record at or after it starts at its end. With `key`, only the partition
         that key maps to."""
+
+
+class GroupListener(Protocol):
+    """Told (during `GroupConsumer.read`) which partitions the group gives or takes."""
+
+    def assigned(self, where: Where, commit: Commit) -> None:
+        """Ours now, to read from `commit.offset`, skipping `commit.done_above`."""
+
+    def revoked(self, where: Where) -> Commit | None:
+        """Taken away: where to commit it before its next owner starts (None: nothing)."""
+
+    def lost(self, where: Where) -> None:
+        """Taken away without a chance to commit (our session expired)."""
+
+
+class GroupConsumer(ABC):
+    """One member of a consumer group over the event topics (and the group's own retry
+    topic): Kafka shares the partitions among the members and keeps the committed positions."""
+
+    @abstractmethod
+    async def read(self, max_records: int) -> list[GroupRecord]:
+        """The next records of the assigned partitions ([] after a short wait); assignment
+        changes reach the listener from within this call."""
+
+    @abstractmethod
+    def commit(self, commits: Mapping[Where, Commit]) -> None:
+        """Record these positions (in the background; `close` waits for its final ones)."""
+
+    @abstractmethod
+    def pause(self, wheres: Sequence[Where]) -> None:
+        """Stop fetching these partitions until `resume`."""
+
+    @abstractmethod
+    def resume(self, wheres: Sequence[Where]) -> None: ...
+
+    @abstractmethod
+    async def close(self, final: Mapping[Where, Commit]) -> None:
+        """Commit `final` and leave the group (its partitions go to the other members)."""
+
+
+class GroupLog(ABC):
+    """Consumer groups over the published log, their parked and replayed events."""
+
+    @abstractmethod
+    async def join(
+        self,
+        group_id: str,
+        aggregate_types: frozenset[str],
+        start: LogStart,
+        listener: GroupListener,
+    ) -> GroupConsumer:
+        """Become a member of `group_id` reading the topics of `aggregate_types` (empty: all)
+        and the group's retry topic; `start` places partitions the group never committed."""
+
+    @abstractmethod
+    async def park(self, group_id: str, record: GroupRecord, reason: str, attempts: int) -> None:
+        """Keep `record` in the group's parked topic (returns once Kafka holds it)."""
+
+    @abstractmethod
+    async def parked(self, group_id: str, max_count: int) -> list[ParkedEvent]:
+        """The parked events not yet replayed or skipped, oldest first."""
+
+    @abstractmethod
+    async def replay_parked(self, group_id: str, skip: bool = False) -> int:
+        """Hand every parked event not yet replayed back to the group's members (through its
+        retry topic), or with `skip` pass over them; how many."""
 
 
 class EventIndex(ABC):

@@ -37,9 +37,11 @@ from eventstore.ports import (
     EventLog,
     EventPublisher,
     EventStorage,
+    GroupLog,
     PublicationLog,
     SnapshotStore,
 )
+from eventstore.publishing.groups import KafkaGroupLog
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
 from eventstore.publishing.shared_tail import SharedTailLog
@@ -57,6 +59,7 @@ from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.storage.snapshots import CassandraSnapshotStore
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.fairness import FairIndex, FairShare, FairSnapshots, FairStorage
+from eventstore.usecases.groups import ConsumeGroup, GroupSettings
 from eventstore.usecases.journal import WriterJournal
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
@@ -89,6 +92,7 @@ class Components:
     publisher: EventPublisher | None = None
     catalog: AggregateCatalog | None = None
     log: EventLog | None = None
+    groups: GroupLog | None = None
     index: EventIndex | None = None
     snapshots: SnapshotStore | None = None
     owned: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
@@ -110,12 +114,15 @@ class Components:
             # Live subscriptions share one Kafka consumer; only catching up takes one each.
             log = SharedTailLog(KafkaEventLog(settings.kafka))
             owned.push_async_callback(log.close)
+            groups = KafkaGroupLog(settings.kafka)
+            owned.push_async_callback(groups.close)
             return cls(
                 storage=storage,
                 outbox=outbox,
                 publisher=publisher,
                 catalog=catalog,
                 log=log,
+                groups=groups,
                 index=index,
                 snapshots=snapshots,
                 owned=owned.pop_all(),
@@ -199,6 +206,19 @@ class RunningServer:
                     dedupe_bytes=settings.subscription_dedupe_bytes,
                 )
                 if components.log is not None
+                else None
+            ),
+            groups=(
+                ConsumeGroup(
+                    components.groups,
+                    GroupSettings(
+                        max_attempts=settings.group_max_attempts,
+                        ack_timeout_s=settings.group_ack_timeout_s,
+                        max_backoff_s=settings.group_max_backoff_s,
+                        heartbeat_s=settings.subscription_heartbeat_s,
+                    ),
+                )
+                if components.groups is not None
                 else None
             ),
             query=(

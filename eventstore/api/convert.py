@@ -11,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from eventstore.domain.events import Direction, RecordedEvent
 from eventstore.domain.subscriptions import StartAt, SubscriptionItem
 from eventstore.domain.validation import RawAppend, RawEvent, RawTime
+from eventstore.usecases.groups import GroupItem
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import event_to_proto, expected_from_proto
 
@@ -82,9 +83,29 @@ def subscription_item_to_proto(item: SubscriptionItem) -> pb.SubscribeResponse:
 
 
 def optional_time(
-    message: pb.QueryEventsRequest | pb.SubscribeRequest, field: str
+    message: pb.QueryEventsRequest | pb.SubscribeRequest | pb.JoinGroup, field: str
 ) -> RawTime | None:
     if not message.HasField(field):  # type: ignore[arg-type]
         return None
     value: Timestamp = getattr(message, field)
     return value.seconds, value.nanos
+
+
+def group_item_to_proto(item: GroupItem) -> pb.SubscribeGroupResponse:
+    if item.event is None:
+        return pb.SubscribeGroupResponse(heartbeat=pb.Heartbeat())
+    return pb.SubscribeGroupResponse(
+        delivery=pb.GroupDelivery(
+            delivery_id=item.delivery_id, event=event_to_proto(item.event), attempt=item.attempt
+        )
+    )
+
+
+def group_start_from_proto(join: pb.JoinGroup) -> StartAt:
+    match join.WhichOneof("start"):
+        case "from_end":
+            return StartAt.END
+        case "from_time":
+            return StartAt.TIME
+        case _:
+            return StartAt.BEGINNING

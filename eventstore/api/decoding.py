@@ -83,10 +83,14 @@ def _handler(
 ) -> grpc.RpcMethodHandler[Any, Any]:
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
-    if method.client_streaming:
-        raise ValueError(f"{method.full_name}: client streaming is not supported")
+    if method.client_streaming and not method.server_streaming:
+        raise ValueError(f"{method.full_name}: client streaming alone is not supported")
+    # Bidirectional: each request message is decoded as it arrives; one that does not decode
+    # reaches the servicer as an Undecodable in the request stream.
     make = (
-        grpc.unary_stream_rpc_method_handler
+        grpc.stream_stream_rpc_method_handler
+        if method.client_streaming
+        else grpc.unary_stream_rpc_method_handler
         if method.server_streaming
         else grpc.unary_unary_rpc_method_handler
     )

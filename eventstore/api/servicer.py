@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
@@ -26,6 +27,8 @@ from eventstore.domain.validation import (
     Limits,
     validate_aggregate_id,
     validate_append,
+    validate_group_join,
+    validate_parked,
     validate_query,
     validate_read,
     validate_snapshot,
@@ -34,6 +37,7 @@ from eventstore.domain.validation import (
 from eventstore.sizes import READ_MESSAGE_BUDGET_BYTES
 from eventstore.usecases import fairness
 from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.groups import ConsumeGroup, Membership
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
 from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
@@ -162,6 +166,35 @@ def server_streaming(
     return handler
 
 
+MAX_NACK_REASON_CHARS = 1000
+
+
+async def _answers(
+    incoming: AsyncIterator[pb.SubscribeGroupRequest | Undecodable], membership: Membership
+) -> None:
+    """A group member's acknowledgements and rejections, as they come; anything else ends
+    its membership with INVALID_ARGUMENT."""
+    async for request in incoming:
+        if isinstance(request, Undecodable):
+            membership.fail(request.error())
+            return
+        kind = request.WhichOneof("message")
+        if kind == "ack":
+            membership.ack(list(request.ack.delivery_ids))
+        elif kind == "nack":
+            if len(request.nack.reason) > MAX_NACK_REASON_CHARS:
+                membership.fail(
+                    InvalidArgument.of(
+                        "nack.reason", f"must be at most {MAX_NACK_REASON_CHARS} characters"
+                    )
+                )
+                return
+            membership.nack(list(request.nack.delivery_ids), request.nack.reason)
+        else:
+            membership.fail(InvalidArgument.of("join", "only the first request may join"))
+            return
+
+
 def refuse_undecodable(behaviour: Any) -> Any:
     """For a library's servicer (gRPC health): an undecodable request is INVALID_ARGUMENT.
     Its methods are coroutines (streaming ones write with `context.write`)."""
@@ -185,6 +218,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         limits: Limits,
         subscribe: Subscribe | None = None,
         query: QueryEvents | None = None,
+        groups: ConsumeGroup | None = None,
         snapshots: tuple[SaveSnapshot, GetSnapshot] | None = None,
         admission: Admission | None = None,
         authenticator: Authenticator | None = None,
@@ -196,6 +230,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         self._limits = limits
         self._subscribe = subscribe
         self._query = query
+        self._groups = groups
         self._snapshots = snapshots
         self._admission = admission or Admission()
         # None: authentication explicitly turned off (the composition root decides and warns).
@@ -295,6 +330,73 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                         yield convert.subscription_item_to_proto(item)
                 finally:
                     metrics.SUBSCRIPTIONS.dec()
+
+    @server_streaming  # bidirectional: `requests` is the stream of the member's messages
+    async def SubscribeGroup(
+        self,
+        requests: AsyncIterator[pb.SubscribeGroupRequest | Undecodable],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.SubscribeGroupResponse]:
+        if self._groups is None:
+            raise BackendNotConfigured("consumer groups need the event log (Kafka)")
+        principal = self._principal(context)
+        incoming = aiter(requests)
+        first = await anext(incoming, None)
+        if first is None:
+            return  # the caller closed without joining
+        if isinstance(first, Undecodable):
+            raise first.error()
+        if first.WhichOneof("message") != "join":
+            raise InvalidArgument.of("join", "the first request must join a group")
+        join = first.join
+        group, subscription, start, in_flight = validate_group_join(
+            join.group,
+            list(join.aggregate_types),
+            list(join.event_types),
+            convert.group_start_from_proto(join),
+            convert.optional_time(join, "from_time"),
+            join.max_in_flight,
+            self._limits,
+        )
+        # A forbidden filter is refused here, before the member takes a subscription slot.
+        membership = self._groups.join(group, subscription, start, principal, in_flight)
+        policy = self._authenticator.policy()
+        with self._quotas.subscription(principal):
+            metrics.GROUP_MEMBERS.inc()
+            answers = asyncio.create_task(_answers(incoming, membership))
+            items = membership.items()
+            try:
+                async with contextlib.aclosing(items):
+                    async for item in items:
+                        if self._authenticator.policy() is not policy:
+                            policy = self._authenticator.policy()
+                            self._authenticator.recheck(context, principal)
+                        yield convert.group_item_to_proto(item)
+            finally:
+                answers.cancel()
+                metrics.GROUP_MEMBERS.dec()
+
+    @unary
+    async def ListParked(
+        self, request: pb.ListParkedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListParkedResponse:
+        if self._groups is None:
+            raise BackendNotConfigured("consumer groups need the event log (Kafka)")
+        with self._call(context) as principal:
+            count = validate_parked(request.group, request.max_count, self._limits)
+            parked = await self._groups.parked(request.group, principal, count)
+            return pb.ListParkedResponse(parked=[results.parked_to_proto(p) for p in parked])
+
+    @unary
+    async def ReplayParked(
+        self, request: pb.ReplayParkedRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReplayParkedResponse:
+        if self._groups is None:
+            raise BackendNotConfigured("consumer groups need the event log (Kafka)")
+        with self._call(context) as principal:
+            validate_parked(request.group, 0, self._limits)
+            count = await self._groups.replay_parked(request.group, principal, request.skip)
+            return pb.ReplayParkedResponse(count=count)
 
     @unary
     async def QueryEvents(
@@ -409,5 +511,8 @@ class DeferredServicer(pb_grpc.EventStoreServicer):
     QueryEvents = _forward_unary("QueryEvents")
     SaveSnapshot = _forward_unary("SaveSnapshot")
     GetSnapshot = _forward_unary("GetSnapshot")
+    ListParked = _forward_unary("ListParked")
+    ReplayParked = _forward_unary("ReplayParked")
     ReadAggregate = _forward_stream("ReadAggregate")
     Subscribe = _forward_stream("Subscribe")
+    SubscribeGroup = _forward_stream("SubscribeGroup")

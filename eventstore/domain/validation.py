@@ -359,6 +359,52 @@ def validate_subscribe(
     return subscription, Start(start, decoded, time)
 
 
+DEFAULT_GROUP_IN_FLIGHT = 64
+MAX_GROUP_IN_FLIGHT = 1000
+DEFAULT_PARKED_PAGE = 100
+MAX_PARKED_PAGE = 1000
+
+
+def validate_group_join(
+    group: str,
+    aggregate_types: Sequence[str],
+    event_types: Sequence[str],
+    start: StartAt,
+    from_time: RawTime | None,
+    max_in_flight: int,
+    limits: Limits,
+) -> tuple[str, SubscriptionFilter, Start, int]:
+    """A SubscribeGroup join: the group, its filter, where a new group starts, and how many
+    deliveries the member may hold."""
+    out = _Collector()
+    check_type_name(group, limits, "join.group", out)
+    check_type_names(aggregate_types, limits, "join.aggregate_types", out)
+    check_type_names(event_types, limits, "join.event_types", out)
+    time = check_time(from_time, "join.from_time", out) if start is StartAt.TIME else None
+    if not 0 <= max_in_flight <= MAX_GROUP_IN_FLIGHT:
+        out.add(
+            "join.max_in_flight",
+            f"must be between 0 (default {DEFAULT_GROUP_IN_FLIGHT}) and {MAX_GROUP_IN_FLIGHT}",
+        )
+    out.raise_if_any()
+    subscription = SubscriptionFilter(
+        aggregate_types=frozenset(aggregate_types), event_types=frozenset(event_types)
+    )
+    return group, subscription, Start(start, None, time), max_in_flight or DEFAULT_GROUP_IN_FLIGHT
+
+
+def validate_parked(group: str, max_count: int, limits: Limits) -> int:
+    """ListParked: the page size."""
+    out = _Collector()
+    check_type_name(group, limits, "group", out)
+    if not 0 <= max_count <= MAX_PARKED_PAGE:
+        out.add(
+            "max_count", f"must be between 0 (default {DEFAULT_PARKED_PAGE}) and {MAX_PARKED_PAGE}"
+        )
+    out.raise_if_any()
+    return max_count or DEFAULT_PARKED_PAGE
+
+
 def validate_query(
     event_types: Sequence[str],
     aggregate_types: Sequence[str],

@@ -774,3 +774,310 @@ class IndexFreshness(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IndexFreshness: _TypeAlias = IndexFreshness  # noqa: Y015
+
+@_typing.final
+class SubscribeGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOIN_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
+    NACK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def join(self) -> Global___JoinGroup:
+        """The first request, and only the first."""
+
+    @_builtins.property
+    def ack(self) -> Global___GroupAck:
+        """Deliveries handled: the group moves past them."""
+
+    @_builtins.property
+    def nack(self) -> Global___GroupNack:
+        """Deliveries that failed: delivered again after a backoff, parked after the last attempt."""
+
+    def __init__(
+        self,
+        *,
+        join: Global___JoinGroup | None = ...,
+        ack: Global___GroupAck | None = ...,
+        nack: Global___GroupNack | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "join", b"join", "message", b"message", "nack", b"nack"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "join", b"join", "message", b"message", "nack", b"nack"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["join", "ack", "nack"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___SubscribeGroupRequest: _TypeAlias = SubscribeGroupRequest  # noqa: Y015
+
+@_typing.final
+class JoinGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    AGGREGATE_TYPES_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    FROM_BEGINNING_FIELD_NUMBER: _builtins.int
+    FROM_END_FIELD_NUMBER: _builtins.int
+    FROM_TIME_FIELD_NUMBER: _builtins.int
+    MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The group's name (per principal: two callers' groups of the same name are separate)."""
+    max_in_flight: _builtins.int
+    """Deliveries this member holds unacknowledged at most; 0 means 64."""
+    @_builtins.property
+    def aggregate_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only aggregates of these types; empty means all the caller may subscribe to."""
+
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only events of these types (the others move the group's position without delivery)."""
+
+    @_builtins.property
+    def from_beginning(self) -> _empty_pb2.Empty: ...
+    @_builtins.property
+    def from_end(self) -> _empty_pb2.Empty: ...
+    @_builtins.property
+    def from_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        aggregate_types: _abc.Iterable[_builtins.str] | None = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+        from_beginning: _empty_pb2.Empty | None = ...,
+        from_end: _empty_pb2.Empty | None = ...,
+        from_time: _timestamp_pb2.Timestamp | None = ...,
+        max_in_flight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_beginning", b"from_beginning", "from_end", b"from_end", "from_time", b"from_time", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregate_types", b"aggregate_types", "event_types", b"event_types", "from_beginning", b"from_beginning", "from_end", b"from_end", "from_time", b"from_time", "group", b"group", "max_in_flight", b"max_in_flight", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_start: _TypeAlias = _typing.Literal["from_beginning", "from_end", "from_time"]  # noqa: Y015
+    _WhichOneofArgType_start: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_start) -> _WhichOneofReturnType_start | None: ...
+
+Global___JoinGroup: _TypeAlias = JoinGroup  # noqa: Y015
+
+@_typing.final
+class GroupAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        delivery_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_ids", b"delivery_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupAck: _TypeAlias = GroupAck  # noqa: Y015
+
+@_typing.final
+class GroupNack(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_IDS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why, kept with the event if it is parked."""
+    @_builtins.property
+    def delivery_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        delivery_ids: _abc.Iterable[_builtins.int] | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_ids", b"delivery_ids", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupNack: _TypeAlias = GroupNack  # noqa: Y015
+
+@_typing.final
+class SubscribeGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery(self) -> Global___GroupDelivery: ...
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Nothing to deliver for a while; the membership is alive."""
+
+    def __init__(
+        self,
+        *,
+        delivery: Global___GroupDelivery | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "heartbeat", b"heartbeat", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["delivery", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___SubscribeGroupResponse: _TypeAlias = SubscribeGroupResponse  # noqa: Y015
+
+@_typing.final
+class GroupDelivery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    delivery_id: _builtins.int
+    """Acknowledge or reject with this id (valid on this stream only)."""
+    attempt: _builtins.int
+    """1 the first time this member's group delivers the event, then 2, 3, ..."""
+    @_builtins.property
+    def event(self) -> Global___Event: ...
+    def __init__(
+        self,
+        *,
+        delivery_id: _builtins.int = ...,
+        event: Global___Event | None = ...,
+        attempt: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "delivery_id", b"delivery_id", "event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupDelivery: _TypeAlias = GroupDelivery  # noqa: Y015
+
+@_typing.final
+class ListParkedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MAX_COUNT_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    max_count: _builtins.int
+    """1..1000; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        max_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "max_count", b"max_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParkedRequest: _TypeAlias = ListParkedRequest  # noqa: Y015
+
+@_typing.final
+class ListParkedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARKED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def parked(self) -> _containers.RepeatedCompositeFieldContainer[Global___ParkedEvent]: ...
+    def __init__(
+        self,
+        *,
+        parked: _abc.Iterable[Global___ParkedEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["parked", b"parked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListParkedResponse: _TypeAlias = ListParkedResponse  # noqa: Y015
+
+@_typing.final
+class ParkedEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PARKED_AT_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    """Its place among the group's parked events."""
+    reason: _builtins.str
+    """The last failure: the member's nack reason, or the acknowledgement timeout."""
+    attempts: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___Event: ...
+    @_builtins.property
+    def parked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event: Global___Event | None = ...,
+        position: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        parked_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "parked_at", b"parked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "event", b"event", "parked_at", b"parked_at", "position", b"position", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ParkedEvent: _TypeAlias = ParkedEvent  # noqa: Y015
+
+@_typing.final
+class ReplayParkedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    SKIP_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    skip: _builtins.bool
+    """Pass over the parked events instead of delivering them again."""
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        skip: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "skip", b"skip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayParkedRequest: _TypeAlias = ReplayParkedRequest  # noqa: Y015
+
+@_typing.final
+class ReplayParkedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many parked events were replayed (or skipped)."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayParkedResponse: _TypeAlias = ReplayParkedResponse  # noqa: Y015

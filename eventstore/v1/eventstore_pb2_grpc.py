@@ -69,6 +69,21 @@ class EventStoreStub:
                 request_serializer=eventstore_dot_v1_dot_eventstore__pb2.GetSnapshotRequest.SerializeToString,
                 response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.Snapshot.FromString,
                 _registered_method=True)
+        self.SubscribeGroup = channel.stream_stream(
+                '/eventstore.v1.EventStore/SubscribeGroup',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeGroupRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeGroupResponse.FromString,
+                _registered_method=True)
+        self.ListParked = channel.unary_unary(
+                '/eventstore.v1.EventStore/ListParked',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.ListParkedRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ListParkedResponse.FromString,
+                _registered_method=True)
+        self.ReplayParked = channel.unary_unary(
+                '/eventstore.v1.EventStore/ReplayParked',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -128,6 +143,31 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubscribeGroup(self, request_iterator, context):
+        """Membership of a consumer group: the first request joins, later ones acknowledge (ack)
+        or reject (nack) deliveries. The group's members share its aggregates: each aggregate is
+        delivered to one member at a time, in version order, one event at a time. A rejected or
+        unacknowledged event is delivered again after a backoff; after the group's attempts it
+        is parked. Positions survive restarts; members joining or leaving rebalance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListParked(self, request, context):
+        """The parked events of one of the caller's groups not yet replayed or skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplayParked(self, request, context):
+        """Delivers a group's parked events to its members again, or skips them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -165,6 +205,21 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.GetSnapshot,
                     request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.GetSnapshotRequest.FromString,
                     response_serializer=eventstore_dot_v1_dot_eventstore__pb2.Snapshot.SerializeToString,
+            ),
+            'SubscribeGroup': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubscribeGroup,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeGroupRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.SubscribeGroupResponse.SerializeToString,
+            ),
+            'ListParked': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParked,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ListParkedRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.ListParkedResponse.SerializeToString,
+            ),
+            'ReplayParked': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayParked,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +411,87 @@ class EventStore:
             '/eventstore.v1.EventStore/GetSnapshot',
             eventstore_dot_v1_dot_eventstore__pb2.GetSnapshotRequest.SerializeToString,
             eventstore_dot_v1_dot_eventstore__pb2.Snapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubscribeGroup(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/eventstore.v1.EventStore/SubscribeGroup',
+            eventstore_dot_v1_dot_eventstore__pb2.SubscribeGroupRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.SubscribeGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/ListParked',
+            eventstore_dot_v1_dot_eventstore__pb2.ListParkedRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.ListParkedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayParked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/ReplayParked',
+            eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedResponse.FromString,
             options,
             channel_credentials,
             insecure,

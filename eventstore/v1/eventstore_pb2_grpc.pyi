@@ -56,6 +56,17 @@ class EventStoreStub:
     """
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.GetSnapshotRequest, _eventstore_pb2.Snapshot]
     """The latest snapshot at or below a version; NOT_FOUND when there is none."""
+    SubscribeGroup: _grpc.StreamStreamMultiCallable[_eventstore_pb2.SubscribeGroupRequest, _eventstore_pb2.SubscribeGroupResponse]
+    """Membership of a consumer group: the first request joins, later ones acknowledge (ack)
+    or reject (nack) deliveries. The group's members share its aggregates: each aggregate is
+    delivered to one member at a time, in version order, one event at a time. A rejected or
+    unacknowledged event is delivered again after a backoff; after the group's attempts it
+    is parked. Positions survive restarts; members joining or leaving rebalance.
+    """
+    ListParked: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.ListParkedRequest, _eventstore_pb2.ListParkedResponse]
+    """The parked events of one of the caller's groups not yet replayed or skipped."""
+    ReplayParked: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.ReplayParkedRequest, _eventstore_pb2.ReplayParkedResponse]
+    """Delivers a group's parked events to its members again, or skips them."""
 
 @_typing.type_check_only
 class EventStoreAsyncStub(EventStoreStub):
@@ -83,6 +94,17 @@ class EventStoreAsyncStub(EventStoreStub):
     """
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.GetSnapshotRequest, _eventstore_pb2.Snapshot]  # type: ignore[assignment]
     """The latest snapshot at or below a version; NOT_FOUND when there is none."""
+    SubscribeGroup: _aio.StreamStreamMultiCallable[_eventstore_pb2.SubscribeGroupRequest, _eventstore_pb2.SubscribeGroupResponse]  # type: ignore[assignment]
+    """Membership of a consumer group: the first request joins, later ones acknowledge (ack)
+    or reject (nack) deliveries. The group's members share its aggregates: each aggregate is
+    delivered to one member at a time, in version order, one event at a time. A rejected or
+    unacknowledged event is delivered again after a backoff; after the group's attempts it
+    is parked. Positions survive restarts; members joining or leaving rebalance.
+    """
+    ListParked: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.ListParkedRequest, _eventstore_pb2.ListParkedResponse]  # type: ignore[assignment]
+    """The parked events of one of the caller's groups not yet replayed or skipped."""
+    ReplayParked: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.ReplayParkedRequest, _eventstore_pb2.ReplayParkedResponse]  # type: ignore[assignment]
+    """Delivers a group's parked events to its members again, or skips them."""
 
 class EventStoreServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -149,5 +171,34 @@ class EventStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_eventstore_pb2.Snapshot, _abc.Awaitable[_eventstore_pb2.Snapshot]]:
         """The latest snapshot at or below a version; NOT_FOUND when there is none."""
+
+    @_abc_1.abstractmethod
+    def SubscribeGroup(
+        self,
+        request_iterator: _MaybeAsyncIterator[_eventstore_pb2.SubscribeGroupRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_eventstore_pb2.SubscribeGroupResponse], _abc.AsyncIterator[_eventstore_pb2.SubscribeGroupResponse]]:
+        """Membership of a consumer group: the first request joins, later ones acknowledge (ack)
+        or reject (nack) deliveries. The group's members share its aggregates: each aggregate is
+        delivered to one member at a time, in version order, one event at a time. A rejected or
+        unacknowledged event is delivered again after a backoff; after the group's attempts it
+        is parked. Positions survive restarts; members joining or leaving rebalance.
+        """
+
+    @_abc_1.abstractmethod
+    def ListParked(
+        self,
+        request: _eventstore_pb2.ListParkedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.ListParkedResponse, _abc.Awaitable[_eventstore_pb2.ListParkedResponse]]:
+        """The parked events of one of the caller's groups not yet replayed or skipped."""
+
+    @_abc_1.abstractmethod
+    def ReplayParked(
+        self,
+        request: _eventstore_pb2.ReplayParkedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.ReplayParkedResponse, _abc.Awaitable[_eventstore_pb2.ReplayParkedResponse]]:
+        """Delivers a group's parked events to its members again, or skips them."""
 
 def add_EventStoreServicer_to_server(servicer: EventStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 from eventstore.domain.events import AggregateInfo, AppendResult
+from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.queries import Freshness, QueryPage, encode_consistency_token
 from eventstore.domain.snapshots import Snapshot
 from eventstore.v1 import eventstore_pb2 as pb
@@ -114,4 +115,24 @@ def snapshot_from_proto(message: pb.Snapshot) -> Snapshot:
         state_type=message.state_type,
         schema_version=message.schema_version,
         created_at=time_from_proto(message.created_at),
+    )
+
+
+def parked_to_proto(parked: ParkedEvent) -> pb.ParkedEvent:
+    return pb.ParkedEvent(
+        event=event_to_proto(parked.event),
+        position=parked.position,
+        reason=parked.reason,
+        attempts=parked.attempts,
+        parked_at=timestamp(parked.parked_at),
+    )
+
+
+def parked_from_proto(message: pb.ParkedEvent) -> ParkedEvent:
+    return ParkedEvent(
+        event=event_from_proto(message.event),
+        position=message.position,
+        reason=message.reason,
+        attempts=message.attempts,
+        parked_at=time_from_proto(message.parked_at),
     )

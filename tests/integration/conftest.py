@@ -187,6 +187,8 @@ def kafka_settings(kafka_bootstrap: str, topic_prefixes: list[str]) -> KafkaSett
         topic_prefix=prefix,
         partitions=3,
         dead_letter_topic=f"{prefix.rstrip('.')}-dead-letter",
+        # Under the session's stem (deleted at its end), yet not under the event topics' prefix.
+        group_topic_prefix=f"{prefix.rstrip('.')}-groups.",
     )
 
 

@@ -59,7 +59,7 @@ async def run_example(code: str, server: RunningServer, directory: Path) -> str:
 
 def test_every_python_block_of_the_readme_is_found() -> None:
     examples = readme_examples()
-    assert len(examples) == 3
+    assert len(examples) == 4
     assert all("asyncio.run(" in example for example in examples)
 
 
@@ -72,7 +72,7 @@ async def test_the_readme_examples_run(
     indexer = IndexerProcess(kafka_settings, opensearch_settings, tmp_path / "indexer.log")
     await indexer.start()
     try:
-        appending, subscribing, querying = readme_examples()
+        appending, subscribing, grouping, querying = readme_examples()
 
         out = await run_example(appending, server, tmp_path)
         assert out.splitlines() == [
@@ -96,6 +96,9 @@ async def test_the_readme_examples_run(
         assert (tmp_path / "users.checkpoint").read_text()
         resumed = await run_example(subscribing, server, tmp_path)
         assert resumed.splitlines() == ["history delivered; live from here"]
+
+        out = await run_example(grouping, server, tmp_path)
+        assert out.splitlines() == ["read model <- user-1 1 UserCreated"]
 
         out = await run_example(querying, server, tmp_path)
         found = [line.split()[1:] for line in out.splitlines() if "not indexed yet" not in line]

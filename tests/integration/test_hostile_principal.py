@@ -74,6 +74,8 @@ class Probe:
     method: str
     build: Callable[[str, list[str]], Any]
     streaming: bool = False
+    #: a bidirectional stream: the request is its first (and only) message
+    bidirectional: bool = False
 
 
 def _event(event_id: str = "", data: bytes = b"{}") -> pb.EventData:
@@ -177,6 +179,24 @@ PROBES = [
         "QueryEvents",
         lambda a, _: pb.QueryEventsRequest(aggregate_types=["Order"], aggregate_id=a),
     ),
+    Probe(
+        "join a group of its type, named after it",
+        "SubscribeGroup",
+        lambda a, _: pb.SubscribeGroupRequest(
+            join=pb.JoinGroup(group=a, aggregate_types=["Order"])
+        ),
+        bidirectional=True,
+    ),
+    Probe(
+        "list the parked events of a group named after it",
+        "ListParked",
+        lambda a, _: pb.ListParkedRequest(group=a),
+    ),
+    Probe(
+        "replay the parked events of a group named after it",
+        "ReplayParked",
+        lambda a, _: pb.ReplayParkedRequest(group=a),
+    ),
 ]
 
 
@@ -195,7 +215,18 @@ async def answer(
     metadata = (("authorization", f"Bearer {key}"),)
     shown: list[str] = []
     try:
-        if probe.streaming:
+        if probe.bidirectional:
+            stream = channel.stream_stream(
+                path,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=_response_type(probe.method).FromString,
+            )(iter([request]), metadata=metadata, timeout=30)
+            async for message in stream:
+                shown.append(_text(message))
+                if len(shown) == 3:
+                    stream.cancel()
+                    break
+        elif probe.streaming:
             call = channel.unary_stream(
                 path,
                 request_serializer=type(request).SerializeToString,
