@@ -1,11 +1,14 @@
 """The Kafka record of an event: what other services consume (see README), and its size.
 
 Key = the aggregate id (partitioned as Kafka's Java clients do), value = the serialized
-eventstore.v1.Event, headers naming the event."""
+eventstore.v1.Event, headers naming the event: ours, and the CloudEvents attributes of the
+Kafka protocol binding's binary content mode (see `record_headers`)."""
 
 from __future__ import annotations
 
 import math
+from datetime import UTC
+from urllib.parse import quote
 
 from eventstore.domain.events import MAX_VERSION, RecordedEvent
 from eventstore.domain.validation import Limits
@@ -70,13 +73,72 @@ def record_timestamp(event: RecordedEvent) -> int:
     return math.floor(event.recorded_at.timestamp() * 1000)
 
 
+#: The CloudEvents specification the `ce_` headers follow.
+CLOUDEVENTS_SPECVERSION = "1.0"
+#: The media type of the record value. In binary content mode the value IS the CloudEvent's
+#: data and the `content-type` header is its `datacontenttype`; our value is the protobuf
+#: envelope, so this names the envelope (IANA's application/protobuf), never the type of the
+#: event's own data (the `content_type` header and the envelope's field say that).
+RECORD_CONTENT_TYPE = "application/protobuf"
+#: `dataschema`: the type URL of the envelope message, as the CloudEvents protobuf format asks
+#: for protobuf data, with its scheme written out: `dataschema` must be an absolute URI, and a
+#: type URL may have an https scheme (google/protobuf/any.proto). Its last path segment is the
+#: full message name, as in any type URL.
+RECORD_DATASCHEMA = f"https://type.googleapis.com/{pb.Event.DESCRIPTOR.full_name}"
+#: The first segment of every `ce_source`: what kind of producer this is.
+SOURCE_ROOT = "/eventstore"
+
+
+def _path_segment(text: str) -> str:
+    """`text` as one URI path segment: every byte outside RFC 3986's unreserved characters
+    percent-encoded (`/` too, so an id cannot add segments; `%` too, so no two texts encode
+    alike)."""
+    segment = quote(text, safe="")
+    if segment in (".", ".."):
+        # A segment "." or ".." would be removed, and the aggregate with it, by reference
+        # resolution (RFC 3986 5.2.4: urljoin, java.net.URI.resolve); encoded, those keep it.
+        # (WHATWG URL parsers drop even %2E: compare sources as strings, as CloudEvents does.)
+        segment = segment.replace(".", "%2E")
+    return segment
+
+
+def cloudevents_source(aggregate_type: str, aggregate_id: str) -> str:
+    """`ce_source`: the aggregate the event happened to, `/eventstore/<type>/<id>`.
+
+    Per aggregate, not per store or type, because CloudEvents requires `source` + `id` to be
+    unique per distinct event and our event ids are unique only within an aggregate
+    (docs/architecture.md, Indexing). The type comes first so that a prefix names all
+    aggregates of a type; aggregate ids are unique store-wide, so the type adds no uniqueness.
+    """
+    return f"{SOURCE_ROOT}/{_path_segment(aggregate_type)}/{_path_segment(aggregate_id)}"
+
+
+def cloudevents_time(event: RecordedEvent) -> str:
+    """`ce_time`: recorded_at in RFC 3339, UTC ("Z"), always with microseconds (the precision
+    of the value's recorded_at) and a four-digit year."""
+    return (
+        event.recorded_at.astimezone(UTC).replace(tzinfo=None).isoformat("T", "microseconds") + "Z"
+    )
+
+
 def record_headers(event: RecordedEvent) -> list[tuple[str, str | bytes | None]]:
+    """Our headers (which consumers read), then the CloudEvents v1.0 attributes as the Kafka
+    protocol binding's binary content mode maps them: `ce_<attribute>`, and `content-type` for
+    `datacontenttype`. The value stays the protobuf envelope (see RECORD_CONTENT_TYPE)."""
     return [
         ("event_id", str(event.event_id).encode()),
         ("event_type", event.event_type.encode()),
         ("aggregate_type", event.aggregate_type.encode()),
         ("version", str(event.version).encode()),
         ("content_type", event.content_type.encode()),
+        ("ce_specversion", CLOUDEVENTS_SPECVERSION.encode()),
+        ("ce_id", str(event.event_id).encode()),
+        ("ce_source", cloudevents_source(event.aggregate_type, event.aggregate_id).encode()),
+        ("ce_type", event.event_type.encode()),
+        ("ce_time", cloudevents_time(event).encode()),
+        ("ce_subject", event.aggregate_id.encode()),
+        ("ce_dataschema", RECORD_DATASCHEMA.encode()),
+        ("content-type", RECORD_CONTENT_TYPE.encode()),
     ]
 
 
@@ -88,6 +150,17 @@ def _header_value_bounds(limits: Limits) -> dict[str, int]:
         "aggregate_type": limits.max_type_name_length,
         "version": len(str(MAX_VERSION)),
         "content_type": 4 * limits.max_type_name_length,  # limited in characters, not bytes
+        "ce_specversion": len(CLOUDEVENTS_SPECVERSION),
+        "ce_id": 36,
+        # Every byte of the id may be percent-encoded (3 bytes); type names are unreserved.
+        "ce_source": (
+            len(SOURCE_ROOT) + 2 + limits.max_type_name_length + 3 * limits.max_aggregate_id_bytes
+        ),
+        "ce_type": limits.max_type_name_length,
+        "ce_time": len("9999-12-31T23:59:59.999999Z"),
+        "ce_subject": limits.max_aggregate_id_bytes,
+        "ce_dataschema": len(RECORD_DATASCHEMA),
+        "content-type": len(RECORD_CONTENT_TYPE),
     }
 
 

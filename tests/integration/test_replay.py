@@ -23,6 +23,7 @@ from eventstore.client import (
 from eventstore.config import KafkaSettings, OpenSearchSettings
 from eventstore.server import RunningServer
 from replayer import commands
+from tests.integration.test_cloudevents import assert_describes_its_value
 from tests.integration.test_indexer import IndexerProcess, wait_for_count
 from tests.integration.test_indexer_limits import records_in
 from tests.support import header_map, read_topic, unique
@@ -272,6 +273,9 @@ async def test_republish_interrupted_and_resumed_delivers_each_event_once(
     ids = [header_map(r)["event_id"] for r in records]
     assert len(ids) == 300
     assert len(set(ids)) == 300
+    # Republished records are the server's: CloudEvents too, with the same attributes.
+    for record in records:
+        assert_describes_its_value(record)
 
 
 async def test_an_interrupted_republish_returns_to_main(

@@ -94,12 +94,16 @@ def test_a_metadata_entry_adds_at_most_its_framing_bound() -> None:
             assert entry - counted <= sizes._entry_framing(counted), (counted, key)
 
 
-def test_every_header_is_bounded() -> None:
-    event = worst_case.recorded(SMALL, heavy_metadata=False)
-    names = [name for name, _ in records.record_headers(event)]
-    assert names == list(records._header_value_bounds(SMALL))
-    for name, data in records.record_headers(event):
-        assert len(_bytes(data)) <= records._header_value_bounds(SMALL)[name]
+@pytest.mark.parametrize("limits", [DEFAULT, SMALL], ids=repr)
+def test_every_header_is_bounded(limits: Limits) -> None:
+    event = worst_case.recorded(limits, heavy_metadata=False)
+    bounds = records._header_value_bounds(limits)
+    headers = dict(records.record_headers(event))
+    assert [name for name, _ in records.record_headers(event)] == list(bounds)
+    for name, data in headers.items():
+        assert len(_bytes(data)) <= bounds[name], name
+    # The source's bound is reached: the longest type, and an id encoded at 3 bytes per byte.
+    assert len(_bytes(headers["ce_source"])) == bounds["ce_source"]
 
 
 def test_a_metadata_entry_costs_at_most_three_times_its_bytes_beyond_two_bytes() -> None:
