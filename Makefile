@@ -7,11 +7,13 @@ INSTALLED := $(VENV)/.installed
 CACHE ?= $(or $(EVENTSTORE_CACHE_DIR),$(HOME)/.cache/eventstore)
 HELM_VERSION := v3.22.0
 HELM := $(CACHE)/bin/helm-$(HELM_VERSION)
+BUF_VERSION := v1.75.0
+BUF := $(CACHE)/bin/buf-$(BUF_VERSION)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv protos services-up services-down services-status cluster-up cluster-down migrate \
         run test test-unit test-faults \
-        test-integration lint format bench clean chart-check package-check
+        test-integration lint format bench clean chart-check package-check proto-check proto-release
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -52,7 +54,7 @@ migrate: services-up  ## keyspace and tables, index template, dead-letter topic 
 run: migrate  ## server + indexer on the local stack, in the foreground (Ctrl-C stops them)
 	exec $(PY) -m devstack.run
 
-lint: $(INSTALLED)  ## ruff and mypy (strict; generated code excluded)
+lint: $(INSTALLED) proto-check  ## proto-check, ruff and mypy (strict; generated code excluded)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
@@ -61,8 +63,9 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The proto governance tests run here only once buf is built (make proto-check builds it).
 test-unit: $(INSTALLED)  ## unit tests only (no services, network or helm)
-	$(PY) -m pytest tests/unit
+	$(if $(wildcard $(BUF)),EVENTSTORE_BUF=$(BUF)) $(PY) -m pytest tests/unit
 
 package-check: $(INSTALLED)  ## install the distribution from constraints.txt as the image does (needs the package index)
 	$(PY) -m pytest tests/packaging
@@ -73,6 +76,23 @@ $(HELM):  ## helm, built once from the Go module proxy (pinned), for the chart c
 	GOBIN=$(CACHE)/bin/build go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
 	mv $(CACHE)/bin/build/helm $@
 
+$(BUF):  ## buf, built once from the Go module proxy (pinned), for the proto checks
+	@echo "[make] building buf $(BUF_VERSION) with go install (once; cached in $(CACHE)/bin)"
+	mkdir -p $(CACHE)/bin/build
+	GOBIN=$(CACHE)/bin/build go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	mv $(CACHE)/bin/build/buf $@
+
+# The API as last released is the checked-in snapshot protos/released, not a git ref: CI runs
+# in a fresh clone of main, where main compared with itself would find nothing.
+proto-check: $(BUF)  ## buf lint, and buf breaking against the API as last released (protos/released)
+	$(BUF) lint
+	$(BUF) breaking --against protos/released
+
+# Refuses a protos/ that breaks the last release: a break needs a new package (eventstore.v2).
+proto-release: proto-check  ## at a release: protos/ becomes the released API proto-check compares against
+	find protos/released -mindepth 1 -maxdepth 1 ! -name buf.yaml -exec rm -rf {} +
+	find protos -mindepth 1 -maxdepth 1 ! -name released -exec cp -R {} protos/released/ \;
+
 chart-check: $(INSTALLED) $(HELM)  ## helm lint/template with both value sets, validated against Kubernetes schemas
 	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest tests/chart
 
@@ -82,8 +102,8 @@ TEST_WORKERS ?= 3
 # The node-fault tests run after the rest, alone: they start, kill and restart JVMs, which
 # on two cores starved the other workers (a connect timed out) and slowed the faults' own
 # recovery past the clients' retries.
-test: lint services-up $(HELM)  ## lint, then the whole suite (chart checks and node faults included) against the real services
-	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 \
+test: lint services-up $(HELM) $(BUF)  ## lint, then the whole suite (chart, proto checks and node faults included) against the real services
+	EVENTSTORE_HELM=$(HELM) EVENTSTORE_BUF=$(BUF) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 \
 	  --ignore=tests/cluster
 	$(MAKE) test-faults
 
