@@ -9,11 +9,19 @@ HELM_VERSION := v3.22.0
 HELM := $(CACHE)/bin/helm-$(HELM_VERSION)
 BUF_VERSION := v1.75.0
 BUF := $(CACHE)/bin/buf-$(BUF_VERSION)
+# Prometheus 3.16.0: its Go module tags 3.x releases as v0.3xx.y.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := $(CACHE)/bin/promtool-$(PROMTOOL_VERSION)
+# The Prometheus operator's CRDs (ServiceMonitor, PodMonitor, PrometheusRule): the chart
+# checks validate those objects against them, as Kubernetes' own schemas do not know them.
+PROMETHEUS_OPERATOR_VERSION := v0.85.0
+CRDS := $(CACHE)/crds/prometheus-operator-$(PROMETHEUS_OPERATOR_VERSION)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv protos services-up services-down services-status cluster-up cluster-down migrate \
         run test test-unit test-faults \
-        test-integration lint format bench clean chart-check package-check proto-check proto-release
+        test-integration lint format bench clean chart-check package-check proto-check proto-release \
+        monitoring-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -93,8 +101,27 @@ proto-release: proto-check  ## at a release: protos/ becomes the released API pr
 	find protos/released -mindepth 1 -maxdepth 1 ! -name buf.yaml -exec rm -rf {} +
 	find protos -mindepth 1 -maxdepth 1 ! -name released -exec cp -R {} protos/released/ \;
 
-chart-check: $(INSTALLED) $(HELM)  ## helm lint/template with both value sets, validated against Kubernetes schemas
-	EVENTSTORE_HELM=$(HELM) $(PY) -m pytest tests/chart
+$(PROMTOOL):  ## promtool, built once from the Go module proxy (pinned), for the alerting rules
+	@echo "[make] building promtool $(PROMTOOL_VERSION) with go install (once; cached in $(CACHE)/bin)"
+	mkdir -p $(CACHE)/bin/build
+	GOBIN=$(CACHE)/bin/build go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+	mv $(CACHE)/bin/build/promtool $@
+
+$(CRDS):  ## the Prometheus operator's CRDs, pinned, from the Go module proxy (checksum-verified)
+	@echo "[make] fetching the Prometheus operator $(PROMETHEUS_OPERATOR_VERSION) CRDs (once; cached in $(CACHE)/crds)"
+	rm -rf $@.build && mkdir -p $@.build
+	dir=$$(go mod download -json github.com/prometheus-operator/prometheus-operator@$(PROMETHEUS_OPERATOR_VERSION) \
+	  | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
+	for kind in servicemonitors podmonitors prometheusrules; do \
+	  cp "$$dir/example/prometheus-operator-crd/monitoring.coreos.com_$$kind.yaml" $@.build/ || exit 1; \
+	done
+	chmod u+w $@.build/* && mv $@.build $@
+
+chart-check: $(INSTALLED) $(HELM) $(CRDS)  ## helm lint/template with both value sets, validated against Kubernetes schemas and the CRDs
+	EVENTSTORE_HELM=$(HELM) EVENTSTORE_CRDS=$(CRDS) $(PY) -m pytest tests/chart
+
+monitoring-check: $(INSTALLED) $(PROMTOOL)  ## promtool check + unit tests of the alerting rules; rules and dashboard use only exported metrics
+	EVENTSTORE_PROMTOOL=$(PROMTOOL) $(PY) -m pytest tests/monitoring tests/unit/test_monitoring.py
 
 # Tests mostly wait on the services: three workers keep two cores busy (see docs/testing.md).
 TEST_WORKERS ?= 3
@@ -102,9 +129,9 @@ TEST_WORKERS ?= 3
 # The node-fault tests run after the rest, alone: they start, kill and restart JVMs, which
 # on two cores starved the other workers (a connect timed out) and slowed the faults' own
 # recovery past the clients' retries.
-test: lint services-up $(HELM) $(BUF)  ## lint, then the whole suite (chart, proto checks and node faults included) against the real services
-	EVENTSTORE_HELM=$(HELM) EVENTSTORE_BUF=$(BUF) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 \
-	  --ignore=tests/cluster
+test: lint services-up $(HELM) $(BUF) $(CRDS) $(PROMTOOL)  ## lint, then the whole suite (chart, proto checks, alerting rules and node faults included) against the real services
+	EVENTSTORE_HELM=$(HELM) EVENTSTORE_BUF=$(BUF) EVENTSTORE_CRDS=$(CRDS) EVENTSTORE_PROMTOOL=$(PROMTOOL) \
+	  $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 --ignore=tests/cluster
 	$(MAKE) test-faults
 
 test-faults: cluster-up  ## the node-fault tests alone, on the three-node cluster

@@ -1,23 +1,35 @@
 """The Helm chart renders with default and production-like values, every object validates
-against the Kubernetes schemas, and a wrong-typed value is refused by values.schema.json.
+against the Kubernetes schemas (the Prometheus operator's objects against its CRDs), and a
+wrong-typed value is refused by values.schema.json.
 Transport security and authentication: the server gets its certificates and permissions file
 from mounted Secrets, probes use the plaintext health port, and combinations the server would
-refuse at start are refused at render time."""
+refuse at start are refused at render time.
+Monitoring: the PrometheusRule and the dashboard ConfigMap carry monitoring/alerts.yaml and
+monitoring/grafana-dashboard.json unchanged, and the monitors select the pods they scrape."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]  # kubernetes-validate's own validator
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "eventstore"
 KUBERNETES = "1.30.0"
+#: Custom resources: Kubernetes' schemas do not know them; their CRDs say what they hold.
+CRD_KINDS = frozenset({"ServiceMonitor", "PodMonitor", "PrometheusRule"})
+MONITORING = (
+    "metrics.serviceMonitor.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+    "metrics.grafanaDashboard.enabled=true",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +41,53 @@ def helm() -> str:
     )
     assert Path(path).is_file(), f"no helm at {path}: run `make chart-check` (it builds helm)"
     return path
+
+
+def strict(schema: Any) -> Any:
+    """A CRD's openAPIV3Schema that refuses unknown fields, as `kubernetes_validate --strict`
+    does for built-in kinds (the API server would silently prune them)."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {key: strict(value) for key, value in schema.items()}
+    if (
+        "properties" in schema
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        schema["additionalProperties"] = False
+    return schema
+
+
+@pytest.fixture(scope="module")
+def crd_schemas() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) -> strict schema, from the Prometheus operator's CRDs (pinned; fetched
+    once from the Go module proxy by `make chart-check`)."""
+    directory = Path(
+        os.environ.get("EVENTSTORE_CRDS")
+        or Path(os.environ.get("EVENTSTORE_CACHE_DIR", Path.home() / ".cache" / "eventstore"))
+        / "crds"
+        / "prometheus-operator-v0.85.0"
+    )
+    assert directory.is_dir(), f"no CRDs in {directory}: run `make chart-check` (it fetches them)"
+    schemas = {}
+    for path in sorted(directory.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+            schemas[key] = strict(version["schema"]["openAPIV3Schema"])
+    assert {kind for _, kind in schemas} == CRD_KINDS
+    return schemas
+
+
+def crd_errors(schemas: dict[tuple[str, str], Any], obj: Any) -> list[str]:
+    schema = schemas[(obj["apiVersion"], obj["kind"])]
+    return [
+        f"{obj['kind']}/{obj['metadata']['name']} at /{'/'.join(map(str, e.absolute_path))}: "
+        f"{e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(obj)
+    ]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -77,14 +136,22 @@ def secret_behind(pod: Any, path: str) -> tuple[str, Any]:
 
 
 @pytest.mark.parametrize("values", [(), ("values-production.yaml",)], ids=["default", "production"])
-def test_lint_render_and_validate(helm: str, values: tuple[str, ...], tmp_path: Path) -> None:
+def test_lint_render_and_validate(
+    helm: str, crd_schemas: dict[tuple[str, str], Any], values: tuple[str, ...], tmp_path: Path
+) -> None:
     extra = [arg for v in values for arg in ("-f", str(ROOT / "helm" / v))]
     lint = run(helm, "lint", str(CHART), *extra)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(render(helm, *values))
-    kinds = {doc["kind"] for doc in yaml.safe_load_all(manifest.read_text()) if doc}
+    docs = [doc for doc in yaml.safe_load_all(manifest.read_text()) if doc]
+    kinds = {doc["kind"] for doc in docs}
     assert {"Deployment", "Service", "PodDisruptionBudget", "ConfigMap", "Job"} <= kinds
+    if values:  # the production shape turns monitoring on
+        assert kinds >= CRD_KINDS
+    assert [
+        e for doc in docs if doc["kind"] in CRD_KINDS for e in crd_errors(crd_schemas, doc)
+    ] == []
     validate = run(
         sys.executable,
         "-m",
@@ -97,8 +164,8 @@ def test_lint_render_and_validate(helm: str, values: tuple[str, ...], tmp_path: 
     output = validate.stdout + validate.stderr
     assert validate.returncode == 0, output
     unchecked = [line for line in output.splitlines() if line.startswith("WARN")]
-    # The ServiceMonitor is a CRD (Prometheus operator): no built-in schema to check it with.
-    assert all("kind ServiceMonitor" in line for line in unchecked), unchecked
+    # The Prometheus operator's kinds have no built-in schema: checked against the CRDs above.
+    assert all(any(f"kind {kind}" in line for kind in CRD_KINDS) for line in unchecked), unchecked
 
 
 def test_production_values_shape(helm: str) -> None:
@@ -140,6 +207,10 @@ def test_production_values_shape(helm: str) -> None:
         "auth.enabled=maybe",
         "auth.reloadSeconds=0",
         "auth.apiKey=secret",
+        "metrics.prometheusRule.enabled=yes",
+        "metrics.prometheusRule.labels.release=not a label value",
+        "metrics.prometheusRule.rules=none",
+        "metrics.grafanaDashboard.labels.grafana_dashboard=1",
     ],
 )
 def test_bad_values_are_rejected_at_install(helm: str, override: str) -> None:
@@ -250,3 +321,90 @@ def test_inconsistent_security_values_are_refused(helm: str, sets: list[str], me
 def test_server_processes_reach_the_server(helm: str, sets: tuple[str, ...], expected: str) -> None:
     env = env_of(server_pod(helm, *sets)["containers"][0])
     assert env["EVENTSTORE_PROCESSES"] == expected
+
+
+def test_monitoring_objects_are_off_by_default(helm: str) -> None:
+    rendered = objects(render(helm))
+    assert not [key for key in rendered if key[0] in CRD_KINDS]
+    assert ("ConfigMap", "t-eventstore-dashboard") not in rendered
+
+
+def test_prometheus_rule_carries_the_rule_file(helm: str) -> None:
+    result = template(
+        helm,
+        *[
+            a
+            for s in (*MONITORING, "metrics.prometheusRule.labels.release=kps")
+            for a in ("--set", s)
+        ],
+    )
+    assert result.returncode == 0, result.stderr
+    rule = objects(result.stdout)[("PrometheusRule", "t-eventstore")]
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["metadata"]["labels"]["app.kubernetes.io/instance"] == "t"
+    # The one source, unchanged (Prometheus templates in annotations included).
+    source = yaml.safe_load((CHART / "monitoring" / "alerts.yaml").read_text())
+    assert rule["spec"] == source
+    assert "{{ $labels.job }}" in rule["spec"]["groups"][0]["rules"][0]["annotations"]["summary"]
+
+
+def test_dashboard_configmap_carries_the_dashboard(helm: str) -> None:
+    result = template(
+        helm,
+        *[a for s in MONITORING for a in ("--set", s)],
+        "--set",
+        "metrics.grafanaDashboard.annotations.grafana_folder=Eventstore",
+    )
+    assert result.returncode == 0, result.stderr
+    config = objects(result.stdout)[("ConfigMap", "t-eventstore-dashboard")]
+    assert config["metadata"]["labels"]["grafana_dashboard"] == "1"  # the sidecar's default
+    assert config["metadata"]["annotations"] == {"grafana_folder": "Eventstore"}
+    source = json.loads((CHART / "monitoring" / "grafana-dashboard.json").read_text())
+    assert json.loads(config["data"]["eventstore.json"]) == source
+
+
+def test_monitors_select_the_pods_and_ports_that_serve_metrics(helm: str) -> None:
+    result = template(helm, *[a for s in MONITORING for a in ("--set", s)])
+    assert result.returncode == 0, result.stderr
+    rendered = objects(result.stdout)
+
+    def pod_of(name: str) -> Any:
+        return rendered[("Deployment", name)]["spec"]["template"]
+
+    def port_names(pod: Any) -> set[str]:
+        return {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+
+    # The indexer has no Service: a PodMonitor scrapes its pods (and only them).
+    monitor = rendered[("PodMonitor", "t-eventstore-indexer")]["spec"]
+    wanted = monitor["selector"]["matchLabels"]
+    indexer, server = pod_of("t-eventstore-indexer"), pod_of("t-eventstore-server")
+    assert wanted.items() <= indexer["metadata"]["labels"].items()
+    assert not wanted.items() <= server["metadata"]["labels"].items()
+    assert {e["port"] for e in monitor["podMetricsEndpoints"]} <= port_names(indexer)
+    # The server's ServiceMonitor: its Service, on the Service's metrics port.
+    service = rendered[("Service", "t-eventstore")]
+    service_monitor = rendered[("ServiceMonitor", "t-eventstore")]["spec"]
+    assert (
+        service_monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert {e["port"] for e in service_monitor["endpoints"]} <= {
+        p["name"] for p in service["spec"]["ports"]
+    }
+
+
+def test_crd_validation_refuses_what_the_operator_would_not_take(
+    crd_schemas: dict[tuple[str, str], Any],
+) -> None:
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "r"},
+        "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "1", "for": "5m"}]}]},
+    }
+    assert crd_errors(crd_schemas, rule) == []
+    misspelled = json.loads(json.dumps(rule))
+    misspelled["spec"]["groups"][0]["rules"][0]["fore"] = "5m"  # an unknown field
+    assert any("'fore'" in e for e in crd_errors(crd_schemas, misspelled))
+    bad_duration = json.loads(json.dumps(rule))
+    bad_duration["spec"]["groups"][0]["rules"][0]["for"] = "5 minutes"
+    assert any("/spec/groups/0/rules/0/for" in e for e in crd_errors(crd_schemas, bad_duration))
