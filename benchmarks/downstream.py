@@ -51,6 +51,8 @@ class Names:
             "EVENTSTORE_KAFKA_DEAD_LETTER_TOPIC": f"{self.index_prefix}-dead-letter",
             "EVENTSTORE_OPENSEARCH_INDEX_PREFIX": self.index_prefix,
             "EVENTSTORE_INDEXER_GROUP_ID": f"bench-append-{self.run}",
+            # Consumer groups' own topics, removed with the run's others (same stem).
+            "EVENTSTORE_KAFKA_GROUP_TOPIC_PREFIX": f"{self.index_prefix}-groups.",
         }
 
 

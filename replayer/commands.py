@@ -314,3 +314,38 @@ async def _ensure_topic(kafka: KafkaSettings, topic: str) -> None:
         raise ReplayError(
             f"cannot use topic {topic!r} at {kafka.bootstrap}: {exc}", code=3
         ) from exc
+
+
+async def group_parked(
+    client: EventStoreClient,
+    group: str,
+    replay: bool,
+    skip: bool,
+    max_count: int,
+    as_json: bool,
+    out: TextIO,
+) -> None:
+    """List a consumer group's parked events, or replay or skip them all."""
+    if replay or skip:
+        count = await client.replay_parked(group, skip=skip)
+        out.write(f"{'skipped' if skip else 'replayed'} {count} parked events of {group}\n")
+        return
+    for parked in await client.parked(group, max_count):
+        event = parked.event
+        if as_json:
+            row = {
+                "position": parked.position,
+                "aggregate_id": event.aggregate_id,
+                "version": event.version,
+                "event_type": event.event_type,
+                "event_id": str(event.event_id),
+                "attempts": parked.attempts,
+                "reason": parked.reason,
+                "parked_at": parked.parked_at.isoformat(),
+            }
+            out.write(json.dumps(row) + "\n")
+        else:
+            out.write(
+                f"{parked.position}\t{event.aggregate_id} v{event.version} {event.event_type}"
+                f"\t{parked.attempts} attempts\t{parked.parked_at.isoformat()}\t{parked.reason}\n"
+            )

@@ -222,6 +222,20 @@ def parser() -> argparse.ArgumentParser:
         "(EVENTSTORE_CASSANDRA_*).",
     )
     listing.add_argument("--json", action="store_true", help="print JSON")
+
+    group = sub.add_parser(
+        "group-parked",
+        help="list, replay or skip the events a consumer group parked (through the server)",
+        description="The events one of your consumer groups gave up on (after its attempts), "
+        "with the last failure; --replay delivers them to the group's members again, --skip "
+        "passes over them. Through the server's API, as the principal of the API key.",
+    )
+    group.add_argument("group", help="the group's name")
+    action = group.add_mutually_exclusive_group()
+    action.add_argument("--replay", action="store_true", help="deliver them again")
+    action.add_argument("--skip", action="store_true", help="pass over them")
+    group.add_argument("--max", type=int, default=1000, help="list at most this many (1000)")
+    group.add_argument("--json", action="store_true", help="print JSON lines")
     return root
 
 
@@ -281,6 +295,11 @@ async def run_client(args: argparse.Namespace) -> None:
     async with EventStoreClient(
         args.server, retry=RetryPolicy(attempts=3), timeout_s=30, tls=tls, api_key=_api_key(args)
     ) as client:
+        if args.command == "group-parked":
+            await commands.group_parked(
+                client, args.group, args.replay, args.skip, args.max, args.json, sys.stdout
+            )
+            return
         if args.command == "state":
             await commands.state(
                 client,

@@ -43,7 +43,8 @@ class GroupItem:
 def group_id(principal: Principal, group: str) -> str:
     """The Kafka consumer group: per principal, so no caller can join (or read the parked
     events of) another's group by naming it."""
-    return f"eventstore.group.{principal.name}.{group}"
+    # The name's length first: "a.b" + "c" and "a" + "b.c" must not meet in one group.
+    return f"eventstore.group.{len(principal.name)}.{principal.name}.{group}"
 
 
 class _Listener:

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import signal
 import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -23,11 +26,14 @@ from eventstore.client import (
     GroupDelivery,
     GroupMember,
     InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
 )
 from eventstore.config import ServerSettings
 from eventstore.server import RunningServer
 from eventstore.v1 import eventstore_pb2 as pb
 from tests.integration.conftest import StartServer
+from tests.integration.principals import KEYS, Connect
 from tests.support import unique
 
 pytestmark = pytest.mark.integration
@@ -162,8 +168,24 @@ async def quick_client(quick_server: RunningServer) -> AsyncIterator[EventStoreC
         yield c
 
 
+async def cli(server: RunningServer, *args: str) -> list[dict[str, Any]]:
+    """eventstore-replay against `server`: its JSON lines."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "replayer.main",
+        "--server",
+        f"127.0.0.1:{server.port}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0
+    return [json.loads(line) for line in out.decode().splitlines()]
+
+
 async def test_a_failing_event_is_parked_while_the_others_flow_and_can_be_replayed(
-    quick_client: EventStoreClient,
+    quick_server: RunningServer, quick_client: EventStoreClient
 ) -> None:
     client = quick_client
     kind, group = unique("Failing").replace("-", ""), unique("g")
@@ -183,6 +205,10 @@ async def test_a_failing_event_is_parked_while_the_others_flow_and_can_be_replay
         assert in_version_order([d for d in failing.delivered if d.attempt == 1])
         parked = await client.parked(group)
         assert [(p.event.aggregate_id, p.event.version) for p in parked] == [(poison, 1)]
+        listed = await cli(quick_server, "group-parked", group, "--json")
+        assert [(r["aggregate_id"], r["version"], r["reason"]) for r in listed] == [
+            (poison, 1, "handler failed")
+        ]
         assert parked[0].attempts == 3
         assert parked[0].reason == "handler failed"
         # Fixed: replayed, it is delivered again (and acknowledged this time).
@@ -342,3 +368,38 @@ async def _share_and_kill(server: RunningServer, client: EventStoreClient, tmp_p
         f"after {killed_at}, delivered again though acknowledged by a survivor: {len(again)}"
     )
     assert len(again) <= 3 * 8, again
+
+
+async def test_a_new_group_from_a_time_gets_exactly_what_was_recorded_since(
+    client: EventStoreClient,
+) -> None:
+    kind, group = unique("Timed").replace("-", ""), unique("g")
+    aggregates = [unique("agg") for _ in range(5)]
+    await append_rounds(client, kind, aggregates, 1)
+    await asyncio.sleep(0.01)
+    since = datetime.now(UTC)
+    later = await append_rounds(client, kind, aggregates, 2)
+    async with Member(client.subscribe_group(group, aggregate_types=[kind], start=since)) as m:
+        await m.wait_for(lambda m: len(m.acked) == len(later))
+        await asyncio.sleep(1.0)
+        assert sorted(m.acked) == sorted(later)
+
+
+async def test_groups_need_the_subscribe_grant_and_count_toward_the_subscription_quota(
+    connect: Connect,
+) -> None:
+    payments = connect(KEYS["payments"])  # subscribes to Payment only; 1 subscription at most
+
+    async def first_delivery(member: GroupMember) -> None:
+        async with member as stream:
+            async for _ in stream:
+                return
+
+    with pytest.raises(PermissionDeniedError):
+        await first_delivery(payments.subscribe_group("g", aggregate_types=["Order"]))
+    await payments.append(unique("payment"), "Payment", [Event("Captured", {})])
+    async with Member(payments.subscribe_group("g", aggregate_types=["Payment"])) as member:
+        await member.wait_for(lambda m: len(m.acked) == 1)
+        with pytest.raises(ResourceExhaustedError) as caught:
+            await first_delivery(payments.subscribe_group("h", aggregate_types=["Payment"]))
+        assert caught.value.quota == "max_subscriptions"

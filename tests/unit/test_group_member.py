@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+from eventstore.domain.access import Principal
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.groups import (
     MAX_DONE_AHEAD,
@@ -15,6 +16,7 @@ from eventstore.domain.groups import (
     GroupMember,
     GroupRecord,
 )
+from eventstore.usecases.groups import group_id
 
 P0 = ("events.Order", 0)
 
@@ -174,3 +176,12 @@ def test_filtered_events_move_the_position_and_a_crowded_partition_asks_for_a_pa
     m.ack(held.id)
     assert not m.crowded(P0)
     assert m.commits()[P0] == Commit(last, ())
+
+
+def test_groups_of_different_principals_never_share_a_kafka_group() -> None:
+    def of(principal: str, group: str) -> str:
+        return group_id(Principal(principal, {}), group)
+
+    assert of("a.b", "c") != of("a", "b.c")
+    assert of("orders", "g") != of("payments", "g")
+    assert of("orders", "g") == of("orders", "g")
