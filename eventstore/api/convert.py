@@ -62,7 +62,8 @@ def read_responses(
         yield message
 
 
-def start_from_proto(request: pb.SubscribeRequest) -> StartAt:
+def start_from_proto(request: pb.SubscribeRequest | pb.JoinGroup) -> StartAt:
+    """The `start` oneof of a subscription or a group's join (which has no checkpoint)."""
     match request.WhichOneof("start"):
         case "from_end":
             return StartAt.END
@@ -99,13 +100,3 @@ def group_item_to_proto(item: GroupItem) -> pb.SubscribeGroupResponse:
             delivery_id=item.delivery_id, event=event_to_proto(item.event), attempt=item.attempt
         )
     )
-
-
-def group_start_from_proto(join: pb.JoinGroup) -> StartAt:
-    match join.WhichOneof("start"):
-        case "from_end":
-            return StartAt.END
-        case "from_time":
-            return StartAt.TIME
-        case _:
-            return StartAt.BEGINNING

@@ -353,7 +353,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             join.group,
             list(join.aggregate_types),
             list(join.event_types),
-            convert.group_start_from_proto(join),
+            convert.start_from_proto(join),
             convert.optional_time(join, "from_time"),
             join.max_in_flight,
             self._limits,

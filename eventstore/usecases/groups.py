@@ -84,6 +84,9 @@ class Membership:
         self._settings = settings
         self._clock = clock
         self._failure: Exception | None = None
+        #: leaving: the consumer's close runs in a thread and its revoke callback reads the
+        #: member's state there, so answers arriving meanwhile are no longer applied
+        self._leaving = False
         self.member = GroupMember(
             lambda event: subscription.matches(event) and start.includes(event),
             clock,
@@ -100,9 +103,13 @@ class Membership:
 
     def ack(self, delivery_ids: Sequence[int]) -> int:
         """How many were out (an unknown id, e.g. of a partition that moved, is ignored)."""
+        if self._leaving:
+            return 0
         return sum(self.member.ack(i) for i in delivery_ids)
 
     def nack(self, delivery_ids: Sequence[int], reason: str) -> int:
+        if self._leaving:
+            return 0
         return sum(self.member.nack(i, reason or "rejected by the member") for i in delivery_ids)
 
     async def items(self) -> AsyncGenerator[GroupItem, None]:
@@ -150,6 +157,7 @@ class Membership:
                     last_sent = now
         finally:
             # What is out now goes to the next owner of its partition (not done: not skipped).
+            self._leaving = True
             await consumer.close(self.member.commits(changed_only=False))
 
 

@@ -34,6 +34,7 @@ from eventstore.server import RunningServer
 from eventstore.v1 import eventstore_pb2 as pb
 from tests.integration.conftest import StartServer
 from tests.integration.principals import KEYS, Connect
+from tests.integration.test_replay import replay
 from tests.support import unique
 
 pytestmark = pytest.mark.integration
@@ -170,18 +171,9 @@ async def quick_client(quick_server: RunningServer) -> AsyncIterator[EventStoreC
 
 async def cli(server: RunningServer, *args: str) -> list[dict[str, Any]]:
     """eventstore-replay against `server`: its JSON lines."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "replayer.main",
-        "--server",
-        f"127.0.0.1:{server.port}",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0
-    return [json.loads(line) for line in out.decode().splitlines()]
+    status, out, err = await replay(server, *args, within=60)
+    assert status == 0, err
+    return [json.loads(line) for line in out.splitlines()]
 
 
 async def test_a_failing_event_is_parked_while_the_others_flow_and_can_be_replayed(
