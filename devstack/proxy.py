@@ -20,12 +20,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import socket
 import struct
 from dataclasses import dataclass
 from types import TracebackType
 
 _CHUNK = 65536
+
+
+#: How long a restore waits for its fixed port to be free again.
+REBIND_WAIT_S = 60.0
 
 
 class Mode(enum.Enum):
@@ -125,8 +130,19 @@ class FaultProxy:
 
     async def _listen(self) -> None:
         # Restoring binds the same port again; SO_REUSEADDR (asyncio's default) lets it while
-        # the reset connections linger in TIME_WAIT.
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self._port)
+        # the reset connections linger in TIME_WAIT. A fixed port left free while cut can be
+        # taken meanwhile by another listener on this machine (a fresh-clone CI run once
+        # could not restore the Kafka proxy's 19094): wait for it rather than fail the test.
+        deadline = asyncio.get_running_loop().time() + REBIND_WAIT_S
+        while True:
+            try:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", self._port)
+                break
+            except OSError as exc:
+                late = asyncio.get_running_loop().time() > deadline
+                if exc.errno != errno.EADDRINUSE or self._port == 0 or late:
+                    raise
+                await asyncio.sleep(0.2)
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def _stop_listening(self) -> None:
