@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
+import tempfile
 import time
 import urllib.parse
 import uuid
@@ -39,7 +41,9 @@ pytestmark = pytest.mark.integration
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests through the Kafka fault proxy share its fixed port: under pytest-xdist
-    (--dist loadgroup) they run one after another on one worker instead of waiting for it."""
+    (--dist loadgroup) they should run one after another on one worker. With pytest 9.2 and
+    xdist 3.8 the grouping has no effect (xdist renames `item._nodeid`, which pytest's
+    `nodeid` no longer reads), so `kafka_fault_proxy` also holds a machine-wide lock."""
     for item in items:
         if "kafka_fault_proxy" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("kafka-fault-proxy"))
@@ -322,6 +326,10 @@ async def opensearch_fault_proxy(opensearch_url: str) -> AsyncIterator[FaultProx
         yield proxy
 
 
+#: One Kafka fault proxy per machine at a time (its port is fixed): every test process agrees.
+FAULT_PROXY_LOCK = Path(tempfile.gettempdir()) / "eventstore-kafka-fault-proxy.lock"
+
+
 @pytest.fixture
 async def kafka_fault_proxy(kafka_bootstrap: str) -> AsyncIterator[FaultProxy]:
     """A proxy on the local Kafka's FAULTY listener: use `proxy.address` as the bootstrap.
@@ -338,16 +346,30 @@ async def kafka_fault_proxy(kafka_bootstrap: str) -> AsyncIterator[FaultProxy]:
             "before devstack added it; restart it (make services-down services-up)"
         )
     proxy = FaultProxy(kafka.FAULTY_LISTEN, int(kafka.FAULTY_BOOTSTRAP.rpartition(":")[2]))
-    deadline = time.monotonic() + 120
-    while True:
+    # Held for the whole test: waiting for the port alone let a test in another worker take
+    # it while this one's proxy was cut, and this one could not restore it (seen in CI).
+    with open(FAULT_PROXY_LOCK, "a") as lock:  # noqa: ASYNC230 - opening a lock file
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, "another test held the Kafka fault proxy"
+                await asyncio.sleep(0.2)
         try:
-            await proxy.start()
-            break
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    await proxy.start()
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+            try:
+                yield proxy
+            finally:
+                await proxy.close()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
