@@ -110,8 +110,8 @@ class Commit:
 
 @dataclass(slots=True)
 class _Partition:
-    #: offsets below it are done (or were before we got the partition)
-    floor: int
+    #: the next offset after the highest handed in (at first: where we got the partition)
+    high: int
     #: handed in and not done yet
     outstanding: set[int] = field(default_factory=set)
     _lowest: list[int] = field(default_factory=list)
@@ -119,15 +119,13 @@ class _Partition:
     done: set[int] = field(default_factory=set)
     #: done by a previous owner (commit metadata): skipped when they come
     skip: set[int] = field(default_factory=set)
-    #: the next offset after the highest handed in
-    high: int = 0
     waiting: int = 0
     changed: bool = True
 
     def commit_point(self) -> int:
         while self._lowest and self._lowest[0] not in self.outstanding:
             heapq.heappop(self._lowest)
-        return self._lowest[0] if self._lowest else max(self.high, self.floor)
+        return self._lowest[0] if self._lowest else self.high
 
     def take(self, offset: int) -> None:
         self.outstanding.add(offset)
@@ -185,7 +183,7 @@ class GroupMember:
     def assign(self, where: Where, offset: int, done_above: Iterable[int] = ()) -> None:
         """The group gave us `where`, to read from `offset`; `done_above`: offsets above it a
         previous owner finished (from the commit's metadata)."""
-        part = _Partition(floor=offset, high=offset)
+        part = _Partition(high=offset)
         part.skip = {o for o in done_above if o >= offset}
         self._partitions[where] = part
 
@@ -346,13 +344,3 @@ class GroupMember:
         return part is not None and (
             part.waiting >= MAX_WAITING_PER_PARTITION or len(part.done) >= MAX_DONE_AHEAD
         )
-
-    def next_event_at(self) -> float | None:
-        """When a retry comes due or an event out times out (None: nothing scheduled)."""
-        times = [r[0] for r in self._retries[:1]]
-        times += [d.sent_at + self.ack_timeout_s for d in self._in_flight.values()]
-        return min(times, default=None)
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)

@@ -21,11 +21,11 @@ from eventstore.domain.queries import (
     decode_consistency_token,
     encode_consistency_token,
 )
-from eventstore.domain.validation import Limits, validate_query
 from eventstore.storage.memory import InMemoryEventStorage
 from eventstore.usecases.query import QueryEvents
 from tests.contract.storage import new_events
 from tests.fakes import InMemoryEventIndex
+from tests.unit.test_validation import query
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -53,19 +53,7 @@ class Lagging(InMemoryEventIndex):
 
 
 def query_for(token: str, **fields: object) -> EventQuery:
-    defaults: dict[str, object] = {
-        "event_types": [],
-        "aggregate_types": [],
-        "aggregate_id": "",
-        "raw_start": None,
-        "raw_end": None,
-        "page_size": 0,
-        "page_token": "",
-        "visible_event_id": "",
-        "limits": Limits(),
-        "min_consistency_token": token,
-    }
-    return validate_query(**{**defaults, **fields})  # type: ignore[arg-type]
+    return query(min_consistency_token=token, **fields)
 
 
 async def written(index: InMemoryEventIndex) -> tuple[str, list[object]]:
