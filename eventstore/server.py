@@ -217,6 +217,7 @@ class RunningServer:
                         max_backoff_s=settings.group_max_backoff_s,
                         heartbeat_s=settings.subscription_heartbeat_s,
                     ),
+                    on_parked=metrics.GROUP_PARKED.inc,
                 )
                 if components.groups is not None
                 else None

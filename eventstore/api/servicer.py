@@ -371,6 +371,9 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                         if self._authenticator.policy() is not policy:
                             policy = self._authenticator.policy()
                             self._authenticator.recheck(context, principal)
+                        if item.event is not None:
+                            attempt = "first" if item.attempt <= 1 else "retry"
+                            metrics.GROUP_DELIVERIES.labels(attempt).inc()
                         yield convert.group_item_to_proto(item)
             finally:
                 answers.cancel()
