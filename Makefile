@@ -52,23 +52,26 @@ $(INSTALLED): pyproject.toml constraints.txt
 venv: $(INSTALLED)  ## create the virtualenv with the pinned dependencies
 
 # One protoc for every language: the one grpcio-tools ships, with its well-known types.
+# $(call go-stubs,DIR) and $(call ts-stubs,DIR) write the Go and TypeScript stubs under DIR.
 # The TypeScript client also gets google.rpc's Status and ErrorInfo (to read error details),
 # from the .proto files googleapis-common-protos installs in the venv.
+go-stubs = $(PY) -m grpc_tools.protoc -I protos \
+	  --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
+	  --go_out=$(1) --go_opt="module=$(GO_MODULE),$(GO_PROTO_MAP)" \
+	  --go-grpc_out=$(1) --go-grpc_opt="module=$(GO_MODULE),$(GO_PROTO_MAP)" \
+	  protos/eventstore/v1/*.proto
+ts-stubs = $(PY) -m grpc_tools.protoc -I protos -I "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  --plugin=protoc-gen-ts_proto=$(TS_CLIENT)/node_modules/.bin/protoc-gen-ts_proto \
+	  --ts_proto_out=$(1) --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true \
+	  protos/eventstore/v1/*.proto google/rpc/status.proto google/rpc/error_details.proto
+
 protos: $(INSTALLED) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(TS_MODULES)  ## regenerate the Python (eventstore/v1), Go and TypeScript (clients/) stubs from protos/
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	  protos/eventstore/v1/*.proto
-	$(PY) -m grpc_tools.protoc -I protos \
-	  --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
-	  --go_out=clients/go --go_opt="module=$(GO_MODULE),$(GO_PROTO_MAP)" \
-	  --go-grpc_out=clients/go --go-grpc_opt="module=$(GO_MODULE),$(GO_PROTO_MAP)" \
-	  protos/eventstore/v1/*.proto
+	$(call go-stubs,clients/go)
 	rm -rf $(TS_CLIENT)/src/gen && mkdir -p $(TS_CLIENT)/src/gen
-	$(PY) -m grpc_tools.protoc -I protos -I "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
-	  --plugin=protoc-gen-ts_proto=$(TS_CLIENT)/node_modules/.bin/protoc-gen-ts_proto \
-	  --ts_proto_out=$(TS_CLIENT)/src/gen \
-	  --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true \
-	  protos/eventstore/v1/*.proto google/rpc/status.proto google/rpc/error_details.proto
+	$(call ts-stubs,$(TS_CLIENT)/src/gen)
 
 services-up: $(INSTALLED)  ## start Cassandra, Kafka, OpenSearch on loopback (downloads jars once)
 	$(PY) -m devstack up
@@ -169,8 +172,15 @@ $(TS_MODULES): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
 	cd $(TS_CLIENT) && $(NPM) ci
 	@touch $@
 
-# go build and tsc are incremental (Go's build cache, tsc's output), so they run every time.
-clients: $(TS_MODULES)  ## build the Go and TypeScript example clients (clients/) that make test runs
+# The checked-in stubs must be those of protos/ (users copy them): regenerated aside and
+# compared. go build and tsc are incremental (Go's build cache, tsc's output): they run every time.
+clients: $(INSTALLED) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(TS_MODULES)  ## check clients/ holds the stubs of protos/, build the Go and TypeScript examples make test runs
+	rm -rf build/clients/stubs && mkdir -p build/clients/stubs/go build/clients/stubs/ts
+	$(call go-stubs,build/clients/stubs/go)
+	$(call ts-stubs,build/clients/stubs/ts)
+	diff -r build/clients/stubs/go/eventstore clients/go/eventstore -x annotations.go \
+	  && diff -r build/clients/stubs/ts $(TS_CLIENT)/src/gen \
+	  || { echo "[make] clients/ does not hold the stubs of protos/: run make protos"; exit 1; }
 	cd clients/go && go build -o $(abspath $(GO_EXAMPLE)) ./cmd/example
 	cd $(TS_CLIENT) && node_modules/.bin/tsc -p .
 
