@@ -316,3 +316,27 @@ def _append_request(aggregate_id: str) -> pb.AppendRequest:
         expected_version=expected_to_proto(ExpectedVersion.any()),
         events=[pb.EventData(event_type="Placed", data=json.dumps({}).encode())],
     )
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, "eventstore-indexer"),
+        ({"OTEL_SERVICE_NAME": "orders-indexer"}, "orders-indexer"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attributes"}, "from-attributes"),
+    ],
+)
+def test_configure_names_the_service_unless_the_operator_did(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], expected: str
+) -> None:
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    tracing.configure("eventstore-indexer")
+    try:
+        assert tracing.enabled()
+        assert tracing._State.owned.resource.attributes["service.name"] == expected
+    finally:
+        tracing.shutdown()  # nothing recorded: nothing to send
+    assert not tracing.enabled()
