@@ -1,14 +1,16 @@
 """CPU per append with tracing off and on (issue #18), through the server on the real stack.
 
 The server runs as its own process (`python -m eventstore.server`, Kafka publication on, no
-indexer), once with EVENTSTORE_TRACING unset and once with EVENTSTORE_TRACING=otlp exporting
-to an OTLP/HTTP sink in this process (on loopback: it answers 200 to every POST and counts the
-bytes), every span sampled. Runs alternate off, on, off, on… so that drift of the shared host
-falls on both. Per run: appends/s, p50/p99, and the server's CPU ms per append (utime + stime
-from /proc, with its descendants); the clients' CPU too (the client injects the caller's
-context only when it has one: none here).
+indexer), with EVENTSTORE_TRACING unset, and with EVENTSTORE_TRACING=otlp exporting to an
+OTLP/HTTP sink in this process (on loopback: it answers 200 to every POST and counts the
+bytes) at each of `--ratios` (parentbased_traceidratio; 1: every append sampled; an append
+not sampled still gets a non-recording span context, stored with its events). Runs alternate
+(off, each ratio, off, ...) so that drift of the shared host falls on every mode. Per run:
+appends/s, p50/p99, and the server's CPU ms per append (utime + stime from /proc, with its
+descendants); the clients' and Cassandra's too (the client sends a caller's context only
+when it has one: none here).
 
-  python -m benchmarks.tracing --seconds 6 --rounds 2
+  python -m benchmarks.tracing --seconds 5 --rounds 3 --ratios 1 0
 
 Prints a table. Asserts nothing.
 """
@@ -58,7 +60,7 @@ class Sink(BaseHTTPRequestHandler):
 
 @asynccontextmanager
 async def server(
-    names: Names, traced: bool, sink: int, connections: int
+    names: Names, ratio: float | None, sink: int, connections: int
 ) -> AsyncIterator[tuple[list[EventStoreClient], list[Watched]]]:
     port = free_port()
     env = {
@@ -69,11 +71,12 @@ async def server(
         "EVENTSTORE_AUTH_DISABLED": "true",
     }
     env.pop("EVENTSTORE_TRACING", None)
-    if traced:
+    if ratio is not None:
         env.update(
             EVENTSTORE_TRACING="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink}",
-            OTEL_TRACES_SAMPLER="parentbased_always_on",
+            OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+            OTEL_TRACES_SAMPLER_ARG=str(ratio),
         )
     child = await asyncio.create_subprocess_exec(sys.executable, "-m", "eventstore.server", env=env)
     try:
@@ -84,7 +87,7 @@ async def server(
                 )
                 for _ in range(connections)
             ]
-            await until_up(clients[0], child, f"up-{names.run}-{traced}")
+            await until_up(clients[0], child, f"up-{names.run}-{ratio}")
             watched = [Watched(n, p) for n, p in stack_pids().items()]
             watched += [Watched("server", child.pid), Watched("client", os.getpid(), tree=False)]
             yield clients, watched
@@ -96,11 +99,12 @@ async def server(
 
 async def run(args: argparse.Namespace, names: Names, sink: int) -> list[tuple[str, Result]]:
     results: list[tuple[str, Result]] = []
+    modes: list[float | None] = [None, *args.ratios]
     for round_ in range(args.rounds):
-        for traced in (False, True):
-            mode = "on" if traced else "off"
-            spec = Spec(f"t{mode}{round_}", args.clients, 1)
-            async with server(names, traced, sink, args.connections) as (clients, watched):
+        for ratio in modes:
+            mode = "off" if ratio is None else f"on {ratio:g}"
+            spec = Spec(f"r{round_}", args.clients, 1)
+            async with server(names, ratio, sink, args.connections) as (clients, watched):
                 before = Sink.received
                 result, _ = await measure(
                     "server", spec, args.seconds, args.warmup, watched, server_loop(clients, spec)
@@ -108,7 +112,7 @@ async def run(args: argparse.Namespace, names: Names, sink: int) -> list[tuple[s
             lat = result.latency_ms or {}
             cpu = result.cpu_ms_per_append
             print(
-                f"  tracing {mode:<3} round {round_}: {result.appends_per_s:7.0f} appends/s  "
+                f"  tracing {mode:<6} round {round_}: {result.appends_per_s:5.0f} appends/s  "
                 f"p50 {lat.get('p50', 0):5.1f} ms  p99 {lat.get('p99', 0):6.1f} ms  "
                 f"server {cpu.get('server') or 0:.3f} ms CPU/append  "
                 f"client {cpu.get('client') or 0:.3f}  cassandra {cpu.get('cassandra') or 0:.3f}"
@@ -138,12 +142,12 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.to_thread(remove, names)
         except Exception as exc:  # noqa: BLE001 - the figures matter more than the clean-up
             print(f"could not remove the run's keyspace, topics or indices: {exc!r}")
-    for mode in ("off", "on"):
+    for mode in dict.fromkeys(m for m, _ in results):
         runs = [r for m, r in results if m == mode]
         appends = sum(r.appends for r in runs)
         server_ms = sum((r.cpu_ms_per_append.get("server") or 0) * r.appends for r in runs)
         print(
-            f"tracing {mode}: {appends} appends, server {server_ms / max(appends, 1):.3f} ms "
+            f"tracing {mode:<6}: {appends} appends, server {server_ms / max(appends, 1):.3f} ms "
             f"CPU per append, {sum(r.appends_per_s for r in runs) / len(runs):.0f} appends/s"
         )
     print(f"OTLP: {Sink.requests} requests, {Sink.received} bytes", flush=True)
@@ -153,11 +157,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=6.0, help="per run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per run")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured, per run")
-    parser.add_argument("--rounds", type=int, default=2, help="pairs of runs (off, on)")
+    parser.add_argument("--rounds", type=int, default=3, help="of runs: off, then each ratio")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="sampling ratios to run with tracing on (1: every append, 0: none)",
+    )
     return parser.parse_args(argv)
 
 
