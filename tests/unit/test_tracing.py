@@ -35,6 +35,7 @@ from eventstore.domain.tracecontext import (
     bounded_tracestate,
     trace_context_of,
 )
+from eventstore.publishing.kafka import _send_span
 from eventstore.search.documents import Form, build_document, index_mappings
 from eventstore.server import Components, start
 from eventstore.storage.memory import InMemoryEventStorage
@@ -340,3 +341,33 @@ def test_configure_names_the_service_unless_the_operator_did(
     finally:
         tracing.shutdown()  # nothing recorded: nothing to send
     assert not tracing.enabled()
+
+
+def test_a_produce_span_is_the_calls_child_or_else_links_to_the_appends(
+    spans: InMemorySpanExporter,
+) -> None:
+    """The request path sends inside the Append call; the relay (after a crash or an outage)
+    and republish send outside any call, and link to the appends the events were stored in."""
+    other = dataclasses.replace(
+        TRACED,
+        version=4,
+        metadata={TRACEPARENT_KEY: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    )
+    relayed = _send_span("events.Order", [TRACED, other, EVENT])
+    relayed.end()
+    with tracing.span("Append") as call:
+        sent = _send_span("events.Order", [TRACED])
+        sent.end()
+    by_name = {span.context.span_id: span for span in spans.get_finished_spans()}
+    relay_span = by_name[relayed.get_span_context().span_id]
+    assert relay_span.parent is None
+    assert [f"{link.context.trace_id:032x}" for link in relay_span.links] == [
+        CALLER_TRACE,
+        "0af7651916cd43dd8448eb211c80319c",
+    ]
+    sent_span = by_name[sent.get_span_context().span_id]
+    assert sent_span.parent is not None
+    assert sent_span.parent.span_id == call.get_span_context().span_id
+    assert not sent_span.links
+    assert sent_span.kind is SpanKind.PRODUCER
+    assert _attributes(sent_span)["messaging.destination.name"] == "events.Order"
