@@ -425,21 +425,26 @@ def _send_span(topic: str, events: Sequence[RecordedEvent]) -> tracing.Span:
 
 
 def _end_when_settled(span: tracing.Span, delivery: _Delivery) -> None:
+    """End `span` once every record is confirmed or failed (in the delivery callbacks, on the
+    loop), with the first record's place in the log, or as an error if any failed."""
     futures = delivery.futures
     left = len(futures)
+    failed = False
 
     def settled(future: asyncio.Future[tuple[int, int]]) -> None:
-        nonlocal left
+        nonlocal left, failed
         left -= 1
         if future.cancelled():
+            failed = True
             tracing.set_error(span, "not handed over")
         elif (error := future.exception()) is not None:
+            failed = True
             tracing.set_error(span, str(error))
-        elif left == len(futures) - 1:  # the first record's place
-            partition, offset = future.result()
-            span.set_attribute("messaging.destination.partition.id", str(partition))
-            span.set_attribute("messaging.kafka.offset", offset)
         if left == 0:
+            if not failed:
+                partition, offset = futures[0].result()
+                span.set_attribute("messaging.destination.partition.id", str(partition))
+                span.set_attribute("messaging.kafka.offset", offset)
             span.end()
 
     for future in futures:

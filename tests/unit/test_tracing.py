@@ -5,6 +5,7 @@ fake, spans in the SDK's in-memory exporter."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import uuid
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from eventstore import tracing
 from eventstore.client import (
@@ -35,7 +36,8 @@ from eventstore.domain.tracecontext import (
     bounded_tracestate,
     trace_context_of,
 )
-from eventstore.publishing.kafka import _send_span
+from eventstore.ports import PublishFailed
+from eventstore.publishing.kafka import _Delivery, _end_when_settled, _send_span
 from eventstore.search.documents import Form, build_document, index_mappings
 from eventstore.server import Components, start
 from eventstore.storage.memory import InMemoryEventStorage
@@ -371,3 +373,30 @@ def test_a_produce_span_is_the_calls_child_or_else_links_to_the_appends(
     assert not sent_span.links
     assert sent_span.kind is SpanKind.PRODUCER
     assert _attributes(sent_span)["messaging.destination.name"] == "events.Order"
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_a_produce_span_ends_when_kafka_settled_every_record(
+    spans: InMemorySpanExporter, fails: bool
+) -> None:
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[tuple[int, int]]] = [loop.create_future() for _ in range(2)]
+    span = _send_span("events.Order", [TRACED, dataclasses.replace(TRACED, version=4)])
+    _end_when_settled(span, _Delivery(futures))
+    futures[1].set_result((2, 8))
+    await asyncio.sleep(0)
+    assert not spans.get_finished_spans()  # one record still on its way
+    if fails:
+        futures[0].set_exception(PublishFailed("refused"))
+    else:
+        futures[0].set_result((2, 7))
+    await asyncio.sleep(0)
+    (ended,) = spans.get_finished_spans()
+    if fails:
+        assert ended.status.status_code is StatusCode.ERROR
+        assert "messaging.kafka.offset" not in _attributes(ended)
+        assert futures[0].exception() is not None
+    else:
+        assert ended.status.is_unset
+        assert _attributes(ended)["messaging.kafka.offset"] == 7
+        assert _attributes(ended)["messaging.destination.partition.id"] == "2"
