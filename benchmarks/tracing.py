@@ -138,6 +138,7 @@ async def main(args: argparse.Namespace) -> None:
         results = await run(args, names, httpd.server_address[1])
     finally:
         httpd.shutdown()
+        httpd.server_close()
         try:
             await asyncio.to_thread(remove, names)
         except Exception as exc:  # noqa: BLE001 - the figures matter more than the clean-up

@@ -8,24 +8,29 @@ Server and indexer run in this process, so the in-memory exporter (`spans`) sees
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from eventstore import tracing
 from eventstore.client import Event, EventStoreClient, ExpectedVersion, trace_context
-from eventstore.config import KafkaSettings, OpenSearchSettings
+from eventstore.config import KafkaSettings, OpenSearchSettings, ServerSettings
 from eventstore.domain.tracecontext import TraceContext
 from eventstore.search.setup import make_client
 from eventstore.server import RunningServer
 from indexer.config import IndexerSettings
 from tests.integration.test_indexer import answered
 from tests.integration.test_indexer_limits import InProcessIndexer
+from tests.integration.test_publication import server_process
 from tests.support import header_map, read_topic, unique
 
 pytestmark = pytest.mark.integration
@@ -187,3 +192,61 @@ async def test_off_there_are_no_spans_headers_or_fields(
     document = await asyncio.to_thread(document_of, opensearch_settings, aggregate_id)
     assert "trace_id" not in document
     assert "traceparent" not in document
+
+
+class _Collector(BaseHTTPRequestHandler):
+    """An OTLP/HTTP trace endpoint on loopback that keeps what it is sent."""
+
+    requests: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        _Collector.requests.append((self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+async def test_the_server_process_exports_its_spans_by_otlp(
+    server_settings: ServerSettings, tmp_path: Path
+) -> None:
+    """`python -m eventstore.server` with EVENTSTORE_TRACING=otlp and the standard variables:
+    the caller's traceparent is the parent of the Append span, and what is buffered at SIGTERM
+    is exported before the process ends."""
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    proc = server_process(server_settings, tmp_path)
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES", "OTEL_TRACES_SAMPLER"):
+        proc.env.pop(name, None)
+    proc.env.update(
+        EVENTSTORE_TRACING="otlp",
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{collector.server_address[1]}",
+    )
+    aggregate_type = unique("Exported").replace("-", "")
+    try:
+        await proc.start()
+        async with EventStoreClient(proc.address) as client:
+            client._metadata = (("traceparent", CALLER.traceparent),)  # an untraced-here caller
+            await client.append(unique("order"), aggregate_type, [Event("Placed", {"n": 1})])
+        await proc.stop()
+    finally:
+        collector.shutdown()
+        collector.server_close()
+    assert proc.process is not None
+    assert proc.process.returncode == 0, (tmp_path / "server.log").read_text()
+    exported = []
+    for path, body in _Collector.requests:
+        assert path == "/v1/traces"
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            assert attributes["service.name"] == "eventstore-server"
+            exported += [s for scope in resource_spans.scope_spans for s in scope.spans]
+    in_trace = {s.name: s for s in exported if s.trace_id.hex() == CALLER.trace_id}
+    topic = server_settings.kafka.topic(aggregate_type)
+    assert {"eventstore.v1.EventStore/Append", "BATCH events", f"send {topic}"} <= set(in_trace)
+    assert in_trace["eventstore.v1.EventStore/Append"].parent_span_id.hex() == CALLER.span_id
