@@ -1,8 +1,9 @@
 """The Kafka record of an event: what other services consume (see README), and its size.
 
 Key = the aggregate id (partitioned as Kafka's Java clients do), value = the serialized
-eventstore.v1.Event, headers naming the event: ours, and the CloudEvents attributes of the
-Kafka protocol binding's binary content mode (see `record_headers`)."""
+eventstore.v1.Event, headers naming the event: ours, the CloudEvents attributes of the
+Kafka protocol binding's binary content mode (see `record_headers`), and the W3C trace context
+the event was appended in, if it was traced."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from eventstore.domain.tracecontext import TraceContext
 from eventstore.search.setup import make_client
 from eventstore.server import RunningServer
 from indexer.config import IndexerSettings
+from tests.integration.test_cloudevents import as_cloudevent
 from tests.integration.test_indexer import answered
 from tests.integration.test_indexer_limits import InProcessIndexer
 from tests.integration.test_publication import server_process
@@ -155,6 +156,10 @@ async def test_an_append_is_one_trace_from_the_caller_to_kafka_and_opensearch(
         headers = header_map(record)
         assert headers["traceparent"] == headers["ce_traceparent"] == appended.traceparent.encode()
         assert headers["tracestate"] == CALLER.tracestate.encode()
+        # A CloudEvents SDK shows it as the distributed-tracing extension's attributes.
+        cloudevent = as_cloudevent(record)
+        assert cloudevent.get_extension("traceparent") == appended.traceparent
+        assert cloudevent.get_extension("tracestate") == CALLER.tracestate
 
     document = await asyncio.to_thread(document_of, opensearch_settings, aggregate_id)
     assert document["trace_id"] == CALLER.trace_id
