@@ -149,6 +149,11 @@ async def test_an_append_is_one_trace_from_the_caller_to_kafka_and_opensearch(
     }
     (appended,) = contexts
     assert appended is not None
+    # A subscriber gets it too, to continue the trace (README: trace_link, trace_parent).
+    async for message in client.subscribe(aggregate_id=aggregate_id):
+        assert message.event is not None
+        assert trace_context(message.event) == appended
+        break
 
     records = await asyncio.to_thread(read_topic, kafka_settings.bootstrap, topic, 2)
     assert len(records) == 2
