@@ -167,7 +167,9 @@ def server_span(
     tracer = _State.tracer
     if tracer is None:
         return INVALID_SPAN
-    headers = {key: value for key, value in carrier or () if isinstance(value, str)}
+    # Only the propagators' own fields: the rest (an API key among them) is none of theirs.
+    fields = propagate.get_global_textmap().fields
+    headers = {k: v for k, v in carrier or () if k in fields and isinstance(v, str)}
     parent = propagate.extract(headers) if headers else None
     return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
 
