@@ -42,7 +42,8 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from opensearchpy.exceptions import TransportError
 from prometheus_client import Counter, Gauge, start_http_server
 
-from eventstore.config import ConfigError, load
+from eventstore import tracing
+from eventstore.config import ConfigError, TracingSettings, load
 from eventstore.observability import configure_logging
 from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic
@@ -352,17 +353,23 @@ class Indexer:
 def main() -> None:
     try:
         settings = load(IndexerSettings)
+        traced = load(TracingSettings)
     except ConfigError as exc:
         sys.stderr.write(f"eventstore-indexer: {exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
+    if traced.enabled:
+        tracing.configure("eventstore-indexer")
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     indexer = Indexer(settings)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: indexer.stop.set())
     log.info("indexer starting", kafka=settings.kafka.bootstrap, opensearch=settings.opensearch.url)
-    indexer.run()
+    try:
+        indexer.run()
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
     log.info("indexer stopped")
 
 
