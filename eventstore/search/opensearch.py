@@ -12,6 +12,7 @@ from opensearchpy.exceptions import TransportError
 
 from eventstore.config import OpenSearchSettings
 from eventstore.domain.errors import BackendRejected, EventStoreError, StorageUnavailable
+from eventstore.domain.personal import SUBJECT_KEY
 from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
 from eventstore.ports import EventIndex
 from eventstore.search.documents import from_document
@@ -145,6 +146,19 @@ class OpenSearchEventIndex(EventIndex):
             reported_at=combined.reported_at,
             indexed_through=combined.indexed_through,
         )
+
+    async def erase_subject(self, subject: str) -> int:
+        response = await self._call(
+            self._client.delete_by_query,
+            index=self._settings.alias,
+            # `metadata` is a flat_object: its leaves are searchable by their dotted path.
+            body={"query": {"term": {f"metadata.{SUBJECT_KEY}": subject}}},
+            conflicts="proceed",
+            refresh=True,
+            ignore_unavailable=True,
+            allow_no_indices=True,
+        )
+        return int(response.get("deleted", 0))
 
     async def close(self) -> None:
         await self._client.close()
