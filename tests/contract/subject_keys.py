@@ -39,7 +39,9 @@ class SubjectKeysContract:
         erased = await subject_keys.destroy(subject, at)
         assert (erased.erased_at, erased.wrapped, erased.key_id) == (at, None, key.key_id)
         stored = await subject_keys.fetch(subject)
-        assert stored is not None and stored.erased and stored.master_key_id is None
+        assert stored is not None
+        assert stored.erased
+        assert stored.master_key_id is None
         again = await subject_keys.destroy(subject, at + timedelta(days=1))
         assert again.erased_at == at  # the first erasure's time: nothing new destroyed
         # No new key for an erased subject.
@@ -60,7 +62,8 @@ class SubjectKeysContract:
         new = OTHER_MASTER.wrap(plain, old.created_at)
         assert await subject_keys.rewrap(old, new)
         stored = await subject_keys.fetch(subject)
-        assert stored is not None and stored.master_key_id == OTHER_MASTER.key_id
+        assert stored is not None
+        assert stored.master_key_id == OTHER_MASTER.key_id
         assert OTHER_MASTER.unwrap(stored).key == plain.key
         # A second rewrap from the stale record does nothing; nor does one of an erased key.
         assert not await subject_keys.rewrap(old, new)

@@ -1,0 +1,176 @@
+"""Personal data through the whole server, over the in-memory stores: appends seal, reads
+open, EraseSubject shreds, and the other stores are cleaned as the receipt says."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from eventstore.client import ClientError, Event, EventStoreClient, PersonalDataError
+from eventstore.config import PersonalDataSettings, ServerSettings
+from eventstore.domain import personal
+from eventstore.domain.access import ANY_TYPE, Operation, PermissionDenied, Principal
+from eventstore.domain.events import Direction
+from eventstore.domain.personal import MasterKey, MasterKeys, Personal
+from eventstore.server import Components, start
+from eventstore.storage.memory import (
+    InMemoryEventStorage,
+    InMemorySnapshotStore,
+    InMemorySubjectKeys,
+)
+from eventstore.usecases.personal import EraseSubject, Keyring, PersonalData
+from tests.fakes import InMemoryEventIndex, InMemoryEventLog
+from tests.unit.test_personal import new_event, recorded
+
+SECRET = {"name": "Grace Hopper", "email": "grace@example.org"}
+SUBJECT = {"data_subject": "person-42"}
+
+
+class Stores:
+    def __init__(self) -> None:
+        self.storage = InMemoryEventStorage()
+        self.index = InMemoryEventIndex()
+        self.snapshots = InMemorySnapshotStore()
+        self.keys = InMemorySubjectKeys()
+
+
+@contextlib.asynccontextmanager
+async def serving(stores: Stores, key_file: Path | None) -> AsyncIterator[EventStoreClient]:
+    running = await start(
+        ServerSettings(
+            listen="127.0.0.1:0",
+            auth_disabled=True,
+            personal=PersonalDataSettings(master_key_file=key_file),
+        ),
+        Components(
+            stores.storage,
+            log=InMemoryEventLog(),
+            index=stores.index,
+            snapshots=stores.snapshots,
+            subject_keys=stores.keys,
+        ),
+    )
+    try:
+        async with EventStoreClient(f"127.0.0.1:{running.port}") as client:
+            yield client
+    finally:
+        await running.stop(grace=0)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "master.key"
+    path.write_text(base64.b64encode(b"k" * 32).decode() + "\n")
+    return path
+
+
+async def test_sealed_at_rest_opened_for_readers_redacted_after_erasure(key_file: Path) -> None:
+    stores = Stores()
+    async with serving(stores, key_file) as client:
+        await client.append("user-1", "User", [Event("Registered", SECRET, SUBJECT)])
+        await client.append("user-1", "User", [Event("Renamed", {"plan": "gold"})])
+        stored = await stores.storage.read("user-1", 1, Direction.FORWARDS, 10)
+        assert b"Grace" not in stored[0].data
+        assert stored[0].metadata[personal.SEALED_KEY]
+        assert stored[1].data == b'{"plan":"gold"}'  # no subject named: stored as sent
+        stores.index.add(stored)  # what the indexer would take from Kafka
+        await client.save_snapshot("user-1", 2, b'{"name": "Grace Hopper"}', "UserState")
+
+        read = [e async for e in client.read("user-1")]
+        assert read[0].data == b'{"name":"Grace Hopper","email":"grace@example.org"}'
+        assert dict(read[0].metadata) == SUBJECT
+        queried = await client.query_all(aggregate_types=["User"])
+        assert queried[0].data == read[0].data
+
+        receipt = await client.erase_subject("person-42")
+        assert receipt.key_destroyed
+        done = {step.store: step.count for step in receipt.steps}
+        assert done["cassandra.subject_keys"] == 1
+        assert done["cassandra.snapshots"] == 1
+        assert done["opensearch"] == 1
+        assert await client.get_snapshot("user-1") is None
+        audit = [e async for e in client.read("eventstore.erasures")]
+        assert audit[-1].event_id == receipt.audit_event_id
+        assert b"person-42" in audit[-1].data
+
+        after = [e async for e in client.read("user-1")]
+        assert after[0].data == b""
+        assert after[0].metadata[personal.REDACTED_KEY] == "erased"
+        assert after[1].data == b'{"plan":"gold"}'
+
+        again = await client.erase_subject("person-42")
+        assert not again.key_destroyed
+        assert again.erased_at == receipt.erased_at
+        with pytest.raises(PersonalDataError) as refused:
+            await client.append("user-2", "User", [Event("Registered", SECRET, SUBJECT)])
+        assert refused.value.reason == "SUBJECT_ERASED"
+
+
+async def test_an_idempotent_retry_of_a_sealed_append(key_file: Path) -> None:
+    async with serving(Stores(), key_file) as client:
+        event = Event("Registered", SECRET, SUBJECT)
+        first = await client.append("user-1", "User", [event])
+        retried = await client.append("user-1", "User", [event])
+        assert retried.first_version == first.first_version
+
+
+async def test_without_a_master_key_personal_data_is_refused(tmp_path: Path) -> None:
+    stores = Stores()
+    async with serving(stores, None) as client:
+        with pytest.raises(PersonalDataError) as refused:
+            await client.append("user-1", "User", [Event("Registered", SECRET, SUBJECT)])
+        assert refused.value.reason == "PERSONAL_DATA_NOT_CONFIGURED"
+        assert "EVENTSTORE_MASTER_KEY_FILE" in str(refused.value)
+        assert await stores.storage.describe("user-1") is None
+        with pytest.raises(ClientError) as unserved:
+            await client.erase_subject("person-42")
+        assert unserved.value.code == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_erasure_needs_its_own_grant() -> None:
+    keys = InMemorySubjectKeys()
+    keyring = Keyring(keys, MasterKeys(MasterKey(b"k" * 32)))
+
+    async def audit(*_: object) -> None:
+        return None
+
+    erase = EraseSubject(keyring, keys, audit)
+    reader = Principal(
+        "reader", {op: frozenset({ANY_TYPE}) for op in Operation if op is not Operation.ERASE}
+    )
+    with pytest.raises(PermissionDenied, match="may not erase data subjects"):
+        await erase("person-1", reader)
+    assert await keys.fetch("person-1") is None
+    eraser = Principal("dpo", {Operation.ERASE: frozenset({ANY_TYPE})})
+    assert (await erase("person-1", eraser)).key_destroyed
+
+
+async def test_another_process_stops_opening_within_the_cache_ttl() -> None:
+    """Two processes share the key store; one erases. The other's cached key lives on for at
+    most its TTL (the stated bound), then its reads are redacted."""
+    keys = InMemorySubjectKeys()
+    masters = MasterKeys(MasterKey(b"k" * 32))
+    now = [0.0]
+    here = Keyring(keys, masters, ttl_s=10, clock=lambda: now[0])
+    there = Keyring(keys, masters, ttl_s=10, clock=lambda: now[0])
+    event = new_event(b"{}", data_subject="p")
+    sealed = recorded(
+        personal.seal_event(event, await there.for_sealing("p", "f"), Personal("p"), "user-1", 1)
+    )
+    opener = PersonalData(there, keys)
+    assert (await opener.open([sealed]))[0].data == b"{}"
+
+    async def audit(*_: object) -> None:
+        return None
+
+    eraser = Principal("dpo", {Operation.ERASE: frozenset({ANY_TYPE})})
+    await EraseSubject(here, keys, audit)("p", eraser)
+    now[0] = 9.9
+    assert (await opener.open([sealed]))[0].data == b"{}"  # still cached: within the bound
+    now[0] = 10.1
+    assert (await opener.open([sealed]))[0].metadata[personal.REDACTED_KEY] == "erased"
