@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
@@ -258,3 +258,34 @@ class EraseSubject:
         recorder = replace(principal, grants={Operation.APPEND: frozenset({AUDIT_TYPE})})
         await self._audit(request, recorder)
         return ErasureReceipt(subject, destroyed, erased_at, tuple(steps), event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What a master key rotation did."""
+
+    rewrapped: int
+    #: already under the current master key
+    current: int
+    erased: int
+    #: changed by someone else meanwhile (erased during the rotation): left as they were
+    skipped: int
+
+
+async def rotate_master_key(keys: SubjectKeys, masters: MasterKeys, at: datetime) -> Rotation:
+    """Re-wrap every subject key under the current master key. Events are not touched: their
+    seals name the subject key, which stays the same; only its wrapping changes."""
+    rewrapped = current = erased = skipped = 0
+    for stored in await keys.keys():
+        if stored.erased:
+            erased += 1
+        elif stored.master_key_id == masters.current.key_id:
+            current += 1
+        else:
+            new = masters.current.wrap(masters.unwrap(stored), stored.created_at)
+            if await keys.rewrap(stored, new):
+                rewrapped += 1
+            else:
+                skipped += 1
+    log.info("master key rotated", rewrapped=rewrapped, erased=erased, skipped=skipped, at=str(at))
+    return Rotation(rewrapped, current, erased, skipped)

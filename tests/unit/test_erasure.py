@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -23,7 +24,7 @@ from eventstore.storage.memory import (
     InMemorySnapshotStore,
     InMemorySubjectKeys,
 )
-from eventstore.usecases.personal import EraseSubject, Keyring, PersonalData
+from eventstore.usecases.personal import EraseSubject, Keyring, PersonalData, rotate_master_key
 from tests.fakes import InMemoryEventIndex, InMemoryEventLog
 from tests.unit.test_personal import new_event, recorded
 
@@ -174,3 +175,27 @@ async def test_another_process_stops_opening_within_the_cache_ttl() -> None:
     assert (await opener.open([sealed]))[0].data == b"{}"  # still cached: within the bound
     now[0] = 10.1
     assert (await opener.open([sealed]))[0].metadata[personal.REDACTED_KEY] == "erased"
+
+
+async def test_a_rotation_rewraps_keys_and_leaves_events_alone(tmp_path: Path) -> None:
+    old_file, new_file = tmp_path / "old.key", tmp_path / "new.key"
+    old_file.write_text(base64.b64encode(b"o" * 32).decode())
+    new_file.write_text(base64.b64encode(b"n" * 32).decode())
+    stores = Stores()
+    async with serving(stores, old_file) as client:
+        await client.append("user-1", "User", [Event("Registered", SECRET, SUBJECT)])
+        await client.append("user-2", "User", [Event("Registered", SECRET, {"data_subject": "x"})])
+        await client.erase_subject("x")
+    before = await stores.storage.read("user-1", 1, Direction.FORWARDS, 10)
+    masters = PersonalDataSettings(
+        master_key_file=new_file, previous_master_key_file=old_file
+    ).master_keys()
+    assert masters is not None
+    done = await rotate_master_key(stores.keys, masters, datetime.now(UTC))
+    assert (done.rewrapped, done.current, done.erased, done.skipped) == (1, 0, 1, 0)
+    again = await rotate_master_key(stores.keys, masters, datetime.now(UTC))
+    assert (again.rewrapped, again.current) == (0, 1)
+    assert await stores.storage.read("user-1", 1, Direction.FORWARDS, 10) == before
+    async with serving(stores, new_file) as client:  # the old key is gone from the server
+        read = [e async for e in client.read("user-1")]
+        assert b"Grace Hopper" in read[0].data
