@@ -25,6 +25,9 @@ from eventstore.storage.memory import (
     InMemorySubjectKeys,
 )
 from eventstore.usecases.personal import EraseSubject, Keyring, PersonalData, rotate_master_key
+from replayer.examples import users
+from replayer.personal import Resealer
+from replayer.reducers import ReplayError, ReplayEvent
 from tests.fakes import InMemoryEventIndex, InMemoryEventLog
 from tests.unit.test_personal import new_event, recorded
 
@@ -199,3 +202,25 @@ async def test_a_rotation_rewraps_keys_and_leaves_events_alone(tmp_path: Path) -
     async with serving(stores, new_file) as client:  # the old key is gone from the server
         read = [e async for e in client.read("user-1")]
         assert b"Grace Hopper" in read[0].data
+
+
+async def test_republish_seals_again_what_the_server_opened() -> None:
+    keys = InMemorySubjectKeys()
+    keyring = Keyring(keys, MasterKeys(MasterKey(b"k" * 32)))
+    key = await keyring.for_sealing("p", "f")
+    opened = recorded(new_event(b'{"name": "Ada"}', data_subject="p"), "user-1", 4)
+    sealed = await Resealer(keyring)(opened)
+    assert b"Ada" not in sealed.data
+    assert personal.open_event(sealed, key).data == opened.data  # bound to user-1@4 as stored
+    plain = recorded(new_event(b"{}"), "user-1", 5)
+    assert await Resealer(None)(plain) is plain
+    with pytest.raises(ReplayError, match="EVENTSTORE_MASTER_KEY_FILE"):
+        await Resealer(None)(opened)
+    await keys.destroy("p", datetime.now(UTC))
+    keyring.forget("p")
+    erased = await Resealer(keyring)(opened)
+    assert (erased.data, erased.metadata[personal.REDACTED_KEY]) == (b"", "erased")
+    replayed = ReplayEvent.of(erased)
+    assert replayed.redacted
+    assert replayed.data is None
+    assert users.reduce({"userId": 1, "name": "Ada"}, replayed) == {"userId": 1, "name": None}
