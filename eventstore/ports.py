@@ -425,8 +425,13 @@ class SubjectKeys(ABC):
 
     @abstractmethod
     async def add_aggregate(self, subject: str, aggregate_id: str) -> None:
-        """Record that `aggregate_id` holds events about `subject` (before it does)."""
+        """Record that `aggregate_id` holds events about `subject` (before it does), both
+        ways: `aggregates` and `subjects` list it at once."""
 
     @abstractmethod
     async def aggregates(self, subject: str) -> list[str]:
         """The aggregates recorded for `subject`."""
+
+    @abstractmethod
+    async def subjects(self, aggregate_id: str) -> list[str]:
+        """The subjects recorded for `aggregate_id` (its snapshots are sealed for each)."""

@@ -257,8 +257,8 @@ class RunningServer:
             ),
             snapshots=(
                 (
-                    SaveSnapshot(shared, snapshots),
-                    GetSnapshot(shared, snapshots),
+                    SaveSnapshot(shared, snapshots, personal=personal),
+                    GetSnapshot(shared, snapshots, personal=personal),
                 )
                 if snapshots is not None
                 else None

@@ -27,7 +27,7 @@ import json
 import os
 import struct
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from eventstore.domain.errors import EventStoreError
 from eventstore.domain.events import NewEvent, RecordedEvent
+from eventstore.domain.snapshots import Snapshot
 
 #: Metadata key by which a client names the data subject of an event.
 SUBJECT_KEY = "data_subject"
@@ -398,6 +399,42 @@ def redact(event: RecordedEvent) -> RecordedEvent:
         node[last] = None
     data = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
     return replace(event, data=data, metadata=metadata)
+
+
+# --- snapshots ---------------------------------------------------------------------------
+
+#: A sealed snapshot's stored state_type: ``$sealed:<layers>:<the client's state_type>``.
+SEALED_STATE_PREFIX = "$sealed:"
+_SNAPSHOT = uuid.UUID(int=0)
+
+
+def seal_snapshot(snapshot: Snapshot, keys: Sequence[SubjectKey]) -> Snapshot:
+    """A snapshot of an aggregate holding events about `keys`' subjects, sealed once per
+    subject (nested): erasing any one of them leaves it unreadable."""
+    bind = _bound_to(snapshot.aggregate_id, snapshot.version, _SNAPSHOT, "snapshot")
+    state = snapshot.state
+    for key in keys:
+        state = seal_bytes(key, state, bind)
+    kind = f"{SEALED_STATE_PREFIX}{len(keys)}:{snapshot.state_type}"
+    return replace(snapshot, state=state, state_type=kind)
+
+
+def sealed_snapshot_subject(snapshot: Snapshot) -> str | None:
+    """The subject of a sealed snapshot's outer layer (None: not sealed)."""
+    if not snapshot.state_type.startswith(SEALED_STATE_PREFIX):
+        return None
+    return parse_envelope(snapshot.state).subject
+
+
+def open_snapshot_layer(snapshot: Snapshot, key: SubjectKey) -> Snapshot:
+    """One layer of a sealed snapshot opened (the last one restores the client's type)."""
+    layers, _, kind = snapshot.state_type[len(SEALED_STATE_PREFIX) :].partition(":")
+    bind = _bound_to(snapshot.aggregate_id, snapshot.version, _SNAPSHOT, "snapshot")
+    state = open_bytes(key, parse_envelope(snapshot.state), bind)
+    left = int(layers) - 1
+    return replace(
+        snapshot, state=state, state_type=f"{SEALED_STATE_PREFIX}{left}:{kind}" if left else kind
+    )
 
 
 # --- erasure -------------------------------------------------------------------------------

@@ -248,3 +248,6 @@ class InMemorySubjectKeys(SubjectKeys):
 
     async def aggregates(self, subject: str) -> list[str]:
         return sorted(self._aggregates.get(subject, ()))
+
+    async def subjects(self, aggregate_id: str) -> list[str]:
+        return sorted(s for s, aggregates in self._aggregates.items() if aggregate_id in aggregates)

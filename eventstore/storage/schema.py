@@ -148,6 +148,13 @@ def table_cql(keyspace: str) -> list[str]:
             PRIMARY KEY ((subject), aggregate_id)
         ) WITH comment = 'Aggregates holding events about a data subject (erasure drops snapshots)'
         """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.aggregate_subjects (
+            aggregate_id text,
+            subject      text,
+            PRIMARY KEY ((aggregate_id), subject)
+        ) WITH comment = 'Data subjects of the events of an aggregate (snapshots sealed for each)'
+        """,
     ]
 
 

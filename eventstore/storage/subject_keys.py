@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cassandra import ConsistencyLevel
+from cassandra.query import BatchStatement, BatchType
 
 from eventstore.domain.personal import WrappedKey
 from eventstore.ports import SubjectKeys
@@ -66,6 +67,13 @@ class CassandraSubjectKeys(SubjectKeys):
         self._add_aggregate = prepare(
             self._session,
             f"INSERT INTO {ks}.subject_aggregates (subject, aggregate_id) VALUES (?, ?)",
+        )
+        self._add_subject = prepare(
+            self._session,
+            f"INSERT INTO {ks}.aggregate_subjects (aggregate_id, subject) VALUES (?, ?)",
+        )
+        self._subjects = prepare(
+            self._session, f"SELECT subject FROM {ks}.aggregate_subjects WHERE aggregate_id = ?"
         )
         self._aggregates = prepare(
             self._session, f"SELECT aggregate_id FROM {ks}.subject_aggregates WHERE subject = ?"
@@ -132,9 +140,16 @@ class CassandraSubjectKeys(SubjectKeys):
         return [_key(row) for row in await execute(self._session, bound)]
 
     async def add_aggregate(self, subject: str, aggregate_id: str) -> None:
-        bound = self._add_aggregate.bind((subject, aggregate_id))
-        bound.consistency_level = self._write
-        await execute(self._session, bound)
+        # Logged: both directions or neither (two partitions; once per pair and process).
+        batch = BatchStatement(batch_type=BatchType.LOGGED, consistency_level=self._write)
+        batch.add(self._add_aggregate, (subject, aggregate_id))
+        batch.add(self._add_subject, (aggregate_id, subject))
+        await execute(self._session, batch)
+
+    async def subjects(self, aggregate_id: str) -> list[str]:
+        bound = self._subjects.bind((aggregate_id,))
+        bound.consistency_level = self._read
+        return [row["subject"] for row in await execute(self._session, bound)]
 
     async def aggregates(self, subject: str) -> list[str]:
         bound = self._aggregates.bind((subject,))

@@ -23,6 +23,7 @@ from eventstore.domain.personal import (
     SubjectErased,
     SubjectKey,
 )
+from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import EventIndex, SnapshotStore, SubjectKeys
 from eventstore.usecases.append import utc_now_ms
 
@@ -167,6 +168,28 @@ class PersonalData:
         if len(self._tracked) >= self._max_tracked:
             self._tracked.clear()
         self._tracked.add(pair)
+
+    async def seal_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        """Sealed for every subject the aggregate's events name (as is when none): a snapshot
+        is derived from them, so it may hold their personal data."""
+        keys = []
+        for subject in sorted(await self._keys.subjects(snapshot.aggregate_id)):
+            # An erased subject's events read redacted: a state rebuilt from them holds
+            # nothing of it (one rebuilt before the erasure and saved after would: a race
+            # the README names).
+            if (key := await self._keyring.for_opening(subject)) is not None:
+                keys.append(key)
+        return personal.seal_snapshot(snapshot, keys) if keys else snapshot
+
+    async def open_snapshot(self, snapshot: Snapshot) -> Snapshot | None:
+        """The snapshot as saved; None once one of its subjects is erased (erasure deletes
+        such snapshots: this only answers a read that raced with it)."""
+        while (subject := personal.sealed_snapshot_subject(snapshot)) is not None:
+            key = await self._keyring.for_opening(subject)
+            if key is None:
+                return None
+            snapshot = personal.open_snapshot_layer(snapshot, key)
+        return snapshot
 
     async def open(self, events: Sequence[RecordedEvent]) -> list[RecordedEvent]:
         """The events as their writers sent them; those of erased subjects redacted."""

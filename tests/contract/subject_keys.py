@@ -83,3 +83,10 @@ class SubjectKeysContract:
         for aggregate in ("b", "a", "b"):
             await subject_keys.add_aggregate(subject, aggregate)
         assert sorted(await subject_keys.aggregates(subject)) == ["a", "b"]
+
+    async def test_subjects_of_an_aggregate(self, subject_keys: SubjectKeys) -> None:
+        aggregate = unique("agg")
+        assert await subject_keys.subjects(aggregate) == []
+        for subject in ("q", "p"):
+            await subject_keys.add_aggregate(subject, aggregate)
+        assert sorted(await subject_keys.subjects(aggregate)) == ["p", "q"]

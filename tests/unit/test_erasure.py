@@ -224,3 +224,29 @@ async def test_republish_seals_again_what_the_server_opened() -> None:
     assert replayed.redacted
     assert replayed.data is None
     assert users.reduce({"userId": 1, "name": "Ada"}, replayed) == {"userId": 1, "name": None}
+
+
+async def test_snapshots_of_an_aggregate_with_personal_data_are_sealed(key_file: Path) -> None:
+    stores = Stores()
+    async with serving(stores, key_file) as client:
+        await client.append("user-1", "User", [Event("Registered", SECRET, SUBJECT)])
+        await client.append("user-1", "User", [Event("Met", {}, {"data_subject": "person-43"})])
+        await client.append("plain-1", "User", [Event("Registered", {"name": "x"})])
+        await client.save_snapshot("user-1", 2, b'{"name": "Grace Hopper"}', "UserState")
+        await client.save_snapshot("plain-1", 1, b'{"name": "x"}', "UserState")
+        stored = await stores.snapshots.latest("user-1", None)
+        assert stored is not None
+        assert b"Grace" not in stored.state
+        assert stored.state_type == "$sealed:2:UserState"  # one layer per subject
+        assert (await stores.snapshots.latest("plain-1", None) or stored).state == b'{"name": "x"}'
+        got = await client.get_snapshot("user-1")
+        assert got is not None
+        assert (got.state, got.state_type) == (b'{"name": "Grace Hopper"}', "UserState")
+        # Erasing either subject deletes it; a snapshot saved after skips the erased subject.
+        await client.erase_subject("person-43")
+        assert await client.get_snapshot("user-1") is None
+        await client.save_snapshot("user-1", 2, b'{"name": "Grace Hopper"}', "UserState")
+        stored = await stores.snapshots.latest("user-1", None)
+        assert stored is not None
+        assert stored.state_type == "$sealed:1:UserState"
+        assert (await client.get_snapshot("user-1") or stored).state_type == "UserState"
