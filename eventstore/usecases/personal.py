@@ -98,7 +98,7 @@ class Keyring:
         if stored is None:
             fresh = SubjectKey.generate(subject)
             stored = await self._keys.create(self._master.current.wrap(fresh, self._now()))
-            log.info("data subject key created", key_id=str(stored.key_id))
+            log.debug("data subject key created", key_id=str(stored.key_id))
         if stored.erased:
             self._keep(subject, _ERASED)
             raise SubjectErased(subject, field)
