@@ -357,6 +357,9 @@ def open_event(event: RecordedEvent, key: SubjectKey | None) -> RecordedEvent:
         return _bound_to(event.aggregate_id, event.version, event.event_id, path)
 
     fields = event.metadata.get(SEALED_FIELDS_KEY)
+    if fields is None and not event.data:
+        # Nothing sealed came along (a search document that had to leave its payload out).
+        return replace(event, metadata=metadata)
     if fields is None:
         data = open_bytes(key, parse_envelope(event.data), bind(""))
         return replace(event, data=data, metadata=metadata)

@@ -59,6 +59,8 @@ def test_the_whole_payload_is_sealed_and_opens_again() -> None:
     opened = personal.open_event(recorded(sealed), KEY)
     assert opened.data == SECRET
     assert dict(opened.metadata) == {"data_subject": "person-7"}
+    # A search document that left its payload out: nothing to open, no failure.
+    assert personal.open_event(recorded(replace(sealed, data=b"")), KEY).data == b""
 
 
 def test_a_sealed_payload_moved_elsewhere_does_not_open() -> None:
