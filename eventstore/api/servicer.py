@@ -347,7 +347,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                             # the latest one heartbeat after the change).
                             policy = self._authenticator.policy()
                             self._authenticator.recheck(context, principal)
-                        if item.event is not None:
+                        if item.event is not None and self._personal is not None:
                             item = replace(item, event=await self._opened_one(item.event))
                         yield convert.subscription_item_to_proto(item)
                 finally:
@@ -393,7 +393,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                         if self._authenticator.policy() is not policy:
                             policy = self._authenticator.policy()
                             self._authenticator.recheck(context, principal)
-                        if item.event is not None:
+                        if item.event is not None and self._personal is not None:
                             item = replace(item, event=await self._opened_one(item.event))
                         yield convert.group_item_to_proto(item)
             finally:

@@ -296,3 +296,35 @@ async def test_a_master_key_rotation_leaves_the_events_bytes_alone(
     async with EventStoreClient(f"127.0.0.1:{second.port}") as client:
         read = [e async for e in client.read("user-1")]
         assert secret in read[0].data
+
+
+async def test_subscriptions_open_sealed_events_and_redact_erased_ones(
+    server_settings: ServerSettings, start_server: StartServer, tmp_path: Path
+) -> None:
+    """Subscribe over Kafka (a type) and over Cassandra (one aggregate): Kafka holds the
+    sealed record, the subscriber gets it opened, and after erasure redacted."""
+    running = await start_server(
+        server_settings.model_copy(
+            update={
+                "personal": PersonalDataSettings(
+                    master_key_file=master_key(tmp_path / "master.key", b"s")
+                )
+            }
+        )
+    )
+    secret = unique("secret").encode()
+    async with EventStoreClient(f"127.0.0.1:{running.port}") as client:
+        event = Event("Registered", {"name": secret.decode()}, {"data_subject": "p-sub"})
+        await client.append("user-1", "User", [event])
+
+        async def first_event(**where: object) -> bytes:
+            async for message in client.subscribe(**where):  # type: ignore[arg-type]
+                if message.event is not None:
+                    return message.event.data
+            raise AssertionError("the subscription ended")
+
+        for where in ({"aggregate_types": ["User"]}, {"aggregate_id": "user-1"}):
+            assert secret in await asyncio.wait_for(first_event(**where), 30)
+        await client.erase_subject("p-sub")
+        for where in ({"aggregate_types": ["User"]}, {"aggregate_id": "user-1"}):
+            assert await asyncio.wait_for(first_event(**where), 30) == b""
