@@ -64,10 +64,6 @@ class Keyring:
         #: subject -> (expires at, its key or _ERASED or None: never had one)
         self._cache: dict[str, tuple[float, object]] = {}
 
-    @property
-    def configured(self) -> bool:
-        return self._master is not None
-
     def _cached(self, subject: str) -> object:
         hit = self._cache.get(subject)
         if hit is None or hit[0] < self._clock():
