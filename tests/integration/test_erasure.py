@@ -328,3 +328,37 @@ async def test_subscriptions_open_sealed_events_and_redact_erased_ones(
         await client.erase_subject("p-sub")
         for where in ({"aggregate_types": ["User"]}, {"aggregate_id": "user-1"}):
             assert await asyncio.wait_for(first_event(**where), 30) == b""
+
+
+async def test_another_replica_stops_opening_within_the_key_cache_ttl(
+    server_settings: ServerSettings, start_server: StartServer, tmp_path: Path
+) -> None:
+    """Two servers on one keyspace: one erases; the other, which has the key cached, opens
+    the subject's events at most EVENTSTORE_SUBJECT_KEY_CACHE_S longer (1 s here)."""
+    settings = server_settings.model_copy(
+        update={
+            "personal": PersonalDataSettings(
+                master_key_file=master_key(tmp_path / "master.key", b"r"), subject_key_cache_s=1
+            )
+        }
+    )
+    one, other = await start_server(settings), await start_server(settings)
+    secret = unique("secret").encode()
+    async with (
+        EventStoreClient(f"127.0.0.1:{one.port}") as eraser,
+        EventStoreClient(f"127.0.0.1:{other.port}") as reader,
+    ):
+        event = Event("Registered", {"name": secret.decode()}, {"data_subject": "p-ttl"})
+        await eraser.append("user-1", "User", [event])
+
+        async def read(client: EventStoreClient = reader) -> bytes:
+            events = [e async for e in client.read("user-1")]
+            return events[0].data
+
+        assert secret in await read()  # the other server now has the key cached
+        await eraser.erase_subject("p-ttl")
+        erased_at = time.monotonic()
+        while await read() != b"":
+            assert time.monotonic() - erased_at < 1.0 + 0.5, "still opened past the TTL"
+            await asyncio.sleep(0.05)
+        assert await read(eraser) == b""
