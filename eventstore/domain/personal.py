@@ -27,7 +27,7 @@ import json
 import os
 import struct
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -305,7 +305,7 @@ def _split(path: str) -> list[str]:
 
 
 def _seal_fields(
-    key: SubjectKey, data: bytes, paths: tuple[str, ...], bind: Any
+    key: SubjectKey, data: bytes, paths: tuple[str, ...], bind: Callable[[str], bytes]
 ) -> tuple[bytes, tuple[str, ...]]:
     document = json.loads(data)
     sealed: list[str] = []

@@ -22,6 +22,7 @@ from eventstore.domain.events import (
     RecordedEvent,
 )
 from eventstore.domain.personal import SUBJECT_KEY, PersonalDataNotConfigured
+from eventstore.domain.validation import RESERVED_METADATA_PREFIX
 from eventstore.failpoints import Failpoints
 from eventstore.ports import AggregateCatalog, Committed, EventStorage, ExistingEvent, Rejected
 from eventstore.usecases.publish import Publication
@@ -231,11 +232,11 @@ class AppendEvents:
 
 def _difference(sent: NewEvent, stored: RecordedEvent) -> str:
     """What a resent event has other than the stored one with its id ("": nothing). Who sends
-    it does not count: a retry by another principal gets the original result."""
+    it does not count: a retry by another principal gets the original result; nor does the
+    rest the server stamps (`$` keys: a retry is traced afresh, see domain/tracecontext.py)."""
 
     def client_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-        # The server's own keys ($principal, a seal's marker) are not the client's to resend.
-        return {k: v for k, v in metadata.items() if not k.startswith("$")}
+        return {k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)}
 
     if sent.event_type != stored.event_type:
         return "event_type"
