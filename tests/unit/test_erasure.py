@@ -3,6 +3,7 @@ open, EraseSubject shreds, and the other stores are cleaned as the receipt says.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 from collections.abc import AsyncIterator
@@ -17,14 +18,20 @@ from eventstore.config import PersonalDataSettings, ServerSettings
 from eventstore.domain import personal
 from eventstore.domain.access import ANY_TYPE, Operation, PermissionDenied, Principal
 from eventstore.domain.events import Direction
-from eventstore.domain.personal import MasterKey, MasterKeys, Personal
+from eventstore.domain.personal import MasterKey, MasterKeys, Personal, WrappedKey
 from eventstore.server import Components, start
 from eventstore.storage.memory import (
     InMemoryEventStorage,
     InMemorySnapshotStore,
     InMemorySubjectKeys,
 )
-from eventstore.usecases.personal import EraseSubject, Keyring, PersonalData, rotate_master_key
+from eventstore.usecases.personal import (
+    OPEN_KEY_READS,
+    EraseSubject,
+    Keyring,
+    PersonalData,
+    rotate_master_key,
+)
 from replayer.examples import users
 from replayer.personal import Resealer
 from replayer.reducers import ReplayError, ReplayEvent
@@ -250,3 +257,32 @@ async def test_snapshots_of_an_aggregate_with_personal_data_are_sealed(key_file:
         assert stored is not None
         assert stored.state_type == "$sealed:1:UserState"
         assert (await client.get_snapshot("user-1") or stored).state_type == "UserState"
+
+
+async def test_a_page_about_many_people_reads_their_keys_side_by_side() -> None:
+    class Slow(InMemorySubjectKeys):
+        in_flight = 0
+        most = 0
+
+        async def fetch(self, subject: str) -> WrappedKey | None:
+            Slow.in_flight += 1
+            Slow.most = max(Slow.most, Slow.in_flight)
+            await asyncio.sleep(0.01)
+            Slow.in_flight -= 1
+            return await super().fetch(subject)
+
+    keys = Slow()
+    sealing = Keyring(keys, MasterKeys(MasterKey(b"k" * 32)))
+    events = []
+    for i in range(40):
+        subject = f"person-{i}"
+        key = await sealing.for_sealing(subject, "f")
+        event = new_event(b"{}", data_subject=subject)
+        events.append(
+            recorded(personal.seal_event(event, key, Personal(subject), "a", i + 1), "a", i + 1)
+        )
+    Slow.most = 0
+    opener = PersonalData(Keyring(keys, MasterKeys(MasterKey(b"k" * 32))), keys)
+    opened = await opener.open(events)
+    assert [e.data for e in opened] == [b"{}"] * 40
+    assert 1 < Slow.most <= OPEN_KEY_READS
