@@ -52,6 +52,7 @@ from opentelemetry.trace import Link
 from eventstore import tracing
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
 from eventstore.domain.groups import ParkedEvent
+from eventstore.domain.personal import ErasureReceipt, ErasureStep
 from eventstore.domain.queries import Freshness, QueryPage
 from eventstore.domain.snapshots import Snapshot
 from eventstore.domain.tracecontext import TraceContext, trace_context_of
@@ -62,6 +63,7 @@ from eventstore.wire.events import event_from_proto, expected_from_proto, expect
 from eventstore.wire.results import (
     aggregate_from_proto,
     append_result_from_proto,
+    erasure_from_proto,
     parked_from_proto,
     query_page_from_proto,
     snapshot_from_proto,
@@ -72,6 +74,8 @@ __all__ = [
     "AggregateNotFoundError",
     "AppendResult",
     "ClientError",
+    "ErasureReceipt",
+    "ErasureStep",
     "Event",
     "EventIdReusedError",
     "EventStoreClient",
@@ -83,6 +87,7 @@ __all__ = [
     "NotYetSearchableError",
     "ParkedEvent",
     "PermissionDeniedError",
+    "PersonalDataError",
     "QueryPage",
     "RecordedEvent",
     "ResourceExhaustedError",
@@ -356,6 +361,18 @@ class EventIdReusedError(ClientError):
         return dict(info.metadata) if info is not None else {}
 
 
+class PersonalDataError(ClientError):
+    """An event naming a data subject was refused (FAILED_PRECONDITION): the server has no
+    master key (reason PERSONAL_DATA_NOT_CONFIGURED, metadata `setting`), the subject was
+    erased (SUBJECT_ERASED, metadata `field`), or a key's master key is missing
+    (MASTER_KEY_MISSING)."""
+
+    @property
+    def reason(self) -> str:
+        info = self._detail(error_details_pb2.ErrorInfo)
+        return info.reason if info is not None else ""
+
+
 class AggregateNotFoundError(ClientError):
     """The aggregate has no events (NOT_FOUND)."""
 
@@ -429,6 +446,9 @@ _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
 _BY_REASON: dict[str, type[ClientError]] = {
     "EVENT_ID_REUSED": EventIdReusedError,
     "NOT_YET_SEARCHABLE": NotYetSearchableError,
+    "PERSONAL_DATA_NOT_CONFIGURED": PersonalDataError,
+    "SUBJECT_ERASED": PersonalDataError,
+    "MASTER_KEY_MISSING": PersonalDataError,
 }
 
 
@@ -758,6 +778,15 @@ class EventStoreClient:
         except AggregateNotFoundError:
             return None
         return snapshot_from_proto(snapshot)
+
+    async def erase_subject(self, subject: str) -> ErasureReceipt:
+        """Erase a data subject (the `data_subject` its events name): needs the `erase` grant.
+        Idempotent: erasing again answers a receipt whose `key_destroyed` is False."""
+        request = pb.EraseSubjectRequest(subject=subject)
+        response: pb.EraseSubjectResponse = await self._with_retries(
+            self._stub.EraseSubject, request
+        )
+        return erasure_from_proto(response)
 
     async def _with_retries(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         for attempt in range(1, self._retry.attempts + 1):

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.domain.access import Quotas
+from eventstore.domain.personal import MasterKey, MasterKeys
 from eventstore.domain.validation import Limits
 from eventstore.sizes import (
     CLIENT_MAX_RECEIVE_BYTES,
@@ -270,6 +271,59 @@ class RelaySettings(BaseSettings):
     max_in_flight: int = Field(
         10_000, ge=1, description="Publications in flight per process; beyond, the relay takes over"
     )
+
+
+def _master_key(path: Path | None, variable: str) -> MasterKey | None:
+    if path is None:
+        return None
+    try:
+        return MasterKey.from_text(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{variable}: cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ValueError(f"{variable}: {exc}") from exc
+
+
+class PersonalDataSettings(BaseSettings):
+    """Personal data (events naming a `data_subject`): sealed with per-subject keys, which a
+    master key wraps. Without a master key, such events are refused."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_", frozen=True)
+
+    master_key_file: Path | None = Field(
+        None,
+        description="File holding the master key: 32 random bytes in base64 (`openssl rand "
+        "-base64 32`); a Kubernetes Secret mounted as a file. Unset: events naming a data "
+        "subject are refused (FAILED_PRECONDITION), and EraseSubject is not served",
+    )
+    previous_master_key_file: Path | None = Field(
+        None,
+        description="The master key before a rotation: still unwraps subject keys until "
+        "`eventstore-keys rotate` has re-wrapped them all under the current one",
+    )
+    subject_key_cache_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="How long a process keeps a subject key: after EraseSubject on one "
+        "process, the others may still open the subject's events for at most this long",
+    )
+
+    @model_validator(mode="after")
+    def _keys_readable(self) -> Any:
+        self.master_keys()  # a bad file fails at start-up, naming its variable
+        if self.previous_master_key_file is not None and self.master_key_file is None:
+            raise ValueError(
+                "EVENTSTORE_PREVIOUS_MASTER_KEY_FILE needs EVENTSTORE_MASTER_KEY_FILE too"
+            )
+        return self
+
+    def master_keys(self) -> MasterKeys | None:
+        current = _master_key(self.master_key_file, "EVENTSTORE_MASTER_KEY_FILE")
+        if current is None:
+            return None
+        previous = _master_key(self.previous_master_key_file, "EVENTSTORE_PREVIOUS_MASTER_KEY_FILE")
+        return MasterKeys(current, [previous] if previous else [])
 
 
 class OpenSearchSettings(_FileBacked):
@@ -534,6 +588,7 @@ class ServerSettings(BaseSettings):
     relay: RelaySettings = Field(default_factory=RelaySettings)
     opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    personal: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "permissions_file")
     @classmethod

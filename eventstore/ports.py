@@ -11,6 +11,7 @@ from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
 from eventstore.domain.groups import Commit, GroupRecord, ParkedEvent, Where
+from eventstore.domain.personal import WrappedKey
 from eventstore.domain.queries import EventQuery, IndexProgress, SearchPage
 from eventstore.domain.snapshots import Snapshot
 
@@ -367,6 +368,11 @@ class EventIndex(ABC):
         """How far the indexers are with the events of `permitted_types` (None: all types);
         nothing about other types (their lag and times tell when they were written)."""
 
+    @abstractmethod
+    async def erase_subject(self, subject: str) -> int:
+        """Delete the documents of events about `subject` (its `data_subject` metadata); how
+        many there were."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -379,3 +385,53 @@ class SnapshotStore(ABC):
     @abstractmethod
     async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
         """The snapshot with the highest version <= max_version (None: any)."""
+
+    @abstractmethod
+    async def delete(self, aggregate_id: str) -> int:
+        """Remove every snapshot of the aggregate (erasure: snapshots are derived data and
+        may hold personal data in the clear); how many there were."""
+
+
+class SubjectKeys(ABC):
+    """The data subjects' keys, wrapped by the master key, and which aggregates hold events
+    about each subject (erasure drops their snapshots).
+
+    Errors: StorageUnavailable for any backend failure.
+    """
+
+    @abstractmethod
+    async def create(self, key: WrappedKey) -> WrappedKey:
+        """Store `key` unless the subject has one (or was erased); the subject's key as
+        stored, ours or the one that won a race (every replica then seals with the same)."""
+
+    @abstractmethod
+    async def fetch(self, subject: str) -> WrappedKey | None:
+        """The subject's key (erased: `wrapped` is None); None when it never had one."""
+
+    @abstractmethod
+    async def destroy(self, subject: str, at: datetime) -> WrappedKey:
+        """Erase the subject's key for good (a subject without one is recorded as erased, so
+        that no key is made for it later). Returns the record: `erased_at` is the first
+        erasure's time, so a repeated erasure can tell it was already done."""
+
+    @abstractmethod
+    async def rewrap(self, old: WrappedKey, new: WrappedKey) -> bool:
+        """Replace `old` by `new` (the same key under another master key) if the stored key is
+        still `old`'s; whether it was replaced (not: erased or re-wrapped meanwhile)."""
+
+    @abstractmethod
+    async def keys(self) -> list[WrappedKey]:
+        """Every subject's key record (for a master key rotation)."""
+
+    @abstractmethod
+    async def add_aggregate(self, subject: str, aggregate_id: str) -> None:
+        """Record that `aggregate_id` holds events about `subject` (before it does), both
+        ways: `aggregates` and `subjects` list it at once."""
+
+    @abstractmethod
+    async def aggregates(self, subject: str) -> list[str]:
+        """The aggregates recorded for `subject`."""
+
+    @abstractmethod
+    async def subjects(self, aggregate_id: str) -> list[str]:
+        """The subjects recorded for `aggregate_id` (its snapshots are sealed for each)."""

@@ -40,6 +40,7 @@ from eventstore.ports import (
     GroupLog,
     PublicationLog,
     SnapshotStore,
+    SubjectKeys,
 )
 from eventstore.publishing.groups import KafkaGroupLog
 from eventstore.publishing.kafka import KafkaEventPublisher
@@ -57,10 +58,12 @@ from eventstore.storage.catalog import CassandraAggregateCatalog
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
 from eventstore.storage.snapshots import CassandraSnapshotStore
+from eventstore.storage.subject_keys import CassandraSubjectKeys
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.fairness import FairIndex, FairShare, FairSnapshots, FairStorage
 from eventstore.usecases.groups import ConsumeGroup, GroupSettings
 from eventstore.usecases.journal import WriterJournal
+from eventstore.usecases.personal import EraseSubject, Keyring, PersonalData
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
@@ -95,6 +98,7 @@ class Components:
     groups: GroupLog | None = None
     index: EventIndex | None = None
     snapshots: SnapshotStore | None = None
+    subject_keys: SubjectKeys | None = None
     owned: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
@@ -106,6 +110,7 @@ class Components:
             outbox = await CassandraPublicationLog.create(connection)
             catalog = await CassandraAggregateCatalog.create(connection)
             snapshots = await CassandraSnapshotStore.create(connection)
+            subject_keys = await CassandraSubjectKeys.create_store(connection)
             # Kafka may be down now: that must not stop appends (the relay catches up later).
             publisher = KafkaEventPublisher(settings.kafka, settings.limits.to_limits())
             owned.push_async_callback(publisher.close)
@@ -125,6 +130,7 @@ class Components:
                 groups=groups,
                 index=index,
                 snapshots=snapshots,
+                subject_keys=subject_keys,
                 owned=owned.pop_all(),
             )
 
@@ -181,19 +187,39 @@ class RunningServer:
             # The writer exists for the other replicas before its first announcement.
             await self.publication.start(settings.startup_timeout_s)
             self.relay = asyncio.create_task(self.publication.run(), name="relay")
+        personal: PersonalData | None = None
+        erase: EraseSubject | None = None
+        masters = settings.personal.master_keys()
+        ttl_s = settings.personal.subject_key_cache_s
+        if masters is not None and components.subject_keys is not None:
+            keyring = Keyring(components.subject_keys, masters, ttl_s)
+            personal = PersonalData(keyring, components.subject_keys)
+        append = AppendEvents(
+            shared,
+            publication=self.publication,
+            catalog=components.catalog,
+            failpoints=Failpoints(settings.failpoints),
+            personal=personal,
+        )
+        if personal is not None and components.subject_keys is not None:
+            erase = EraseSubject(
+                keyring,
+                components.subject_keys,
+                audit=append,
+                snapshots=snapshots,
+                index=components.index,
+                cache_ttl_s=ttl_s,
+            )
         self.deferred.target = EventStoreServicer(
+            personal=personal,
+            erase=erase,
             admission=self.admission,
             authenticator=self.authenticator,
             quotas=QuotaLimiter(
                 defaults=settings.limits.default_quotas(),
                 subscriptions=settings.limits.max_subscriptions,
             ),
-            append=AppendEvents(
-                shared,
-                publication=self.publication,
-                catalog=components.catalog,
-                failpoints=Failpoints(settings.failpoints),
-            ),
+            append=append,
             read=ReadAggregate(shared, settings.read_page_size),
             describe=DescribeAggregate(shared),
             limits=settings.limits.to_limits(),
@@ -232,8 +258,8 @@ class RunningServer:
             ),
             snapshots=(
                 (
-                    SaveSnapshot(shared, snapshots),
-                    GetSnapshot(shared, snapshots),
+                    SaveSnapshot(shared, snapshots, personal=personal),
+                    GetSnapshot(shared, snapshots, personal=personal),
                 )
                 if snapshots is not None
                 else None

@@ -25,6 +25,7 @@ from eventstore.domain.validation import is_json_content_type
 from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic, producer_config
 from eventstore.wire.records import record_headers, record_timestamp, record_value
+from replayer.personal import Resealer
 from replayer.progress import Progress
 from replayer.reducers import ReplayError, ReplayEvent, load_reducer, state_type
 
@@ -179,6 +180,7 @@ async def republish(
     dry_run: bool,
     checkpoint_path: Path,
     out: TextIO,
+    reseal: Resealer | None = None,
 ) -> int:
     """Send every matching event, in order, to `topic`; resumable from `checkpoint_path`.
 
@@ -256,6 +258,8 @@ async def republish(
                         + "\n"
                     )
                 else:
+                    # Kafka holds personal data sealed only: sealed again before it leaves.
+                    event = await (reseal or Resealer(None))(event)
                     producer.produce(
                         topic,
                         key=event.aggregate_id.encode(),

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,16 @@ from eventstore.config import (
     KafkaSettings,
     LimitSettings,
     OpenSearchSettings,
+    PersonalDataSettings,
     TracingSettings,
     load,
 )
 from eventstore.domain.errors import StorageUnavailable
+from eventstore.storage.connection import CassandraConnection
+from eventstore.storage.subject_keys import CassandraSubjectKeys
+from eventstore.usecases.personal import Keyring
 from replayer import commands, parked, summary, verify
+from replayer.personal import Resealer
 from replayer.reducers import ReplayError
 from replayer.verify import VerifyError
 
@@ -328,13 +335,37 @@ async def run_client(args: argparse.Namespace) -> None:
         kafka = load(KafkaSettings)
         if args.kafka:
             kafka = kafka.model_copy(update={"bootstrap": args.kafka})
-        sent = await commands.republish(
-            client, filters, args.topic, kafka, args.rate, args.dry_run, checkpoint, sys.stdout
-        )
+        async with resealer(args.dry_run) as reseal:
+            sent = await commands.republish(
+                client,
+                filters,
+                args.topic,
+                kafka,
+                args.rate,
+                args.dry_run,
+                checkpoint,
+                sys.stdout,
+                reseal,
+            )
         print(
             f"{'would send' if args.dry_run else 'sent'} {sent} events to {args.topic}",
             file=sys.stderr,
         )
+
+
+@contextlib.asynccontextmanager
+async def resealer(dry_run: bool) -> AsyncIterator[Resealer]:
+    """What seals personal data again before republish sends it (a dry run sends nothing)."""
+    masters = None if dry_run else load(PersonalDataSettings).master_keys()
+    if masters is None:
+        yield Resealer(None)
+        return
+    connection = await CassandraConnection.open(load(CassandraSettings))
+    try:
+        keys = await CassandraSubjectKeys.create_store(connection)
+        yield Resealer(Keyring(keys, masters))
+    finally:
+        await connection.close()
 
 
 async def traced(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.personal import REDACTED_KEY, REDACTED_VALUE
 from eventstore.domain.validation import is_json_content_type
 
 Reducer = Callable[[Any, "ReplayEvent"], Any]
@@ -35,11 +36,19 @@ class ReplayEvent:
     recorded_at: datetime
     event_id: str
 
+    @property
+    def redacted(self) -> bool:
+        """Its data subject was erased: the personal part is gone (the whole `data`: None for
+        JSON, b"" otherwise; listed fields: null). Reducers must expect it."""
+        return self.metadata.get(REDACTED_KEY) == REDACTED_VALUE
+
     @classmethod
     def of(cls, event: RecordedEvent) -> ReplayEvent:
         data: Any = event.data
         if is_json_content_type(event.content_type) and event.data:
             data = json.loads(event.data)
+        elif is_json_content_type(event.content_type) and REDACTED_KEY in event.metadata:
+            data = None  # the whole payload was personal, and its subject was erased
         return cls(
             aggregate_id=event.aggregate_id,
             aggregate_type=event.aggregate_type,

@@ -11,6 +11,7 @@ import grpc
 
 from eventstore.config import ServerSettings
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.personal import SUBJECT_KEY
 from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
 from eventstore.ports import (
     Delivery,
@@ -236,6 +237,12 @@ class InMemoryEventIndex(EventIndex):
 
     async def progress(self, permitted_types: frozenset[str] | None = None) -> IndexProgress:
         return IndexProgress()
+
+    async def erase_subject(self, subject: str) -> int:
+        about = [k for k, e in self.documents.items() if e.metadata.get(SUBJECT_KEY) == subject]
+        for k in about:
+            del self.documents[k]
+        return len(about)
 
 
 def _millis(value: datetime) -> int:

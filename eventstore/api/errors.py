@@ -38,6 +38,12 @@ from eventstore.domain.errors import (
     StorageUnavailable,
     WrongExpectedVersion,
 )
+from eventstore.domain.personal import (
+    MasterKeyMissing,
+    PersonalDataNotConfigured,
+    SealBroken,
+    SubjectErased,
+)
 from eventstore.usecases.append import ContentionExhausted
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import expected_to_proto
@@ -219,6 +225,28 @@ RULES: dict[type[BaseException], Rule] = {
     BackendNotConfigured: Rule(code_pb2.UNIMPLEMENTED, "BACKEND_NOT_CONFIGURED", retry=False),
     # A backend refused what we sent it: our bug, logged with its traceback like any other.
     BackendRejected: UNEXPECTED,
+    # Personal data (domain/personal.py). Not configured: the deployment must give the
+    # setting before such events can be stored; nothing is stored in the clear instead.
+    PersonalDataNotConfigured: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        "PERSONAL_DATA_NOT_CONFIGURED",
+        retry=False,
+        metadata=lambda exc: {"setting": exc.setting},
+    ),
+    SubjectErased: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        "SUBJECT_ERASED",
+        retry=False,
+        metadata=lambda exc: {"field": exc.field},
+    ),
+    MasterKeyMissing: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        "MASTER_KEY_MISSING",
+        retry=False,
+        metadata=lambda exc: {"master_key_id": exc.master_key_id},
+    ),
+    # A sealed payload that does not open was altered (or moved): never expected.
+    SealBroken: UNEXPECTED,
 }
 
 

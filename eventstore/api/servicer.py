@@ -7,6 +7,7 @@ import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from eventstore.api.errors import grpc_code, is_expected, to_status
 from eventstore.api.quotas import QuotaLimiter
 from eventstore.domain.access import Principal
 from eventstore.domain.errors import InvalidArgument
+from eventstore.domain.events import RecordedEvent
 from eventstore.domain.tracecontext import record_trace_context
 from eventstore.domain.validation import (
     Limits,
@@ -33,12 +35,14 @@ from eventstore.domain.validation import (
     validate_query,
     validate_read,
     validate_snapshot,
+    validate_subject,
     validate_subscribe,
 )
 from eventstore.sizes import READ_MESSAGE_BUDGET_BYTES
 from eventstore.usecases import fairness
 from eventstore.usecases.append import AppendEvents
 from eventstore.usecases.groups import ConsumeGroup, Membership
+from eventstore.usecases.personal import EraseSubject, PersonalData
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
 from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
@@ -262,6 +266,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         admission: Admission | None = None,
         authenticator: Authenticator | None = None,
         quotas: QuotaLimiter | None = None,
+        personal: PersonalData | None = None,
+        erase: EraseSubject | None = None,
     ) -> None:
         self._append = append
         self._read = read
@@ -275,6 +281,19 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         # None: authentication explicitly turned off (the composition root decides and warns).
         self._authenticator = authenticator or Authenticator(None)
         self._quotas = quotas or QuotaLimiter()
+        #: None: no master key; sealed events go out as stored (as Kafka consumers see them)
+        self._personal = personal
+        self._erase = erase
+
+    async def _opened(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        """Sealed personal data opened for the caller (redacted once its subject is erased):
+        the one place where plaintext of it leaves the server."""
+        if self._personal is None:
+            return events
+        return await self._personal.open(events)
+
+    async def _opened_one(self, event: RecordedEvent | None) -> RecordedEvent | None:
+        return None if event is None else (await self._opened([event]))[0]
 
     def _principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
         principal = self._authenticator.authenticate(context)
@@ -328,6 +347,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             reserved = await self._quotas.reserve_read(principal, page_events)
             try:
                 async for page in self._read.pages(validated, principal):
+                    page = await self._opened(page)
                     sent = 0
                     for message in convert.read_responses(page, READ_MESSAGE_BUDGET_BYTES):
                         sent += message.ByteSize()
@@ -369,6 +389,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                             # the latest one heartbeat after the change).
                             policy = self._authenticator.policy()
                             self._authenticator.recheck(context, principal)
+                        if item.event is not None and self._personal is not None:
+                            item = replace(item, event=await self._opened_one(item.event))
                         yield convert.subscription_item_to_proto(item)
                 finally:
                     metrics.SUBSCRIPTIONS.dec()
@@ -416,6 +438,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                         if item.event is not None:
                             attempt = "first" if item.attempt <= 1 else "retry"
                             metrics.GROUP_DELIVERIES.labels(attempt).inc()
+                        if item.event is not None and self._personal is not None:
+                            item = replace(item, event=await self._opened_one(item.event))
                         yield convert.group_item_to_proto(item)
             finally:
                 answers.cancel()
@@ -430,6 +454,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         with self._call(context) as principal:
             count = validate_parked(request.group, request.max_count, self._limits)
             parked = await self._groups.parked(request.group, principal, count)
+            opened = await self._opened([p.event for p in parked])
+            parked = [replace(p, event=e) for p, e in zip(parked, opened, strict=True)]
             return pb.ListParkedResponse(parked=[results.parked_to_proto(p) for p in parked])
 
     @unary
@@ -464,6 +490,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                 min_consistency_token=request.min_consistency_token,
             )
             page = await self._query(query, principal, wait_budget(context.time_remaining()))
+            page = replace(page, events=await self._opened(list(page.events)))
             return results.query_page_to_proto(page)
 
     @unary
@@ -505,6 +532,19 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                 request.aggregate_id, request.max_version or None, principal
             )
             return results.snapshot_to_proto(snapshot)
+
+    @unary
+    async def EraseSubject(
+        self, request: pb.EraseSubjectRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.EraseSubjectResponse:
+        if self._erase is None:
+            raise BackendNotConfigured(
+                "erasure needs a master key (EVENTSTORE_MASTER_KEY_FILE) and the key store"
+            )
+        with self._call(context) as principal:
+            validate_subject(request.subject)
+            receipt = await self._erase(request.subject, principal)
+            return results.erasure_to_proto(receipt)
 
     @unary
     async def GetAggregate(
@@ -558,6 +598,7 @@ class DeferredServicer(pb_grpc.EventStoreServicer):
     GetSnapshot = _forward_unary("GetSnapshot")
     ListParked = _forward_unary("ListParked")
     ReplayParked = _forward_unary("ReplayParked")
+    EraseSubject = _forward_unary("EraseSubject")
     ReadAggregate = _forward_stream("ReadAggregate")
     Subscribe = _forward_stream("Subscribe")
     SubscribeGroup = _forward_stream("SubscribeGroup")

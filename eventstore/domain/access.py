@@ -31,6 +31,9 @@ class Operation(enum.Enum):
     READ = "read"
     QUERY = "query"
     SUBSCRIBE = "subscribe"
+    #: EraseSubject: crypto-shred a data subject. Not per aggregate type (a person's events
+    #: span types): granted as `erase: ["*"]`.
+    ERASE = "erase"
 
 
 class Unauthenticated(EventStoreError):
@@ -43,6 +46,8 @@ class PermissionDenied(EventStoreError):
         self.operation = operation
         self.aggregate_type = aggregate_type
         what = "any aggregate type" if aggregate_type == ANY_TYPE else repr(aggregate_type)
+        if operation is Operation.ERASE:
+            what = "data subjects"
         super().__init__(f"principal {principal!r} may not {operation.value} {what}")
 
 

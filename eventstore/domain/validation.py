@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from eventstore.domain import personal
 from eventstore.domain.errors import FieldViolation, InvalidArgument
 from eventstore.domain.events import (
     MAX_VERSION,
@@ -237,6 +238,7 @@ def _check_event(
                 f"keys starting with {RESERVED_METADATA_PREFIX!r} (or a character that looks "
                 "like it) are reserved for the server",
             )
+    size += _check_personal(raw, content_type, path, out)
     if size > limits.max_event_bytes:
         out.add(
             path,
@@ -252,6 +254,34 @@ def _check_event(
         metadata=dict(raw.metadata),
     )
     return event, size
+
+
+def _check_personal(raw: RawEvent, content_type: str, path: str, out: _Collector) -> int:
+    """The data subject and personal fields an event declares; the bytes sealing adds."""
+    subject = raw.metadata.get(personal.SUBJECT_KEY)
+    fields = raw.metadata.get(personal.FIELDS_KEY)
+    if subject is None:
+        if fields is not None:
+            out.add(
+                f"{path}.metadata[{personal.FIELDS_KEY}]",
+                f"names personal fields of no data subject (add {personal.SUBJECT_KEY!r})",
+            )
+        return 0
+    if problem := personal.subject_problem(subject):
+        out.add(f"{path}.metadata[{personal.SUBJECT_KEY}]", problem)
+        return 0
+    paths: tuple[str, ...] = ()
+    if fields is not None:
+        where = f"{path}.metadata[{personal.FIELDS_KEY}]"
+        try:
+            paths = personal.parse_paths(fields)
+        except ValueError as exc:
+            out.add(where, str(exc))
+            return 0
+        if not is_json_content_type(content_type) or not raw.data.lstrip().startswith(b"{"):
+            out.add(where, "personal fields need a JSON object as data")
+            return 0
+    return personal.sealing_overhead(personal.Personal(subject, paths))
 
 
 def validate_append(raw: RawAppend, limits: Limits) -> AppendRequest:
@@ -478,3 +508,9 @@ def validate_snapshot(
     if schema_version < 0:
         out.add("schema_version", "must be 0 or more")
     out.raise_if_any()
+
+
+def validate_subject(subject: str) -> None:
+    """The data subject an erasure names."""
+    if problem := personal.subject_problem(subject):
+        raise InvalidArgument.of("subject", problem)

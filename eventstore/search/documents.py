@@ -42,6 +42,7 @@ from typing import Any
 
 from eventstore.config import OpenSearchSettings
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.personal import SEALED_FIELDS_KEY, SEALED_KEY
 from eventstore.domain.tracecontext import trace_context_of
 from eventstore.domain.validation import is_json_content_type
 
@@ -260,6 +261,11 @@ def _searchable(value: Any, field: str, notes: _Notes) -> Any:
 
 def _searchable_data(event: RecordedEvent, notes: _Notes) -> dict[str, Any] | None:
     if not (is_json_content_type(event.content_type) and event.data):
+        return None
+    if SEALED_KEY in event.metadata and SEALED_FIELDS_KEY not in event.metadata:
+        # The whole payload is personal and sealed: only its ciphertext reaches the indexer,
+        # kept in `payload` for queries to open; nothing of it is searchable.
+        notes.add("data", "not searchable (personal data, sealed)")
         return None
     try:
         parsed = parse_json(event.data)

@@ -13,10 +13,14 @@ from opensearchpy.exceptions import TransportError
 from eventstore import tracing
 from eventstore.config import OpenSearchSettings
 from eventstore.domain.errors import BackendRejected, EventStoreError, StorageUnavailable
+from eventstore.domain.personal import SUBJECT_KEY
 from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
 from eventstore.ports import EventIndex
 from eventstore.search.documents import from_document
 from eventstore.search.progress import REPORT_MAX_AGE, ProgressReport, combine
+
+#: Documents deleted per bulk request by an erasure.
+ERASE_BATCH = 1000
 
 SORT = [{"recorded_at": "asc"}, {"aggregate_id": "asc"}, {"version": "asc"}]
 
@@ -161,6 +165,32 @@ class OpenSearchEventIndex(EventIndex):
             reported_at=combined.reported_at,
             indexed_through=combined.indexed_through,
         )
+
+    async def erase_subject(self, subject: str) -> int:
+        # Found, then deleted by id in bulk: _delete_by_query lives in the reindex module,
+        # which minimal distributions (the local stack's) leave out. `metadata` is a
+        # flat_object: its leaves are searchable by their dotted path.
+        query = {"term": {f"metadata.{SUBJECT_KEY}": subject}}
+        deleted = 0
+        while True:
+            response = await self._call(
+                self._client.search,
+                index=self._settings.alias,
+                body={"size": ERASE_BATCH, "_source": False, "query": query},
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            )
+            hits = response["hits"]["hits"]
+            if not hits:
+                return deleted
+            actions = [{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits]
+            try:
+                result = await self._client.bulk(body=actions, refresh=True)
+            except TransportError as exc:
+                raise translate(exc) from exc
+            deleted += sum(
+                1 for item in result["items"] if item["delete"].get("result") == "deleted"
+            )
 
     async def close(self) -> None:
         await self._client.close()

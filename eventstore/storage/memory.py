@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
+from eventstore.domain.personal import WrappedKey
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import (
     AggregateCatalog,
@@ -22,6 +23,7 @@ from eventstore.ports import (
     Rejected,
     SnapshotStore,
     StreamState,
+    SubjectKeys,
     WriterState,
 )
 
@@ -198,3 +200,54 @@ class InMemorySnapshotStore(SnapshotStore):
             if max_version is None or v <= max_version
         ]
         return self._snapshots[aggregate_id][max(versions)] if versions else None
+
+    async def delete(self, aggregate_id: str) -> int:
+        return len(self._snapshots.pop(aggregate_id, {}))
+
+
+class InMemorySubjectKeys(SubjectKeys):
+    """Subject keys in memory, held to tests/contract/subject_keys.py like the real store."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, WrappedKey] = {}
+        self._aggregates: dict[str, set[str]] = {}
+
+    async def create(self, key: WrappedKey) -> WrappedKey:
+        return self._keys.setdefault(key.subject, key)
+
+    async def fetch(self, subject: str) -> WrappedKey | None:
+        return self._keys.get(subject)
+
+    async def destroy(self, subject: str, at: datetime) -> WrappedKey:
+        existing = self._keys.get(subject)
+        if existing is None:
+            existing = WrappedKey(subject, UUID(int=0), None, None, at, at)
+        elif existing.erased_at is None:
+            existing = replace(existing, master_key_id=None, wrapped=None, erased_at=at)
+        self._keys[subject] = existing
+        return existing
+
+    async def rewrap(self, old: WrappedKey, new: WrappedKey) -> bool:
+        stored = self._keys.get(old.subject)
+        if (
+            stored is None
+            or stored.erased_at is not None
+            or (stored.key_id, stored.master_key_id) != (old.key_id, old.master_key_id)
+        ):
+            return False
+        self._keys[old.subject] = replace(
+            stored, wrapped=new.wrapped, master_key_id=new.master_key_id
+        )
+        return True
+
+    async def keys(self) -> list[WrappedKey]:
+        return list(self._keys.values())
+
+    async def add_aggregate(self, subject: str, aggregate_id: str) -> None:
+        self._aggregates.setdefault(subject, set()).add(aggregate_id)
+
+    async def aggregates(self, subject: str) -> list[str]:
+        return sorted(self._aggregates.get(subject, ()))
+
+    async def subjects(self, aggregate_id: str) -> list[str]:
+        return sorted(s for s, aggregates in self._aggregates.items() if aggregate_id in aggregates)

@@ -128,6 +128,33 @@ def table_cql(keyspace: str) -> list[str]:
             PRIMARY KEY ((aggregate_type, day), aggregate_id)
         ) WITH comment = 'Every aggregate, by type and the day of its first append'
         """,
+        # Personal data (storage/subject_keys.py): one row per data subject, written only by
+        # conditional statements (created IF NOT EXISTS, erased and re-wrapped IF ...), so
+        # that every replica seals a subject's events with one key and an erasure is final.
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.subject_keys (
+            subject       text PRIMARY KEY,
+            key_id        uuid,
+            master_key_id text,
+            wrapped       blob,
+            created_at    timestamp,
+            erased_at     timestamp
+        ) WITH comment = 'Per data subject: its data key wrapped by the master key; erased: null'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.subject_aggregates (
+            subject      text,
+            aggregate_id text,
+            PRIMARY KEY ((subject), aggregate_id)
+        ) WITH comment = 'Aggregates holding events about a data subject (erasure drops snapshots)'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.aggregate_subjects (
+            aggregate_id text,
+            subject      text,
+            PRIMARY KEY ((aggregate_id), subject)
+        ) WITH comment = 'Data subjects of the events of an aggregate (snapshots sealed for each)'
+        """,
     ]
 
 

@@ -34,6 +34,11 @@ class CassandraSnapshotStore(SnapshotStore):
             "WHERE aggregate_id = ? AND version <= ? LIMIT 1",
         )
 
+        self._versions = prepare(
+            self._session, f"SELECT version FROM {ks}.snapshots WHERE aggregate_id = ?"
+        )
+        self._delete = prepare(self._session, f"DELETE FROM {ks}.snapshots WHERE aggregate_id = ?")
+
     @classmethod
     async def create(cls, connection: CassandraConnection) -> CassandraSnapshotStore:
         return await asyncio.to_thread(cls, connection)
@@ -51,6 +56,17 @@ class CassandraSnapshotStore(SnapshotStore):
         )
         bound.consistency_level = self._write
         await execute(self._session, bound)
+
+    async def delete(self, aggregate_id: str) -> int:
+        bound = self._versions.bind((aggregate_id,))
+        bound.consistency_level = self._read
+        count = len(await execute(self._session, bound))
+        # One partition tombstone: the states stay in older SSTables until compaction merges
+        # them with it (README, Security: what erasure reaches).
+        delete = self._delete.bind((aggregate_id,))
+        delete.consistency_level = self._write
+        await execute(self._session, delete)
+        return count
 
     async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
         bound = self._select.bind((aggregate_id, max_version or MAX_VERSION))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import structlog
@@ -20,12 +21,19 @@ from eventstore.domain.events import (
     NewEvent,
     RecordedEvent,
 )
+from eventstore.domain.personal import SUBJECT_KEY, PersonalDataNotConfigured
 from eventstore.domain.validation import RESERVED_METADATA_PREFIX
 from eventstore.failpoints import Failpoints
 from eventstore.ports import AggregateCatalog, Committed, EventStorage, ExistingEvent, Rejected
 from eventstore.usecases.publish import Publication
 
+if TYPE_CHECKING:
+    from eventstore.usecases.personal import PersonalData
+
 log = structlog.get_logger(__name__)
+
+#: Seals an append's events for the version it is written at (see usecases/personal.py).
+Sealer = Callable[[int], tuple[NewEvent, ...]]
 
 
 class ContentionExhausted(Exception):
@@ -52,6 +60,7 @@ class AppendEvents:
         publication: Publication | None = None,
         catalog: AggregateCatalog | None = None,
         failpoints: Failpoints | None = None,
+        personal: PersonalData | None = None,
     ) -> None:
         self._storage = storage
         self._clock = clock
@@ -60,12 +69,15 @@ class AppendEvents:
         self._catalog = catalog
         self._known_types: set[str] = set()
         self._failpoints = failpoints or Failpoints()
+        #: None: no master key; events naming a data subject are refused
+        self._personal = personal
 
     async def __call__(self, request: AppendRequest, principal: Principal) -> AppendResult:
         principal.require(Operation.APPEND, request.aggregate_type)
         request = record_principal(request, principal)
         expected = request.expected
         await self._register_type(request.aggregate_type)
+        sealer = await self._sealer(request)
         # Exact and NO_STREAM appends go straight to the conditional write: one round trip.
         # ANY and STREAM_EXISTS first learn the current version, then write at it; losing a race
         # just means writing at the newer version (never a duplicate: event ids are unique).
@@ -78,14 +90,14 @@ class AppendEvents:
         if not expected.admits(at):
             raise WrongExpectedVersion(request.aggregate_id, expected, at)
         if self._publication is None:
-            return await self._append(request, at, None, principal)
+            return await self._append(request, at, None, principal, sealer)
         # Announced before the commit (many appends share one journal write), so that no crash
         # after it can leave the events unpublished without a trace for the relay to find.
         seq = await self._publication.announce(
             request.aggregate_id, request.aggregate_type if at == 0 else None
         )
         try:
-            result = await self._append(request, at, seq, principal)
+            result = await self._append(request, at, seq, principal, sealer)
         except (WrongExpectedVersion, InvalidArgument, EventIdReused, ContentionExhausted):
             self._publication.not_committed(seq)  # every attempt was refused: nothing written
             raise
@@ -112,21 +124,35 @@ class AppendEvents:
             )
         self._known_types.add(aggregate_type)
 
+    async def _sealer(self, request: AppendRequest) -> Sealer | None:
+        if self._personal is not None:
+            return await self._personal.sealer(request)
+        if any(SUBJECT_KEY in event.metadata for event in request.events):
+            raise PersonalDataNotConfigured()  # never stored in the clear instead
+        return None
+
     async def _append(
-        self, request: AppendRequest, at: int, seq: int | None, principal: Principal
+        self,
+        request: AppendRequest,
+        at: int,
+        seq: int | None,
+        principal: Principal,
+        sealer: Sealer | None,
     ) -> AppendResult:
         expected = request.expected
         for attempt in range(1, self._max_attempts + 1):
             if not expected.admits(at):
                 raise WrongExpectedVersion(request.aggregate_id, expected, at)
             now = self._clock()
+            # Sealed for this very version: the seal binds it (a moved payload does not open).
+            events = request.events if sealer is None else sealer(at)
             outcome = await self._storage.append(
-                request.aggregate_id, request.aggregate_type, at, request.events, now
+                request.aggregate_id, request.aggregate_type, at, events, now
             )
             if isinstance(outcome, Committed):
                 self._failpoints.hit("append.after_commit")
                 if self._publication is not None:
-                    self._publication.committed(_recorded(request, outcome), seq)
+                    self._publication.committed(_recorded(request, events, outcome), seq)
                 return AppendResult(
                     first_version=outcome.first_version,
                     last_version=outcome.last_version,
@@ -176,6 +202,8 @@ class AppendEvents:
             stored = await self._storage.read(
                 request.aggregate_id, first.version, Direction.FORWARDS, len(ids)
             )
+            if self._personal is not None:
+                stored = await self._personal.open(stored)
             for index, (sent, kept) in enumerate(zip(request.events, stored, strict=True)):
                 if differs := _difference(sent, kept):
                     raise EventIdReused(request.aggregate_id, index, kept.version, differs)
@@ -221,7 +249,9 @@ def _difference(sent: NewEvent, stored: RecordedEvent) -> str:
     return ""
 
 
-def _recorded(request: AppendRequest, outcome: Committed) -> list[RecordedEvent]:
+def _recorded(
+    request: AppendRequest, events: Sequence[NewEvent], outcome: Committed
+) -> list[RecordedEvent]:
     return [
         RecordedEvent(
             event_id=event.event_id,
@@ -234,5 +264,5 @@ def _recorded(request: AppendRequest, outcome: Committed) -> list[RecordedEvent]
             metadata=event.metadata,
             recorded_at=outcome.recorded_at,
         )
-        for offset, event in enumerate(request.events)
+        for offset, event in enumerate(events)
     ]

@@ -189,6 +189,9 @@ class FairSnapshots(SnapshotStore):
     async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
         return await self._share.run(lambda: self._inner.latest(aggregate_id, max_version))
 
+    async def delete(self, aggregate_id: str) -> int:
+        return await self._share.run(lambda: self._inner.delete(aggregate_id))
+
 
 class FairIndex(EventIndex):
     """Searches for callers take a slot of OpenSearch's own share."""
@@ -202,6 +205,9 @@ class FairIndex(EventIndex):
 
     async def progress(self, permitted_types: frozenset[str] | None = None) -> IndexProgress:
         return await self._share.run(lambda: self._inner.progress(permitted_types))
+
+    async def erase_subject(self, subject: str) -> int:
+        return await self._share.run(lambda: self._inner.erase_subject(subject))
 
     async def close(self) -> None:
         await self._inner.close()

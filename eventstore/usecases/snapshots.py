@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from eventstore.domain.access import Operation, Principal
 from eventstore.domain.errors import InvalidArgument, SnapshotNotFound
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import EventStorage, SnapshotStore
 from eventstore.usecases.append import utc_now_ms
+
+if TYPE_CHECKING:
+    from eventstore.usecases.personal import PersonalData
 
 
 class SaveSnapshot:
@@ -18,10 +22,12 @@ class SaveSnapshot:
         storage: EventStorage,
         snapshots: SnapshotStore,
         clock: Callable[[], datetime] = utc_now_ms,
+        personal: PersonalData | None = None,
     ) -> None:
         self._storage = storage
         self._snapshots = snapshots
         self._clock = clock
+        self._personal = personal
 
     async def __call__(
         self,
@@ -46,14 +52,23 @@ class SaveSnapshot:
                 f"aggregate {aggregate_id!r} has no version {version} (it is at {info.version})",
             )
         snapshot = Snapshot(aggregate_id, version, state, state_type, schema_version, self._clock())
-        await self._snapshots.save(snapshot)
+        if self._personal is not None:
+            await self._snapshots.save(await self._personal.seal_snapshot(snapshot))
+        else:
+            await self._snapshots.save(snapshot)
         return snapshot
 
 
 class GetSnapshot:
-    def __init__(self, storage: EventStorage, snapshots: SnapshotStore) -> None:
+    def __init__(
+        self,
+        storage: EventStorage,
+        snapshots: SnapshotStore,
+        personal: PersonalData | None = None,
+    ) -> None:
         self._storage = storage
         self._snapshots = snapshots
+        self._personal = personal
 
     async def __call__(
         self, aggregate_id: str, max_version: int | None, principal: Principal
@@ -67,6 +82,8 @@ class GetSnapshot:
                     Operation.READ, info.aggregate_type, SnapshotNotFound(aggregate_id, max_version)
                 )
         snapshot = await self._snapshots.latest(aggregate_id, max_version)
+        if snapshot is not None and self._personal is not None:
+            snapshot = await self._personal.open_snapshot(snapshot)
         if snapshot is None:
             raise SnapshotNotFound(aggregate_id, max_version)
         return snapshot

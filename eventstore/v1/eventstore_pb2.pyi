@@ -1081,3 +1081,89 @@ class ReplayParkedResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplayParkedResponse: _TypeAlias = ReplayParkedResponse  # noqa: Y015
+
+@_typing.final
+class EraseSubjectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    """The data subject id, as events name it in metadata `data_subject`."""
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSubjectRequest: _TypeAlias = EraseSubjectRequest  # noqa: Y015
+
+@_typing.final
+class EraseSubjectResponse(_message.Message):
+    """What an erasure did, store by store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    KEY_DESTROYED_FIELD_NUMBER: _builtins.int
+    ERASED_AT_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    AUDIT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    key_destroyed: _builtins.bool
+    """True when this call destroyed the key; false when it was erased before."""
+    audit_event_id: _builtins.str
+    """The audit event recording this call (aggregate eventstore.erasures)."""
+    @_builtins.property
+    def erased_at(self) -> _timestamp_pb2.Timestamp:
+        """When the subject was first erased."""
+
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErasureStep]: ...
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        key_destroyed: _builtins.bool = ...,
+        erased_at: _timestamp_pb2.Timestamp | None = ...,
+        steps: _abc.Iterable[Global___ErasureStep] | None = ...,
+        audit_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_event_id", b"audit_event_id", "erased_at", b"erased_at", "key_destroyed", b"key_destroyed", "steps", b"steps", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSubjectResponse: _TypeAlias = EraseSubjectResponse  # noqa: Y015
+
+@_typing.final
+class ErasureStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STORE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    store: _builtins.str
+    """e.g. cassandra.subject_keys, cassandra.snapshots, opensearch, kafka"""
+    action: _builtins.str
+    """What was done there, e.g. "documents deleted"."""
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        store: _builtins.str = ...,
+        action: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "count", b"count", "store", b"store"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErasureStep: _TypeAlias = ErasureStep  # noqa: Y015

@@ -84,6 +84,11 @@ class EventStoreStub:
                 request_serializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedRequest.SerializeToString,
                 response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedResponse.FromString,
                 _registered_method=True)
+        self.EraseSubject = channel.unary_unary(
+                '/eventstore.v1.EventStore/EraseSubject',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -168,6 +173,16 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseSubject(self, request, context):
+        """Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+        of the events naming it in metadata `data_subject`, deletes its search documents and the
+        snapshots of its aggregates, and records an audit event. Reads then show those events
+        redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +235,11 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.ReplayParked,
                     request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedRequest.FromString,
                     response_serializer=eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedResponse.SerializeToString,
+            ),
+            'EraseSubject': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseSubject,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -492,6 +512,33 @@ class EventStore:
             '/eventstore.v1.EventStore/ReplayParked',
             eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedRequest.SerializeToString,
             eventstore_dot_v1_dot_eventstore__pb2.ReplayParkedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseSubject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/EraseSubject',
+            eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

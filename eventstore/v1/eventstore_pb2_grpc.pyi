@@ -67,6 +67,12 @@ class EventStoreStub:
     """The parked events of one of the caller's groups not yet replayed or skipped."""
     ReplayParked: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.ReplayParkedRequest, _eventstore_pb2.ReplayParkedResponse]
     """Delivers a group's parked events to its members again, or skips them."""
+    EraseSubject: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.EraseSubjectRequest, _eventstore_pb2.EraseSubjectResponse]
+    """Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+    of the events naming it in metadata `data_subject`, deletes its search documents and the
+    snapshots of its aggregates, and records an audit event. Reads then show those events
+    redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+    """
 
 @_typing.type_check_only
 class EventStoreAsyncStub(EventStoreStub):
@@ -105,6 +111,12 @@ class EventStoreAsyncStub(EventStoreStub):
     """The parked events of one of the caller's groups not yet replayed or skipped."""
     ReplayParked: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.ReplayParkedRequest, _eventstore_pb2.ReplayParkedResponse]  # type: ignore[assignment]
     """Delivers a group's parked events to its members again, or skips them."""
+    EraseSubject: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.EraseSubjectRequest, _eventstore_pb2.EraseSubjectResponse]  # type: ignore[assignment]
+    """Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+    of the events naming it in metadata `data_subject`, deletes its search documents and the
+    snapshots of its aggregates, and records an audit event. Reads then show those events
+    redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+    """
 
 class EventStoreServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -200,5 +212,17 @@ class EventStoreServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_eventstore_pb2.ReplayParkedResponse, _abc.Awaitable[_eventstore_pb2.ReplayParkedResponse]]:
         """Delivers a group's parked events to its members again, or skips them."""
+
+    @_abc_1.abstractmethod
+    def EraseSubject(
+        self,
+        request: _eventstore_pb2.EraseSubjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.EraseSubjectResponse, _abc.Awaitable[_eventstore_pb2.EraseSubjectResponse]]:
+        """Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+        of the events naming it in metadata `data_subject`, deletes its search documents and the
+        snapshots of its aggregates, and records an audit event. Reads then show those events
+        redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+        """
 
 def add_EventStoreServicer_to_server(servicer: EventStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -7,6 +7,7 @@ import uuid
 
 from eventstore.domain.events import AggregateInfo, AppendResult
 from eventstore.domain.groups import ParkedEvent
+from eventstore.domain.personal import ErasureReceipt, ErasureStep
 from eventstore.domain.queries import Freshness, QueryPage, encode_consistency_token
 from eventstore.domain.snapshots import Snapshot
 from eventstore.v1 import eventstore_pb2 as pb
@@ -135,4 +136,26 @@ def parked_from_proto(message: pb.ParkedEvent) -> ParkedEvent:
         reason=message.reason,
         attempts=message.attempts,
         parked_at=time_from_proto(message.parked_at),
+    )
+
+
+def erasure_to_proto(receipt: ErasureReceipt) -> pb.EraseSubjectResponse:
+    return pb.EraseSubjectResponse(
+        subject=receipt.subject,
+        key_destroyed=receipt.key_destroyed,
+        erased_at=timestamp(receipt.erased_at),
+        steps=[
+            pb.ErasureStep(store=s.store, action=s.action, count=s.count) for s in receipt.steps
+        ],
+        audit_event_id=str(receipt.audit_event_id),
+    )
+
+
+def erasure_from_proto(response: pb.EraseSubjectResponse) -> ErasureReceipt:
+    return ErasureReceipt(
+        subject=response.subject,
+        key_destroyed=response.key_destroyed,
+        erased_at=time_from_proto(response.erased_at),
+        steps=tuple(ErasureStep(s.store, s.action, s.count) for s in response.steps),
+        audit_event_id=uuid.UUID(response.audit_event_id),
     )

@@ -14,6 +14,11 @@ from replayer.reducers import ReplayEvent
 
 
 def reduce(state: Any, event: ReplayEvent) -> Any:
+    if event.redacted:
+        # Its data subject was erased (personal data): the person's details are gone for good.
+        if event.event_type == "UserDeleted":
+            return "user does not exist"
+        return {**(state or {}), "name": None}
     if event.event_type == "UserCreated":
         return {"userId": event.data["userId"], "name": event.data["name"]}
     if event.event_type == "UserNameUpdated":

@@ -415,6 +415,28 @@ def test_crd_validation_refuses_what_the_operator_would_not_take(
     assert any("/spec/groups/0/rules/0/for" in e for e in crd_errors(crd_schemas, bad_duration))
 
 
+def test_the_master_key_comes_from_mounted_secrets(helm: str) -> None:
+    assert "EVENTSTORE_MASTER_KEY_FILE" not in env_of(server_pod(helm)["containers"][0])
+    pod = server_pod(
+        helm,
+        "personalData.masterKeySecret.name=es-master-key",
+        "personalData.previousMasterKeySecret.name=es-old-master-key",
+        "personalData.previousMasterKeySecret.key=old.key",
+        "personalData.keyCacheSeconds=5",
+    )
+    env = env_of(pod["containers"][0])
+    files = {
+        "EVENTSTORE_MASTER_KEY_FILE": ("es-master-key", "master.key"),
+        "EVENTSTORE_PREVIOUS_MASTER_KEY_FILE": ("es-old-master-key", "old.key"),
+    }
+    for variable, (secret, key) in files.items():
+        path = env[variable]
+        assert path is not None, variable
+        assert PurePosixPath(path).name == key, (variable, path)
+        assert secret_behind(pod, path)[0] == secret, variable
+    assert env["EVENTSTORE_SUBJECT_KEY_CACHE_S"] == "5"
+
+
 def test_tracing_is_off_by_default_and_on_passes_the_collector_to_both_processes(
     helm: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

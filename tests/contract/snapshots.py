@@ -38,3 +38,15 @@ class SnapshotStoreContract:
         latest = await snapshots.latest(aggregate, None)
         assert latest is not None
         assert latest.state == b"new"
+
+    async def test_delete_removes_every_snapshot_of_the_aggregate(
+        self, snapshots: SnapshotStore
+    ) -> None:
+        aggregate, other = unique("agg"), unique("agg")
+        for version in (1, 2):
+            await snapshots.save(snapshot(aggregate, version))
+        await snapshots.save(snapshot(other, 1))
+        assert await snapshots.delete(aggregate) == 2
+        assert await snapshots.latest(aggregate, None) is None
+        assert await snapshots.latest(other, None) is not None
+        assert await snapshots.delete(aggregate) == 0

@@ -31,6 +31,12 @@ from eventstore.domain.errors import (
     WrongExpectedVersion,
 )
 from eventstore.domain.events import ExpectedVersion
+from eventstore.domain.personal import (
+    MasterKeyMissing,
+    PersonalDataNotConfigured,
+    SealBroken,
+    SubjectErased,
+)
 from eventstore.usecases.append import ContentionExhausted
 from eventstore.v1 import eventstore_pb2 as pb
 
@@ -149,6 +155,28 @@ ROWS: dict[type[BaseException], Row] = {
         None,
         expected=False,
     ),
+    PersonalDataNotConfigured: Row(
+        PersonalDataNotConfigured(),
+        code_pb2.FAILED_PRECONDITION,
+        "PERSONAL_DATA_NOT_CONFIGURED",
+        None,
+        metadata={"setting": "EVENTSTORE_MASTER_KEY_FILE"},
+    ),
+    SubjectErased: Row(
+        SubjectErased("p-1", "events[0].metadata[data_subject]"),
+        code_pb2.FAILED_PRECONDITION,
+        "SUBJECT_ERASED",
+        None,
+        metadata={"field": "events[0].metadata[data_subject]"},
+    ),
+    MasterKeyMissing: Row(
+        MasterKeyMissing("mk-0123"),
+        code_pb2.FAILED_PRECONDITION,
+        "MASTER_KEY_MISSING",
+        None,
+        metadata={"master_key_id": "mk-0123"},
+    ),
+    SealBroken: Row(SealBroken("altered"), code_pb2.INTERNAL, None, None, expected=False),
 }
 
 

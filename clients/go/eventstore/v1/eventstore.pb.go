@@ -2444,6 +2444,193 @@ func (x *ReplayParkedResponse) GetCount() int64 {
 	return 0
 }
 
+type EraseSubjectRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The data subject id, as events name it in metadata `data_subject`.
+	Subject       string `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseSubjectRequest) Reset() {
+	*x = EraseSubjectRequest{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseSubjectRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseSubjectRequest) ProtoMessage() {}
+
+func (x *EraseSubjectRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseSubjectRequest.ProtoReflect.Descriptor instead.
+func (*EraseSubjectRequest) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *EraseSubjectRequest) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+// What an erasure did, store by store.
+type EraseSubjectResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Subject string                 `protobuf:"bytes,1,opt,name=subject,proto3" json:"subject,omitempty"`
+	// True when this call destroyed the key; false when it was erased before.
+	KeyDestroyed bool `protobuf:"varint,2,opt,name=key_destroyed,json=keyDestroyed,proto3" json:"key_destroyed,omitempty"`
+	// When the subject was first erased.
+	ErasedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=erased_at,json=erasedAt,proto3" json:"erased_at,omitempty"`
+	Steps    []*ErasureStep         `protobuf:"bytes,4,rep,name=steps,proto3" json:"steps,omitempty"`
+	// The audit event recording this call (aggregate eventstore.erasures).
+	AuditEventId  string `protobuf:"bytes,5,opt,name=audit_event_id,json=auditEventId,proto3" json:"audit_event_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EraseSubjectResponse) Reset() {
+	*x = EraseSubjectResponse{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EraseSubjectResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EraseSubjectResponse) ProtoMessage() {}
+
+func (x *EraseSubjectResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EraseSubjectResponse.ProtoReflect.Descriptor instead.
+func (*EraseSubjectResponse) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *EraseSubjectResponse) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+func (x *EraseSubjectResponse) GetKeyDestroyed() bool {
+	if x != nil {
+		return x.KeyDestroyed
+	}
+	return false
+}
+
+func (x *EraseSubjectResponse) GetErasedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ErasedAt
+	}
+	return nil
+}
+
+func (x *EraseSubjectResponse) GetSteps() []*ErasureStep {
+	if x != nil {
+		return x.Steps
+	}
+	return nil
+}
+
+func (x *EraseSubjectResponse) GetAuditEventId() string {
+	if x != nil {
+		return x.AuditEventId
+	}
+	return ""
+}
+
+type ErasureStep struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// e.g. cassandra.subject_keys, cassandra.snapshots, opensearch, kafka
+	Store string `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	// What was done there, e.g. "documents deleted".
+	Action        string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	Count         int64  `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ErasureStep) Reset() {
+	*x = ErasureStep{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ErasureStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ErasureStep) ProtoMessage() {}
+
+func (x *ErasureStep) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ErasureStep.ProtoReflect.Descriptor instead.
+func (*ErasureStep) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ErasureStep) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *ErasureStep) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ErasureStep) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 var File_eventstore_v1_eventstore_proto protoreflect.FileDescriptor
 
 const file_eventstore_v1_eventstore_proto_rawDesc = "" +
@@ -2629,10 +2816,22 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
 	"\x04skip\x18\x02 \x01(\bR\x04skip\",\n" +
 	"\x14ReplayParkedResponse\x12\x14\n" +
-	"\x05count\x18\x01 \x01(\x03R\x05count*<\n" +
+	"\x05count\x18\x01 \x01(\x03R\x05count\"/\n" +
+	"\x13EraseSubjectRequest\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\"\xe6\x01\n" +
+	"\x14EraseSubjectResponse\x12\x18\n" +
+	"\asubject\x18\x01 \x01(\tR\asubject\x12#\n" +
+	"\rkey_destroyed\x18\x02 \x01(\bR\fkeyDestroyed\x127\n" +
+	"\terased_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\berasedAt\x120\n" +
+	"\x05steps\x18\x04 \x03(\v2\x1a.eventstore.v1.ErasureStepR\x05steps\x12$\n" +
+	"\x0eaudit_event_id\x18\x05 \x01(\tR\fauditEventId\"Q\n" +
+	"\vErasureStep\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count*<\n" +
 	"\tDirection\x12\x16\n" +
 	"\x12DIRECTION_FORWARDS\x10\x00\x12\x17\n" +
-	"\x13DIRECTION_BACKWARDS\x10\x012\xe5\x06\n" +
+	"\x13DIRECTION_BACKWARDS\x10\x012\xbe\a\n" +
 	"\n" +
 	"EventStore\x12E\n" +
 	"\x06Append\x12\x1c.eventstore.v1.AppendRequest\x1a\x1d.eventstore.v1.AppendResponse\x12\\\n" +
@@ -2645,7 +2844,8 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\x0eSubscribeGroup\x12$.eventstore.v1.SubscribeGroupRequest\x1a%.eventstore.v1.SubscribeGroupResponse(\x010\x01\x12Q\n" +
 	"\n" +
 	"ListParked\x12 .eventstore.v1.ListParkedRequest\x1a!.eventstore.v1.ListParkedResponse\x12W\n" +
-	"\fReplayParked\x12\".eventstore.v1.ReplayParkedRequest\x1a#.eventstore.v1.ReplayParkedResponseb\x06proto3"
+	"\fReplayParked\x12\".eventstore.v1.ReplayParkedRequest\x1a#.eventstore.v1.ReplayParkedResponse\x12W\n" +
+	"\fEraseSubject\x12\".eventstore.v1.EraseSubjectRequest\x1a#.eventstore.v1.EraseSubjectResponseb\x06proto3"
 
 var (
 	file_eventstore_v1_eventstore_proto_rawDescOnce sync.Once
@@ -2660,7 +2860,7 @@ func file_eventstore_v1_eventstore_proto_rawDescGZIP() []byte {
 }
 
 var file_eventstore_v1_eventstore_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_eventstore_v1_eventstore_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_eventstore_v1_eventstore_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_eventstore_v1_eventstore_proto_goTypes = []any{
 	(Direction)(0),                 // 0: eventstore.v1.Direction
 	(*ExpectedVersion)(nil),        // 1: eventstore.v1.ExpectedVersion
@@ -2695,77 +2895,84 @@ var file_eventstore_v1_eventstore_proto_goTypes = []any{
 	(*ParkedEvent)(nil),            // 30: eventstore.v1.ParkedEvent
 	(*ReplayParkedRequest)(nil),    // 31: eventstore.v1.ReplayParkedRequest
 	(*ReplayParkedResponse)(nil),   // 32: eventstore.v1.ReplayParkedResponse
-	nil,                            // 33: eventstore.v1.EventData.MetadataEntry
-	nil,                            // 34: eventstore.v1.Event.MetadataEntry
-	(*emptypb.Empty)(nil),          // 35: google.protobuf.Empty
-	(*timestamppb.Timestamp)(nil),  // 36: google.protobuf.Timestamp
+	(*EraseSubjectRequest)(nil),    // 33: eventstore.v1.EraseSubjectRequest
+	(*EraseSubjectResponse)(nil),   // 34: eventstore.v1.EraseSubjectResponse
+	(*ErasureStep)(nil),            // 35: eventstore.v1.ErasureStep
+	nil,                            // 36: eventstore.v1.EventData.MetadataEntry
+	nil,                            // 37: eventstore.v1.Event.MetadataEntry
+	(*emptypb.Empty)(nil),          // 38: google.protobuf.Empty
+	(*timestamppb.Timestamp)(nil),  // 39: google.protobuf.Timestamp
 }
 var file_eventstore_v1_eventstore_proto_depIdxs = []int32{
-	35, // 0: eventstore.v1.ExpectedVersion.any:type_name -> google.protobuf.Empty
-	35, // 1: eventstore.v1.ExpectedVersion.no_stream:type_name -> google.protobuf.Empty
-	35, // 2: eventstore.v1.ExpectedVersion.stream_exists:type_name -> google.protobuf.Empty
-	33, // 3: eventstore.v1.EventData.metadata:type_name -> eventstore.v1.EventData.MetadataEntry
+	38, // 0: eventstore.v1.ExpectedVersion.any:type_name -> google.protobuf.Empty
+	38, // 1: eventstore.v1.ExpectedVersion.no_stream:type_name -> google.protobuf.Empty
+	38, // 2: eventstore.v1.ExpectedVersion.stream_exists:type_name -> google.protobuf.Empty
+	36, // 3: eventstore.v1.EventData.metadata:type_name -> eventstore.v1.EventData.MetadataEntry
 	1,  // 4: eventstore.v1.AppendRequest.expected_version:type_name -> eventstore.v1.ExpectedVersion
 	2,  // 5: eventstore.v1.AppendRequest.events:type_name -> eventstore.v1.EventData
-	36, // 6: eventstore.v1.AppendResponse.committed_at:type_name -> google.protobuf.Timestamp
-	34, // 7: eventstore.v1.Event.metadata:type_name -> eventstore.v1.Event.MetadataEntry
-	36, // 8: eventstore.v1.Event.recorded_at:type_name -> google.protobuf.Timestamp
+	39, // 6: eventstore.v1.AppendResponse.committed_at:type_name -> google.protobuf.Timestamp
+	37, // 7: eventstore.v1.Event.metadata:type_name -> eventstore.v1.Event.MetadataEntry
+	39, // 8: eventstore.v1.Event.recorded_at:type_name -> google.protobuf.Timestamp
 	0,  // 9: eventstore.v1.ReadAggregateRequest.direction:type_name -> eventstore.v1.Direction
 	5,  // 10: eventstore.v1.ReadAggregateResponse.events:type_name -> eventstore.v1.Event
-	36, // 11: eventstore.v1.GetAggregateResponse.first_recorded_at:type_name -> google.protobuf.Timestamp
-	36, // 12: eventstore.v1.GetAggregateResponse.last_recorded_at:type_name -> google.protobuf.Timestamp
+	39, // 11: eventstore.v1.GetAggregateResponse.first_recorded_at:type_name -> google.protobuf.Timestamp
+	39, // 12: eventstore.v1.GetAggregateResponse.last_recorded_at:type_name -> google.protobuf.Timestamp
 	1,  // 13: eventstore.v1.WrongExpectedVersion.expected:type_name -> eventstore.v1.ExpectedVersion
-	35, // 14: eventstore.v1.SubscribeRequest.from_beginning:type_name -> google.protobuf.Empty
-	35, // 15: eventstore.v1.SubscribeRequest.from_end:type_name -> google.protobuf.Empty
-	36, // 16: eventstore.v1.SubscribeRequest.from_time:type_name -> google.protobuf.Timestamp
+	38, // 14: eventstore.v1.SubscribeRequest.from_beginning:type_name -> google.protobuf.Empty
+	38, // 15: eventstore.v1.SubscribeRequest.from_end:type_name -> google.protobuf.Empty
+	39, // 16: eventstore.v1.SubscribeRequest.from_time:type_name -> google.protobuf.Timestamp
 	5,  // 17: eventstore.v1.SubscribeResponse.event:type_name -> eventstore.v1.Event
 	13, // 18: eventstore.v1.SubscribeResponse.caught_up:type_name -> eventstore.v1.CaughtUp
 	14, // 19: eventstore.v1.SubscribeResponse.heartbeat:type_name -> eventstore.v1.Heartbeat
-	36, // 20: eventstore.v1.QueryEventsRequest.from:type_name -> google.protobuf.Timestamp
-	36, // 21: eventstore.v1.QueryEventsRequest.to:type_name -> google.protobuf.Timestamp
+	39, // 20: eventstore.v1.QueryEventsRequest.from:type_name -> google.protobuf.Timestamp
+	39, // 21: eventstore.v1.QueryEventsRequest.to:type_name -> google.protobuf.Timestamp
 	5,  // 22: eventstore.v1.QueryEventsResponse.events:type_name -> eventstore.v1.Event
 	21, // 23: eventstore.v1.QueryEventsResponse.freshness:type_name -> eventstore.v1.IndexFreshness
-	36, // 24: eventstore.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
-	36, // 25: eventstore.v1.SaveSnapshotResponse.created_at:type_name -> google.protobuf.Timestamp
-	36, // 26: eventstore.v1.IndexFreshness.reported_at:type_name -> google.protobuf.Timestamp
-	36, // 27: eventstore.v1.IndexFreshness.indexed_through:type_name -> google.protobuf.Timestamp
+	39, // 24: eventstore.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
+	39, // 25: eventstore.v1.SaveSnapshotResponse.created_at:type_name -> google.protobuf.Timestamp
+	39, // 26: eventstore.v1.IndexFreshness.reported_at:type_name -> google.protobuf.Timestamp
+	39, // 27: eventstore.v1.IndexFreshness.indexed_through:type_name -> google.protobuf.Timestamp
 	23, // 28: eventstore.v1.SubscribeGroupRequest.join:type_name -> eventstore.v1.JoinGroup
 	24, // 29: eventstore.v1.SubscribeGroupRequest.ack:type_name -> eventstore.v1.GroupAck
 	25, // 30: eventstore.v1.SubscribeGroupRequest.nack:type_name -> eventstore.v1.GroupNack
-	35, // 31: eventstore.v1.JoinGroup.from_beginning:type_name -> google.protobuf.Empty
-	35, // 32: eventstore.v1.JoinGroup.from_end:type_name -> google.protobuf.Empty
-	36, // 33: eventstore.v1.JoinGroup.from_time:type_name -> google.protobuf.Timestamp
+	38, // 31: eventstore.v1.JoinGroup.from_beginning:type_name -> google.protobuf.Empty
+	38, // 32: eventstore.v1.JoinGroup.from_end:type_name -> google.protobuf.Empty
+	39, // 33: eventstore.v1.JoinGroup.from_time:type_name -> google.protobuf.Timestamp
 	27, // 34: eventstore.v1.SubscribeGroupResponse.delivery:type_name -> eventstore.v1.GroupDelivery
 	14, // 35: eventstore.v1.SubscribeGroupResponse.heartbeat:type_name -> eventstore.v1.Heartbeat
 	5,  // 36: eventstore.v1.GroupDelivery.event:type_name -> eventstore.v1.Event
 	30, // 37: eventstore.v1.ListParkedResponse.parked:type_name -> eventstore.v1.ParkedEvent
 	5,  // 38: eventstore.v1.ParkedEvent.event:type_name -> eventstore.v1.Event
-	36, // 39: eventstore.v1.ParkedEvent.parked_at:type_name -> google.protobuf.Timestamp
-	3,  // 40: eventstore.v1.EventStore.Append:input_type -> eventstore.v1.AppendRequest
-	6,  // 41: eventstore.v1.EventStore.ReadAggregate:input_type -> eventstore.v1.ReadAggregateRequest
-	8,  // 42: eventstore.v1.EventStore.GetAggregate:input_type -> eventstore.v1.GetAggregateRequest
-	11, // 43: eventstore.v1.EventStore.Subscribe:input_type -> eventstore.v1.SubscribeRequest
-	15, // 44: eventstore.v1.EventStore.QueryEvents:input_type -> eventstore.v1.QueryEventsRequest
-	18, // 45: eventstore.v1.EventStore.SaveSnapshot:input_type -> eventstore.v1.SaveSnapshotRequest
-	20, // 46: eventstore.v1.EventStore.GetSnapshot:input_type -> eventstore.v1.GetSnapshotRequest
-	22, // 47: eventstore.v1.EventStore.SubscribeGroup:input_type -> eventstore.v1.SubscribeGroupRequest
-	28, // 48: eventstore.v1.EventStore.ListParked:input_type -> eventstore.v1.ListParkedRequest
-	31, // 49: eventstore.v1.EventStore.ReplayParked:input_type -> eventstore.v1.ReplayParkedRequest
-	4,  // 50: eventstore.v1.EventStore.Append:output_type -> eventstore.v1.AppendResponse
-	7,  // 51: eventstore.v1.EventStore.ReadAggregate:output_type -> eventstore.v1.ReadAggregateResponse
-	9,  // 52: eventstore.v1.EventStore.GetAggregate:output_type -> eventstore.v1.GetAggregateResponse
-	12, // 53: eventstore.v1.EventStore.Subscribe:output_type -> eventstore.v1.SubscribeResponse
-	16, // 54: eventstore.v1.EventStore.QueryEvents:output_type -> eventstore.v1.QueryEventsResponse
-	19, // 55: eventstore.v1.EventStore.SaveSnapshot:output_type -> eventstore.v1.SaveSnapshotResponse
-	17, // 56: eventstore.v1.EventStore.GetSnapshot:output_type -> eventstore.v1.Snapshot
-	26, // 57: eventstore.v1.EventStore.SubscribeGroup:output_type -> eventstore.v1.SubscribeGroupResponse
-	29, // 58: eventstore.v1.EventStore.ListParked:output_type -> eventstore.v1.ListParkedResponse
-	32, // 59: eventstore.v1.EventStore.ReplayParked:output_type -> eventstore.v1.ReplayParkedResponse
-	50, // [50:60] is the sub-list for method output_type
-	40, // [40:50] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	39, // 39: eventstore.v1.ParkedEvent.parked_at:type_name -> google.protobuf.Timestamp
+	39, // 40: eventstore.v1.EraseSubjectResponse.erased_at:type_name -> google.protobuf.Timestamp
+	35, // 41: eventstore.v1.EraseSubjectResponse.steps:type_name -> eventstore.v1.ErasureStep
+	3,  // 42: eventstore.v1.EventStore.Append:input_type -> eventstore.v1.AppendRequest
+	6,  // 43: eventstore.v1.EventStore.ReadAggregate:input_type -> eventstore.v1.ReadAggregateRequest
+	8,  // 44: eventstore.v1.EventStore.GetAggregate:input_type -> eventstore.v1.GetAggregateRequest
+	11, // 45: eventstore.v1.EventStore.Subscribe:input_type -> eventstore.v1.SubscribeRequest
+	15, // 46: eventstore.v1.EventStore.QueryEvents:input_type -> eventstore.v1.QueryEventsRequest
+	18, // 47: eventstore.v1.EventStore.SaveSnapshot:input_type -> eventstore.v1.SaveSnapshotRequest
+	20, // 48: eventstore.v1.EventStore.GetSnapshot:input_type -> eventstore.v1.GetSnapshotRequest
+	22, // 49: eventstore.v1.EventStore.SubscribeGroup:input_type -> eventstore.v1.SubscribeGroupRequest
+	28, // 50: eventstore.v1.EventStore.ListParked:input_type -> eventstore.v1.ListParkedRequest
+	31, // 51: eventstore.v1.EventStore.ReplayParked:input_type -> eventstore.v1.ReplayParkedRequest
+	33, // 52: eventstore.v1.EventStore.EraseSubject:input_type -> eventstore.v1.EraseSubjectRequest
+	4,  // 53: eventstore.v1.EventStore.Append:output_type -> eventstore.v1.AppendResponse
+	7,  // 54: eventstore.v1.EventStore.ReadAggregate:output_type -> eventstore.v1.ReadAggregateResponse
+	9,  // 55: eventstore.v1.EventStore.GetAggregate:output_type -> eventstore.v1.GetAggregateResponse
+	12, // 56: eventstore.v1.EventStore.Subscribe:output_type -> eventstore.v1.SubscribeResponse
+	16, // 57: eventstore.v1.EventStore.QueryEvents:output_type -> eventstore.v1.QueryEventsResponse
+	19, // 58: eventstore.v1.EventStore.SaveSnapshot:output_type -> eventstore.v1.SaveSnapshotResponse
+	17, // 59: eventstore.v1.EventStore.GetSnapshot:output_type -> eventstore.v1.Snapshot
+	26, // 60: eventstore.v1.EventStore.SubscribeGroup:output_type -> eventstore.v1.SubscribeGroupResponse
+	29, // 61: eventstore.v1.EventStore.ListParked:output_type -> eventstore.v1.ListParkedResponse
+	32, // 62: eventstore.v1.EventStore.ReplayParked:output_type -> eventstore.v1.ReplayParkedResponse
+	34, // 63: eventstore.v1.EventStore.EraseSubject:output_type -> eventstore.v1.EraseSubjectResponse
+	53, // [53:64] is the sub-list for method output_type
+	42, // [42:53] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_eventstore_v1_eventstore_proto_init() }
@@ -2810,7 +3017,7 @@ func file_eventstore_v1_eventstore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventstore_v1_eventstore_proto_rawDesc), len(file_eventstore_v1_eventstore_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

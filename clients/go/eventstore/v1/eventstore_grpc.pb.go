@@ -32,6 +32,7 @@ const (
 	EventStore_SubscribeGroup_FullMethodName = "/eventstore.v1.EventStore/SubscribeGroup"
 	EventStore_ListParked_FullMethodName     = "/eventstore.v1.EventStore/ListParked"
 	EventStore_ReplayParked_FullMethodName   = "/eventstore.v1.EventStore/ReplayParked"
+	EventStore_EraseSubject_FullMethodName   = "/eventstore.v1.EventStore/EraseSubject"
 )
 
 // EventStoreClient is the client API for EventStore service.
@@ -67,6 +68,11 @@ type EventStoreClient interface {
 	ListParked(ctx context.Context, in *ListParkedRequest, opts ...grpc.CallOption) (*ListParkedResponse, error)
 	// Delivers a group's parked events to its members again, or skips them.
 	ReplayParked(ctx context.Context, in *ReplayParkedRequest, opts ...grpc.CallOption) (*ReplayParkedResponse, error)
+	// Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+	// of the events naming it in metadata `data_subject`, deletes its search documents and the
+	// snapshots of its aggregates, and records an audit event. Reads then show those events
+	// redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+	EraseSubject(ctx context.Context, in *EraseSubjectRequest, opts ...grpc.CallOption) (*EraseSubjectResponse, error)
 }
 
 type eventStoreClient struct {
@@ -198,6 +204,16 @@ func (c *eventStoreClient) ReplayParked(ctx context.Context, in *ReplayParkedReq
 	return out, nil
 }
 
+func (c *eventStoreClient) EraseSubject(ctx context.Context, in *EraseSubjectRequest, opts ...grpc.CallOption) (*EraseSubjectResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EraseSubjectResponse)
+	err := c.cc.Invoke(ctx, EventStore_EraseSubject_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventStoreServer is the server API for EventStore service.
 // All implementations must embed UnimplementedEventStoreServer
 // for forward compatibility.
@@ -231,6 +247,11 @@ type EventStoreServer interface {
 	ListParked(context.Context, *ListParkedRequest) (*ListParkedResponse, error)
 	// Delivers a group's parked events to its members again, or skips them.
 	ReplayParked(context.Context, *ReplayParkedRequest) (*ReplayParkedResponse, error)
+	// Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+	// of the events naming it in metadata `data_subject`, deletes its search documents and the
+	// snapshots of its aggregates, and records an audit event. Reads then show those events
+	// redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+	EraseSubject(context.Context, *EraseSubjectRequest) (*EraseSubjectResponse, error)
 	mustEmbedUnimplementedEventStoreServer()
 }
 
@@ -270,6 +291,9 @@ func (UnimplementedEventStoreServer) ListParked(context.Context, *ListParkedRequ
 }
 func (UnimplementedEventStoreServer) ReplayParked(context.Context, *ReplayParkedRequest) (*ReplayParkedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReplayParked not implemented")
+}
+func (UnimplementedEventStoreServer) EraseSubject(context.Context, *EraseSubjectRequest) (*EraseSubjectResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EraseSubject not implemented")
 }
 func (UnimplementedEventStoreServer) mustEmbedUnimplementedEventStoreServer() {}
 func (UnimplementedEventStoreServer) testEmbeddedByValue()                    {}
@@ -447,6 +471,24 @@ func _EventStore_ReplayParked_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventStore_EraseSubject_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EraseSubjectRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventStoreServer).EraseSubject(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventStore_EraseSubject_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventStoreServer).EraseSubject(ctx, req.(*EraseSubjectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventStore_ServiceDesc is the grpc.ServiceDesc for EventStore service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -481,6 +523,10 @@ var EventStore_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReplayParked",
 			Handler:    _EventStore_ReplayParked_Handler,
+		},
+		{
+			MethodName: "EraseSubject",
+			Handler:    _EventStore_EraseSubject_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -400,6 +400,31 @@ export interface ReplayParkedResponse {
   count: number;
 }
 
+export interface EraseSubjectRequest {
+  /** The data subject id, as events name it in metadata `data_subject`. */
+  subject: string;
+}
+
+/** What an erasure did, store by store. */
+export interface EraseSubjectResponse {
+  subject: string;
+  /** True when this call destroyed the key; false when it was erased before. */
+  keyDestroyed: boolean;
+  /** When the subject was first erased. */
+  erasedAt: Date | undefined;
+  steps: ErasureStep[];
+  /** The audit event recording this call (aggregate eventstore.erasures). */
+  auditEventId: string;
+}
+
+export interface ErasureStep {
+  /** e.g. cassandra.subject_keys, cassandra.snapshots, opensearch, kafka */
+  store: string;
+  /** What was done there, e.g. "documents deleted". */
+  action: string;
+  count: number;
+}
+
 function createBaseExpectedVersion(): ExpectedVersion {
   return { any: undefined, noStream: undefined, streamExists: undefined, exact: undefined };
 }
@@ -4530,6 +4555,319 @@ export const ReplayParkedResponse: MessageFns<ReplayParkedResponse> = {
   },
 };
 
+function createBaseEraseSubjectRequest(): EraseSubjectRequest {
+  return { subject: "" };
+}
+
+export const EraseSubjectRequest: MessageFns<EraseSubjectRequest> = {
+  encode(message: EraseSubjectRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subject !== "") {
+      writer.uint32(10).string(message.subject);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EraseSubjectRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEraseSubjectRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subject = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EraseSubjectRequest {
+    return { subject: isSet(object.subject) ? globalThis.String(object.subject) : "" };
+  },
+
+  toJSON(message: EraseSubjectRequest): unknown {
+    const obj: any = {};
+    if (message.subject !== "") {
+      obj.subject = message.subject;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EraseSubjectRequest>, I>>(base?: I): EraseSubjectRequest {
+    return EraseSubjectRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EraseSubjectRequest>, I>>(object: I): EraseSubjectRequest {
+    const message = createBaseEraseSubjectRequest();
+    message.subject = object.subject ?? "";
+    return message;
+  },
+};
+
+function createBaseEraseSubjectResponse(): EraseSubjectResponse {
+  return { subject: "", keyDestroyed: false, erasedAt: undefined, steps: [], auditEventId: "" };
+}
+
+export const EraseSubjectResponse: MessageFns<EraseSubjectResponse> = {
+  encode(message: EraseSubjectResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.subject !== "") {
+      writer.uint32(10).string(message.subject);
+    }
+    if (message.keyDestroyed !== false) {
+      writer.uint32(16).bool(message.keyDestroyed);
+    }
+    if (message.erasedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.erasedAt), writer.uint32(26).fork()).join();
+    }
+    for (const v of message.steps) {
+      ErasureStep.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.auditEventId !== "") {
+      writer.uint32(42).string(message.auditEventId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EraseSubjectResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEraseSubjectResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.subject = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.keyDestroyed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.erasedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.steps.push(ErasureStep.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.auditEventId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EraseSubjectResponse {
+    return {
+      subject: isSet(object.subject) ? globalThis.String(object.subject) : "",
+      keyDestroyed: isSet(object.keyDestroyed)
+        ? globalThis.Boolean(object.keyDestroyed)
+        : isSet(object.key_destroyed)
+        ? globalThis.Boolean(object.key_destroyed)
+        : false,
+      erasedAt: isSet(object.erasedAt)
+        ? fromJsonTimestamp(object.erasedAt)
+        : isSet(object.erased_at)
+        ? fromJsonTimestamp(object.erased_at)
+        : undefined,
+      steps: globalThis.Array.isArray(object?.steps) ? object.steps.map((e: any) => ErasureStep.fromJSON(e)) : [],
+      auditEventId: isSet(object.auditEventId)
+        ? globalThis.String(object.auditEventId)
+        : isSet(object.audit_event_id)
+        ? globalThis.String(object.audit_event_id)
+        : "",
+    };
+  },
+
+  toJSON(message: EraseSubjectResponse): unknown {
+    const obj: any = {};
+    if (message.subject !== "") {
+      obj.subject = message.subject;
+    }
+    if (message.keyDestroyed !== false) {
+      obj.keyDestroyed = message.keyDestroyed;
+    }
+    if (message.erasedAt !== undefined) {
+      obj.erasedAt = message.erasedAt.toISOString();
+    }
+    if (message.steps?.length) {
+      obj.steps = message.steps.map((e) => ErasureStep.toJSON(e));
+    }
+    if (message.auditEventId !== "") {
+      obj.auditEventId = message.auditEventId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EraseSubjectResponse>, I>>(base?: I): EraseSubjectResponse {
+    return EraseSubjectResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EraseSubjectResponse>, I>>(object: I): EraseSubjectResponse {
+    const message = createBaseEraseSubjectResponse();
+    message.subject = object.subject ?? "";
+    message.keyDestroyed = object.keyDestroyed ?? false;
+    message.erasedAt = object.erasedAt ?? undefined;
+    message.steps = object.steps?.map((e) => ErasureStep.fromPartial(e)) || [];
+    message.auditEventId = object.auditEventId ?? "";
+    return message;
+  },
+};
+
+function createBaseErasureStep(): ErasureStep {
+  return { store: "", action: "", count: 0 };
+}
+
+export const ErasureStep: MessageFns<ErasureStep> = {
+  encode(message: ErasureStep, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.store !== "") {
+      writer.uint32(10).string(message.store);
+    }
+    if (message.action !== "") {
+      writer.uint32(18).string(message.action);
+    }
+    if (message.count !== 0) {
+      writer.uint32(24).int64(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ErasureStep {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseErasureStep();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.store = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.count = longToNumber(reader.int64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ErasureStep {
+    return {
+      store: isSet(object.store) ? globalThis.String(object.store) : "",
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+      count: isSet(object.count) ? globalThis.Number(object.count) : 0,
+    };
+  },
+
+  toJSON(message: ErasureStep): unknown {
+    const obj: any = {};
+    if (message.store !== "") {
+      obj.store = message.store;
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    if (message.count !== 0) {
+      obj.count = Math.round(message.count);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ErasureStep>, I>>(base?: I): ErasureStep {
+    return ErasureStep.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ErasureStep>, I>>(object: I): ErasureStep {
+    const message = createBaseErasureStep();
+    message.store = object.store ?? "";
+    message.action = object.action ?? "";
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
 export type EventStoreService = typeof EventStoreService;
 export const EventStoreService = {
   /**
@@ -4657,6 +4995,22 @@ export const EventStoreService = {
       Buffer.from(ReplayParkedResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ReplayParkedResponse => ReplayParkedResponse.decode(value),
   },
+  /**
+   * Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+   * of the events naming it in metadata `data_subject`, deletes its search documents and the
+   * snapshots of its aggregates, and records an audit event. Reads then show those events
+   * redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+   */
+  eraseSubject: {
+    path: "/eventstore.v1.EventStore/EraseSubject" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: EraseSubjectRequest): Buffer => Buffer.from(EraseSubjectRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): EraseSubjectRequest => EraseSubjectRequest.decode(value),
+    responseSerialize: (value: EraseSubjectResponse): Buffer =>
+      Buffer.from(EraseSubjectResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): EraseSubjectResponse => EraseSubjectResponse.decode(value),
+  },
 } as const;
 
 export interface EventStoreServer extends UntypedServiceImplementation {
@@ -4699,6 +5053,13 @@ export interface EventStoreServer extends UntypedServiceImplementation {
   listParked: handleUnaryCall<ListParkedRequest, ListParkedResponse>;
   /** Delivers a group's parked events to its members again, or skips them. */
   replayParked: handleUnaryCall<ReplayParkedRequest, ReplayParkedResponse>;
+  /**
+   * Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+   * of the events naming it in metadata `data_subject`, deletes its search documents and the
+   * snapshots of its aggregates, and records an audit event. Reads then show those events
+   * redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+   */
+  eraseSubject: handleUnaryCall<EraseSubjectRequest, EraseSubjectResponse>;
 }
 
 export interface EventStoreClient extends Client {
@@ -4856,6 +5217,27 @@ export interface EventStoreClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ReplayParkedResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Erases a data subject (crypto-shredding): destroys the key that sealed the personal data
+   * of the events naming it in metadata `data_subject`, deletes its search documents and the
+   * snapshots of its aggregates, and records an audit event. Reads then show those events
+   * redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
+   */
+  eraseSubject(
+    request: EraseSubjectRequest,
+    callback: (error: ServiceError | null, response: EraseSubjectResponse) => void,
+  ): ClientUnaryCall;
+  eraseSubject(
+    request: EraseSubjectRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: EraseSubjectResponse) => void,
+  ): ClientUnaryCall;
+  eraseSubject(
+    request: EraseSubjectRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: EraseSubjectResponse) => void,
   ): ClientUnaryCall;
 }
 
