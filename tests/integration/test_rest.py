@@ -77,6 +77,7 @@ def event(event_type: str, body: dict[str, Any], event_id: str | None = None) ->
 
 def detail(body: dict[str, Any], type_url: str) -> dict[str, Any]:
     (found,) = [d for d in body["details"] if d["@type"] == type_url]
+    assert isinstance(found, dict)
     return found
 
 
