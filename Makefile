@@ -18,7 +18,7 @@ PROMETHEUS_OPERATOR_VERSION := v0.85.0
 CRDS := $(CACHE)/crds/prometheus-operator-$(PROMETHEUS_OPERATOR_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos services-up services-down services-status cluster-up cluster-down migrate \
+.PHONY: help venv protos openapi services-up services-down services-status cluster-up cluster-down migrate \
         run test test-unit test-faults \
         test-integration lint format bench clean chart-check package-check proto-check proto-release \
         monitoring-check
@@ -35,10 +35,16 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 venv: $(INSTALLED)  ## create the virtualenv with the pinned dependencies
 
-protos: $(INSTALLED)  ## regenerate eventstore/v1 from protos/ (pinned grpcio-tools, typed stubs)
+# protos/google/api (vendored) is on the include path; its Python code is googleapis-common-protos'.
+protos: $(INSTALLED)  ## regenerate eventstore/v1 and docs/openapi.json from protos/ (pinned grpcio-tools, typed stubs)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	  protos/eventstore/v1/*.proto
+	$(MAKE) openapi
+
+openapi: $(INSTALLED)  ## regenerate docs/openapi.json (the REST face's) from the google.api.http options
+	$(PY) -m eventstore.rest.openapi > docs/openapi.json.tmp
+	mv docs/openapi.json.tmp docs/openapi.json
 
 services-up: $(INSTALLED)  ## start Cassandra, Kafka, OpenSearch on loopback (downloads jars once)
 	$(PY) -m devstack up
