@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from devstack.certificates import make_ca, make_cert
 from eventstore.config import KafkaSettings, OpenSearchSettings, ServerSettings
 from eventstore.server import RunningServer
 from tests.integration.conftest import StartServer
@@ -378,3 +380,40 @@ async def test_subscribe_refused_before_the_stream_starts(
         http, "GET", subscribe, params={"checkpoint": "garbage"}, headers=headers
     )
     assert (status, body["status"]) == (400, "INVALID_ARGUMENT")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pki")
+    make_ca("ca", path)
+    make_cert("server", "ca", path, san="IP:127.0.0.1,DNS:localhost")
+    make_cert("client", "ca", path)
+    return path
+
+
+async def test_https_with_the_grpc_ports_certificates(
+    server_settings: ServerSettings, start_server: StartServer, pki: Path
+) -> None:
+    server = await start_server(
+        server_settings.model_copy(
+            update={
+                "http_listen": "127.0.0.1:0",
+                "tls_cert_file": pki / "server.crt",
+                "tls_key_file": pki / "server.key",
+                "tls_client_ca_file": pki / "ca.crt",
+            }
+        )
+    )
+    address = f"https://127.0.0.1:{server.http_port}/v1/aggregates/{uuid.uuid4()}"
+    trusted = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    async with aiohttp.ClientSession() as session:
+        # Mutual TLS on the gRPC port: a client certificate on the REST port too.
+        with pytest.raises(aiohttp.ClientError):
+            async with session.get(address, ssl=trusted) as response:
+                await response.read()
+        with pytest.raises(aiohttp.ClientError):
+            async with session.get(address.replace("https", "http")) as response:
+                await response.read()
+        trusted.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+        async with session.get(address, ssl=trusted) as response:
+            assert response.status == 404  # served: no such aggregate
