@@ -18,10 +18,11 @@ import aiohttp
 import pytest
 
 from devstack.certificates import make_ca, make_cert
+from eventstore import metrics
 from eventstore.config import KafkaSettings, OpenSearchSettings, ServerSettings
 from eventstore.server import RunningServer
 from tests.integration.conftest import StartServer
-from tests.integration.principals import KEYS
+from tests.integration.principals import KEYS, permissions_yaml
 from tests.integration.test_indexer import IndexerProcess
 
 pytestmark = pytest.mark.integration
@@ -48,6 +49,7 @@ async def secure_rest(
                 "auth_disabled": False,
                 "permissions_file": permissions,
                 "subscription_heartbeat_s": 0.5,
+                "permissions_reload_s": 0.2,
             }
         )
     )
@@ -365,6 +367,54 @@ async def test_subscribe_as_server_sent_events_resumes_with_last_event_id(
             if len(resumed) == 3:
                 break
     assert resumed == ["3", "4", "5"]  # nothing lost, nothing twice
+
+
+def open_subscriptions() -> float:
+    return float(metrics.SUBSCRIPTIONS._value.get())
+
+
+async def test_a_client_that_goes_away_ends_its_subscription(
+    rest: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    before = open_subscriptions()
+    params = {"aggregate_types": "Order", "from_end": ""}
+    async with http.get(url(rest, "/v1/events:subscribe"), params=params) as response:
+        assert response.status == 200
+        async for message in sse(response):
+            assert message["event"] == "caught_up"
+            break
+        assert open_subscriptions() == before + 1
+    # Leaving the block closes the connection mid-stream; no heartbeat need be due for the
+    # server to notice (heartbeats here are 15 s apart).
+    for _ in range(100):  # 5 s
+        if open_subscriptions() == before:
+            break
+        await asyncio.sleep(0.05)
+    assert open_subscriptions() == before
+
+
+async def test_an_error_mid_stream_is_a_last_error_event(
+    secure_rest: RunningServer, http: aiohttp.ClientSession, permissions: Path
+) -> None:
+    headers = {"Authorization": f"Bearer {KEYS['auditor']}"}
+    params = {"aggregate_types": "Order", "from_end": ""}
+    kinds: list[str] = []
+    async with http.get(
+        url(secure_rest, "/v1/events:subscribe"), params=params, headers=headers
+    ) as response:
+        assert response.status == 200
+        async for message in sse(response):
+            kinds.append(message["event"])
+            if message["event"] == "caught_up":
+                # The auditor's key is removed: the stream ends at its next heartbeat.
+                keys = {name: [KEYS[name]] for name in ("orders", "payments", "billing")}
+                await asyncio.to_thread(permissions.write_text, permissions_yaml(keys, {}))
+            if message["event"] == "error":
+                error = json.loads(message["data"])
+                break
+    assert kinds[0] == "caught_up"
+    assert kinds[-1] == "error"
+    assert (error["code"], error["status"]) == (401, "UNAUTHENTICATED")
 
 
 async def test_subscribe_refused_before_the_stream_starts(
