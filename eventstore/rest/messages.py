@@ -74,7 +74,7 @@ def request_from(
     try:
         json_format.ParseDict(fields, message)
     except json_format.ParseError as exc:
-        raise BadInput(_field_of(exc), _reason_of(exc)) from None
+        raise BadInput(_field_of(exc, fields, descriptor), _reason_of(exc)) from None
     return message
 
 
@@ -203,10 +203,34 @@ def _check_base64(value: str, path: str) -> None:
         raise BadInput(path, "not base64 (bytes are base64 in JSON)") from None
 
 
-def _field_of(exc: json_format.ParseError) -> str:
-    """The proto path of json_format's "Failed to parse a field: Failed to parse b field: ..."."""
-    names = _PARSE_CHAIN.findall(str(exc))
-    return ".".join(_snake(name) for name in names)
+def _field_of(exc: json_format.ParseError, fields: Any, descriptor: Descriptor | None) -> str:
+    """The proto path of json_format's "Failed to parse a field: Failed to parse b field: ...",
+    with the index of the element of a repeated field that failed (`events[2].event_id`), as
+    the server's validation names fields. The names are the input's keys (either form)."""
+    path = ""
+    value = fields
+    for name in _PARSE_CHAIN.findall(str(exc)):
+        field = _field(descriptor, name) if descriptor is not None else None
+        if field is None or not isinstance(value, dict):
+            return f"{path}.{_snake(name)}" if path else _snake(name)
+        path = f"{path}.{field.name}" if path else field.name
+        value = value.get(name)
+        message = field.message_type
+        if field.is_repeated and isinstance(value, list) and message is not None:
+            for index, item in enumerate(value):
+                if not _parses(item, message):
+                    path, value = f"{path}[{index}]", item
+                    break
+        descriptor = message
+    return path
+
+
+def _parses(value: Any, descriptor: Descriptor) -> bool:
+    try:
+        json_format.ParseDict(value, message_factory.GetMessageClass(descriptor)())
+    except (json_format.ParseError, AttributeError, TypeError):
+        return False
+    return True
 
 
 def _reason_of(exc: json_format.ParseError) -> str:
