@@ -261,7 +261,12 @@ def run(settings: ServerSettings) -> int:
             sys.stderr.write(f"eventstore-server: {exc}\n")
             return 1
         env = worker_env(os.environ, listen, health_listen, metrics_dir, http_listen=http_listen)
-        log.info("starting worker processes", processes=settings.processes, address=listen)
+        log.info(
+            "starting worker processes",
+            processes=settings.processes,
+            address=listen,
+            http=http_listen or None,
+        )
         return asyncio.run(_supervise(Supervisor(settings, env)))
 
 

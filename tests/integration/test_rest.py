@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import signal
 import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,9 @@ from eventstore.server import RunningServer
 from tests.integration.conftest import StartServer
 from tests.integration.principals import KEYS, permissions_yaml
 from tests.integration.test_indexer import IndexerProcess
+from tests.integration.test_processes import connections_by_pid, log_events
+from tests.integration.test_processes import start as start_workers
+from tests.integration.test_publication import server_process
 
 pytestmark = pytest.mark.integration
 
@@ -467,3 +472,38 @@ async def test_https_with_the_grpc_ports_certificates(
         trusted.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
         async with session.get(address, ssl=trusted) as response:
             assert response.status == 404  # served: no such aggregate
+
+
+async def test_worker_processes_share_the_rest_port(
+    server_settings: ServerSettings, tmp_path: Path
+) -> None:
+    proc = server_process(server_settings, tmp_path)
+    proc.env["EVENTSTORE_PROCESSES"] = "2"
+    proc.env["EVENTSTORE_HTTP_LISTEN"] = "127.0.0.1:0"  # the supervisor picks one for both
+    try:
+        workers = await start_workers(proc)
+        (supervisor,) = log_events(proc, "starting worker processes")
+        port = int(supervisor["http"].rpartition(":")[2])
+        assert port != 0
+        aggregates = [f"order-{uuid.uuid4()}" for _ in range(16)]
+        async with AsyncExitStack() as stack:
+            # A connection per session, which the kernel hands to either worker.
+            sessions = [
+                await stack.enter_async_context(aiohttp.ClientSession()) for _ in aggregates
+            ]
+            for session, aggregate in zip(sessions, aggregates, strict=True):
+                body = {
+                    "aggregateType": "Order",
+                    "expectedVersion": ANY,
+                    "events": [event("A", {})],
+                }
+                address = f"http://127.0.0.1:{port}/v1/aggregates/{aggregate}/events"
+                status, answer, _ = await call(session, "POST", address, json=body)
+                assert status == 200, answer
+            served = connections_by_pid(port, workers.values())
+            assert sum(served.values()) == len(sessions), served
+            assert all(served.values()), f"one worker got every connection: {served}"
+    finally:
+        if proc.process is not None and proc.process.returncode is None:
+            proc.process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.process.wait(), 30) == 0
