@@ -16,7 +16,7 @@ import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import structlog
@@ -127,47 +127,49 @@ class Gateway:
                     _resume(message, request.headers.get("Last-Event-ID"))
             except messages.BadInput as exc:
                 return _error(bad_request(exc.field, exc.description))
+            try:
+                out = Outgoing(metadata, _timeout(request.headers.get("Grpc-Timeout")))
+            except ValueError as exc:
+                return _error(bad_request("Grpc-Timeout", str(exc)))
             if not route.streaming:
-                return await self._unary(route, message, metadata)
+                return await self._unary(route, message, out)
             if route.name == "Subscribe":
-                return await self._events(route, message, metadata, request)
-            return await self._pages(route, message, metadata, request)
+                return await self._events(route, message, out, request)
+            return await self._pages(route, message, out, request)
 
         return handle
 
-    async def _unary(
-        self, route: Route, message: Message, metadata: tuple[tuple[str, str], ...]
-    ) -> web.StreamResponse:
+    async def _unary(self, route: Route, message: Message, out: Outgoing) -> web.StreamResponse:
         call = self._channel.unary_unary(
             route.grpc_path,
             request_serializer=_serialize,
             response_deserializer=GetMessageClass(route.rpc.output_type).FromString,
         )
         try:
-            response = await call(message, metadata=metadata)
+            response = await call(message, metadata=out.metadata, timeout=out.timeout)
         except grpc.aio.AioRpcError as exc:
             return _error(status_of(exc.code(), exc.details(), exc.trailing_metadata()))
         return web.json_response(messages.to_json(response))
 
-    def _stream(self, route: Route, message: Message, metadata: tuple[tuple[str, str], ...]) -> Any:
+    def _stream(self, route: Route, message: Message, out: Outgoing) -> Any:
         return self._channel.unary_stream(
             route.grpc_path,
             request_serializer=_serialize,
             response_deserializer=GetMessageClass(route.rpc.output_type).FromString,
-        )(message, metadata=metadata)
+        )(message, metadata=out.metadata, timeout=out.timeout)
 
     async def _pages(
         self,
         route: Route,
         message: Message,
-        metadata: tuple[tuple[str, str], ...],
+        out: Outgoing,
         request: web.Request,
     ) -> web.StreamResponse:
         """A server-streaming read as ONE JSON object: the pages' repeated field concatenated,
         written page by page (memory stays one page). The status is chosen when the first page
         (or the error) arrives; an error after it cuts the body short, which no JSON parser
         takes for a complete answer."""
-        call = self._stream(route, message, metadata)
+        call = self._stream(route, message, out)
         (field,) = route.rpc.output_type.fields  # ReadAggregateResponse: `events` only
         pages = aiter(call)
         try:
@@ -203,7 +205,7 @@ class Gateway:
         self,
         route: Route,
         message: Message,
-        metadata: tuple[tuple[str, str], ...],
+        out: Outgoing,
         request: web.Request,
     ) -> web.StreamResponse:
         """Subscribe as server-sent events. Each message is an SSE event named after its kind
@@ -212,7 +214,7 @@ class Gateway:
         subscription (authorization, filters, bounds) before it sends its first message or
         initial metadata; the HTTP status waits for that. A later error is a last `error`
         event carrying the status JSON."""
-        call = self._stream(route, message, metadata)
+        call = self._stream(route, message, out)
         try:
             await call.initial_metadata()
             if call.done():
@@ -235,6 +237,30 @@ class Gateway:
             return response
         finally:
             call.cancel()
+
+
+class Outgoing(NamedTuple):
+    """What a forwarded call carries besides its request."""
+
+    metadata: tuple[tuple[str, str], ...]
+    #: seconds; None: no deadline (the server's own limits apply)
+    timeout: float | None
+
+
+#: gRPC's timeout units (the grpc-timeout header of the HTTP/2 protocol, which grpc-gateway
+#: also reads from HTTP/1.1 requests).
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _timeout(header: str | None) -> float | None:
+    """The call's deadline from `Grpc-Timeout: <1-8 digits><H|M|S|m|u|n>`, e.g. `5S`, `250m`.
+    QueryEvents' `min_consistency_token` waits up to it, as for a gRPC caller's deadline."""
+    if header is None:
+        return None
+    digits, unit = header[:-1], header[-1:]
+    if not (digits.isdigit() and len(digits) <= 8 and unit in _UNITS):
+        raise ValueError(f"{header!r} is not a gRPC timeout (e.g. 5S, 250m)")
+    return int(digits) * _UNITS[unit]
 
 
 def _sse(item: Any) -> bytes:

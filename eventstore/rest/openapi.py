@@ -130,8 +130,16 @@ def _operation(route: Route, schemas: dict[str, Any]) -> dict[str, Any]:
                 "description": "resume right after this message (its checkpoint)",
             }
         )
-    if parameters:
-        operation["parameters"] = parameters
+    else:
+        parameters.append(
+            {
+                "name": "Grpc-Timeout",
+                "in": "header",
+                "schema": {"type": "string", "pattern": "^[0-9]{1,8}[HMSmun]$"},
+                "description": "the call's deadline in gRPC's form, e.g. 5S or 250m",
+            }
+        )
+    operation["parameters"] = parameters
     response = _ref(route.rpc.output_type, schemas)
     if route.name == "Subscribe":
         content = {

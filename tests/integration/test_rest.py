@@ -206,6 +206,33 @@ async def test_query_events(
     assert page["nextPageToken"] == ""
 
 
+async def test_a_deadline_from_grpc_timeout(
+    rest: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    appended = {"aggregateType": "Order", "expectedVersion": ANY, "events": [event("A", {})]}
+    address = url(rest, f"/v1/aggregates/order-{uuid.uuid4()}/events")
+    status, body, _ = await call(http, "POST", address, json=appended)
+    assert status == 200, body
+    # No indexer runs: the write never becomes searchable, and the query says so at the
+    # deadline the caller set (Grpc-Timeout, as for grpc-gateway), not the server's 10 s.
+    query = {"min_consistency_token": body["consistencyToken"]}
+    started = time.monotonic()
+    status, body, response = await call(
+        http, "GET", url(rest, "/v1/events"), params=query, headers={"Grpc-Timeout": "1S"}
+    )
+    assert time.monotonic() - started < 5
+    assert (status, body["status"]) == (504, "DEADLINE_EXCEEDED")
+    assert detail(body, ERROR_INFO)["reason"] == "NOT_YET_SEARCHABLE"
+    assert response.headers["Retry-After"] == "1"
+    status, body, _ = await call(
+        http, "GET", url(rest, "/v1/events"), headers={"Grpc-Timeout": "soon"}
+    )
+    assert (status, detail(body, BAD_REQUEST)["fieldViolations"][0]["field"]) == (
+        400,
+        "Grpc-Timeout",
+    )
+
+
 async def test_bad_input_is_400_naming_the_field(
     rest: RunningServer, http: aiohttp.ClientSession
 ) -> None:

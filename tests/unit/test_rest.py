@@ -18,6 +18,7 @@ from eventstore.domain.access import QuotaExceeded, Unauthenticated
 from eventstore.domain.errors import InvalidArgument, WrongExpectedVersion
 from eventstore.domain.events import ExpectedVersion
 from eventstore.rest import openapi
+from eventstore.rest.gateway import _timeout
 from eventstore.rest.messages import BadInput, request_from, to_json
 from eventstore.rest.routes import Route, UnsupportedRule, _route, routes
 from eventstore.rest.status import (
@@ -270,3 +271,13 @@ def test_the_openapi_document_covers_every_route() -> None:
         "format": "int64",
     }
     assert schemas["EventData"]["properties"]["data"] == {"type": "string", "format": "byte"}
+
+
+def test_grpc_timeout_header_is_the_calls_deadline() -> None:
+    assert _timeout(None) is None
+    assert _timeout("5S") == 5.0
+    assert _timeout("250m") == 0.25
+    assert _timeout("2M") == 120.0
+    for bad in ("", "S", "5", "5s", "-1S", "123456789S", "1.5S"):
+        with pytest.raises(ValueError, match="gRPC timeout"):
+            _timeout(bad)
