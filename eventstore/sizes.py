@@ -15,6 +15,12 @@ protobuf import.
 from __future__ import annotations
 
 from eventstore.domain.access import PRINCIPAL_KEY
+from eventstore.domain.tracecontext import (
+    MAX_TRACESTATE_BYTES,
+    TRACEPARENT_BYTES,
+    TRACEPARENT_KEY,
+    TRACESTATE_KEY,
+)
 from eventstore.domain.validation import MAX_EVENT_ID_LENGTH, Limits
 
 #: What our client (eventstore.client) accepts in one message from the server.
@@ -67,7 +73,12 @@ def _map_entry(key: int, value: int) -> int:
 
 
 _TIMESTAMP = _length_delimited((1 + _INT64) + (1 + _NANOS))
-_SERVER_METADATA = _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES)
+#: What the server stamps on every event: the principal, and the append's trace context.
+_SERVER_METADATA = (
+    _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES)
+    + _map_entry(len(TRACEPARENT_KEY), TRACEPARENT_BYTES)
+    + _map_entry(len(TRACESTATE_KEY), MAX_TRACESTATE_BYTES)
+)
 
 
 def _entry_framing(counted: int) -> int:
