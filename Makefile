@@ -34,7 +34,7 @@ GO_EXAMPLE := build/clients/eventstore-go-example
 TS_EXAMPLE := $(TS_CLIENT)/dist/example.js
 
 .DEFAULT_GOAL := help
-.PHONY: help venv protos services-up services-down services-status cluster-up cluster-down migrate \
+.PHONY: help venv protos openapi services-up services-down services-status cluster-up cluster-down migrate \
         run test test-unit test-faults \
         test-integration lint format bench clean chart-check package-check proto-check proto-release \
         monitoring-check clients
@@ -65,13 +65,20 @@ ts-stubs = $(PY) -m grpc_tools.protoc -I protos -I "$$($(PY) -c 'import sysconfi
 	  --ts_proto_out=$(1) --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true \
 	  protos/eventstore/v1/*.proto google/rpc/status.proto google/rpc/error_details.proto
 
-protos: $(INSTALLED) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(TS_MODULES)  ## regenerate the Python (eventstore/v1), Go and TypeScript (clients/) stubs from protos/
+# protos/google/api (vendored, for the google.api.http options) is on the include path; its
+# Python code is googleapis-common-protos', so it is not generated here.
+protos: $(INSTALLED) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(TS_MODULES)  ## regenerate the Python (eventstore/v1), Go and TypeScript (clients/) stubs and docs/openapi.json from protos/
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	  protos/eventstore/v1/*.proto
 	$(call go-stubs,clients/go)
 	rm -rf $(TS_CLIENT)/src/gen && mkdir -p $(TS_CLIENT)/src/gen
 	$(call ts-stubs,$(TS_CLIENT)/src/gen)
+	$(MAKE) openapi
+
+openapi: $(INSTALLED)  ## regenerate docs/openapi.json (the REST face's) from the google.api.http options
+	$(PY) -m eventstore.rest.openapi > docs/openapi.json.tmp
+	mv docs/openapi.json.tmp docs/openapi.json
 
 services-up: $(INSTALLED)  ## start Cassandra, Kafka, OpenSearch on loopback (downloads jars once)
 	$(PY) -m devstack up
@@ -215,6 +222,7 @@ bench: migrate  ## append, publication, indexing and query figures against the r
 	$(PY) -m benchmarks.subscriptions
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay
+	$(PY) -m benchmarks.rest
 
 clean:  ## remove the virtualenv (the stack's data and the download cache stay)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

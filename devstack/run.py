@@ -25,6 +25,8 @@ def environment(base: Mapping[str, str]) -> dict[str, str]:
     env.setdefault("EVENTSTORE_INDEXER_LOG_FORMAT", "console")
     # One server process per core (EVENTSTORE_PROCESSES=1 to profile or debug a single one).
     env.setdefault("EVENTSTORE_PROCESSES", str(os.cpu_count() or 1))
+    # The REST/JSON face beside gRPC (README, "REST/JSON"); EVENTSTORE_HTTP_LISTEN= turns it off.
+    env.setdefault("EVENTSTORE_HTTP_LISTEN", "127.0.0.1:8080")
     if "EVENTSTORE_PERMISSIONS_FILE" not in env:
         # A local stack on loopback: no keys to hand out, so authentication is explicitly off
         # (the server warns). Set EVENTSTORE_PERMISSIONS_FILE to try it with authentication.
@@ -44,8 +46,9 @@ def main() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     print(
-        f"[run] server ({env['EVENTSTORE_PROCESSES']} processes) on 127.0.0.1:50051 and indexer "
-        "started; Ctrl-C stops both",
+        f"[run] server ({env['EVENTSTORE_PROCESSES']} processes) on 127.0.0.1:50051 (gRPC)"
+        + (f" and {env['EVENTSTORE_HTTP_LISTEN']} (REST)" if env["EVENTSTORE_HTTP_LISTEN"] else "")
+        + ", and indexer started; Ctrl-C stops both",
         file=sys.stderr,
         flush=True,
     )

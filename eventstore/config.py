@@ -505,6 +505,15 @@ class ServerSettings(BaseSettings):
         description="Also serve grpc.health.v1 (only) in plaintext on host:port, for probes "
         "that cannot speak TLS (Kubernetes); empty: off",
     )
+    http_listen: str = Field(
+        "",
+        description="Also serve the REST/JSON face (routes from the proto's google.api.http "
+        "options, OpenAPI at /openapi.json) on host:port, e.g. 0.0.0.0:8080; empty: off. It "
+        "forwards to the gRPC service in-process, so authentication (the API key, "
+        "'Authorization: Bearer <key>'), grants, quotas and limits are the gRPC port's; with "
+        "EVENTSTORE_TLS_CERT_FILE it serves HTTPS with the same certificate (and, with "
+        "EVENTSTORE_TLS_CLIENT_CA_FILE, requires a client certificate it signed)",
+    )
     tls_cert_file: Path | None = Field(None, description="Server certificate: serve TLS")
     tls_key_file: Path | None = Field(None, description="Server private key")
     tls_client_ca_file: Path | None = Field(
@@ -595,6 +604,14 @@ class ServerSettings(BaseSettings):
     def _readable(cls, value: Path | None) -> Path | None:
         return _check_readable(value)
 
+    @field_validator("http_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, colon, port = value.rpartition(":")
+        if value and not (colon and host and port.isdigit() and int(port) <= 65535):
+            raise ValueError("must be host:port (e.g. 0.0.0.0:8080), or empty to turn it off")
+        return value
+
     @field_validator("tls_client_identities")
     @classmethod
     def _identity_kinds(cls, value: str) -> str:
@@ -662,6 +679,17 @@ class ServerSettings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def http_ssl_context(self) -> ssl.SSLContext | None:
+        """The REST/JSON face's TLS: the gRPC port's certificate, and its client CA if any."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file))
+        if self.tls_client_ca_file is not None:
+            context.load_verify_locations(cafile=str(self.tls_client_ca_file))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         if self.tls_cert_file is None or self.tls_key_file is None:

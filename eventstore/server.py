@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +48,7 @@ from eventstore.publishing.groups import KafkaGroupLog
 from eventstore.publishing.kafka import KafkaEventPublisher
 from eventstore.publishing.log import KafkaEventLog
 from eventstore.publishing.shared_tail import SharedTailLog
+from eventstore.rest.gateway import Gateway
 from eventstore.search.opensearch import OpenSearchEventIndex
 from eventstore.sizes import (
     GRPC_MAX_MESSAGE_BYTES,
@@ -157,6 +160,11 @@ class RunningServer:
     relay: asyncio.Task[None] | None = None
     #: Cassandra slots of the calls made for callers (None until attached)
     share: FairShare | None = None
+    #: the REST/JSON face (EVENTSTORE_HTTP_LISTEN) and its port (0: off)
+    gateway: Gateway | None = None
+    http_port: int = 0
+    #: the private directory of the gateway's Unix socket to the gRPC service
+    private_dir: str | None = None
 
     async def attach(self, components: Components) -> None:
         """Wire the use cases to the connected backends, start the relay, report SERVING."""
@@ -286,8 +294,16 @@ class RunningServer:
         await asyncio.sleep(min(ANNOUNCE_S, grace / 4))
         remaining = max(grace - (time.monotonic() - started), 0.5)
         stopping = asyncio.create_task(self.server.stop(remaining))
+        # The REST face stops listening now too; its calls in flight are gRPC calls, draining.
+        gateway = (
+            asyncio.create_task(self.gateway.stop(remaining)) if self.gateway is not None else None
+        )
         await self.admission.drain(remaining)
         await stopping
+        if gateway is not None:
+            await gateway
+        if self.private_dir is not None:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
         if self.health_server is not None:
             await self.health_server.stop(0)
         if self.publication is not None:
@@ -380,9 +396,40 @@ async def listen(settings: ServerSettings) -> RunningServer:
         port = 0
     if port == 0:
         raise StartupFailed(f"cannot listen on {settings.listen} (in use?)")
+    private_dir = None
+    if settings.http_listen:
+        # The REST face's way in: a Unix socket in a directory only this user can enter
+        # (mkdtemp: 0700), plaintext and without certificates. Callers still authenticate
+        # with their API key, which the face passes on; the socket only spares a TLS
+        # handshake with ourselves and a port anyone could reach.
+        private_dir = tempfile.mkdtemp(prefix="eventstore-rest-")
+        server.add_insecure_port(f"unix:{private_dir}/grpc.sock")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    gateway, http_port = None, 0
+    if private_dir is not None:
+        gateway = Gateway(
+            SERVICE,
+            f"unix:{private_dir}/grpc.sock",
+            authenticator,
+            certificates,
+            # JSON carries bytes as base64 (4/3) beside the fields' names: room for the
+            # largest request gRPC takes, which then refuses what is too large by its rules.
+            max_body_bytes=receive * 4 // 3 + 1024 * 1024,
+        )
+        try:
+            http_port = await gateway.start(
+                settings.http_listen,
+                settings.http_ssl_context(),
+                shared=settings.worker is not None,
+            )
+        except OSError as exc:
+            await server.stop(0)
+            shutil.rmtree(private_dir, ignore_errors=True)
+            raise StartupFailed(
+                f"cannot listen on {settings.http_listen} (EVENTSTORE_HTTP_LISTEN): {exc}"
+            ) from exc
     health_server = await _health_only_server(
         settings.health_listen, health_servicer, shared=settings.worker is not None
     )
@@ -402,6 +449,9 @@ async def listen(settings: ServerSettings) -> RunningServer:
         permissions,
         watcher,
         health_server,
+        gateway=gateway,
+        http_port=http_port,
+        private_dir=private_dir,
     )
 
 
@@ -477,7 +527,13 @@ async def serve(settings: ServerSettings) -> None:
 
         loop.add_signal_handler(signal.SIGHUP, reload_now)
     host = settings.listen.rpartition(":")[0]
-    log.info("listening; connecting to the backends", address=f"{host}:{running.port}")
+    log.info(
+        "listening; connecting to the backends",
+        address=f"{host}:{running.port}",
+        http=f"{settings.http_listen.rpartition(':')[0]}:{running.http_port}"
+        if running.gateway is not None
+        else None,
+    )
     connecting = asyncio.create_task(build_with_retries(settings))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -76,7 +76,12 @@ def reserve(address: str) -> tuple[str, socket.socket | None]:
 
 
 def worker_env(
-    base: Mapping[str, str], listen: str, health_listen: str, metrics_dir: str | None
+    base: Mapping[str, str],
+    listen: str,
+    health_listen: str,
+    metrics_dir: str | None,
+    *,
+    http_listen: str,
 ) -> dict[str, str]:
     """The environment of every worker (the supervisor adds each one's EVENTSTORE_WORKER)."""
     env = {
@@ -84,6 +89,8 @@ def worker_env(
         "EVENTSTORE_PROCESSES": "1",
         "EVENTSTORE_LISTEN": listen,
         "EVENTSTORE_HEALTH_LISTEN": health_listen,
+        # The REST face shares its port like the gRPC one (each worker forwards to itself).
+        "EVENTSTORE_HTTP_LISTEN": http_listen,
         # N processes cannot each bind the metrics port: the supervisor serves it for all.
         "EVENTSTORE_METRICS_PORT": "0",
     }
@@ -235,7 +242,10 @@ def run(settings: ServerSettings) -> int:
             health_listen, health_sock = (
                 reserve(settings.health_listen) if settings.health_listen else ("", None)
             )
-            for reserved in (sock, health_sock):
+            http_listen, http_sock = (
+                reserve(settings.http_listen) if settings.http_listen else ("", None)
+            )
+            for reserved in (sock, health_sock, http_sock):
                 if reserved is not None:
                     held.enter_context(reserved)
             if settings.metrics_port:
@@ -250,8 +260,13 @@ def run(settings: ServerSettings) -> int:
             log.error("cannot open the ports", reason=str(exc))
             sys.stderr.write(f"eventstore-server: {exc}\n")
             return 1
-        env = worker_env(os.environ, listen, health_listen, metrics_dir)
-        log.info("starting worker processes", processes=settings.processes, address=listen)
+        env = worker_env(os.environ, listen, health_listen, metrics_dir, http_listen=http_listen)
+        log.info(
+            "starting worker processes",
+            processes=settings.processes,
+            address=listen,
+            http=http_listen or None,
+        )
         return asyncio.run(_supervise(Supervisor(settings, env)))
 
 

@@ -381,6 +381,10 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         # aclosing: a cancelled stream closes the reader (its Kafka consumer) at once.
         async with contextlib.aclosing(items):
             with self._quotas.subscription(principal):
+                # Accepted (authorized, filters valid, within bounds): say so before the first
+                # message, which may be a heartbeat away. The REST face answers its HTTP
+                # status on this (rest/gateway.py); gRPC clients see nothing new.
+                await context.send_initial_metadata(())
                 metrics.SUBSCRIPTIONS.inc()
                 try:
                     async for item in items:

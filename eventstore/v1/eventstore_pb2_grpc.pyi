@@ -3,6 +3,8 @@
 isort:skip_file
 The public API of the event store. Generated Python code lives in eventstore/v1 (make protos).
 Evolve additively only: never renumber or reuse a field.
+The google.api.http options map RPCs to the REST/JSON face (EVENTSTORE_HTTP_LISTEN), whose
+routes and OpenAPI document (docs/openapi.json) are built from them; README, "REST/JSON".
 """
 
 from collections import abc as _abc

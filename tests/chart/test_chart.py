@@ -271,7 +271,31 @@ def test_tls_and_permissions_come_from_mounted_secrets(helm: str) -> None:
 
 def test_health_port_is_not_in_the_service(helm: str) -> None:
     service = objects(render(helm))[("Service", "t-eventstore")]
-    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics", "http"}
+
+
+def service_ports(helm: str, *sets: str) -> dict[str, Any]:
+    result = template(helm, *[arg for s in sets for arg in ("--set", s)])
+    assert result.returncode == 0, result.stderr
+    service = objects(result.stdout)[("Service", "t-eventstore")]
+    return {p["name"]: p for p in service["spec"]["ports"]}
+
+
+def test_the_rest_face_is_served_and_in_the_service(helm: str) -> None:
+    container = server_pod(helm, "server.http.port=8090")["containers"][0]
+    assert env_of(container)["EVENTSTORE_HTTP_LISTEN"] == "0.0.0.0:8090"
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == 8090
+    http = service_ports(helm, "server.http.port=8090")["http"]
+    assert (http["port"], http["targetPort"], http["appProtocol"]) == (8090, "http", "http")
+    tls = ("server.tls.enabled=true", "server.tls.secretName=es-tls")
+    assert service_ports(helm, *tls)["http"]["appProtocol"] == "https"
+
+
+def test_the_rest_face_can_be_turned_off(helm: str) -> None:
+    container = server_pod(helm, "server.http.enabled=false")["containers"][0]
+    assert "EVENTSTORE_HTTP_LISTEN" not in env_of(container)
+    assert "http" not in {p["name"] for p in container["ports"]}
+    assert "http" not in service_ports(helm, "server.http.enabled=false")
 
 
 def test_default_values_authenticate_and_serve_health_in_plaintext(helm: str) -> None:
@@ -313,8 +337,17 @@ def test_auth_disabled_says_so_and_mounts_no_permissions(helm: str) -> None:
         ),
         (["server.tls.enabled=true"], "server.tls.secretName"),
         (["server.healthPort=50051"], "server.healthPort"),
+        (["server.http.port=50051"], "server.http.port"),
+        (["server.http.port=8081"], "server.http.port"),
     ],
-    ids=["client-ca-without-tls", "client-ca-with-tls-off", "tls-without-secret", "port-clash"],
+    ids=[
+        "client-ca-without-tls",
+        "client-ca-with-tls-off",
+        "tls-without-secret",
+        "port-clash",
+        "http-port-clash",
+        "http-health-clash",
+    ],
 )
 def test_inconsistent_security_values_are_refused(helm: str, sets: list[str], message: str) -> None:
     result = template(helm, *[arg for s in sets for arg in ("--set", s)])

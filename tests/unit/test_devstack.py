@@ -190,6 +190,11 @@ def test_make_run_serves_with_one_process_per_core_unless_told_otherwise() -> No
     assert run.environment({"EVENTSTORE_PROCESSES": "1"})["EVENTSTORE_PROCESSES"] == "1"
 
 
+def test_make_run_serves_the_rest_face_unless_turned_off() -> None:
+    assert run.environment({})["EVENTSTORE_HTTP_LISTEN"] == "127.0.0.1:8080"
+    assert run.environment({"EVENTSTORE_HTTP_LISTEN": ""})["EVENTSTORE_HTTP_LISTEN"] == ""
+
+
 def test_cluster_nodes_get_one_balanced_token_and_their_own_address() -> None:
     tokens = cluster.balanced_tokens(3)
     assert tokens[0] == -(2**63)

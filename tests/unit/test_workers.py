@@ -179,12 +179,14 @@ def test_a_concrete_port_is_left_as_it_is() -> None:
 
 def test_workers_run_one_process_each_and_leave_the_metrics_port_to_the_supervisor() -> None:
     base = {"EVENTSTORE_PROCESSES": "4", "EVENTSTORE_METRICS_PORT": "9464", "PATH": "/bin"}
-    env = worker_env({**base, "PROMETHEUS_MULTIPROC_DIR": "/stale"}, "h:1", "h:2", None)
+    stale = {**base, "PROMETHEUS_MULTIPROC_DIR": "/stale", "EVENTSTORE_HTTP_LISTEN": "h:0"}
+    env = worker_env(stale, "h:1", "h:2", None, http_listen="h:3")
     assert env["EVENTSTORE_PROCESSES"] == "1"
     assert env["EVENTSTORE_METRICS_PORT"] == "0"
     assert (env["EVENTSTORE_LISTEN"], env["EVENTSTORE_HEALTH_LISTEN"]) == ("h:1", "h:2")
+    assert env["EVENTSTORE_HTTP_LISTEN"] == "h:3"  # the port reserved for all, not port 0
     assert "PROMETHEUS_MULTIPROC_DIR" not in env
-    assert worker_env(base, "h:1", "", "/m")["PROMETHEUS_MULTIPROC_DIR"] == "/m"
+    assert worker_env(base, "h:1", "", "/m", http_listen="")["PROMETHEUS_MULTIPROC_DIR"] == "/m"
 
 
 def test_restarts_back_off_up_to_a_bound() -> None:

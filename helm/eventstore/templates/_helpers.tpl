@@ -88,6 +88,12 @@ start (or what cannot work). Included by server.yaml. */}}
 {{- if or (eq $health (int .Values.server.port)) (eq $health (int .Values.server.metricsPort)) -}}
 {{- fail (printf "server.healthPort (%d) must differ from server.port and server.metricsPort" $health) -}}
 {{- end -}}
+{{- if .Values.server.http.enabled -}}
+{{- $http := int .Values.server.http.port -}}
+{{- if or (eq $http (int .Values.server.port)) (eq $http (int .Values.server.metricsPort)) (eq $http $health) -}}
+{{- fail (printf "server.http.port (%d) must differ from server.port, server.metricsPort and server.healthPort" $http) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "eventstore.podSecurity" -}}
