@@ -12,6 +12,7 @@ from uuid import UUID
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
 from eventstore.domain.groups import Commit, GroupRecord, ParkedEvent, Where
 from eventstore.domain.queries import EventQuery, IndexProgress, SearchPage
+from eventstore.domain.schemas import SchemaVersion
 from eventstore.domain.snapshots import Snapshot
 
 
@@ -379,3 +380,22 @@ class SnapshotStore(ABC):
     @abstractmethod
     async def latest(self, aggregate_id: str, max_version: int | None) -> Snapshot | None:
         """The snapshot with the highest version <= max_version (None: any)."""
+
+
+class SchemaRegistry(ABC):
+    """Event schemas, per (aggregate type, event type) a sequence of versions 1, 2, 3, …
+    Versions are immutable once registered: callers may cache them for good."""
+
+    @abstractmethod
+    async def add(self, schema: SchemaVersion) -> bool:
+        """Register `schema` at its version if that version does not exist yet (race-free:
+        of concurrent registrations of one version exactly one is applied). False: it
+        exists (nothing was written)."""
+
+    @abstractmethod
+    async def versions(self, aggregate_type: str, event_type: str) -> list[SchemaVersion]:
+        """Every version of the event type, ascending ([] when it has none)."""
+
+    @abstractmethod
+    async def event_types(self, aggregate_type: str) -> list[str]:
+        """The event types of `aggregate_type` that have a schema, sorted."""
