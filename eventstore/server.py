@@ -39,6 +39,7 @@ from eventstore.ports import (
     EventStorage,
     GroupLog,
     PublicationLog,
+    SchemaRegistry,
     SnapshotStore,
 )
 from eventstore.publishing.groups import KafkaGroupLog
@@ -56,14 +57,16 @@ from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.catalog import CassandraAggregateCatalog
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
+from eventstore.storage.schemas import CassandraSchemaRegistry
 from eventstore.storage.snapshots import CassandraSnapshotStore
-from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.append import AppendEvents, utc_now_ms
 from eventstore.usecases.fairness import FairIndex, FairShare, FairSnapshots, FairStorage
 from eventstore.usecases.groups import ConsumeGroup, GroupSettings
 from eventstore.usecases.journal import WriterJournal
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.usecases.schemas import SchemaCatalog, Schemas
 from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2
@@ -95,6 +98,7 @@ class Components:
     groups: GroupLog | None = None
     index: EventIndex | None = None
     snapshots: SnapshotStore | None = None
+    schemas: SchemaRegistry | None = None
     owned: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
@@ -106,6 +110,7 @@ class Components:
             outbox = await CassandraPublicationLog.create(connection)
             catalog = await CassandraAggregateCatalog.create(connection)
             snapshots = await CassandraSnapshotStore.create(connection)
+            schemas = await CassandraSchemaRegistry.create(connection)
             # Kafka may be down now: that must not stop appends (the relay catches up later).
             publisher = KafkaEventPublisher(settings.kafka, settings.limits.to_limits())
             owned.push_async_callback(publisher.close)
@@ -125,6 +130,7 @@ class Components:
                 groups=groups,
                 index=index,
                 snapshots=snapshots,
+                schemas=schemas,
                 owned=owned.pop_all(),
             )
 
@@ -181,6 +187,20 @@ class RunningServer:
             # The writer exists for the other replicas before its first announcement.
             await self.publication.start(settings.startup_timeout_s)
             self.relay = asyncio.create_task(self.publication.run(), name="relay")
+        schemas = (
+            Schemas(
+                components.schemas,
+                SchemaCatalog(
+                    components.schemas,
+                    refresh_s=settings.schemas.refresh_s,
+                    max_event_bytes=settings.limits.max_event_bytes,
+                ),
+                settings.schemas.to_limits(),
+                clock=utc_now_ms,
+            )
+            if components.schemas is not None
+            else None
+        )
         self.deferred.target = EventStoreServicer(
             admission=self.admission,
             authenticator=self.authenticator,
@@ -193,7 +213,9 @@ class RunningServer:
                 publication=self.publication,
                 catalog=components.catalog,
                 failpoints=Failpoints(settings.failpoints),
+                schemas=schemas.catalog if schemas is not None else None,
             ),
+            schemas=schemas,
             read=ReadAggregate(shared, settings.read_page_size),
             describe=DescribeAggregate(shared),
             limits=settings.limits.to_limits(),

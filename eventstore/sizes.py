@@ -15,6 +15,7 @@ protobuf import.
 from __future__ import annotations
 
 from eventstore.domain.access import PRINCIPAL_KEY
+from eventstore.domain.events import SCHEMA_VERSION_KEY
 from eventstore.domain.validation import MAX_EVENT_ID_LENGTH, Limits
 
 #: What our client (eventstore.client) accepts in one message from the server.
@@ -67,7 +68,10 @@ def _map_entry(key: int, value: int) -> int:
 
 
 _TIMESTAMP = _length_delimited((1 + _INT64) + (1 + _NANOS))
-_SERVER_METADATA = _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES)
+#: The server's metadata: the principal, and the schema version (an int32 in decimal).
+_SERVER_METADATA = _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES) + _map_entry(
+    len(SCHEMA_VERSION_KEY), len(str(-(2**31)))
+)
 
 
 def _entry_framing(counted: int) -> int:
@@ -121,6 +125,7 @@ def _event_fixed(limits: Limits) -> int:
         + _length_delimited(_UTF8_MAX * limits.max_type_name_length)  # content_type
         + _TIMESTAMP  # recorded_at
         + _SERVER_METADATA
+        + (1 + _INT64)  # schema_version
     )
 
 

@@ -31,6 +31,8 @@ class Operation(enum.Enum):
     READ = "read"
     QUERY = "query"
     SUBSCRIBE = "subscribe"
+    #: register versions of the aggregate type's event schemas (reading them needs READ)
+    REGISTER_SCHEMA = "register_schema"
 
 
 class Unauthenticated(EventStoreError):

@@ -27,9 +27,6 @@ from google.protobuf.message import DecodeError
 
 from eventstore.domain.errors import EventStoreError, FieldViolation, InvalidArgument
 
-#: Metadata key the server sets to the schema version an event was validated against (clients
-#: cannot set `$` keys). An event stored without it, of a type that has schemas, counts as 1.
-SCHEMA_VERSION_KEY = "$schema_version"
 #: Keyword marking a property as personal data (for crypto-shredding): see `personal_paths`.
 PERSONAL_KEYWORD = "x-personal"
 
@@ -104,6 +101,22 @@ class SchemaVersion:
 
 
 @dataclass(frozen=True, slots=True)
+class SchemaRegistration:
+    """A validated RegisterSchema request."""
+
+    aggregate_type: str
+    event_type: str
+    format: SchemaFormat
+    document: bytes
+    #: None: the previous version's (backward for a first version)
+    compatibility: Compatibility | None
+    message_name: str = ""
+    upcast: tuple[UpcastOp, ...] = ()
+    #: the version it must become (0: the next)
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SchemaLimits:
     max_document_bytes: int = 64 * 1024
     max_versions: int = 100
@@ -174,7 +187,9 @@ def parse_pointer(text: str) -> tuple[str, ...]:
     return tuple(p.replace("~1", "/").replace("~0", "~") for p in text[1:].split("/"))
 
 
-def parse_upcast(document: Any, limits: SchemaLimits, where: str = "upcast") -> tuple[UpcastOp, ...]:
+def parse_upcast(
+    document: Any, limits: SchemaLimits, where: str = "upcast"
+) -> tuple[UpcastOp, ...]:
     """Upcast operations from their JSON form: a list of {"op": ..., "path": ...} objects."""
     if not isinstance(document, list):
         raise InvalidArgument.of(where, "must be a JSON list of operations")
@@ -322,9 +337,7 @@ def protobuf_message_class(document: bytes, message_name: str) -> Any:
     return message_factory.GetMessageClass(descriptor)
 
 
-def check_registration(
-    candidate: SchemaVersion, limits: SchemaLimits
-) -> None:
+def check_registration(candidate: SchemaVersion, limits: SchemaLimits) -> None:
     """A new version's own checks (before compatibility): size, parse, upcast form."""
     if len(candidate.document) > limits.max_document_bytes:
         raise InvalidArgument.of(
@@ -652,9 +665,7 @@ def _upcast_schema_op(schema: Any, op: UpcastOp) -> Any:
     return schema
 
 
-def compatibility_problems(
-    previous: SchemaVersion, candidate: SchemaVersion
-) -> list[Problem]:
+def compatibility_problems(previous: SchemaVersion, candidate: SchemaVersion) -> list[Problem]:
     """What breaks the candidate's compatibility mode against the previous version."""
     mode = candidate.compatibility
     if mode is Compatibility.NONE:
@@ -713,9 +724,12 @@ def _proto_fields(old: Any, new: Any, path: str, seen: set[str]) -> Iterator[Pro
                 yield Problem(where, f"field {number} changes its message type")
             else:
                 yield from _proto_fields(was.message_type, now.message_type, where, seen)
-        elif was.enum_type is not None and now.enum_type is not None:
-            if was.enum_type.full_name != now.enum_type.full_name:
-                yield Problem(where, f"field {number} changes its enum type")
+        elif (
+            was.enum_type is not None
+            and now.enum_type is not None
+            and was.enum_type.full_name != now.enum_type.full_name
+        ):
+            yield Problem(where, f"field {number} changes its enum type")
     for number, now in new_fields.items():
         if number not in old_fields and _required(now):
             yield Problem(f"{path}.{now.name}", f"new field {number} is required")

@@ -13,6 +13,7 @@ import structlog
 from eventstore.domain.access import PRINCIPAL_KEY, Operation, Principal, record_principal
 from eventstore.domain.errors import EventIdReused, InvalidArgument, WrongExpectedVersion
 from eventstore.domain.events import (
+    SCHEMA_VERSION_KEY,
     AppendRequest,
     AppendResult,
     Direction,
@@ -23,6 +24,7 @@ from eventstore.domain.events import (
 from eventstore.failpoints import Failpoints
 from eventstore.ports import AggregateCatalog, Committed, EventStorage, ExistingEvent, Rejected
 from eventstore.usecases.publish import Publication
+from eventstore.usecases.schemas import SchemaCatalog
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +53,7 @@ class AppendEvents:
         publication: Publication | None = None,
         catalog: AggregateCatalog | None = None,
         failpoints: Failpoints | None = None,
+        schemas: SchemaCatalog | None = None,
     ) -> None:
         self._storage = storage
         self._clock = clock
@@ -59,10 +62,14 @@ class AppendEvents:
         self._catalog = catalog
         self._known_types: set[str] = set()
         self._failpoints = failpoints or Failpoints()
+        self._schemas = schemas
 
     async def __call__(self, request: AppendRequest, principal: Principal) -> AppendResult:
         principal.require(Operation.APPEND, request.aggregate_type)
         request = record_principal(request, principal)
+        if self._schemas is not None:
+            # Before anything is written (cached schemas: no Cassandra read when steady).
+            request = await self._schemas.stamp(request)
         expected = request.expected
         await self._register_type(request.aggregate_type)
         # Exact and NO_STREAM appends go straight to the conditional write: one round trip.
@@ -206,7 +213,9 @@ def _difference(sent: NewEvent, stored: RecordedEvent) -> str:
     it does not count: a retry by another principal gets the original result."""
 
     def client_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-        return {k: v for k, v in metadata.items() if k != PRINCIPAL_KEY}
+        # Nor does the schema version of the data: a retry naming "latest" after another
+        # version was registered still sends the same event.
+        return {k: v for k, v in metadata.items() if k not in (PRINCIPAL_KEY, SCHEMA_VERSION_KEY)}
 
     if sent.event_type != stored.event_type:
         return "event_type"

@@ -3,11 +3,13 @@ them into the same domain types."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from eventstore.domain.events import AggregateInfo, AppendResult
 from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.queries import Freshness, QueryPage, encode_consistency_token
+from eventstore.domain.schemas import Compatibility, SchemaFormat, SchemaVersion
 from eventstore.domain.snapshots import Snapshot
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import event_from_proto, event_to_proto, time_from_proto, timestamp
@@ -136,3 +138,32 @@ def parked_from_proto(message: pb.ParkedEvent) -> ParkedEvent:
         attempts=message.attempts,
         parked_at=time_from_proto(message.parked_at),
     )
+
+
+_FORMATS = {
+    SchemaFormat.JSON_SCHEMA: pb.SCHEMA_FORMAT_JSON_SCHEMA,
+    SchemaFormat.PROTOBUF: pb.SCHEMA_FORMAT_PROTOBUF,
+}
+_COMPATIBILITIES = {
+    Compatibility.BACKWARD: pb.SCHEMA_COMPATIBILITY_BACKWARD,
+    Compatibility.FORWARD: pb.SCHEMA_COMPATIBILITY_FORWARD,
+    Compatibility.FULL: pb.SCHEMA_COMPATIBILITY_FULL,
+    Compatibility.NONE: pb.SCHEMA_COMPATIBILITY_NONE,
+}
+
+
+def schema_to_proto(schema: SchemaVersion, with_document: bool = True) -> pb.EventSchema:
+    message = pb.EventSchema(
+        aggregate_type=schema.aggregate_type,
+        event_type=schema.event_type,
+        version=schema.version,
+        format=_FORMATS[schema.format],
+        document=schema.document if with_document else b"",
+        message_name=schema.message_name,
+        compatibility=_COMPATIBILITIES[schema.compatibility],
+        upcast_json=json.dumps([op.to_json() for op in schema.upcast]) if schema.upcast else "",
+        registered_by=schema.registered_by,
+    )
+    if schema.registered_at is not None:
+        message.registered_at.CopyFrom(timestamp(schema.registered_at))
+    return message
