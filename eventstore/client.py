@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -49,6 +49,7 @@ from grpc_status import rpc_status
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
 from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.queries import Freshness, QueryPage
+from eventstore.domain.schemas import Compatibility, SchemaFormat, SchemaVersion
 from eventstore.domain.snapshots import Snapshot
 from eventstore.sizes import CLIENT_MAX_RECEIVE_BYTES
 from eventstore.v1 import eventstore_pb2 as pb
@@ -59,6 +60,7 @@ from eventstore.wire.results import (
     append_result_from_proto,
     parked_from_proto,
     query_page_from_proto,
+    schema_from_proto,
     snapshot_from_proto,
 )
 
@@ -67,6 +69,7 @@ __all__ = [
     "AggregateNotFoundError",
     "AppendResult",
     "ClientError",
+    "Compatibility",
     "Event",
     "EventIdReusedError",
     "EventStoreClient",
@@ -82,6 +85,9 @@ __all__ = [
     "RecordedEvent",
     "ResourceExhaustedError",
     "RetryPolicy",
+    "SchemaFormat",
+    "SchemaVersion",
+    "SchemaViewName",
     "Snapshot",
     "SubscriptionMessage",
     "TlsOptions",
@@ -118,6 +124,8 @@ class Event:
     metadata: Mapping[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    #: The schema version `data` follows, if its type has schemas (0: the latest registered).
+    schema_version: int = 0
 
     def payload(self) -> bytes:
         """`data` as the bytes sent: as is, or as compact JSON."""
@@ -147,6 +155,22 @@ class GroupDelivery:
     delivery_id: int
     event: RecordedEvent
     attempt: int
+
+
+#: How events of types with schemas are delivered: as appended, or upcast to the latest version.
+SchemaViewName = Literal["as_stored", "latest"]
+_SCHEMA_VIEWS = {"as_stored": pb.SCHEMA_VIEW_AS_STORED, "latest": pb.SCHEMA_VIEW_LATEST}
+_SCHEMA_FORMATS = {
+    SchemaFormat.JSON_SCHEMA: pb.SCHEMA_FORMAT_JSON_SCHEMA,
+    SchemaFormat.PROTOBUF: pb.SCHEMA_FORMAT_PROTOBUF,
+}
+_COMPATIBILITIES = {
+    None: pb.SCHEMA_COMPATIBILITY_UNSPECIFIED,
+    Compatibility.BACKWARD: pb.SCHEMA_COMPATIBILITY_BACKWARD,
+    Compatibility.FORWARD: pb.SCHEMA_COMPATIBILITY_FORWARD,
+    Compatibility.FULL: pb.SCHEMA_COMPATIBILITY_FULL,
+    Compatibility.NONE: pb.SCHEMA_COMPATIBILITY_NONE,
+}
 
 
 class GroupMember:
@@ -485,6 +509,7 @@ class EventStoreClient:
                     data=event.payload(),
                     content_type=event.content_type,
                     metadata=dict(event.metadata),
+                    schema_version=event.schema_version,
                 )
                 for event in events
             ],
@@ -499,13 +524,17 @@ class EventStoreClient:
         *,
         backwards: bool = False,
         max_count: int = 0,
+        schema_view: SchemaViewName = "as_stored",
     ) -> AsyncIterator[RecordedEvent]:
         """The aggregate's events from `from_version` (0: the first, or the last if
         `backwards`), at most `max_count` of them (0: all). An aggregate without events yields
         nothing. Stopping early (`aclose()`, or dropping the generator) cancels the call.
 
         A retryable failure (a replica restarting, say) is retried under the client's policy,
-        from the version after the last one yielded: every event is yielded once, in order."""
+        from the version after the last one yielded: every event is yielded once, in order.
+
+        `schema_view="latest"`: events of types with schemas come upcast to the latest version
+        (the version an event has is `eventstore.wire.events.schema_version(event)`)."""
         step = -1 if backwards else 1
         failures = 0
         yielded = False
@@ -515,6 +544,7 @@ class EventStoreClient:
                 from_version=from_version,
                 direction=pb.DIRECTION_BACKWARDS if backwards else pb.DIRECTION_FORWARDS,
                 max_count=max_count,
+                schema_view=_SCHEMA_VIEWS[schema_view],
             )
             call = self._stub.ReadAggregate(request, metadata=self._metadata)
             try:
@@ -562,6 +592,7 @@ class EventStoreClient:
         aggregate_types: Sequence[str] = (),
         event_types: Sequence[str] = (),
         start: str | datetime = "beginning",
+        schema_view: SchemaViewName = "as_stored",
     ) -> AsyncIterator[SubscriptionMessage]:
         """History, a caught-up marker, then live events. `start`: "beginning", "end", the
         checkpoint of a message received earlier (to resume right after it), or a time (the
@@ -570,6 +601,7 @@ class EventStoreClient:
             aggregate_id=aggregate_id,
             aggregate_types=list(aggregate_types),
             event_types=list(event_types),
+            schema_view=_SCHEMA_VIEWS[schema_view],
         )
         if isinstance(start, datetime):
             request.from_time.FromDatetime(start)
@@ -602,6 +634,7 @@ class EventStoreClient:
         event_types: Sequence[str] = (),
         start: str | datetime = "beginning",
         max_in_flight: int = 0,
+        schema_view: SchemaViewName = "as_stored",
     ) -> GroupMember:
         """Join consumer group `group` (yours: another principal's group of that name is
         another group). Members share its aggregates: each aggregate goes to one member at a
@@ -613,6 +646,7 @@ class EventStoreClient:
             aggregate_types=list(aggregate_types),
             event_types=list(event_types),
             max_in_flight=max_in_flight,
+            schema_view=_SCHEMA_VIEWS[schema_view],
         )
         if isinstance(start, datetime):
             join.from_time.FromDatetime(start)
@@ -653,6 +687,7 @@ class EventStoreClient:
         count_total: bool = False,
         min_consistency_token: str = "",
         timeout_s: float | None = None,
+        schema_view: SchemaViewName = "as_stored",
     ) -> QueryPage:
         """One page of events by type and time (from the search index), sorted by
         (recorded_at, aggregate_id, version); `start` inclusive, `end` exclusive. Pass the
@@ -672,6 +707,7 @@ class EventStoreClient:
             visible_event_id=str(visible_event_id) if visible_event_id else "",
             count_total=count_total,
             min_consistency_token=min_consistency_token,
+            schema_view=_SCHEMA_VIEWS[schema_view],
         )
         if start is not None:
             getattr(request, "from").FromDatetime(start)
@@ -720,6 +756,57 @@ class EventStoreClient:
         except AggregateNotFoundError:
             return None
         return snapshot_from_proto(snapshot)
+
+    async def register_schema(
+        self,
+        aggregate_type: str,
+        event_type: str,
+        document: bytes | Mapping[str, Any],
+        *,
+        upcast: Sequence[Mapping[str, Any]] = (),
+        compatibility: Compatibility | None = None,
+        schema_format: SchemaFormat = SchemaFormat.JSON_SCHEMA,
+        message_name: str = "",
+        version: int = 0,
+    ) -> SchemaVersion:
+        """Register the next version of the event type's schema (a JSON Schema as a mapping or
+        JSON bytes, or a serialized FileDescriptorSet with `message_name`). `upcast`: the
+        operations turning the previous version's data into this one's. `compatibility`
+        None: the previous version's (backward for a first one). `version`: the one it must
+        become (0: the next). Registering the latest version's content again returns it."""
+        if not isinstance(document, bytes):
+            document = json.dumps(document).encode()
+        request = pb.RegisterSchemaRequest(
+            aggregate_type=aggregate_type,
+            event_type=event_type,
+            format=_SCHEMA_FORMATS[schema_format],
+            document=document,
+            message_name=message_name,
+            compatibility=_COMPATIBILITIES[compatibility],
+            upcast_json=json.dumps(list(upcast)) if upcast else "",
+            version=version,
+        )
+        response: pb.RegisterSchemaResponse = await self._with_retries(
+            self._stub.RegisterSchema, request
+        )
+        return schema_from_proto(response.schema)
+
+    async def list_schemas(self, aggregate_type: str, event_type: str = "") -> list[SchemaVersion]:
+        """The schema versions of the aggregate type's event types (or of one), without their
+        documents."""
+        request = pb.ListSchemasRequest(aggregate_type=aggregate_type, event_type=event_type)
+        response: pb.ListSchemasResponse = await self._with_retries(self._stub.ListSchemas, request)
+        return [schema_from_proto(s) for s in response.schemas]
+
+    async def get_schema(
+        self, aggregate_type: str, event_type: str, version: int = 0
+    ) -> SchemaVersion:
+        """One version (0: the latest) with its document; ClientError NOT_FOUND if none."""
+        request = pb.GetSchemaRequest(
+            aggregate_type=aggregate_type, event_type=event_type, version=version
+        )
+        response: pb.GetSchemaResponse = await self._with_retries(self._stub.GetSchema, request)
+        return schema_from_proto(response.schema)
 
     async def _with_retries(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         for attempt in range(1, self._retry.attempts + 1):

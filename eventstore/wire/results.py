@@ -9,7 +9,14 @@ import uuid
 from eventstore.domain.events import AggregateInfo, AppendResult
 from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.queries import Freshness, QueryPage, encode_consistency_token
-from eventstore.domain.schemas import Compatibility, SchemaFormat, SchemaVersion
+from eventstore.domain.schemas import (
+    Compatibility,
+    SchemaFormat,
+    SchemaLimits,
+    SchemaVersion,
+    UpcastOp,
+    parse_upcast,
+)
 from eventstore.domain.snapshots import Snapshot
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import event_from_proto, event_to_proto, time_from_proto, timestamp
@@ -167,3 +174,27 @@ def schema_to_proto(schema: SchemaVersion, with_document: bool = True) -> pb.Eve
     if schema.registered_at is not None:
         message.registered_at.CopyFrom(timestamp(schema.registered_at))
     return message
+
+
+def schema_from_proto(message: pb.EventSchema) -> SchemaVersion:
+    upcast: tuple[UpcastOp, ...] = ()
+    if message.upcast_json:
+        # The server's own rendering of operations it accepted: read back without its limits.
+        upcast = parse_upcast(
+            json.loads(message.upcast_json),
+            SchemaLimits(max_upcast_operations=2**31, max_upcast_value_bytes=2**31),
+        )
+    return SchemaVersion(
+        aggregate_type=message.aggregate_type,
+        event_type=message.event_type,
+        version=message.version,
+        format={v: k for k, v in _FORMATS.items()}[message.format],
+        document=message.document,
+        compatibility={v: k for k, v in _COMPATIBILITIES.items()}[message.compatibility],
+        message_name=message.message_name,
+        upcast=upcast,
+        registered_at=(
+            time_from_proto(message.registered_at) if message.HasField("registered_at") else None
+        ),
+        registered_by=message.registered_by,
+    )
