@@ -86,7 +86,10 @@ __all__ = [
     "ResourceExhaustedError",
     "RetryPolicy",
     "SchemaFormat",
+    "SchemaIncompatibleError",
+    "SchemaNotFoundError",
     "SchemaVersion",
+    "SchemaVersionConflictError",
     "SchemaViewName",
     "Snapshot",
     "SubscriptionMessage",
@@ -411,10 +414,34 @@ _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
 }
 
 
+class SchemaIncompatibleError(ClientError):
+    """FAILED_PRECONDITION: the schema version breaks its compatibility mode (or uses what the
+    check cannot decide)."""
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """(JSON path into the schema, why) pairs."""
+        failure = self._detail(error_details_pb2.PreconditionFailure)
+        if failure is None:
+            return []
+        return [(v.subject, v.description) for v in failure.violations]
+
+
+class SchemaVersionConflictError(ClientError):
+    """FAILED_PRECONDITION: the registration named a version other than the next one."""
+
+
+class SchemaNotFoundError(ClientError):
+    """NOT_FOUND: the event type has no such schema version."""
+
+
 #: Errors that share a status code with another, told apart by their ErrorInfo reason.
 _BY_REASON: dict[str, type[ClientError]] = {
     "EVENT_ID_REUSED": EventIdReusedError,
     "NOT_YET_SEARCHABLE": NotYetSearchableError,
+    "SCHEMA_INCOMPATIBLE": SchemaIncompatibleError,
+    "SCHEMA_VERSION_CONFLICT": SchemaVersionConflictError,
+    "SCHEMA_NOT_FOUND": SchemaNotFoundError,
 }
 
 
@@ -801,7 +828,7 @@ class EventStoreClient:
     async def get_schema(
         self, aggregate_type: str, event_type: str, version: int = 0
     ) -> SchemaVersion:
-        """One version (0: the latest) with its document; ClientError NOT_FOUND if none."""
+        """One version (0: the latest) with its document; SchemaNotFoundError if none."""
         request = pb.GetSchemaRequest(
             aggregate_type=aggregate_type, event_type=event_type, version=version
         )
