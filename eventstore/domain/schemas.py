@@ -742,11 +742,11 @@ def _reserved_ranges(descriptor: Any) -> list[tuple[int, int]]:
 
 
 def _repeated(field_descriptor: Any) -> bool:
-    return bool(field_descriptor.label == field_descriptor.LABEL_REPEATED)
+    return bool(field_descriptor.is_repeated)
 
 
 def _required(field_descriptor: Any) -> bool:
-    return bool(field_descriptor.label == field_descriptor.LABEL_REQUIRED)
+    return bool(field_descriptor.is_required)
 
 
 # --- personal data annotations ---------------------------------------------------------------
