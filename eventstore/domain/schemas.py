@@ -307,6 +307,9 @@ class CompiledSchema:
                 instance = json.loads(data)
             except (UnicodeDecodeError, ValueError) as exc:
                 return [f"$: not JSON ({exc})"]
+            # The common case first: is_valid stops at the first error and builds none.
+            if self._validator.is_valid(instance):
+                return []
             found: list[str] = []
             errors = sorted(self._validator.iter_errors(instance), key=lambda e: e.json_path)
             for error in errors[:max_problems]:
