@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 
 from eventstore.client import (
     AggregateNotFoundError,
@@ -19,12 +20,14 @@ from eventstore.client import (
     Event,
     EventStoreClient,
     InvalidArgumentError,
+    SchemaFormat,
     SchemaIncompatibleError,
     SubscriptionMessage,
 )
 from eventstore.config import KafkaSettings, OpenSearchSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.server import RunningServer
+from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import schema_version
 from tests.integration.test_indexer import IndexerProcess, wait_for_count
 from tests.integration.test_replay import replay
@@ -219,3 +222,89 @@ async def test_the_cli_registers_from_a_file(
     assert code == 0, err
     assert [json.loads(line)["version"] for line in out.splitlines()] == [1]
     assert (await client.get_schema(kind, "Paid")).version == 1
+
+
+def _descriptor_set(*fields: tuple[str, int, int]) -> bytes:
+    message = descriptor_pb2.DescriptorProto(name="Paid")
+    for name, number, kind in fields:
+        message.field.add(
+            name=name,
+            number=number,
+            type=kind,
+            label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+        )
+    file = descriptor_pb2.FileDescriptorProto(
+        name="payments.proto", package="payments", syntax="proto3", message_type=[message]
+    )
+    return descriptor_pb2.FileDescriptorSet(file=[file]).SerializeToString()
+
+
+async def test_protobuf_schemas_validate_payloads_and_field_numbers(
+    client: EventStoreClient,
+) -> None:
+    kind = unique("Payment").replace("-", "")
+    aggregate = unique("pay")
+    string, int64 = (
+        descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+    )
+    await client.register_schema(
+        kind,
+        "Paid",
+        _descriptor_set(("name", 1, string), ("amount", 2, int64)),
+        schema_format=SchemaFormat.PROTOBUF,
+        message_name="payments.Paid",
+    )
+    protobuf = "application/x-protobuf"
+    await client.append(
+        aggregate, kind, [Event("Paid", b"\x0a\x03Ada\x10\x05", content_type=protobuf)]
+    )
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.append(aggregate, kind, [Event("Paid", b"\x0a\xff", content_type=protobuf)])
+    assert caught.value.fields == ["events[0].data"]
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.append(aggregate, kind, [Event("Paid", {"name": "Ada"})])
+    assert caught.value.fields == ["events[0].content_type"]
+    with pytest.raises(SchemaIncompatibleError) as incompatible:
+        await client.register_schema(
+            kind,
+            "Paid",
+            _descriptor_set(("name", 1, string), ("amount", 2, string)),
+            schema_format=SchemaFormat.PROTOBUF,
+            message_name="payments.Paid",
+        )
+    assert [path for path, _ in incompatible.value.problems] == ["$.amount"]
+    (stored,) = await client.read_all(aggregate, schema_view="latest")
+    assert schema_version(stored) == 1
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"format": pb.SCHEMA_FORMAT_UNSPECIFIED}, "format"),
+        ({"document": b"{not json"}, "document"),
+        ({"document": b'{"type": 12}'}, "document.type"),
+        ({"document": b"{}" + b" " * 70_000}, "document"),
+        ({"aggregate_type": ""}, "aggregate_type"),
+        ({"event_type": "bad type!"}, "event_type"),
+        ({"upcast_json": "[1]"}, "upcast_json[0]"),
+        ({"upcast_json": "{"}, "upcast_json"),
+        ({"compatibility": 99}, "compatibility"),
+        ({"version": -1}, "version"),
+        ({"message_name": "x"}, "message_name"),
+    ],
+)
+async def test_bad_registrations_name_the_field(
+    client: EventStoreClient, request_fields: dict[str, Any], field: str
+) -> None:
+    request = pb.RegisterSchemaRequest(
+        aggregate_type="Payment",
+        event_type="Paid",
+        format=pb.SCHEMA_FORMAT_JSON_SCHEMA,
+        document=b"{}",
+    )
+    for name, value in request_fields.items():
+        setattr(request, name, value)
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client._with_retries(client._stub.RegisterSchema, request)
+    assert caught.value.fields == [field]
