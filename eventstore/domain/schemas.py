@@ -291,8 +291,11 @@ class CompiledSchema:
         self.version = version
         self._validator: jsonschema.protocols.Validator | None = None
         self._message: Any = None
+        #: the paths the schema marks as personal data (`personal_paths`)
+        self.personal: list[tuple[str, ...]] = []
         if version.format is SchemaFormat.JSON_SCHEMA:
             schema = json.loads(version.document)
+            self.personal = personal_paths(schema)
             cls = jsonschema.validators.validator_for(
                 schema, default=jsonschema.Draft202012Validator
             )

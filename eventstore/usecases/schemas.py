@@ -168,6 +168,15 @@ class SchemaCatalog:
             raise InvalidArgument(violations)
         return replace(request, events=tuple(events))
 
+    async def personal_fields(
+        self, aggregate_type: str, event_type: str, version: int = 0
+    ) -> list[tuple[str, ...]]:
+        """The paths a version (0: the latest) marks `"x-personal": true` ([] for a type
+        without schemas): for per-subject encryption of personal data."""
+        history = await self.history(aggregate_type, event_type, version)
+        compiled = history.compiled.get(version or history.latest)
+        return list(compiled.personal) if compiled is not None else []
+
     async def latest(self, events: Iterable[RecordedEvent]) -> list[RecordedEvent]:
         """`events` with the data of every type with schemas upcast to its latest version."""
         return [await self.upcast_event(event) for event in events]

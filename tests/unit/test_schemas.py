@@ -244,6 +244,7 @@ def test_unknown_keywords_are_allowed_and_personal_fields_listed() -> None:
     }
     check_registration(json_version(1, schema), LIMITS)
     assert personal_paths(schema) == [("email",), ("address", "street"), ("phones", "*")]
+    assert CompiledSchema(json_version(1, schema)).personal == personal_paths(schema)
 
 
 def test_registration_checks_name_the_field() -> None:
@@ -494,3 +495,11 @@ async def test_registration_rules() -> None:
     with pytest.raises(InvalidArgument) as caught:
         await limited.register(registration(wider), ADMIN)
     assert [v.field for v in caught.value.violations] == ["event_type"]
+
+
+async def test_personal_fields_of_a_type() -> None:
+    schemas, _ = setup(InMemorySchemaRegistry())
+    marked = {**OBJ, "properties": {**OBJ["properties"], "name": {"x-personal": True}}}
+    await schemas.register(registration(marked), ADMIN)
+    assert await schemas.catalog.personal_fields("Order", "Placed") == [("name",)]
+    assert await schemas.catalog.personal_fields("Order", "Other") == []
