@@ -73,6 +73,8 @@ class SchemaCatalog:
         self._clock = clock
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[SchemaHistory]] = {}
+        #: bumped by `forget`, so that a read begun before a registration is not cached
+        self._generations: dict[tuple[str, str], int] = {}
 
     async def history(
         self, aggregate_type: str, event_type: str, at_least: int = 0
@@ -87,30 +89,38 @@ class SchemaCatalog:
             if age < self._refresh_s and (at_least <= entry.history.latest or age < _MISS_RELOAD_S):
                 return entry.history
         loading = self._loading.get(key)
-        if loading is not None:
-            # One read per type however many calls want it at once.
-            return await asyncio.shield(loading)
-        future: asyncio.Future[SchemaHistory] = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
-        try:
-            versions = await self._registry.versions(aggregate_type, event_type)
-            history = _history(versions, entry.history if entry is not None else None)
-            if key not in self._entries and len(self._entries) >= self._max_entries:
-                # Oldest first (dicts keep insertion order): an entry is only a cache.
-                del self._entries[next(iter(self._entries))]
-            self._entries[key] = _Entry(history, self._clock())
-            future.set_result(history)
-            return history
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: nobody else may be waiting for it
-            raise
-        finally:
+        if loading is None:
+            # One read per type however many calls want it at once, in a task of its own: a
+            # caller that goes away does not cancel the read the others wait for.
+            loading = asyncio.ensure_future(self._load(key, entry))
+            self._loading[key] = loading
+            loading.add_done_callback(lambda done: self._loaded(key, done))
+        return await asyncio.shield(loading)
+
+    def _loaded(self, key: tuple[str, str], done: asyncio.Future[SchemaHistory]) -> None:
+        if self._loading.get(key) is done:
             del self._loading[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: its waiters (if any are left) got it
+
+    async def _load(self, key: tuple[str, str], entry: _Entry | None) -> SchemaHistory:
+        generation = self._generations.get(key, 0)
+        versions = await self._registry.versions(*key)
+        history = _history(versions, entry.history if entry is not None else None)
+        if self._generations.get(key, 0) != generation:
+            return history  # a registration here meanwhile: the next call reads again
+        if key not in self._entries and len(self._entries) >= self._max_entries:
+            # Oldest first (dicts keep insertion order): an entry is only a cache.
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = _Entry(history, self._clock())
+        return history
 
     def forget(self, aggregate_type: str, event_type: str) -> None:
         """A version was registered here: read the list again on next use."""
-        self._entries.pop((aggregate_type, event_type), None)
+        key = (aggregate_type, event_type)
+        self._entries.pop(key, None)
+        self._generations[key] = self._generations.get(key, 0) + 1
+        self._loading.pop(key, None)
 
     async def stamp(self, request: AppendRequest) -> AppendRequest:
         """Validate each event of a type with schemas against the version it names (0: the

@@ -3,6 +3,7 @@ keeps Cassandra off the append path, authorization and limits of registration.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
@@ -503,3 +504,26 @@ async def test_personal_fields_of_a_type() -> None:
     await schemas.register(registration(marked), ADMIN)
     assert await schemas.catalog.personal_fields("Order", "Placed") == [("name",)]
     assert await schemas.catalog.personal_fields("Order", "Other") == []
+
+
+class SlowRegistry(CountingRegistry):
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def versions(self, aggregate_type: str, event_type: str) -> list[SchemaVersion]:
+        await self.release.wait()
+        return await super().versions(aggregate_type, event_type)
+
+
+async def test_concurrent_misses_share_one_read_that_a_leaving_caller_does_not_cancel() -> None:
+    registry = SlowRegistry()
+    await registry.add(json_version(1, OBJ))
+    catalog = SchemaCatalog(registry)
+    waiting = [asyncio.create_task(catalog.history("Order", "Placed")) for _ in range(5)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()
+    registry.release.set()
+    histories = await asyncio.gather(*waiting[1:])
+    assert [h.latest for h in histories] == [1, 1, 1, 1]
+    assert registry.reads == 1
