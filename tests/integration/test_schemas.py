@@ -308,3 +308,30 @@ async def test_bad_registrations_name_the_field(
     with pytest.raises(InvalidArgumentError) as caught:
         await client._with_retries(client._stub.RegisterSchema, request)
     assert caught.value.fields == [field]
+
+
+async def test_the_replay_cli_folds_upcast_events(
+    server: RunningServer, client: EventStoreClient
+) -> None:
+    kind = unique("Counter").replace("-", "")
+    aggregate = unique("count")
+    closed = {"type": "object", "additionalProperties": False}
+    await client.register_schema(kind, "Added", {**closed, "properties": {"amount": {}}})
+    await client.append(aggregate, kind, [Event("Added", {"amount": 2}), Event("Added", {})])
+    await client.register_schema(
+        kind,
+        "Added",
+        {**closed, "properties": {"n": {"type": "integer"}}, "required": ["n"]},
+        upcast=[
+            {"op": "rename", "path": "/amount", "to": "n"},
+            {"op": "add", "path": "/n", "value": 1},
+        ],
+        compatibility=Compatibility.NONE,  # v1's "amount" was of any type
+    )
+    reducer = ("--reducer", "replayer.examples.counter:reduce")
+    code, out, err = await replay(server, "state", aggregate, *reducer)
+    assert code == 0, err
+    assert json.loads(out)["total"] == 0, "as stored, no event has an n"
+    code, out, err = await replay(server, "state", aggregate, *reducer, "--upcast", "latest")
+    assert code == 0, err
+    assert json.loads(out)["total"] == 3
