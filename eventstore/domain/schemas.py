@@ -263,6 +263,10 @@ def parse_json_schema(document: bytes, where: str = "document") -> Any:
         schema = json.loads(document)
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidArgument.of(where, f"is not JSON: {exc}") from None
+    except RecursionError:
+        schema = None
+    if schema is None or _depth(schema) > MAX_SCHEMA_DEPTH:
+        raise InvalidArgument.of(where, f"is nested deeper than {MAX_SCHEMA_DEPTH} levels")
     if not isinstance(schema, dict | bool):
         raise InvalidArgument.of(where, "a JSON Schema is an object (or true/false)")
     try:
@@ -275,6 +279,23 @@ def parse_json_schema(document: bytes, where: str = "document") -> Any:
     except (jsonschema.exceptions.ReferenceResolutionError, RecursionError) as exc:
         raise InvalidArgument.of(where, f"not a usable JSON Schema: {exc}") from None
     return schema
+
+
+#: Nesting of a schema document (objects and lists): the checks here recurse through it.
+MAX_SCHEMA_DEPTH = 64
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects (iteratively: it may be deep)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _json_path(parts: Sequence[Any]) -> str:
@@ -310,11 +331,17 @@ class CompiledSchema:
                 instance = json.loads(data)
             except (UnicodeDecodeError, ValueError) as exc:
                 return [f"$: not JSON ({exc})"]
+            except RecursionError:
+                return ["$: nested too deeply to validate"]
             # The common case first: is_valid stops at the first error and builds none.
-            if self._validator.is_valid(instance):
-                return []
+            try:
+                if self._validator.is_valid(instance):
+                    return []
+                errors = sorted(self._validator.iter_errors(instance), key=lambda e: e.json_path)
+            except RecursionError:
+                # A recursive schema ($ref to itself) over data nested almost 1,000 levels.
+                return ["$: nested too deeply to validate"]
             found: list[str] = []
-            errors = sorted(self._validator.iter_errors(instance), key=lambda e: e.json_path)
             for error in errors[:max_problems]:
                 found.append(f"{error.json_path}: {error.message}")
             return found

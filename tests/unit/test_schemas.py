@@ -527,3 +527,16 @@ async def test_concurrent_misses_share_one_read_that_a_leaving_caller_does_not_c
     histories = await asyncio.gather(*waiting[1:])
     assert [h.latest for h in histories] == [1, 1, 1, 1]
     assert registry.reads == 1
+
+
+def test_deep_schemas_and_data_are_refused_not_crashed_on() -> None:
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(100):
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(InvalidArgument) as caught:
+        check_registration(json_version(1, deep), LIMITS)
+    assert [v.field for v in caught.value.violations] == ["document"]
+    recursive = {"type": "array", "items": {"$ref": "#"}}
+    compiled = CompiledSchema(json_version(1, recursive))
+    assert compiled.problems(b"[" * 900 + b"]" * 900) in ([], ["$: nested too deeply to validate"])
+    assert compiled.problems(b"[" * 5000 + b"]" * 5000) == ["$: nested too deeply to validate"]
