@@ -231,6 +231,8 @@ def _parse_op(entry: Any, limits: SchemaLimits) -> UpcastOp:
     path = parse_pointer(raw_path)
     if not path:
         raise ValueError("path must name a key, not the whole document")
+    if len(path) > MAX_SCHEMA_DEPTH or str(entry.get("from", "")).count("/") > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"paths have at most {MAX_SCHEMA_DEPTH} keys")
     if kind is UpcastKind.RENAME:
         to = entry.get("to")
         if not isinstance(to, str) or not to:

@@ -540,3 +540,10 @@ def test_deep_schemas_and_data_are_refused_not_crashed_on() -> None:
     compiled = CompiledSchema(json_version(1, recursive))
     assert compiled.problems(b"[" * 900 + b"]" * 900) in ([], ["$: nested too deeply to validate"])
     assert compiled.problems(b"[" * 5000 + b"]" * 5000) == ["$: nested too deeply to validate"]
+
+
+def test_upcast_paths_are_bounded() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_upcast([{"op": "add", "path": "/a" * 65, "value": 1}], LIMITS, "upcast_json")
+    assert [v.field for v in caught.value.violations] == ["upcast_json[0]"]
+    assert parse_upcast([{"op": "add", "path": "/a" * 64, "value": 1}], LIMITS)
