@@ -685,9 +685,13 @@ class EventStoreClient:
         call = self._stub.SubscribeGroup(metadata=self._metadata)  # type: ignore[call-arg]
         return GroupMember(call, pb.SubscribeGroupRequest(join=join))
 
-    async def parked(self, group: str, max_count: int = 0) -> list[ParkedEvent]:
+    async def parked(
+        self, group: str, max_count: int = 0, schema_view: SchemaViewName = "as_stored"
+    ) -> list[ParkedEvent]:
         """The group's parked events not yet replayed or skipped, oldest first."""
-        request = pb.ListParkedRequest(group=group, max_count=max_count)
+        request = pb.ListParkedRequest(
+            group=group, max_count=max_count, schema_view=_SCHEMA_VIEWS[schema_view]
+        )
         response: pb.ListParkedResponse = await self._with_retries(self._stub.ListParked, request)
         return [parked_from_proto(p) for p in response.parked]
 

@@ -398,7 +398,10 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             raise BackendNotConfigured("consumer groups need the event log (Kafka)")
         with self._call(context) as principal:
             count = validate_parked(request.group, request.max_count, self._limits)
+            latest = convert.schema_view_latest(request.schema_view)
             parked = await self._groups.parked(request.group, principal, count)
+            if latest:
+                parked = [dataclasses.replace(p, event=await self._upcast(p.event)) for p in parked]
             return pb.ListParkedResponse(parked=[results.parked_to_proto(p) for p in parked])
 
     @unary

@@ -1064,18 +1064,21 @@ class ListParkedRequest(_message.Message):
 
     GROUP_FIELD_NUMBER: _builtins.int
     MAX_COUNT_FIELD_NUMBER: _builtins.int
+    SCHEMA_VIEW_FIELD_NUMBER: _builtins.int
     group: _builtins.str
     max_count: _builtins.int
     """1..1000; 0 means 100."""
+    schema_view: Global___SchemaView.ValueType
     def __init__(
         self,
         *,
         group: _builtins.str = ...,
         max_count: _builtins.int = ...,
+        schema_view: Global___SchemaView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "max_count", b"max_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "max_count", b"max_count", "schema_view", b"schema_view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

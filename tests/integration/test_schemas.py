@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,12 @@ from eventstore.client import (
     SchemaIncompatibleError,
     SubscriptionMessage,
 )
-from eventstore.config import KafkaSettings, OpenSearchSettings
+from eventstore.config import KafkaSettings, OpenSearchSettings, ServerSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.server import RunningServer
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import schema_version
+from tests.integration.conftest import StartServer
 from tests.integration.test_indexer import IndexerProcess, wait_for_count
 from tests.integration.test_replay import replay
 from tests.support import unique
@@ -335,3 +337,43 @@ async def test_the_replay_cli_folds_upcast_events(
     code, out, err = await replay(server, "state", aggregate, *reducer, "--upcast", "latest")
     assert code == 0, err
     assert json.loads(out)["total"] == 3
+
+
+@pytest.fixture
+async def quick_client(
+    server_settings: ServerSettings, start_server: StartServer
+) -> AsyncIterator[EventStoreClient]:
+    """A server whose groups park an event after two quick attempts."""
+    settings = server_settings.model_copy(
+        update={"group_max_attempts": 2, "group_max_backoff_s": 0.2, "group_ack_timeout_s": 5.0}
+    )
+    running = await start_server(settings)
+    async with EventStoreClient(f"127.0.0.1:{running.port}") as c:
+        yield c
+
+
+async def test_parked_events_list_upcast(quick_client: EventStoreClient) -> None:
+    client = quick_client
+    kind, group = unique("Payment").replace("-", ""), unique("g")
+    await client.register_schema(kind, "Paid", V1)
+    await client.append(unique("pay"), kind, [Event("Paid", {"name": "Ada", "amount": 5})])
+    await client.register_schema(kind, "Paid", V2, upcast=UPCAST_V2)
+
+    async def reject_everything() -> None:
+        async with client.subscribe_group(group, aggregate_types=[kind]) as member:
+            async for delivery in member:
+                await member.nack(delivery, reason="no")
+
+    rejecting = asyncio.create_task(reject_everything())
+    try:
+        deadline = time.monotonic() + 60
+        while not (parked := await client.parked(group, schema_view="latest")):
+            assert time.monotonic() < deadline, "the event was not parked"
+            await asyncio.sleep(0.3)
+    finally:
+        rejecting.cancel()
+        await asyncio.gather(rejecting, return_exceptions=True)
+    assert [json.loads(p.event.data) for p in parked] == [V1_AS_V2]
+    assert schema_version(parked[0].event) == 2
+    (as_stored,) = await client.parked(group)
+    assert schema_version(as_stored.event) == 1
