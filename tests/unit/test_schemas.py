@@ -547,3 +547,41 @@ def test_upcast_paths_are_bounded() -> None:
         parse_upcast([{"op": "add", "path": "/a" * 65, "value": 1}], LIMITS, "upcast_json")
     assert [v.field for v in caught.value.violations] == ["upcast_json[0]"]
     assert parse_upcast([{"op": "add", "path": "/a" * 64, "value": 1}], LIMITS)
+
+
+class RacingRegistry(InMemorySchemaRegistry):
+    """Another replica registers `rival` just before our first write lands."""
+
+    def __init__(self, rival: SchemaVersion) -> None:
+        super().__init__()
+        self.rival: SchemaVersion | None = rival
+
+    async def add(self, schema: SchemaVersion) -> bool:
+        if self.rival is not None:
+            rival, self.rival = self.rival, None
+            await super().add(rival)
+        return await super().add(schema)
+
+
+async def test_a_registration_that_loses_the_race_is_judged_against_the_winner() -> None:
+    wider = {**OBJ, "additionalProperties": True}
+    registry = RacingRegistry(json_version(2, wider))
+    await InMemorySchemaRegistry.add(registry, json_version(1, OBJ))
+    schemas, _ = setup(registry)
+    registered = await schemas.register(registration(wider), ADMIN)
+    # Same content as the winner's: answered with it.
+    assert (registered.schema.version, registered.already_registered) == (2, True)
+
+    either = {**OBJ, "properties": {**OBJ["properties"], "amount": {"type": ["number", "string"]}}}
+    registry = RacingRegistry(json_version(2, either))
+    await InMemorySchemaRegistry.add(registry, json_version(1, OBJ))
+    schemas, _ = setup(registry)
+    with pytest.raises(SchemaIncompatible):  # fine against v1, not against the winning v2
+        await schemas.register(registration({**OBJ, "title": "v2"}), ADMIN)
+    assert [v.version for v in await registry.versions("Order", "Placed")] == [1, 2]
+
+    registry = RacingRegistry(json_version(2, wider))
+    await InMemorySchemaRegistry.add(registry, json_version(1, OBJ))
+    schemas, _ = setup(registry)
+    with pytest.raises(SchemaVersionConflict):  # it asked for version 2 exactly
+        await schemas.register(registration({**wider, "title": "x"}, version=2), ADMIN)
