@@ -16,12 +16,28 @@ PROMTOOL := $(CACHE)/bin/promtool-$(PROMTOOL_VERSION)
 # checks validate those objects against them, as Kubernetes' own schemas do not know them.
 PROMETHEUS_OPERATOR_VERSION := v0.85.0
 CRDS := $(CACHE)/crds/prometheus-operator-$(PROMETHEUS_OPERATOR_VERSION)
+# The Go and TypeScript clients (clients/): protoc plugins pinned, built or installed once.
+# protoc-gen-go matches the google.golang.org/protobuf runtime in clients/go/go.mod.
+PROTOC_GEN_GO_VERSION := v1.36.12
+PROTOC_GEN_GO := $(CACHE)/bin/protoc-gen-go-$(PROTOC_GEN_GO_VERSION)
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+PROTOC_GEN_GO_GRPC := $(CACHE)/bin/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
+GO_MODULE := github.com/example/eventstore/clients/go
+# Go packages of the protos we import: our own, and googleapis' HTTP annotations (used by the
+# HTTP gateway) from genproto, so no go_package option is needed in our protos.
+GO_PROTO_MAP := Meventstore/v1/eventstore.proto=$(GO_MODULE)/eventstore/v1;eventstorev1,Mgoogle/api/annotations.proto=google.golang.org/genproto/googleapis/api/annotations,Mgoogle/api/http.proto=google.golang.org/genproto/googleapis/api/annotations
+TS_CLIENT := clients/typescript
+# npm ci's marker; its downloads are cached in $(CACHE)/npm, outside the work tree.
+TS_MODULES := $(TS_CLIENT)/node_modules/.package-lock.json
+NPM := npm --cache $(CACHE)/npm --no-audit --no-fund
+GO_EXAMPLE := build/clients/eventstore-go-example
+TS_EXAMPLE := $(TS_CLIENT)/dist/example.js
 
 .DEFAULT_GOAL := help
 .PHONY: help venv protos services-up services-down services-status cluster-up cluster-down migrate \
         run test test-unit test-faults \
         test-integration lint format bench clean chart-check package-check proto-check proto-release \
-        monitoring-check
+        monitoring-check clients
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -35,10 +51,27 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 venv: $(INSTALLED)  ## create the virtualenv with the pinned dependencies
 
-protos: $(INSTALLED)  ## regenerate eventstore/v1 from protos/ (pinned grpcio-tools, typed stubs)
+# One protoc for every language: the one grpcio-tools ships, with its well-known types.
+# $(call go-stubs,DIR) and $(call ts-stubs,DIR) write the Go and TypeScript stubs under DIR.
+# The TypeScript client also gets google.rpc's Status and ErrorInfo (to read error details),
+# from the .proto files googleapis-common-protos installs in the venv.
+go-stubs = $(PY) -m grpc_tools.protoc -I protos \
+	  --plugin=protoc-gen-go=$(PROTOC_GEN_GO) --plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) \
+	  --go_out=$(1) --go_opt="module=$(GO_MODULE),$(GO_PROTO_MAP)" \
+	  --go-grpc_out=$(1) --go-grpc_opt="module=$(GO_MODULE),$(GO_PROTO_MAP)" \
+	  protos/eventstore/v1/*.proto
+ts-stubs = $(PY) -m grpc_tools.protoc -I protos -I "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+	  --plugin=protoc-gen-ts_proto=$(TS_CLIENT)/node_modules/.bin/protoc-gen-ts_proto \
+	  --ts_proto_out=$(1) --ts_proto_opt=outputServices=grpc-js,env=node,esModuleInterop=true \
+	  protos/eventstore/v1/*.proto google/rpc/status.proto google/rpc/error_details.proto
+
+protos: $(INSTALLED) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(TS_MODULES)  ## regenerate the Python (eventstore/v1), Go and TypeScript (clients/) stubs from protos/
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. \
 	  protos/eventstore/v1/*.proto
+	$(call go-stubs,clients/go)
+	rm -rf $(TS_CLIENT)/src/gen && mkdir -p $(TS_CLIENT)/src/gen
+	$(call ts-stubs,$(TS_CLIENT)/src/gen)
 
 services-up: $(INSTALLED)  ## start Cassandra, Kafka, OpenSearch on loopback (downloads jars once)
 	$(PY) -m devstack up
@@ -123,14 +156,43 @@ chart-check: $(INSTALLED) $(HELM) $(CRDS)  ## helm lint/template with both value
 monitoring-check: $(INSTALLED) $(PROMTOOL)  ## promtool check + unit tests of the alerting rules; rules and dashboard use only exported metrics
 	EVENTSTORE_PROMTOOL=$(PROMTOOL) $(PY) -m pytest tests/monitoring tests/unit/test_monitoring.py
 
+$(PROTOC_GEN_GO):  ## protoc-gen-go, built once from the Go module proxy (pinned), for make protos
+	@echo "[make] building protoc-gen-go $(PROTOC_GEN_GO_VERSION) with go install (once; cached in $(CACHE)/bin)"
+	mkdir -p $(CACHE)/bin/build
+	GOBIN=$(CACHE)/bin/build go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	mv $(CACHE)/bin/build/protoc-gen-go $@
+
+$(PROTOC_GEN_GO_GRPC):  ## protoc-gen-go-grpc, built once from the Go module proxy (pinned), for make protos
+	@echo "[make] building protoc-gen-go-grpc $(PROTOC_GEN_GO_GRPC_VERSION) with go install (once; cached in $(CACHE)/bin)"
+	mkdir -p $(CACHE)/bin/build
+	GOBIN=$(CACHE)/bin/build go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	mv $(CACHE)/bin/build/protoc-gen-go-grpc $@
+
+$(TS_MODULES): $(TS_CLIENT)/package.json $(TS_CLIENT)/package-lock.json
+	cd $(TS_CLIENT) && $(NPM) ci
+	@touch $@
+
+# The checked-in stubs must be those of protos/ (users copy them): regenerated aside and
+# compared. go build and tsc are incremental (Go's build cache, tsc's output): they run every time.
+clients: $(INSTALLED) $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC) $(TS_MODULES)  ## check clients/ holds the stubs of protos/, build the Go and TypeScript examples make test runs
+	rm -rf build/clients/stubs && mkdir -p build/clients/stubs/go build/clients/stubs/ts
+	$(call go-stubs,build/clients/stubs/go)
+	$(call ts-stubs,build/clients/stubs/ts)
+	diff -r build/clients/stubs/go/eventstore clients/go/eventstore -x annotations.go \
+	  && diff -r build/clients/stubs/ts $(TS_CLIENT)/src/gen \
+	  || { echo "[make] clients/ does not hold the stubs of protos/: run make protos"; exit 1; }
+	cd clients/go && go build -o $(abspath $(GO_EXAMPLE)) ./cmd/example
+	cd $(TS_CLIENT) && node_modules/.bin/tsc -p .
+
 # Tests mostly wait on the services: three workers keep two cores busy (see docs/testing.md).
 TEST_WORKERS ?= 3
 
 # The node-fault tests run after the rest, alone: they start, kill and restart JVMs, which
 # on two cores starved the other workers (a connect timed out) and slowed the faults' own
 # recovery past the clients' retries.
-test: lint services-up $(HELM) $(BUF) $(CRDS) $(PROMTOOL)  ## lint, then the whole suite (chart, proto checks, alerting rules and node faults included) against the real services
+test: lint services-up $(HELM) $(BUF) $(CRDS) $(PROMTOOL) clients  ## lint, then the whole suite (chart, proto checks, alerting rules, Go and TypeScript clients and node faults included) against the real services
 	EVENTSTORE_HELM=$(HELM) EVENTSTORE_BUF=$(BUF) EVENTSTORE_CRDS=$(CRDS) EVENTSTORE_PROMTOOL=$(PROMTOOL) \
+	  EVENTSTORE_GO_EXAMPLE=$(abspath $(GO_EXAMPLE)) EVENTSTORE_TS_EXAMPLE=$(abspath $(TS_EXAMPLE)) \
 	  $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=20 --ignore=tests/cluster
 	$(MAKE) test-faults
 

@@ -45,12 +45,17 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import propagate
+from opentelemetry.context import Context
+from opentelemetry.trace import Link
 
+from eventstore import tracing
 from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersion, RecordedEvent
 from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.queries import Freshness, QueryPage
 from eventstore.domain.schemas import Compatibility, SchemaFormat, SchemaVersion
 from eventstore.domain.snapshots import Snapshot
+from eventstore.domain.tracecontext import TraceContext, trace_context_of
 from eventstore.sizes import CLIENT_MAX_RECEIVE_BYTES
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.v1 import eventstore_pb2_grpc as pb_grpc
@@ -94,9 +99,13 @@ __all__ = [
     "Snapshot",
     "SubscriptionMessage",
     "TlsOptions",
+    "TraceContext",
     "UnauthenticatedError",
     "UnavailableError",
     "WrongExpectedVersionError",
+    "trace_context",
+    "trace_link",
+    "trace_parent",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -135,6 +144,35 @@ class Event:
         if isinstance(self.data, bytes | bytearray):
             return bytes(self.data)
         return json.dumps(self.data, separators=(",", ":")).encode()
+
+
+def trace_context(event: RecordedEvent) -> TraceContext | None:
+    """The W3C trace context of the append that stored `event` (None: it was not traced; the
+    server traces with EVENTSTORE_TRACING=otlp)."""
+    return trace_context_of(event.metadata)
+
+
+def trace_parent(event: RecordedEvent) -> Context | None:
+    """An OpenTelemetry context to handle `event` in as a child of its append:
+    ``tracer.start_as_current_span("handle", context=trace_parent(event))``."""
+    trace = trace_context_of(event.metadata)
+    return tracing.parent_of(trace) if trace is not None else None
+
+
+def trace_link(event: RecordedEvent) -> Link | None:
+    """A span link to the append of `event`, for a span of your own that handles it (or many
+    events: one link each): ``tracer.start_as_current_span("handle", links=[link])``."""
+    trace = trace_context_of(event.metadata)
+    return tracing.link(trace) if trace is not None else None
+
+
+def _traced(metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The call's metadata with the caller's trace context (`traceparent`), if it has one:
+    the server's span of the call is then its child. Without OpenTelemetry's SDK configured
+    by the application, there is none and nothing is added."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return (*metadata, *carrier.items()) if carrier else metadata
 
 
 @dataclass(frozen=True)
@@ -573,7 +611,7 @@ class EventStoreClient:
                 max_count=max_count,
                 schema_view=_SCHEMA_VIEWS[schema_view],
             )
-            call = self._stub.ReadAggregate(request, metadata=self._metadata)
+            call = self._stub.ReadAggregate(request, metadata=_traced(self._metadata))
             try:
                 async for page in call:
                     for message in page.events:
@@ -638,7 +676,7 @@ class EventStoreClient:
             request.from_end.SetInParent()
         else:
             request.checkpoint = start
-        call = self._stub.Subscribe(request, metadata=self._metadata)
+        call = self._stub.Subscribe(request, metadata=_traced(self._metadata))
         try:
             async for message in call:
                 kind = message.WhichOneof("message")
@@ -682,7 +720,7 @@ class EventStoreClient:
         else:
             join.from_beginning.SetInParent()
         # No request iterator: the member writes its requests (join, acks) on the call.
-        call = self._stub.SubscribeGroup(metadata=self._metadata)  # type: ignore[call-arg]
+        call = self._stub.SubscribeGroup(metadata=_traced(self._metadata))  # type: ignore[call-arg]
         return GroupMember(call, pb.SubscribeGroupRequest(join=join))
 
     async def parked(
@@ -843,7 +881,7 @@ class EventStoreClient:
         for attempt in range(1, self._retry.attempts + 1):
             try:
                 return await method(
-                    request, timeout=timeout_s or self._timeout, metadata=self._metadata
+                    request, timeout=timeout_s or self._timeout, metadata=_traced(self._metadata)
                 )
             except grpc.aio.AioRpcError as exc:
                 error = _error(exc)

@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
 import grpc
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.domain.access import Quotas
@@ -642,6 +649,51 @@ class ServerSettings(BaseSettings):
         )
 
 
+#: What an OTLP exporter of OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL we ship: HTTP only (the gRPC
+#: exporter would pin a second grpcio beside the server's).
+OTLP_PROTOCOLS = ("http/protobuf",)
+
+
+class TracingSettings(BaseSettings):
+    """OpenTelemetry tracing of the server, the indexer and the replay CLI (README, Tracing).
+
+    Only whether it is on is ours; where spans go, the service name, the sampler and the
+    batching are the standard OTEL_* variables, read by the SDK."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_", frozen=True)
+
+    tracing: Literal["off", "otlp"] = Field(
+        "off",
+        description="otlp: trace RPCs and backend calls and export the spans by OTLP over HTTP "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT, default http://localhost:4318); off: no spans, and "
+        "events carry no trace context",
+    )
+    otlp_protocol: str | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"
+        ),
+        description="The standard variable, checked: only http/protobuf is available",
+    )
+
+    @model_validator(mode="after")
+    def _protocol_shipped(self) -> Any:
+        if (
+            self.tracing == "otlp"
+            and self.otlp_protocol is not None
+            and self.otlp_protocol not in OTLP_PROTOCOLS
+        ):
+            raise ValueError(
+                f"OTEL_EXPORTER_OTLP_PROTOCOL={self.otlp_protocol}: the event store exports "
+                f"spans by {', '.join(OTLP_PROTOCOLS)} only (port 4318 of a collector)"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracing != "off"
+
+
 class ConfigError(Exception):
     """A setting is missing or wrong; the message names the environment variable."""
 
@@ -664,6 +716,7 @@ def load(cls: type[S]) -> S:
                 LimitSettings,
                 SchemaSettings,
                 ServerSettings,
+                TracingSettings,
                 cls,
             )
         }

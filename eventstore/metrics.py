@@ -69,6 +69,15 @@ GROUP_MEMBERS = Gauge(
     "SubscribeGroup streams (consumer group members) open now",
     multiprocess_mode="livesum",
 )
+GROUP_DELIVERIES = Counter(
+    "eventstore_group_deliveries",
+    "Events handed to consumer group members, by attempt: first, or retry (after a nack, an "
+    "ack timeout or a member gone)",
+    ["attempt"],
+)
+GROUP_PARKED = Counter(
+    "eventstore_group_parked", "Events a consumer group parked after their last attempt failed"
+)
 SUBSCRIPTIONS = Gauge(
     "eventstore_subscriptions_active", "Subscribe streams open now", multiprocess_mode="livesum"
 )

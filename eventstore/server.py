@@ -17,7 +17,7 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection
 
-from eventstore import metrics, workers
+from eventstore import metrics, tracing, workers
 from eventstore.api.admission import Admission
 from eventstore.api.auth import Authenticator
 from eventstore.api.decoding import add_service
@@ -25,7 +25,7 @@ from eventstore.api.gate import CredentialGate
 from eventstore.api.precheck import append_precheck
 from eventstore.api.quotas import QuotaLimiter
 from eventstore.api.servicer import DeferredServicer, EventStoreServicer, refuse_undecodable
-from eventstore.config import ConfigError, ServerSettings, load
+from eventstore.config import ConfigError, ServerSettings, TracingSettings, load
 from eventstore.domain.access import PolicyError
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.failpoints import Failpoints
@@ -239,6 +239,7 @@ class RunningServer:
                         max_backoff_s=settings.group_max_backoff_s,
                         heartbeat_s=settings.subscription_heartbeat_s,
                     ),
+                    on_parked=metrics.GROUP_PARKED.inc,
                 )
                 if components.groups is not None
                 else None
@@ -528,6 +529,7 @@ async def _update_gauges(running: RunningServer) -> None:
 def main() -> None:
     try:
         settings = load(ServerSettings)
+        traced = load(TracingSettings)
     except ConfigError as exc:
         sys.stderr.write(f"eventstore-server: {exc}\n")
         raise SystemExit(2) from None
@@ -538,6 +540,8 @@ def main() -> None:
     if settings.worker is not None:
         workers.follow_supervisor()
         structlog.contextvars.bind_contextvars(worker=settings.worker)
+    if traced.enabled:
+        tracing.configure("eventstore-server")
     try:
         asyncio.run(serve(settings))
     except PolicyError as exc:
@@ -547,6 +551,8 @@ def main() -> None:
         log.error("start-up failed", reason=str(exc))
         sys.stderr.write(f"eventstore-server: {exc}\n")
         raise SystemExit(1) from None
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
 
 
 if __name__ == "__main__":

@@ -16,6 +16,12 @@ from __future__ import annotations
 
 from eventstore.domain.access import PRINCIPAL_KEY
 from eventstore.domain.events import SCHEMA_VERSION_KEY
+from eventstore.domain.tracecontext import (
+    MAX_TRACESTATE_BYTES,
+    TRACEPARENT_BYTES,
+    TRACEPARENT_KEY,
+    TRACESTATE_KEY,
+)
 from eventstore.domain.validation import MAX_EVENT_ID_LENGTH, Limits
 
 #: What our client (eventstore.client) accepts in one message from the server.
@@ -68,9 +74,13 @@ def _map_entry(key: int, value: int) -> int:
 
 
 _TIMESTAMP = _length_delimited((1 + _INT64) + (1 + _NANOS))
-#: The server's metadata: the principal, and the schema version (an int32 in decimal).
-_SERVER_METADATA = _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES) + _map_entry(
-    len(SCHEMA_VERSION_KEY), len(str(-(2**31)))
+#: What the server stamps on every event: the principal, the append's trace context, and the
+#: schema version of its data (an int32 in decimal).
+_SERVER_METADATA = (
+    _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES)
+    + _map_entry(len(TRACEPARENT_KEY), TRACEPARENT_BYTES)
+    + _map_entry(len(TRACESTATE_KEY), MAX_TRACESTATE_BYTES)
+    + _map_entry(len(SCHEMA_VERSION_KEY), len(str(-(2**31))))
 )
 
 

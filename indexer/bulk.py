@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,9 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from opensearchpy.exceptions import ConnectionTimeout, TransportError
 from prometheus_client import Counter, Histogram
 
+from eventstore import tracing
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.tracecontext import trace_context_of
 from eventstore.search.documents import Form, build_document, document_id
 
 log = structlog.get_logger("indexer")
@@ -85,6 +88,28 @@ def make_item(
     _id = document_id(event.aggregate_id, event.version)
     action = json.dumps({"index": {"_index": index, "_id": _id}}).encode()
     return Item(source, event, index, form, action + b"\n" + encoded + b"\n")
+
+
+def _bulk_span(group: list[Item], body: bytes) -> AbstractContextManager[tracing.Span]:
+    """The span of one bulk request, linked to the appends of the events it indexes (each a
+    trace of its own; a span holds OTEL_SPAN_LINK_COUNT_LIMIT links, 128 by default)."""
+    if not tracing.enabled():
+        return tracing.span("bulk")
+    # dict.fromkeys: each append once, in the order of the events.
+    contexts = dict.fromkeys(
+        c for item in group if (c := trace_context_of(item.event.metadata)) is not None
+    )
+    return tracing.span(
+        "bulk",
+        tracing.SpanKind.CLIENT,
+        {
+            "db.system.name": "opensearch",
+            "db.operation.name": "bulk",
+            "db.operation.batch.size": len(group),
+            "http.request.body.size": len(body),
+        },
+        links=[tracing.link(c) for c in contexts],
+    )
 
 
 def refusal_reason(result: Mapping[str, Any]) -> str:
@@ -159,11 +184,15 @@ class BulkWriter:
         )
         return make_item(item.source, item.event, item.index, self.max_document_bytes, form, why)
 
-    def _post(self, body: bytes) -> Mapping[str, Any]:
+    def _post(self, group: list[Item], body: bytes) -> Mapping[str, Any]:
         self.requests += 1
         self.largest_request = max(self.largest_request, len(body))
         BULK_BYTES.observe(len(body))
-        return self._send(body)
+        with _bulk_span(group, body) as span:
+            response = self._send(body)
+            if span.is_recording() and response.get("errors"):
+                span.set_attribute("eventstore.bulk.item_errors", True)
+            return response
 
     def _write_chunk(self, chunk: list[Item]) -> list[Refused]:
         refused: list[Refused] = []
@@ -173,7 +202,7 @@ class BulkWriter:
             group = queue.popleft()
             body = b"".join(item.lines for item in group)
             try:
-                response = self._post(body)
+                response = self._post(group, body)
             except (OpenSearchConnectionError, TransportError) as exc:
                 status = getattr(exc, "status_code", None)
                 too_large = status == 413

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import sys
@@ -41,7 +42,8 @@ from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from opensearchpy.exceptions import TransportError
 from prometheus_client import Counter, Gauge, start_http_server
 
-from eventstore.config import ConfigError, load
+from eventstore import tracing
+from eventstore.config import ConfigError, TracingSettings, load
 from eventstore.observability import configure_logging
 from eventstore.ports import PublishFailed
 from eventstore.publishing.kafka import ensure_topic
@@ -103,7 +105,11 @@ class Indexer:
         self.instance = f"{settings.group_id}-{uuid.uuid4().hex[:12]}"
         #: per partition_key, the newest recorded_at indexed (reported with the lag)
         self.indexed_through: dict[str, datetime] = {}
+        #: per (topic, partition) we own, the next offset to index, as we last committed it:
+        #: the consumer's position runs ahead of it by the batch being written.
+        self.committed: dict[tuple[str, int], int] = {}
         self._next_state = 0.0
+        self._next_gauges = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -119,7 +125,7 @@ class Indexer:
             lambda: asyncio.run(ensure_topic(admin, kafka.dead_letter_topic, kafka)),
         )
         pattern = f"^{re.escape(self.settings.kafka.topic_prefix)}.*"
-        self.consumer.subscribe([pattern])
+        self.consumer.subscribe([pattern], on_revoke=self._forget, on_lost=self._forget)
         log.info("indexer subscribed", pattern=pattern, group=self.settings.group_id)
 
     def run(self) -> None:
@@ -229,7 +235,19 @@ class Indexer:
             log.warning("offset commit failed", error=str(exc))
             return
         for (topic, partition), offset in offsets.items():
+            self.committed[(topic, partition)] = offset + 1
             LAST_OFFSET.labels(topic, str(partition)).set(offset)
+
+    def _forget(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions revoked or lost: another indexer reports them now. Their series go, so
+        that a sum over indexers counts each partition once, and a stale value does not linger
+        (or fire an alert) where nobody updates it any more."""
+        for tp in partitions:
+            self.committed.pop((tp.topic, tp.partition), None)
+            self.indexed_through.pop(partition_key(tp.topic, tp.partition), None)
+            for gauge in (LAG, LAST_OFFSET):
+                with contextlib.suppress(KeyError):  # never set in this process
+                    gauge.remove(tp.topic, str(tp.partition))
 
     def _wait(self, backoff: float) -> float:
         """Sleep while staying in the consumer group (paused partitions still poll)."""
@@ -238,6 +256,11 @@ class Indexer:
         deadline = time.monotonic() + backoff
         while time.monotonic() < deadline and not self.stop.is_set():
             self.consumer.poll(0.1)
+            # Stuck on a batch (OpenSearch down, a dead letter not stored): the lag keeps
+            # growing, and the gauge must say so rather than freeze at its last value.
+            if time.monotonic() >= self._next_gauges:
+                self._next_gauges = time.monotonic() + self.settings.state_interval_s
+                self.lags(fresh=True)
         self.consumer.resume(self.consumer.assignment())
         if self.stop.is_set():
             raise SystemExit(0)
@@ -257,33 +280,53 @@ class Indexer:
 
     # --- progress ----------------------------------------------------------------------
 
-    def lags(self) -> dict[str, int]:
-        """Lag per assigned partition (-1 where Kafka could not tell the position)."""
+    def lags(self, fresh: bool = False) -> dict[str, int]:
+        """Lag per assigned partition (-1 where Kafka could not tell the position), counted
+        from what is indexed and committed, and set in the gauge.
+
+        `fresh` asks the brokers for the end offsets: paused partitions fetch nothing, so the
+        ends the consumer caches from its fetches stop moving while a batch is retried.
+        """
         assignment = self.consumer.assignment()
-        try:
-            positions = self.consumer.position(assignment)
-        except KafkaException:
-            return {partition_key(tp.topic, tp.partition): -1 for tp in assignment}
-        # A partition assigned by a rebalance has no position until a record arrives: where
-        # it is idle, its committed offset says how far it is indexed (else it would report
-        # its whole length as lag for as long as nothing new is written to it).
-        unpositioned = [tp for tp in positions if tp.offset < 0]
-        committed: dict[tuple[str, int], int] = {}
-        if unpositioned:
+        # Counted from the committed offsets, not the consumer's position: that one runs
+        # ahead by the batch in hand, which is not indexed until it is committed.
+        unknown = [tp for tp in assignment if (tp.topic, tp.partition) not in self.committed]
+        if unknown:
             try:
-                for tp in self.consumer.committed(unpositioned, timeout=5):
-                    committed[(tp.topic, tp.partition)] = tp.offset
+                for tp in self.consumer.committed(unknown, timeout=5):
+                    if tp.offset >= 0:  # ours until revoked: only our commits move it
+                        self.committed[(tp.topic, tp.partition)] = tp.offset
             except KafkaException:
                 return {partition_key(tp.topic, tp.partition): -1 for tp in assignment}
         lags: dict[str, int] = {}
-        for tp in positions:
-            low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
-            position = tp.offset if tp.offset >= 0 else committed.get((tp.topic, tp.partition), -1)
-            position = position if position >= 0 else low
+        answering = True
+        for tp in assignment:
+            # Once a broker has not answered, ask no more this round (1 s each, and the
+            # stuck indexer's wait would grow with its partitions).
+            watermarks = self._watermarks(tp, fresh) if answering else None
+            if watermarks is None:
+                answering = False
+                lags[partition_key(tp.topic, tp.partition)] = -1
+                continue
+            low, high = watermarks
+            # Nothing committed yet: the group starts at the earliest offset.
+            position = max(self.committed.get((tp.topic, tp.partition), low), low)
             behind = max(high - position, 0)
             LAG.labels(tp.topic, str(tp.partition)).set(behind)
             lags[partition_key(tp.topic, tp.partition)] = behind
         return lags
+
+    def _watermarks(self, tp: TopicPartition, fresh: bool) -> tuple[int, int] | None:
+        if not fresh:
+            cached = self.consumer.get_watermark_offsets(tp, cached=True)
+            if cached is not None and cached[1] >= 0:
+                return (cached[0], cached[1])
+        # Not fetched yet (the cache holds -1001), or asked to be fresh.
+        try:
+            answer = self.consumer.get_watermark_offsets(tp, timeout=1, cached=False)
+        except KafkaException:
+            return None
+        return None if answer is None else (answer[0], answer[1])
 
     def _report(self) -> None:
         if time.monotonic() < self._next_state:
@@ -310,17 +353,23 @@ class Indexer:
 def main() -> None:
     try:
         settings = load(IndexerSettings)
+        traced = load(TracingSettings)
     except ConfigError as exc:
         sys.stderr.write(f"eventstore-indexer: {exc}\n")
         raise SystemExit(2) from None
     configure_logging(settings.log_level, settings.log_format)
+    if traced.enabled:
+        tracing.configure("eventstore-indexer")
     if settings.metrics_port:
         start_http_server(settings.metrics_port, addr=settings.metrics_host)
     indexer = Indexer(settings)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: indexer.stop.set())
     log.info("indexer starting", kafka=settings.kafka.bootstrap, opensearch=settings.opensearch.url)
-    indexer.run()
+    try:
+        indexer.run()
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
     log.info("indexer stopped")
 
 

@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from eventstore import tracing
 from eventstore.client import (
     ClientError,
     EventStoreClient,
@@ -40,6 +41,7 @@ from eventstore.config import (
     KafkaSettings,
     LimitSettings,
     OpenSearchSettings,
+    TracingSettings,
     load,
 )
 from eventstore.domain.errors import StorageUnavailable
@@ -382,10 +384,19 @@ async def run_client(args: argparse.Namespace) -> None:
         )
 
 
+async def traced(args: argparse.Namespace) -> int:
+    """The command in a span of its own: the calls it makes to the server carry its context,
+    so their spans (and the server's backend calls) make one trace."""
+    with tracing.span(f"eventstore-replay {args.command}"):
+        return await run(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        code = asyncio.run(run(args))
+        if load(TracingSettings).enabled:
+            tracing.configure("eventstore-replay")
+        code = asyncio.run(traced(args))
     except (ReplayError, VerifyError, ConfigError) as exc:
         if args.debug:
             raise
@@ -415,6 +426,8 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
         raise SystemExit(4) from None
+    finally:
+        tracing.shutdown()  # exports the spans still buffered
     if code:
         raise SystemExit(code)
 

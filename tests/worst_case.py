@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from eventstore.domain.access import PRINCIPAL_KEY
 from eventstore.domain.events import MAX_VERSION, ExpectedVersion, RecordedEvent
+from eventstore.domain.tracecontext import MAX_TRACESTATE_BYTES, TraceContext
 from eventstore.domain.validation import (
     Limits,
     RawAppend,
@@ -20,6 +21,11 @@ from eventstore.domain.validation import (
 )
 
 LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+#: The trace context the server stamps, at its longest: a tracestate of exactly 512 bytes.
+LONGEST_TRACE = TraceContext(
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "vendor=" + "x" * (MAX_TRACESTATE_BYTES - len("vendor=")),
+)
 #: A 4-byte UTF-8 character that media type parameters may hold.
 WIDE = "\U0001f600"
 
@@ -93,6 +99,6 @@ def recorded(limits: Limits, heavy_metadata: bool) -> RecordedEvent:
         event_type=event.event_type,
         data=event.data,
         content_type=event.content_type,
-        metadata={**event.metadata, PRINCIPAL_KEY: "p" * 128},
+        metadata={**event.metadata, PRINCIPAL_KEY: "p" * 128, **LONGEST_TRACE.metadata()},
         recorded_at=LATEST,
     )

@@ -15,7 +15,7 @@ import grpc
 import structlog
 from grpc_status import rpc_status
 
-from eventstore import metrics
+from eventstore import metrics, tracing
 from eventstore.api import convert
 from eventstore.api.admission import Admission, BackendNotConfigured, NotReady
 from eventstore.api.auth import Authenticator
@@ -25,6 +25,7 @@ from eventstore.api.quotas import QuotaLimiter
 from eventstore.domain.access import Principal
 from eventstore.domain.errors import InvalidArgument
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.tracecontext import record_trace_context
 from eventstore.domain.validation import (
     Limits,
     validate_aggregate_id,
@@ -52,6 +53,8 @@ from eventstore.wire import results
 from eventstore.wire.events import timestamp
 
 log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EventStore"].full_name
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -86,19 +89,42 @@ def observe(method: str, code: str, seconds: float) -> None:
         metrics.APPEND_CONFLICTS.inc()
 
 
+#: Codes that say the server failed (OpenTelemetry's RPC conventions: a server span is an
+#: error only for these; a refused request is the caller's, and the span stays unset).
+_SERVER_FAULTS = frozenset(
+    {"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"}
+)
+
+
 class _Observation:
     """One call's metrics, recorded once, before its answer leaves: whoever sees the status
-    sees it counted (recording after the abort raced with the caller reading the counter)."""
+    sees it counted (recording after the abort raced with the caller reading the counter);
+    and its span, ended with that status (tracing off: a span that records nothing)."""
 
-    def __init__(self, method: str) -> None:
+    def __init__(self, method: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         self._method = method
         self._started = time.perf_counter()
         self._recorded = False
+        self.span = (
+            tracing.server_span(
+                f"{SERVICE_NAME}/{method}",
+                context.invocation_metadata(),
+                {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "rpc.method": method},
+            )
+            if tracing.enabled()
+            else tracing.INVALID_SPAN
+        )
 
     def done(self, code: str) -> None:
         if not self._recorded:
             self._recorded = True
             observe(self._method, code, time.perf_counter() - self._started)
+            span = self.span
+            if span.is_recording():
+                span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
+                if code in _SERVER_FAULTS:
+                    tracing.set_error(span, code)
+                span.end()
 
 
 async def abort_with(
@@ -124,8 +150,8 @@ def unary(
     @wraps(method)
     async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         request_id = request_id_of(context)
-        calls = _Observation(method.__name__)
-        with _log_context(method.__name__, request, request_id):
+        calls = _Observation(method.__name__, context)
+        with _log_context(method.__name__, request, request_id), tracing.activate(calls.span):
             try:
                 if isinstance(request, Undecodable):
                     raise request.error()
@@ -153,13 +179,26 @@ def server_streaming(
         self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
         request_id = request_id_of(context)
-        calls = _Observation(method.__name__)
+        calls = _Observation(method.__name__, context)
         with _log_context(method.__name__, request, request_id):
             try:
                 if isinstance(request, Undecodable):
                     raise request.error()
-                async for item in self._admission.stream(method(self, request, context)):
-                    yield item
+                items = self._admission.stream(method(self, request, context))
+                if calls.span is tracing.INVALID_SPAN:
+                    async for item in items:
+                        yield item
+                else:
+                    # Current only while the stream works towards its next message: a span
+                    # attached across a yield would be detached in whatever context closes
+                    # the generator.
+                    while True:
+                        with tracing.activate(calls.span):
+                            try:
+                                item = await anext(items)
+                            except StopAsyncIteration:
+                                break
+                        yield item
                 calls.done("OK")
             except Exception as exc:  # noqa: BLE001 - mapped to a status in one place
                 calls.done(_code_name(exc, request_id))
@@ -271,6 +310,9 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             # converted and validated, so refusing it costs little of the CPU others need.
             self._quotas.take_append(principal, len(request.events), received_bytes(request))
             validated = validate_append(convert.append_from_proto(request), self._limits)
+            if (trace := tracing.current()) is not None:
+                # Stored with the events, so that consumers can continue the trace.
+                validated = record_trace_context(validated, trace)
             result = await self._append(validated, principal)
             return results.append_result_to_proto(result)
 
@@ -383,6 +425,9 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                         if self._authenticator.policy() is not policy:
                             policy = self._authenticator.policy()
                             self._authenticator.recheck(context, principal)
+                        if item.event is not None:
+                            attempt = "first" if item.attempt <= 1 else "retry"
+                            metrics.GROUP_DELIVERIES.labels(attempt).inc()
                         if latest and item.event is not None:
                             item = dataclasses.replace(item, event=await self._upcast(item.event))
                         yield convert.group_item_to_proto(item)

@@ -32,9 +32,12 @@ from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, Config
 from confluent_kafka.admin._listoffsets import OffsetSpec
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic
+from opentelemetry import trace
 
+from eventstore import tracing
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.tracecontext import trace_context_of
 from eventstore.domain.validation import Limits
 from eventstore.ports import Delivery, EventPublisher, PublisherUnavailable, PublishFailed
 from eventstore.wire.records import message_bytes, record_headers, record_timestamp, record_value
@@ -173,17 +176,17 @@ async def _partitions_without_log(admin: AdminClient, name: str) -> str:
 class _Delivery(Delivery):
     def __init__(self, futures: list[asyncio.Future[tuple[int, int]]]) -> None:
         #: One per record, in send order, each done with where the record is in the log.
-        self._futures = futures
+        self.futures = futures
 
     async def wait(self) -> None:
-        results = await asyncio.gather(*self._futures, return_exceptions=True)
+        results = await asyncio.gather(*self.futures, return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise PublishFailed(str(result)) from result
 
     def positions(self) -> list[tuple[int, int]]:
         """(partition, offset) of each record, in send order, once wait() has returned."""
-        return [future.result() for future in self._futures]
+        return [future.result() for future in self.futures]
 
 
 async def _max_message_bytes(admin: AdminClient, resource: ConfigResource) -> int:
@@ -332,6 +335,18 @@ class KafkaEventPublisher(EventPublisher):
     async def send(self, events: Sequence[RecordedEvent]) -> Delivery:
         if not events:
             return _Delivery([])
+        span = _send_span(self._settings.topic(events[0].aggregate_type), events)
+        try:
+            delivery = await self._send(events)
+        except BaseException as exc:
+            tracing.set_error(span, str(exc))
+            span.end()
+            raise
+        if span.is_recording():
+            _end_when_settled(span, delivery)
+        return delivery
+
+    async def _send(self, events: Sequence[RecordedEvent]) -> _Delivery:
         topic = await self._topic(events[0].aggregate_type)
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[tuple[int, int]]] = []
@@ -381,6 +396,59 @@ class KafkaEventPublisher(EventPublisher):
             log.warning(
                 "records left unconfirmed at shutdown; the relay will publish them", count=remaining
             )
+
+
+def _send_span(topic: str, events: Sequence[RecordedEvent]) -> tracing.Span:
+    """The span of one hand-over to the producer, ended once Kafka confirmed every record.
+    A child of the append's call when the request path sends; the relay and republish send
+    outside any call, so their span links to the appends' stored contexts instead."""
+    if not tracing.enabled():
+        return tracing.INVALID_SPAN
+    links = None
+    if not trace.get_current_span().get_span_context().is_valid:
+        contexts = dict.fromkeys(
+            c for e in events if (c := trace_context_of(e.metadata)) is not None
+        )
+        links = [tracing.link(c) for c in contexts]
+    return tracing.start_span(
+        f"send {topic}",
+        tracing.SpanKind.PRODUCER,
+        {
+            "messaging.system": "kafka",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.destination.name": topic,
+            "messaging.batch.message_count": len(events),
+        },
+        links=links,
+    )
+
+
+def _end_when_settled(span: tracing.Span, delivery: _Delivery) -> None:
+    """End `span` once every record is confirmed or failed (in the delivery callbacks, on the
+    loop), with the first record's place in the log, or as an error if any failed."""
+    futures = delivery.futures
+    left = len(futures)
+    failed = False
+
+    def settled(future: asyncio.Future[tuple[int, int]]) -> None:
+        nonlocal left, failed
+        left -= 1
+        if future.cancelled():
+            failed = True
+            tracing.set_error(span, "not handed over")
+        elif (error := future.exception()) is not None:
+            failed = True
+            tracing.set_error(span, str(error))
+        if left == 0:
+            if not failed:
+                partition, offset = futures[0].result()
+                span.set_attribute("messaging.destination.partition.id", str(partition))
+                span.set_attribute("messaging.kafka.offset", offset)
+            span.end()
+
+    for future in futures:
+        future.add_done_callback(settled)
 
 
 def _settle(

@@ -42,10 +42,11 @@ from typing import Any
 
 from eventstore.config import OpenSearchSettings
 from eventstore.domain.events import RecordedEvent
+from eventstore.domain.tracecontext import trace_context_of
 from eventstore.domain.validation import is_json_content_type
 
-#: Bump when the mapping changes; recorded in the template's _meta.
-TEMPLATE_VERSION = 2
+#: Bump when the mapping changes; recorded in the template's _meta. 3: trace_id, traceparent.
+TEMPLATE_VERSION = 3
 
 #: Lucene refuses a document holding a term longer than this (bytes of UTF-8).
 MAX_TERM_BYTES = 32_766
@@ -283,7 +284,7 @@ def encode_document(document: Mapping[str, Any]) -> bytes:
 
 
 def _essentials(event: RecordedEvent) -> dict[str, Any]:
-    return {
+    essentials: dict[str, Any] = {
         "event_id": str(event.event_id),
         "aggregate_id": event.aggregate_id,
         "aggregate_type": event.aggregate_type,
@@ -292,6 +293,11 @@ def _essentials(event: RecordedEvent) -> dict[str, Any]:
         "recorded_at": event.recorded_at.isoformat(timespec="milliseconds"),
         "content_type": event.content_type,
     }
+    if (trace := trace_context_of(event.metadata)) is not None:
+        # In every form (a few dozen bytes): the trace id finds the events a trace appended.
+        essentials["trace_id"] = trace.trace_id
+        essentials["traceparent"] = trace.traceparent
+    return essentials
 
 
 def build_document(
@@ -420,6 +426,9 @@ def index_mappings() -> dict[str, Any]:
             # Stored for queries to return, never parsed into fields or indexed.
             EXACT_METADATA_FIELD: {"type": "object", "enabled": False},
             NOTES_FIELD: {"type": "keyword", "ignore_above": NOTE_IGNORE_ABOVE},
+            # The W3C trace context of the append (absent when it was not traced).
+            "trace_id": keyword,
+            "traceparent": keyword,
         },
     }
 

@@ -10,6 +10,7 @@ from opensearchpy import AsyncOpenSearch
 from opensearchpy.exceptions import ConnectionError as OpenSearchConnectionError
 from opensearchpy.exceptions import TransportError
 
+from eventstore import tracing
 from eventstore.config import OpenSearchSettings
 from eventstore.domain.errors import BackendRejected, EventStoreError, StorageUnavailable
 from eventstore.domain.queries import Cursor, EventQuery, IndexProgress, SearchPage
@@ -55,12 +56,27 @@ class OpenSearchEventIndex(EventIndex):
         self._settings = settings
         self._topic_of = topic_of
         self._client = AsyncOpenSearch(**settings.client_options())
+        # Span attributes per index searched, built once (OpenTelemetry's database conventions).
+        self._traced = {
+            index: {
+                "db.system.name": "opensearch",
+                "db.operation.name": "search",
+                "db.collection.name": index,
+            }
+            for index in (settings.alias, settings.state_index)
+        }
 
     async def _call(self, method: Any, **kwargs: Any) -> Any:
-        try:
-            return await method(**kwargs)
-        except TransportError as exc:
-            raise translate(exc) from exc
+        """A search (`method`) of `kwargs["index"]`, in a span of its own when tracing."""
+        with tracing.span(
+            f"search {kwargs['index']}",
+            tracing.SpanKind.CLIENT,
+            self._traced.get(kwargs["index"]),
+        ):
+            try:
+                return await method(**kwargs)
+            except TransportError as exc:
+                raise translate(exc) from exc
 
     async def search(self, query: EventQuery) -> SearchPage:
         filters: list[dict[str, Any]] = []

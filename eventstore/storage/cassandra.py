@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from cassandra import (
 )
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
 
+from eventstore import tracing
 from eventstore.config import CassandraSettings
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
@@ -70,6 +72,19 @@ class CassandraEventStorage(EventStorage):
         self._read_forwards = prepare(session, statements.read_forwards)
         self._read_backwards = prepare(session, statements.read_backwards)
         self._read_backwards_from_end = prepare(session, statements.read_backwards_from_end)
+        # Span attributes, built once (OpenTelemetry's database conventions).
+        self._traced = {
+            operation: {
+                "db.system.name": "cassandra",
+                "db.namespace": settings.keyspace,
+                "db.collection.name": "events",
+                "db.operation.name": operation,
+            }
+            for operation in ("BATCH", "SELECT")
+        }
+
+    def _span(self, operation: str) -> AbstractContextManager[tracing.Span]:
+        return tracing.span(f"{operation} events", tracing.SpanKind.CLIENT, self._traced[operation])
 
     # --- construction ------------------------------------------------------------------
 
@@ -106,12 +121,14 @@ class CassandraEventStorage(EventStorage):
     # --- EventStorage ------------------------------------------------------------------
 
     async def stream_state(self, aggregate_id: str) -> StreamState:
-        return _head(await self._run(self._bound(self._select_head, (aggregate_id,))))
+        with self._span("SELECT"):
+            return _head(await self._run(self._bound(self._select_head, (aggregate_id,))))
 
     async def settled_state(self, aggregate_id: str) -> StreamState:
         """At SERIAL: a Paxos round that completes an accepted-but-uncommitted append (or, with
         its newer ballot, stops it from ever committing), as `_resolve_unknown` relies on."""
-        return _head(await self._run(self._serial_read(self._select_head, (aggregate_id,))))
+        with self._span("SELECT"):
+            return _head(await self._run(self._serial_read(self._select_head, (aggregate_id,))))
 
     async def append(
         self,
@@ -150,20 +167,31 @@ class CassandraEventStorage(EventStorage):
                 ),
             )
             batch.add(self._insert_event_id, (aggregate_id, event.event_id, version, recorded_at))
-        try:
-            rows = await self._cas(batch)
-        except WriteTimeout as exc:
-            # Whatever phase timed out (Paxos or its commit), the batch may have applied.
-            log.warning(
-                "append outcome unknown after a CAS write timeout; resolving with a SERIAL read",
-                aggregate_id=aggregate_id,
-                expected_version=expected_version,
-                write_type=exc.write_type,
-            )
-            return await self._resolve_unknown(aggregate_id, expected_version, events)
-        if rows and rows[0]["[applied]"]:
-            return Committed(expected_version + 1, last, recorded_at)
-        return self._rejected(rows)
+        with self._span("BATCH") as span:
+            if span.is_recording():
+                span.set_attribute("db.operation.batch.size", len(batch))
+            try:
+                rows = await self._cas(batch)
+            except WriteTimeout as exc:
+                # Whatever phase timed out (Paxos or its commit), the batch may have applied.
+                log.warning(
+                    "append outcome unknown after a CAS write timeout; resolving with a SERIAL "
+                    "read",
+                    aggregate_id=aggregate_id,
+                    expected_version=expected_version,
+                    write_type=exc.write_type,
+                )
+                span.add_event("outcome unknown: resolving with a SERIAL read")
+                outcome = await self._resolve_unknown(aggregate_id, expected_version, events)
+            else:
+                outcome = (
+                    Committed(expected_version + 1, last, recorded_at)
+                    if rows and rows[0]["[applied]"]
+                    else self._rejected(rows)
+                )
+            if span.is_recording():
+                span.set_attribute("eventstore.applied", isinstance(outcome, Committed))
+            return outcome
 
     async def _cas(self, batch: BatchStatement) -> list[Any]:
         if self.fault_hook is not None:
@@ -246,7 +274,8 @@ class CassandraEventStorage(EventStorage):
             statement = self._bound(self._read_backwards_from_end, (aggregate_id, limit))
         else:
             statement = self._bound(self._read_backwards, (aggregate_id, start, limit))
-        rows = await self._run(statement)
+        with self._span("SELECT"):
+            rows = await self._run(statement)
         return [
             RecordedEvent(
                 event_id=row["event_id"],
@@ -263,7 +292,8 @@ class CassandraEventStorage(EventStorage):
         ]
 
     async def describe(self, aggregate_id: str) -> AggregateInfo | None:
-        rows = await self._run(self._bound(self._describe, (aggregate_id,)))
+        with self._span("SELECT"):
+            rows = await self._run(self._bound(self._describe, (aggregate_id,)))
         if not rows or not rows[0]["head"]:
             return None
         row = rows[0]

@@ -10,10 +10,9 @@ from uuid import UUID
 
 import structlog
 
-from eventstore.domain.access import PRINCIPAL_KEY, Operation, Principal, record_principal
+from eventstore.domain.access import Operation, Principal, record_principal
 from eventstore.domain.errors import EventIdReused, InvalidArgument, WrongExpectedVersion
 from eventstore.domain.events import (
-    SCHEMA_VERSION_KEY,
     AppendRequest,
     AppendResult,
     Direction,
@@ -21,6 +20,7 @@ from eventstore.domain.events import (
     NewEvent,
     RecordedEvent,
 )
+from eventstore.domain.validation import RESERVED_METADATA_PREFIX
 from eventstore.failpoints import Failpoints
 from eventstore.ports import AggregateCatalog, Committed, EventStorage, ExistingEvent, Rejected
 from eventstore.usecases.publish import Publication
@@ -210,12 +210,13 @@ class AppendEvents:
 
 def _difference(sent: NewEvent, stored: RecordedEvent) -> str:
     """What a resent event has other than the stored one with its id ("": nothing). Who sends
-    it does not count: a retry by another principal gets the original result."""
+    it does not count: a retry by another principal gets the original result; nor does the
+    rest the server stamps (`$` keys: a retry is traced afresh, see domain/tracecontext.py)."""
 
     def client_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-        # Nor does the schema version of the data: a retry naming "latest" after another
-        # version was registered still sends the same event.
-        return {k: v for k, v in metadata.items() if k not in (PRINCIPAL_KEY, SCHEMA_VERSION_KEY)}
+        # Nor server keys: a retry naming "latest" after another version was registered
+        # still sends the same event, whatever $schema_version it is stamped with now.
+        return {k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)}
 
     if sent.event_type != stored.event_type:
         return "event_type"

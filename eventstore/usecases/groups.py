@@ -76,9 +76,11 @@ class Membership:
         settings: GroupSettings,
         max_in_flight: int,
         clock: Callable[[], float],
+        on_parked: Callable[[], None] = lambda: None,
     ) -> None:
         self._log = log_
         self._group = kafka_group
+        self._on_parked = on_parked
         self._subscription = subscription
         self._start = start
         self._settings = settings
@@ -141,6 +143,7 @@ class Membership:
                         reason=reason,
                     )
                     self.member.parked(delivery)
+                    self._on_parked()
                 for delivery in self.member.due():
                     yield GroupItem(delivery.id, delivery.record.event, delivery.attempt)
                     last_sent = self._clock()
@@ -167,10 +170,13 @@ class ConsumeGroup:
         log_: GroupLog,
         settings: GroupSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_parked: Callable[[], None] = lambda: None,
     ) -> None:
         self._log = log_
         self._settings = settings or GroupSettings()
         self._clock = clock
+        #: told of each event parked (the server counts them for its metrics)
+        self._on_parked = on_parked
 
     def join(
         self,
@@ -191,6 +197,7 @@ class ConsumeGroup:
             self._settings,
             max_in_flight,
             self._clock,
+            self._on_parked,
         )
 
     async def parked(self, group: str, principal: Principal, max_count: int) -> list[ParkedEvent]:

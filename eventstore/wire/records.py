@@ -1,8 +1,9 @@
 """The Kafka record of an event: what other services consume (see README), and its size.
 
 Key = the aggregate id (partitioned as Kafka's Java clients do), value = the serialized
-eventstore.v1.Event, headers naming the event: ours, and the CloudEvents attributes of the
-Kafka protocol binding's binary content mode (see `record_headers`)."""
+eventstore.v1.Event, headers naming the event: ours, the CloudEvents attributes of the
+Kafka protocol binding's binary content mode (see `record_headers`), and the W3C trace context
+the event was appended in, if it was traced."""
 
 from __future__ import annotations
 
@@ -11,6 +12,11 @@ from datetime import UTC
 from urllib.parse import quote
 
 from eventstore.domain.events import MAX_VERSION, RecordedEvent
+from eventstore.domain.tracecontext import (
+    MAX_TRACESTATE_BYTES,
+    TRACEPARENT_BYTES,
+    trace_context_of,
+)
 from eventstore.domain.validation import Limits
 from eventstore.sizes import max_event_bytes, varint_size
 from eventstore.v1 import eventstore_pb2 as pb
@@ -139,7 +145,27 @@ def record_headers(event: RecordedEvent) -> list[tuple[str, str | bytes | None]]
         ("ce_subject", event.aggregate_id.encode()),
         ("ce_dataschema", RECORD_DATASCHEMA.encode()),
         ("content-type", RECORD_CONTENT_TYPE.encode()),
+        *_trace_headers(event),
     ]
+
+
+def _trace_headers(event: RecordedEvent) -> list[tuple[str, str | bytes | None]]:
+    """The append's W3C trace context, if it was traced, twice: `traceparent`/`tracestate`
+    are what OpenTelemetry's Kafka instrumentations (and any W3C propagator over the record's
+    headers) extract; `ce_traceparent`/`ce_tracestate` are the CloudEvents distributed-tracing
+    extension in binary mode, so a CloudEvents SDK shows the event's `traceparent` attribute.
+    Both carry the context the event was appended in (the one stored with it), however late
+    the record is sent (the relay, a republish)."""
+    trace = trace_context_of(event.metadata)
+    if trace is None:
+        return []
+    headers: list[tuple[str, str | bytes | None]] = [("traceparent", trace.traceparent.encode())]
+    if trace.tracestate:
+        headers.append(("tracestate", trace.tracestate.encode()))
+    headers.append(("ce_traceparent", trace.traceparent.encode()))
+    if trace.tracestate:
+        headers.append(("ce_tracestate", trace.tracestate.encode()))
+    return headers
 
 
 def _header_value_bounds(limits: Limits) -> dict[str, int]:
@@ -161,6 +187,10 @@ def _header_value_bounds(limits: Limits) -> dict[str, int]:
         "ce_subject": limits.max_aggregate_id_bytes,
         "ce_dataschema": len(RECORD_DATASCHEMA),
         "content-type": len(RECORD_CONTENT_TYPE),
+        "traceparent": TRACEPARENT_BYTES,
+        "tracestate": MAX_TRACESTATE_BYTES,
+        "ce_traceparent": TRACEPARENT_BYTES,
+        "ce_tracestate": MAX_TRACESTATE_BYTES,
     }
 
 

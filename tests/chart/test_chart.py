@@ -20,6 +20,8 @@ import jsonschema  # kubernetes-validate's own validator (untyped: see mypy over
 import pytest
 import yaml
 
+from eventstore.config import TracingSettings, load
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "eventstore"
 KUBERNETES = "1.30.0"
@@ -211,6 +213,9 @@ def test_production_values_shape(helm: str) -> None:
         "metrics.prometheusRule.labels.release=not a label value",
         "metrics.prometheusRule.rules=none",
         "metrics.grafanaDashboard.labels.grafana_dashboard=1",
+        "tracing.sampler=sometimes",
+        "tracing.endpoint=otel-collector:4318",
+        "tracing.enabled=on",
     ],
 )
 def test_bad_values_are_rejected_at_install(helm: str, override: str) -> None:
@@ -408,3 +413,41 @@ def test_crd_validation_refuses_what_the_operator_would_not_take(
     bad_duration = json.loads(json.dumps(rule))
     bad_duration["spec"]["groups"][0]["rules"][0]["for"] = "5 minutes"
     assert any("/spec/groups/0/rules/0/for" in e for e in crd_errors(crd_schemas, bad_duration))
+
+
+def test_tracing_is_off_by_default_and_on_passes_the_collector_to_both_processes(
+    helm: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ("ConfigMap", "t-eventstore")
+    off = objects(render(helm))[config]["data"]
+    assert not [name for name in off if "TRACING" in name or name.startswith("OTEL_")]
+    result = template(
+        helm,
+        *("--set", "tracing.enabled=true"),
+        *("--set", "tracing.endpoint=http://collector.observability:4318"),
+        *("--set", "tracing.sampler=parentbased_traceidratio"),
+        *("--set", "tracing.samplerArg=0.25"),
+        *("--set", "tracing.resourceAttributes=deployment.environment.name=prod"),
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = objects(result.stdout)
+    data = rendered[config]["data"]
+    assert data["EVENTSTORE_TRACING"] == "otlp"
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector.observability:4318"
+    assert data["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+    assert data["OTEL_TRACES_SAMPLER_ARG"] == "0.25"
+    assert data["OTEL_RESOURCE_ATTRIBUTES"] == (
+        "deployment.environment.name=prod,k8s.namespace.name=default"
+    )
+    # The server and the indexer read it (the service name is each process's own).
+    for deployment in ("t-eventstore-server", "t-eventstore-indexer"):
+        container = rendered[("Deployment", deployment)]["spec"]["template"]["spec"]["containers"]
+        sources = [
+            s["configMapRef"]["name"] for s in container[0]["envFrom"] if "configMapRef" in s
+        ]
+        assert sources == ["t-eventstore"], deployment
+    assert "OTEL_SERVICE_NAME" not in data
+    # What the processes make of it: valid settings, tracing on.
+    for name, value in data.items():
+        monkeypatch.setenv(name, str(value))
+    assert load(TracingSettings).enabled

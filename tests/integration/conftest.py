@@ -41,9 +41,9 @@ pytestmark = pytest.mark.integration
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests through the Kafka fault proxy share its fixed port: under pytest-xdist
-    (--dist loadgroup) they should run one after another on one worker. With pytest 9.2 and
-    xdist 3.8 the grouping has no effect (xdist renames `item._nodeid`, which pytest's
-    `nodeid` no longer reads), so `kafka_fault_proxy` also holds a machine-wide lock."""
+    (--dist loadgroup) they run one after another on one worker. The fixture also holds a
+    machine-wide lock: another pytest on the machine, or a pytest whose grouping does not work
+    (9.2.0 with xdist 3.8; tests/unit/test_test_grouping.py), must not take the port either."""
     for item in items:
         if "kafka_fault_proxy" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("kafka-fault-proxy"))

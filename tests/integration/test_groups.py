@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from eventstore.client import (
     Event,
@@ -176,6 +177,10 @@ async def cli(server: RunningServer, *args: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_a_failing_event_is_parked_while_the_others_flow_and_can_be_replayed(
     quick_server: RunningServer, quick_client: EventStoreClient
 ) -> None:
@@ -185,6 +190,9 @@ async def test_a_failing_event_is_parked_while_the_others_flow_and_can_be_replay
     aggregates = [poison, *(unique("agg") for _ in range(8))]
     await client.append(poison, kind, [Event("Bad", {})])
     written = [(poison, 1), *await append_rounds(client, kind, aggregates, 2)]
+    # The server runs in this process: its metrics are this registry's.
+    parked_before = sample("eventstore_group_parked_total")
+    retried_before = sample("eventstore_group_deliveries_total", attempt="retry")
     failing = Member(
         client.subscribe_group(group, aggregate_types=[kind]),
         decide=lambda d: d.event.event_type != "Bad",
@@ -203,6 +211,8 @@ async def test_a_failing_event_is_parked_while_the_others_flow_and_can_be_replay
         ]
         assert parked[0].attempts == 3
         assert parked[0].reason == "handler failed"
+        assert sample("eventstore_group_parked_total") - parked_before == 1
+        assert sample("eventstore_group_deliveries_total", attempt="retry") - retried_before == 2
         # Fixed: replayed, it is delivered again (and acknowledged this time).
         failing.decide = lambda _: True
         assert await client.replay_parked(group) == 1

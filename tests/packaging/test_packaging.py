@@ -26,7 +26,10 @@ def test_wheel_install_has_every_command(tmp_path: Path) -> None:
             python,
             "-c",
             "import eventstore.server, eventstore.migrate, indexer.main, replayer.main, "
-            "replayer.examples.users, eventstore.v1.eventstore_pb2_grpc, eventstore.access_cli",
+            "replayer.examples.users, eventstore.v1.eventstore_pb2_grpc, eventstore.access_cli;"
+            # What EVENTSTORE_TRACING=otlp loads (only then: eventstore.tracing.configure).
+            "import opentelemetry.sdk.trace, "
+            "opentelemetry.exporter.otlp.proto.http.trace_exporter",
         ],
         capture_output=True,
         text=True,

@@ -49,9 +49,14 @@ def test_the_sources_are_found() -> None:
     [
         (
             ("eventstore/domain",),
-            tuple(
-                f"eventstore.{name}"
-                for name in ("api", "wire", "v1", "storage", "publishing", "search", "usecases")
+            (
+                *(
+                    f"eventstore.{name}"
+                    for name in ("api", "wire", "v1", "storage", "publishing", "search", "usecases")
+                ),
+                # The W3C trace context is plain data there (domain/tracecontext.py).
+                "opentelemetry",
+                "eventstore.tracing",
             ),
         ),
         (("eventstore/wire",), ("grpc", "grpc_status", "eventstore.api", "eventstore.publishing")),

@@ -51,6 +51,7 @@ KNOWN_VALUES = {
     "code": frozenset(code.name for code in grpc.StatusCode),
     "form": frozenset(form.name.lower() for form in Form),
     "outcome": frozenset({"applied", "failed"}),  # eventstore/policy_file.py
+    "attempt": frozenset({"first", "retry"}),  # eventstore/api/servicer.py, SubscribeGroup
 }
 
 
