@@ -223,6 +223,7 @@ bench: migrate  ## append, publication, indexing and query figures against the r
 	$(PY) -m benchmarks.query
 	$(PY) -m benchmarks.replay
 	$(PY) -m benchmarks.rest
+	$(PY) -m benchmarks.schemas
 
 clean:  ## remove the virtualenv (the stack's data and the download cache stay)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -54,6 +54,7 @@ from eventstore.domain.events import AggregateInfo, AppendResult, ExpectedVersio
 from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.personal import ErasureReceipt, ErasureStep
 from eventstore.domain.queries import Freshness, QueryPage
+from eventstore.domain.schemas import Compatibility, SchemaFormat, SchemaVersion
 from eventstore.domain.snapshots import Snapshot
 from eventstore.domain.tracecontext import TraceContext, trace_context_of
 from eventstore.sizes import CLIENT_MAX_RECEIVE_BYTES
@@ -66,6 +67,7 @@ from eventstore.wire.results import (
     erasure_from_proto,
     parked_from_proto,
     query_page_from_proto,
+    schema_from_proto,
     snapshot_from_proto,
 )
 
@@ -74,6 +76,7 @@ __all__ = [
     "AggregateNotFoundError",
     "AppendResult",
     "ClientError",
+    "Compatibility",
     "ErasureReceipt",
     "ErasureStep",
     "Event",
@@ -92,6 +95,12 @@ __all__ = [
     "RecordedEvent",
     "ResourceExhaustedError",
     "RetryPolicy",
+    "SchemaFormat",
+    "SchemaIncompatibleError",
+    "SchemaNotFoundError",
+    "SchemaVersion",
+    "SchemaVersionConflictError",
+    "SchemaViewName",
     "Snapshot",
     "SubscriptionMessage",
     "TlsOptions",
@@ -132,6 +141,8 @@ class Event:
     metadata: Mapping[str, str] = field(default_factory=dict)
     content_type: str = "application/json"
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    #: The schema version `data` follows, if its type has schemas (0: the latest registered).
+    schema_version: int = 0
 
     def payload(self) -> bytes:
         """`data` as the bytes sent: as is, or as compact JSON."""
@@ -190,6 +201,22 @@ class GroupDelivery:
     delivery_id: int
     event: RecordedEvent
     attempt: int
+
+
+#: How events of types with schemas are delivered: as appended, or upcast to the latest version.
+SchemaViewName = Literal["as_stored", "latest"]
+_SCHEMA_VIEWS = {"as_stored": pb.SCHEMA_VIEW_AS_STORED, "latest": pb.SCHEMA_VIEW_LATEST}
+_SCHEMA_FORMATS = {
+    SchemaFormat.JSON_SCHEMA: pb.SCHEMA_FORMAT_JSON_SCHEMA,
+    SchemaFormat.PROTOBUF: pb.SCHEMA_FORMAT_PROTOBUF,
+}
+_COMPATIBILITIES = {
+    None: pb.SCHEMA_COMPATIBILITY_UNSPECIFIED,
+    Compatibility.BACKWARD: pb.SCHEMA_COMPATIBILITY_BACKWARD,
+    Compatibility.FORWARD: pb.SCHEMA_COMPATIBILITY_FORWARD,
+    Compatibility.FULL: pb.SCHEMA_COMPATIBILITY_FULL,
+    Compatibility.NONE: pb.SCHEMA_COMPATIBILITY_NONE,
+}
 
 
 class GroupMember:
@@ -442,6 +469,27 @@ _ERRORS: dict[grpc.StatusCode, type[ClientError]] = {
 }
 
 
+class SchemaIncompatibleError(ClientError):
+    """FAILED_PRECONDITION: the schema version breaks its compatibility mode (or uses what the
+    check cannot decide)."""
+
+    @property
+    def problems(self) -> list[tuple[str, str]]:
+        """(JSON path into the schema, why) pairs."""
+        failure = self._detail(error_details_pb2.PreconditionFailure)
+        if failure is None:
+            return []
+        return [(v.subject, v.description) for v in failure.violations]
+
+
+class SchemaVersionConflictError(ClientError):
+    """FAILED_PRECONDITION: the registration named a version other than the next one."""
+
+
+class SchemaNotFoundError(ClientError):
+    """NOT_FOUND: the event type has no such schema version."""
+
+
 #: Errors that share a status code with another, told apart by their ErrorInfo reason.
 _BY_REASON: dict[str, type[ClientError]] = {
     "EVENT_ID_REUSED": EventIdReusedError,
@@ -449,6 +497,9 @@ _BY_REASON: dict[str, type[ClientError]] = {
     "PERSONAL_DATA_NOT_CONFIGURED": PersonalDataError,
     "SUBJECT_ERASED": PersonalDataError,
     "MASTER_KEY_MISSING": PersonalDataError,
+    "SCHEMA_INCOMPATIBLE": SchemaIncompatibleError,
+    "SCHEMA_VERSION_CONFLICT": SchemaVersionConflictError,
+    "SCHEMA_NOT_FOUND": SchemaNotFoundError,
 }
 
 
@@ -543,6 +594,7 @@ class EventStoreClient:
                     data=event.payload(),
                     content_type=event.content_type,
                     metadata=dict(event.metadata),
+                    schema_version=event.schema_version,
                 )
                 for event in events
             ],
@@ -557,13 +609,17 @@ class EventStoreClient:
         *,
         backwards: bool = False,
         max_count: int = 0,
+        schema_view: SchemaViewName = "as_stored",
     ) -> AsyncIterator[RecordedEvent]:
         """The aggregate's events from `from_version` (0: the first, or the last if
         `backwards`), at most `max_count` of them (0: all). An aggregate without events yields
         nothing. Stopping early (`aclose()`, or dropping the generator) cancels the call.
 
         A retryable failure (a replica restarting, say) is retried under the client's policy,
-        from the version after the last one yielded: every event is yielded once, in order."""
+        from the version after the last one yielded: every event is yielded once, in order.
+
+        `schema_view="latest"`: events of types with schemas come upcast to the latest version
+        (the version an event has is `eventstore.wire.events.schema_version(event)`)."""
         step = -1 if backwards else 1
         failures = 0
         yielded = False
@@ -573,6 +629,7 @@ class EventStoreClient:
                 from_version=from_version,
                 direction=pb.DIRECTION_BACKWARDS if backwards else pb.DIRECTION_FORWARDS,
                 max_count=max_count,
+                schema_view=_SCHEMA_VIEWS[schema_view],
             )
             call = self._stub.ReadAggregate(request, metadata=_traced(self._metadata))
             try:
@@ -620,6 +677,7 @@ class EventStoreClient:
         aggregate_types: Sequence[str] = (),
         event_types: Sequence[str] = (),
         start: str | datetime = "beginning",
+        schema_view: SchemaViewName = "as_stored",
     ) -> AsyncIterator[SubscriptionMessage]:
         """History, a caught-up marker, then live events. `start`: "beginning", "end", the
         checkpoint of a message received earlier (to resume right after it), or a time (the
@@ -628,6 +686,7 @@ class EventStoreClient:
             aggregate_id=aggregate_id,
             aggregate_types=list(aggregate_types),
             event_types=list(event_types),
+            schema_view=_SCHEMA_VIEWS[schema_view],
         )
         if isinstance(start, datetime):
             request.from_time.FromDatetime(start)
@@ -660,6 +719,7 @@ class EventStoreClient:
         event_types: Sequence[str] = (),
         start: str | datetime = "beginning",
         max_in_flight: int = 0,
+        schema_view: SchemaViewName = "as_stored",
     ) -> GroupMember:
         """Join consumer group `group` (yours: another principal's group of that name is
         another group). Members share its aggregates: each aggregate goes to one member at a
@@ -671,6 +731,7 @@ class EventStoreClient:
             aggregate_types=list(aggregate_types),
             event_types=list(event_types),
             max_in_flight=max_in_flight,
+            schema_view=_SCHEMA_VIEWS[schema_view],
         )
         if isinstance(start, datetime):
             join.from_time.FromDatetime(start)
@@ -682,9 +743,13 @@ class EventStoreClient:
         call = self._stub.SubscribeGroup(metadata=_traced(self._metadata))  # type: ignore[call-arg]
         return GroupMember(call, pb.SubscribeGroupRequest(join=join))
 
-    async def parked(self, group: str, max_count: int = 0) -> list[ParkedEvent]:
+    async def parked(
+        self, group: str, max_count: int = 0, schema_view: SchemaViewName = "as_stored"
+    ) -> list[ParkedEvent]:
         """The group's parked events not yet replayed or skipped, oldest first."""
-        request = pb.ListParkedRequest(group=group, max_count=max_count)
+        request = pb.ListParkedRequest(
+            group=group, max_count=max_count, schema_view=_SCHEMA_VIEWS[schema_view]
+        )
         response: pb.ListParkedResponse = await self._with_retries(self._stub.ListParked, request)
         return [parked_from_proto(p) for p in response.parked]
 
@@ -711,6 +776,7 @@ class EventStoreClient:
         count_total: bool = False,
         min_consistency_token: str = "",
         timeout_s: float | None = None,
+        schema_view: SchemaViewName = "as_stored",
     ) -> QueryPage:
         """One page of events by type and time (from the search index), sorted by
         (recorded_at, aggregate_id, version); `start` inclusive, `end` exclusive. Pass the
@@ -730,6 +796,7 @@ class EventStoreClient:
             visible_event_id=str(visible_event_id) if visible_event_id else "",
             count_total=count_total,
             min_consistency_token=min_consistency_token,
+            schema_view=_SCHEMA_VIEWS[schema_view],
         )
         if start is not None:
             getattr(request, "from").FromDatetime(start)
@@ -787,6 +854,57 @@ class EventStoreClient:
             self._stub.EraseSubject, request
         )
         return erasure_from_proto(response)
+
+    async def register_schema(
+        self,
+        aggregate_type: str,
+        event_type: str,
+        document: bytes | Mapping[str, Any],
+        *,
+        upcast: Sequence[Mapping[str, Any]] = (),
+        compatibility: Compatibility | None = None,
+        schema_format: SchemaFormat = SchemaFormat.JSON_SCHEMA,
+        message_name: str = "",
+        version: int = 0,
+    ) -> SchemaVersion:
+        """Register the next version of the event type's schema (a JSON Schema as a mapping or
+        JSON bytes, or a serialized FileDescriptorSet with `message_name`). `upcast`: the
+        operations turning the previous version's data into this one's. `compatibility`
+        None: the previous version's (backward for a first one). `version`: the one it must
+        become (0: the next). Registering the latest version's content again returns it."""
+        if not isinstance(document, bytes):
+            document = json.dumps(document).encode()
+        request = pb.RegisterSchemaRequest(
+            aggregate_type=aggregate_type,
+            event_type=event_type,
+            format=_SCHEMA_FORMATS[schema_format],
+            document=document,
+            message_name=message_name,
+            compatibility=_COMPATIBILITIES[compatibility],
+            upcast_json=json.dumps(list(upcast)) if upcast else "",
+            version=version,
+        )
+        response: pb.RegisterSchemaResponse = await self._with_retries(
+            self._stub.RegisterSchema, request
+        )
+        return schema_from_proto(response.schema)
+
+    async def list_schemas(self, aggregate_type: str, event_type: str = "") -> list[SchemaVersion]:
+        """The schema versions of the aggregate type's event types (or of one), without their
+        documents."""
+        request = pb.ListSchemasRequest(aggregate_type=aggregate_type, event_type=event_type)
+        response: pb.ListSchemasResponse = await self._with_retries(self._stub.ListSchemas, request)
+        return [schema_from_proto(s) for s in response.schemas]
+
+    async def get_schema(
+        self, aggregate_type: str, event_type: str, version: int = 0
+    ) -> SchemaVersion:
+        """One version (0: the latest) with its document; SchemaNotFoundError if none."""
+        request = pb.GetSchemaRequest(
+            aggregate_type=aggregate_type, event_type=event_type, version=version
+        )
+        response: pb.GetSchemaResponse = await self._with_retries(self._stub.GetSchema, request)
+        return schema_from_proto(response.schema)
 
     async def _with_retries(self, method: Any, request: Any, timeout_s: float | None = None) -> Any:
         for attempt in range(1, self._retry.attempts + 1):

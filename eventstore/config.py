@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from eventstore.domain.access import Quotas
 from eventstore.domain.personal import MasterKey, MasterKeys
+from eventstore.domain.schemas import SchemaLimits
 from eventstore.domain.validation import Limits
 from eventstore.sizes import (
     CLIENT_MAX_RECEIVE_BYTES,
@@ -496,6 +497,34 @@ class LimitSettings(BaseSettings):
         return problems
 
 
+class SchemaSettings(BaseSettings):
+    """The event schema registry (README, Evolving an event type)."""
+
+    model_config = SettingsConfigDict(env_prefix="EVENTSTORE_SCHEMA_", frozen=True)
+
+    #: Bytes of one schema document (a JSON Schema or a serialized FileDescriptorSet).
+    max_document_bytes: int = Field(64 * 1024, ge=1, le=16 * 1024 * 1024)
+    #: Versions one event type may have.
+    max_versions: int = Field(100, ge=1, le=100_000)
+    #: Operations of one version's upcast.
+    max_upcast_operations: int = Field(32, ge=0, le=1000)
+    #: Bytes of JSON of one added default value.
+    max_upcast_value_bytes: int = Field(4096, ge=1, le=1024 * 1024)
+    #: How long a server trusts its cached list of an event type's versions before reading it
+    #: again: a version registered through another replica is enforced (and read as
+    #: "latest") here within this time; through this replica, at once. Versions themselves
+    #: never change, so only the list's end can be stale.
+    refresh_s: float = Field(5.0, gt=0, le=3600)
+
+    def to_limits(self) -> SchemaLimits:
+        return SchemaLimits(
+            max_document_bytes=self.max_document_bytes,
+            max_versions=self.max_versions,
+            max_upcast_operations=self.max_upcast_operations,
+            max_upcast_value_bytes=self.max_upcast_value_bytes,
+        )
+
+
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EVENTSTORE_", frozen=True)
 
@@ -598,6 +627,7 @@ class ServerSettings(BaseSettings):
     opensearch: OpenSearchSettings = Field(default_factory=OpenSearchSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     personal: PersonalDataSettings = Field(default_factory=PersonalDataSettings)
+    schemas: SchemaSettings = Field(default_factory=SchemaSettings)
 
     @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", "permissions_file")
     @classmethod
@@ -767,6 +797,7 @@ def load(cls: type[S]) -> S:
                 OpenSearchSettings,
                 RelaySettings,
                 LimitSettings,
+                SchemaSettings,
                 ServerSettings,
                 TracingSettings,
                 cls,

@@ -13,6 +13,7 @@ from eventstore.domain.events import AggregateInfo, Direction, NewEvent, Recorde
 from eventstore.domain.groups import Commit, GroupRecord, ParkedEvent, Where
 from eventstore.domain.personal import WrappedKey
 from eventstore.domain.queries import EventQuery, IndexProgress, SearchPage
+from eventstore.domain.schemas import SchemaVersion
 from eventstore.domain.snapshots import Snapshot
 
 
@@ -435,3 +436,22 @@ class SubjectKeys(ABC):
     @abstractmethod
     async def subjects(self, aggregate_id: str) -> list[str]:
         """The subjects recorded for `aggregate_id` (its snapshots are sealed for each)."""
+
+
+class SchemaRegistry(ABC):
+    """Event schemas, per (aggregate type, event type) a sequence of versions 1, 2, 3, …
+    Versions are immutable once registered: callers may cache them for good."""
+
+    @abstractmethod
+    async def add(self, schema: SchemaVersion) -> bool:
+        """Register `schema` at its version if that version does not exist yet (race-free:
+        of concurrent registrations of one version exactly one is applied). False: it
+        exists (nothing was written)."""
+
+    @abstractmethod
+    async def versions(self, aggregate_type: str, event_type: str) -> list[SchemaVersion]:
+        """Every version of the event type, ascending ([] when it has none)."""
+
+    @abstractmethod
+    async def event_types(self, aggregate_type: str) -> list[str]:
+        """The event types of `aggregate_type` that have a schema, sorted."""

@@ -41,6 +41,7 @@ from eventstore.ports import (
     EventStorage,
     GroupLog,
     PublicationLog,
+    SchemaRegistry,
     SnapshotStore,
     SubjectKeys,
 )
@@ -60,9 +61,10 @@ from eventstore.storage.cassandra import CassandraEventStorage
 from eventstore.storage.catalog import CassandraAggregateCatalog
 from eventstore.storage.connection import CassandraConnection
 from eventstore.storage.outbox import CassandraPublicationLog
+from eventstore.storage.schemas import CassandraSchemaRegistry
 from eventstore.storage.snapshots import CassandraSnapshotStore
 from eventstore.storage.subject_keys import CassandraSubjectKeys
-from eventstore.usecases.append import AppendEvents
+from eventstore.usecases.append import AppendEvents, utc_now_ms
 from eventstore.usecases.fairness import FairIndex, FairShare, FairSnapshots, FairStorage
 from eventstore.usecases.groups import ConsumeGroup, GroupSettings
 from eventstore.usecases.journal import WriterJournal
@@ -70,6 +72,7 @@ from eventstore.usecases.personal import EraseSubject, Keyring, PersonalData
 from eventstore.usecases.publish import Publication
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.usecases.schemas import SchemaCatalog, Schemas
 from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2
@@ -102,6 +105,7 @@ class Components:
     index: EventIndex | None = None
     snapshots: SnapshotStore | None = None
     subject_keys: SubjectKeys | None = None
+    schemas: SchemaRegistry | None = None
     owned: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @classmethod
@@ -114,6 +118,7 @@ class Components:
             catalog = await CassandraAggregateCatalog.create(connection)
             snapshots = await CassandraSnapshotStore.create(connection)
             subject_keys = await CassandraSubjectKeys.create_store(connection)
+            schemas = await CassandraSchemaRegistry.create(connection)
             # Kafka may be down now: that must not stop appends (the relay catches up later).
             publisher = KafkaEventPublisher(settings.kafka, settings.limits.to_limits())
             owned.push_async_callback(publisher.close)
@@ -134,6 +139,7 @@ class Components:
                 index=index,
                 snapshots=snapshots,
                 subject_keys=subject_keys,
+                schemas=schemas,
                 owned=owned.pop_all(),
             )
 
@@ -195,6 +201,20 @@ class RunningServer:
             # The writer exists for the other replicas before its first announcement.
             await self.publication.start(settings.startup_timeout_s)
             self.relay = asyncio.create_task(self.publication.run(), name="relay")
+        schemas = (
+            Schemas(
+                components.schemas,
+                SchemaCatalog(
+                    components.schemas,
+                    refresh_s=settings.schemas.refresh_s,
+                    max_event_bytes=settings.limits.max_event_bytes,
+                ),
+                settings.schemas.to_limits(),
+                clock=utc_now_ms,
+            )
+            if components.schemas is not None
+            else None
+        )
         personal: PersonalData | None = None
         erase: EraseSubject | None = None
         masters = settings.personal.master_keys()
@@ -208,6 +228,7 @@ class RunningServer:
             catalog=components.catalog,
             failpoints=Failpoints(settings.failpoints),
             personal=personal,
+            schemas=schemas.catalog if schemas is not None else None,
         )
         if personal is not None and components.subject_keys is not None:
             erase = EraseSubject(
@@ -228,6 +249,7 @@ class RunningServer:
                 subscriptions=settings.limits.max_subscriptions,
             ),
             append=append,
+            schemas=schemas,
             read=ReadAggregate(shared, settings.read_page_size),
             describe=DescribeAggregate(shared),
             limits=settings.limits.to_limits(),

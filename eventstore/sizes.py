@@ -15,6 +15,7 @@ protobuf import.
 from __future__ import annotations
 
 from eventstore.domain.access import PRINCIPAL_KEY
+from eventstore.domain.events import SCHEMA_VERSION_KEY
 from eventstore.domain.tracecontext import (
     MAX_TRACESTATE_BYTES,
     TRACEPARENT_BYTES,
@@ -73,11 +74,13 @@ def _map_entry(key: int, value: int) -> int:
 
 
 _TIMESTAMP = _length_delimited((1 + _INT64) + (1 + _NANOS))
-#: What the server stamps on every event: the principal, and the append's trace context.
+#: What the server stamps on every event: the principal, the append's trace context, and the
+#: schema version of its data (an int32 in decimal).
 _SERVER_METADATA = (
     _map_entry(len(PRINCIPAL_KEY), _PRINCIPAL_NAME_BYTES)
     + _map_entry(len(TRACEPARENT_KEY), TRACEPARENT_BYTES)
     + _map_entry(len(TRACESTATE_KEY), MAX_TRACESTATE_BYTES)
+    + _map_entry(len(SCHEMA_VERSION_KEY), len(str(-(2**31))))
 )
 
 
@@ -132,6 +135,7 @@ def _event_fixed(limits: Limits) -> int:
         + _length_delimited(_UTF8_MAX * limits.max_type_name_length)  # content_type
         + _TIMESTAMP  # recorded_at
         + _SERVER_METADATA
+        + (1 + _INT64)  # schema_version
     )
 
 

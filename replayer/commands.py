@@ -1,4 +1,4 @@
-"""The replay commands: state, export, republish."""
+"""The replay commands: state, export, republish, schemas register/list."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ from typing import Any, TextIO
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from eventstore.client import AggregateNotFoundError, EventStoreClient
+from eventstore.client import (
+    AggregateNotFoundError,
+    Compatibility,
+    EventStoreClient,
+    SchemaFormat,
+    SchemaViewName,
+)
 from eventstore.config import KafkaSettings
 from eventstore.domain.events import RecordedEvent
 from eventstore.domain.validation import is_json_content_type
@@ -37,6 +43,8 @@ class Filters:
     aggregate_id: str
     start: datetime | None
     end: datetime | None
+    #: Not part of `query()`: a republish checkpoint stays valid whichever view resumes it.
+    schema_view: SchemaViewName = "as_stored"
 
     def query(self) -> dict[str, Any]:
         return {
@@ -62,6 +70,7 @@ async def state(
     use_snapshot: bool,
     save_snapshot: bool,
     out: TextIO,
+    schema_view: SchemaViewName = "as_stored",
 ) -> None:
     reducer = load_reducer(reducer_spec)
     kind = state_type(reducer_spec)
@@ -87,7 +96,10 @@ async def state(
     progress = Progress(f"replaying {aggregate_id}", target - version)
     if version < target:
         async for event in client.read(
-            aggregate_id, from_version=version + 1, max_count=target - version
+            aggregate_id,
+            from_version=version + 1,
+            max_count=target - version,
+            schema_view=schema_view,
         ):
             try:
                 current = reducer(current, ReplayEvent.of(event))
@@ -136,7 +148,11 @@ async def pages(
     first = True
     while True:
         page = await client.query_events(
-            page_token=token, page_size=page_size, count_total=first, **filters.query()
+            page_token=token,
+            page_size=page_size,
+            count_total=first,
+            schema_view=filters.schema_view,
+            **filters.query(),
         )
         yield token, page.events, page.next_page_token, page.total_hits
         if not page.next_page_token:
@@ -353,3 +369,91 @@ async def group_parked(
                 f"{parked.position}\t{event.aggregate_id} v{event.version} {event.event_type}"
                 f"\t{parked.attempts} attempts\t{parked.parked_at.isoformat()}\t{parked.reason}\n"
             )
+
+
+# --- schemas ------------------------------------------------------------------------------
+
+
+def read_schema_file(path: Path) -> dict[str, Any]:
+    """The `register_schema` arguments a JSON file describes:
+
+    {"aggregate_type": "Order", "event_type": "OrderPlaced", "schema": {...JSON Schema...},
+     "upcast": [{"op": "rename", "path": "/name", "to": "full_name"}, ...],
+     "compatibility": "backward", "version": 2}
+
+    or, for protobuf, "format": "protobuf", "descriptor_set": "FILE" (a serialized
+    FileDescriptorSet, relative to the JSON file) and "message_name". Only aggregate_type,
+    event_type and the schema are required."""
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReplayError(f"cannot read {path}: {exc}", code=2) from None
+    if not isinstance(spec, dict):
+        raise ReplayError(f"{path}: must hold a JSON object", code=2)
+    known = {
+        "aggregate_type",
+        "event_type",
+        "schema",
+        "upcast",
+        "compatibility",
+        "version",
+        "format",
+        "descriptor_set",
+        "message_name",
+    }
+    if set(spec) - known:
+        raise ReplayError(f"{path}: unknown keys {sorted(set(spec) - known)}", code=2)
+    try:
+        schema_format = SchemaFormat(spec.get("format", "json_schema"))
+        compatibility = Compatibility(spec["compatibility"]) if "compatibility" in spec else None
+    except ValueError as exc:
+        raise ReplayError(f"{path}: {exc}", code=2) from None
+    if schema_format is SchemaFormat.PROTOBUF:
+        try:
+            document = (path.parent / spec["descriptor_set"]).read_bytes()
+        except (KeyError, OSError) as exc:
+            raise ReplayError(f"{path}: descriptor_set: {exc}", code=2) from None
+    elif "schema" in spec:
+        document = json.dumps(spec["schema"]).encode()
+    else:
+        raise ReplayError(f"{path}: needs a schema", code=2)
+    return {
+        "aggregate_type": str(spec.get("aggregate_type", "")),
+        "event_type": str(spec.get("event_type", "")),
+        "document": document,
+        "upcast": spec.get("upcast", []),
+        "compatibility": compatibility,
+        "schema_format": schema_format,
+        "message_name": str(spec.get("message_name", "")),
+        "version": int(spec.get("version", 0)),
+    }
+
+
+async def register_schema(client: EventStoreClient, spec: dict[str, Any], out: TextIO) -> None:
+    """Register the version `spec` (from `read_schema_file`) describes."""
+    registered = await client.register_schema(**spec)
+    out.write(
+        f"{registered.aggregate_type}/{registered.event_type} version {registered.version} "
+        f"({registered.compatibility.value})\n"
+    )
+
+
+async def list_schemas(
+    client: EventStoreClient, aggregate_type: str, event_type: str, out: TextIO
+) -> None:
+    for schema in await client.list_schemas(aggregate_type, event_type):
+        line = {
+            "aggregate_type": schema.aggregate_type,
+            "event_type": schema.event_type,
+            "version": schema.version,
+            "format": schema.format.value,
+            "compatibility": schema.compatibility.value,
+            "upcast": [op.to_json() for op in schema.upcast],
+            "registered_by": schema.registered_by,
+            "registered_at": (
+                schema.registered_at.isoformat(timespec="milliseconds")
+                if schema.registered_at
+                else None
+            ),
+        }
+        out.write(json.dumps(line, sort_keys=True) + "\n")

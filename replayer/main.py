@@ -8,6 +8,8 @@ Examples:
   eventstore-replay republish --types OrderPlaced --topic rebuild --dry-run
   eventstore-replay verify --aggregate-type Order --since-day 2026-11-01 --republish
   eventstore-replay parked
+  eventstore-replay schemas register order-placed-v2.json
+  eventstore-replay export --aggregate-types Order --upcast latest
 
 The server is EVENTSTORE_SERVER (default 127.0.0.1:50051) or --server. `verify` and `parked`
 read the backends directly, configured like the server (EVENTSTORE_CASSANDRA_*,
@@ -28,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from eventstore import tracing
-from eventstore.client import ClientError, EventStoreClient, RetryPolicy, TlsOptions
+from eventstore.client import (
+    ClientError,
+    EventStoreClient,
+    RetryPolicy,
+    SchemaViewName,
+    TlsOptions,
+)
 from eventstore.config import (
     CassandraSettings,
     ConfigError,
@@ -82,6 +90,17 @@ def _filters(parser: argparse.ArgumentParser) -> None:
         "--from", dest="start", type=_time, help="recorded at or after (ISO time; UTC if no zone)"
     )
     parser.add_argument("--to", dest="end", type=_time, help="recorded before (ISO time)")
+    _upcast(parser)
+
+
+def _upcast(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--upcast",
+        choices=["stored", "latest"],
+        default="stored",
+        help="events of types with schemas: as stored (default), or upcast to the latest "
+        "schema version",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -137,6 +156,7 @@ def parser() -> argparse.ArgumentParser:
     state.add_argument(
         "--save-snapshot", action="store_true", help="store the result as a snapshot"
     )
+    _upcast(state)
 
     export = sub.add_parser(
         "export",
@@ -245,6 +265,21 @@ def parser() -> argparse.ArgumentParser:
     action.add_argument("--skip", action="store_true", help="pass over them")
     group.add_argument("--max", type=int, default=1000, help="list at most this many (1000)")
     group.add_argument("--json", action="store_true", help="print JSON lines")
+
+    schemas = sub.add_parser(
+        "schemas",
+        help="register or list event schemas",
+        description="register FILE: register the schema version FILE describes (JSON: "
+        "aggregate_type, event_type, schema, and optionally upcast, compatibility, version; "
+        "see README, Evolving an event type). list TYPE [EVENT_TYPE]: the versions, as JSON "
+        "lines.",
+    )
+    schema_command = schemas.add_subparsers(dest="schema_command", required=True)
+    register = schema_command.add_parser("register", help="register a schema version")
+    register.add_argument("file", type=Path)
+    listed = schema_command.add_parser("list", help="list schema versions as JSON lines")
+    listed.add_argument("aggregate_type")
+    listed.add_argument("event_type", nargs="?", default="")
     return root
 
 
@@ -309,6 +344,17 @@ async def run_client(args: argparse.Namespace) -> None:
                 client, args.group, args.replay, args.skip, args.max, args.json, sys.stdout
             )
             return
+        if args.command == "schemas":
+            if args.schema_command == "register":
+                await commands.register_schema(
+                    client, commands.read_schema_file(args.file), sys.stdout
+                )
+            else:
+                await commands.list_schemas(
+                    client, args.aggregate_type, args.event_type, sys.stdout
+                )
+            return
+        view: SchemaViewName = "latest" if args.upcast == "latest" else "as_stored"
         if args.command == "state":
             await commands.state(
                 client,
@@ -318,10 +364,11 @@ async def run_client(args: argparse.Namespace) -> None:
                 use_snapshot=not args.no_snapshot,
                 save_snapshot=args.save_snapshot,
                 out=sys.stdout,
+                schema_view=view,
             )
             return
         filters = commands.Filters(
-            args.types, args.aggregate_types, args.aggregate_id, args.start, args.end
+            args.types, args.aggregate_types, args.aggregate_id, args.start, args.end, view
         )
         if args.command == "export":
             if args.output:

@@ -44,6 +44,7 @@ from eventstore.domain.personal import (
     SealBroken,
     SubjectErased,
 )
+from eventstore.domain.schemas import SchemaIncompatible, SchemaNotFound, SchemaVersionConflict
 from eventstore.usecases.append import ContentionExhausted
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import expected_to_proto
@@ -104,6 +105,21 @@ def _quota(exc: Any) -> list[Message]:
                     subject=f"principal:{exc.principal}",
                     description=f"{exc.quota} is {exc.limit:.10g}",
                 )
+            ]
+        )
+    ]
+
+
+def _schema_problems(exc: Any) -> list[Message]:
+    return [
+        error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=f"SCHEMA_{exc.mode.name}_COMPATIBILITY",
+                    subject=problem.path,
+                    description=problem.reason,
+                )
+                for problem in exc.problems
             ]
         )
     ]
@@ -171,6 +187,30 @@ RULES: dict[type[BaseException], Rule] = {
     SnapshotNotFound: Rule(
         code_pb2.NOT_FOUND, "SNAPSHOT_NOT_FOUND", retry=False, details=_resource("snapshot")
     ),
+    # A version the compatibility mode refuses: the caller changes the schema (or the mode).
+    SchemaIncompatible: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        "SCHEMA_INCOMPATIBLE",
+        retry=False,
+        metadata=lambda exc: {
+            "aggregate_type": exc.aggregate_type,
+            "event_type": exc.event_type,
+            "compatibility": exc.mode.value,
+        },
+        details=_schema_problems,
+    ),
+    SchemaVersionConflict: Rule(
+        code_pb2.FAILED_PRECONDITION,
+        "SCHEMA_VERSION_CONFLICT",
+        retry=False,
+        metadata=lambda exc: {
+            "aggregate_type": exc.aggregate_type,
+            "event_type": exc.event_type,
+            "expected_version": str(exc.expected),
+            "latest_version": str(exc.actual),
+        },
+    ),
+    SchemaNotFound: Rule(code_pb2.NOT_FOUND, "SCHEMA_NOT_FOUND", retry=False),
     Unauthenticated: Rule(code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED", retry=False),
     PermissionDenied: Rule(
         code_pb2.PERMISSION_DENIED,

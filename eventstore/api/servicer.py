@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -34,6 +35,7 @@ from eventstore.domain.validation import (
     validate_parked,
     validate_query,
     validate_read,
+    validate_schema_names,
     validate_snapshot,
     validate_subject,
     validate_subscribe,
@@ -45,6 +47,7 @@ from eventstore.usecases.groups import ConsumeGroup, Membership
 from eventstore.usecases.personal import EraseSubject, PersonalData
 from eventstore.usecases.query import QueryEvents
 from eventstore.usecases.read import DescribeAggregate, ReadAggregate
+from eventstore.usecases.schemas import Schemas
 from eventstore.usecases.snapshots import GetSnapshot, SaveSnapshot
 from eventstore.usecases.subscribe import Subscribe
 from eventstore.v1 import eventstore_pb2 as pb
@@ -268,8 +271,10 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
         quotas: QuotaLimiter | None = None,
         personal: PersonalData | None = None,
         erase: EraseSubject | None = None,
+        schemas: Schemas | None = None,
     ) -> None:
         self._append = append
+        self._schemas = schemas
         self._read = read
         self._describe = describe
         self._limits = limits
@@ -341,6 +346,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                 request.max_count,
                 self._limits,
             )
+            latest = convert.schema_view_latest(request.schema_view)
             # Each page's bytes are taken from the principal's read quota before it is
             # fetched: over it, the read slows down (and takes no Cassandra time meanwhile).
             page_events = self._read.page_events(validated)
@@ -348,6 +354,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             try:
                 async for page in self._read.pages(validated, principal):
                     page = await self._opened(page)
+                    page = await self._view(page, latest)
                     sent = 0
                     for message in convert.read_responses(page, READ_MESSAGE_BUDGET_BYTES):
                         sent += message.ByteSize()
@@ -375,6 +382,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             self._limits,
             convert.optional_time(request, "from_time"),
         )
+        latest = convert.schema_view_latest(request.schema_view)
         # A forbidden filter is refused here, before it takes one of the principal's slots.
         items = self._subscribe(subscription, start, principal)
         policy = self._authenticator.policy()
@@ -395,6 +403,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                             self._authenticator.recheck(context, principal)
                         if item.event is not None and self._personal is not None:
                             item = replace(item, event=await self._opened_one(item.event))
+                        if latest and item.event is not None:
+                            item = dataclasses.replace(item, event=await self._upcast(item.event))
                         yield convert.subscription_item_to_proto(item)
                 finally:
                     metrics.SUBSCRIPTIONS.dec()
@@ -426,6 +436,7 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             join.max_in_flight,
             self._limits,
         )
+        latest = convert.schema_view_latest(join.schema_view)
         # A forbidden filter is refused here, before the member takes a subscription slot.
         membership = self._groups.join(group, subscription, start, principal, in_flight)
         policy = self._authenticator.policy()
@@ -444,6 +455,8 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                             metrics.GROUP_DELIVERIES.labels(attempt).inc()
                         if item.event is not None and self._personal is not None:
                             item = replace(item, event=await self._opened_one(item.event))
+                        if latest and item.event is not None:
+                            item = dataclasses.replace(item, event=await self._upcast(item.event))
                         yield convert.group_item_to_proto(item)
             finally:
                 answers.cancel()
@@ -457,9 +470,12 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
             raise BackendNotConfigured("consumer groups need the event log (Kafka)")
         with self._call(context) as principal:
             count = validate_parked(request.group, request.max_count, self._limits)
+            latest = convert.schema_view_latest(request.schema_view)
             parked = await self._groups.parked(request.group, principal, count)
             opened = await self._opened([p.event for p in parked])
             parked = [replace(p, event=e) for p, e in zip(parked, opened, strict=True)]
+            if latest:
+                parked = [dataclasses.replace(p, event=await self._upcast(p.event)) for p in parked]
             return pb.ListParkedResponse(parked=[results.parked_to_proto(p) for p in parked])
 
     @unary
@@ -493,8 +509,12 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                 count_total=request.count_total,
                 min_consistency_token=request.min_consistency_token,
             )
+            latest = convert.schema_view_latest(request.schema_view)
             page = await self._query(query, principal, wait_budget(context.time_remaining()))
             page = replace(page, events=await self._opened(list(page.events)))
+            if latest:
+                # The index keeps what was stored; the answer is upcast.
+                page = dataclasses.replace(page, events=await self._view(page.events, True))
             return results.query_page_to_proto(page)
 
     @unary
@@ -536,6 +556,64 @@ class EventStoreServicer(pb_grpc.EventStoreServicer):
                 request.aggregate_id, request.max_version or None, principal
             )
             return results.snapshot_to_proto(snapshot)
+
+    async def _view(self, events: list[RecordedEvent], latest: bool) -> list[RecordedEvent]:
+        """Events as the reader asked: as stored, or upcast to their types' latest schemas."""
+        if not latest or self._schemas is None:
+            return events
+        return await self._schemas.catalog.latest(events)
+
+    async def _upcast(self, event: RecordedEvent) -> RecordedEvent:
+        if self._schemas is None:
+            return event
+        return await self._schemas.catalog.upcast_event(event)
+
+    def _registry(self) -> Schemas:
+        if self._schemas is None:
+            raise BackendNotConfigured("schemas need their registry")
+        return self._schemas
+
+    @unary
+    async def RegisterSchema(
+        self, request: pb.RegisterSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.RegisterSchemaResponse:
+        schemas = self._registry()
+        with self._call(context) as principal:
+            validate_schema_names(request.aggregate_type, request.event_type, self._limits)
+            registration = convert.registration_from_proto(request, schemas.limits)
+            registered = await schemas.register(registration, principal)
+            return pb.RegisterSchemaResponse(
+                schema=results.schema_to_proto(registered.schema),
+                already_registered=registered.already_registered,
+            )
+
+    @unary
+    async def ListSchemas(
+        self, request: pb.ListSchemasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListSchemasResponse:
+        schemas = self._registry()
+        with self._call(context) as principal:
+            validate_schema_names(
+                request.aggregate_type, request.event_type, self._limits, event_type_optional=True
+            )
+            found = await schemas.list(request.aggregate_type, request.event_type, principal)
+            return pb.ListSchemasResponse(
+                schemas=[results.schema_to_proto(s, with_document=False) for s in found]
+            )
+
+    @unary
+    async def GetSchema(
+        self, request: pb.GetSchemaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetSchemaResponse:
+        schemas = self._registry()
+        with self._call(context) as principal:
+            validate_schema_names(request.aggregate_type, request.event_type, self._limits)
+            if request.version < 0:
+                raise InvalidArgument.of("version", "must be 0 (the latest) or a version")
+            found = await schemas.get(
+                request.aggregate_type, request.event_type, request.version, principal
+            )
+            return pb.GetSchemaResponse(schema=results.schema_to_proto(found))
 
     @unary
     async def EraseSubject(
@@ -603,6 +681,9 @@ class DeferredServicer(pb_grpc.EventStoreServicer):
     ListParked = _forward_unary("ListParked")
     ReplayParked = _forward_unary("ReplayParked")
     EraseSubject = _forward_unary("EraseSubject")
+    RegisterSchema = _forward_unary("RegisterSchema")
+    ListSchemas = _forward_unary("ListSchemas")
+    GetSchema = _forward_unary("GetSchema")
     ReadAggregate = _forward_stream("ReadAggregate")
     Subscribe = _forward_stream("Subscribe")
     SubscribeGroup = _forward_stream("SubscribeGroup")

@@ -34,6 +34,8 @@ class Operation(enum.Enum):
     #: EraseSubject: crypto-shred a data subject. Not per aggregate type (a person's events
     #: span types): granted as `erase: ["*"]`.
     ERASE = "erase"
+    #: register versions of the aggregate type's event schemas (reading them needs READ)
+    REGISTER_SCHEMA = "register_schema"
 
 
 class Unauthenticated(EventStoreError):

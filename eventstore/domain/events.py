@@ -12,6 +12,9 @@ from uuid import UUID
 NO_EVENTS = 0
 #: Versions are Cassandra bigints (int64).
 MAX_VERSION = 2**63 - 1
+#: Metadata key the server sets to the schema version an event's data was validated against
+#: (clients cannot set `$` keys). An event of a type with schemas stored without it counts as 1.
+SCHEMA_VERSION_KEY = "$schema_version"
 
 
 class Expectation(enum.Enum):
@@ -70,6 +73,8 @@ class NewEvent:
     data: bytes
     content_type: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: The schema version the data follows (0: the latest registered, if the type has any).
+    schema_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ class RawEvent:
     data: bytes
     content_type: str
     metadata: Mapping[str, str] = field(default_factory=dict)
+    schema_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +240,8 @@ def _check_event(
                 "like it) are reserved for the server",
             )
     size += _check_personal(raw, content_type, path, out)
+    if raw.schema_version < 0:
+        out.add(f"{path}.schema_version", "must be 0 (the latest registered) or a version")
     if size > limits.max_event_bytes:
         out.add(
             path,
@@ -252,6 +255,7 @@ def _check_event(
         data=raw.data,
         content_type=content_type,
         metadata=dict(raw.metadata),
+        schema_version=raw.schema_version,
     )
     return event, size
 
@@ -325,6 +329,17 @@ def validate_append(raw: RawAppend, limits: Limits) -> AppendRequest:
     out.raise_if_any()
     assert expected is not None
     return AppendRequest(raw.aggregate_id, raw.aggregate_type, expected, tuple(events))
+
+
+def validate_schema_names(
+    aggregate_type: str, event_type: str, limits: Limits, event_type_optional: bool = False
+) -> None:
+    """The names of a schema request (an empty event type, if optional, means all)."""
+    out = _Collector()
+    check_type_name(aggregate_type, limits, "aggregate_type", out)
+    if event_type or not event_type_optional:
+        check_type_name(event_type, limits, "event_type", out)
+    out.raise_if_any()
 
 
 def validate_aggregate_id(aggregate_id: str, limits: Limits) -> None:

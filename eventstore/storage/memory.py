@@ -11,6 +11,7 @@ from uuid import UUID
 
 from eventstore.domain.events import AggregateInfo, Direction, NewEvent, RecordedEvent
 from eventstore.domain.personal import WrappedKey
+from eventstore.domain.schemas import SchemaVersion
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import (
     AggregateCatalog,
@@ -21,6 +22,7 @@ from eventstore.ports import (
     ParkedAggregate,
     PublicationLog,
     Rejected,
+    SchemaRegistry,
     SnapshotStore,
     StreamState,
     SubjectKeys,
@@ -251,3 +253,24 @@ class InMemorySubjectKeys(SubjectKeys):
 
     async def subjects(self, aggregate_id: str) -> list[str]:
         return sorted(s for s, aggregates in self._aggregates.items() if aggregate_id in aggregates)
+
+
+class InMemorySchemaRegistry(SchemaRegistry):
+    """Schemas in memory, held to tests/contract/schemas.py like the Cassandra registry."""
+
+    def __init__(self) -> None:
+        self._versions: dict[tuple[str, str], dict[int, SchemaVersion]] = {}
+
+    async def add(self, schema: SchemaVersion) -> bool:
+        versions = self._versions.setdefault((schema.aggregate_type, schema.event_type), {})
+        if schema.version in versions:
+            return False
+        versions[schema.version] = schema
+        return True
+
+    async def versions(self, aggregate_type: str, event_type: str) -> list[SchemaVersion]:
+        versions = self._versions.get((aggregate_type, event_type), {})
+        return [versions[v] for v in sorted(versions)]
+
+    async def event_types(self, aggregate_type: str) -> list[str]:
+        return sorted(e for (a, e), versions in self._versions.items() if a == aggregate_type)

@@ -155,6 +155,30 @@ def table_cql(keyspace: str) -> list[str]:
             PRIMARY KEY ((aggregate_id), subject)
         ) WITH comment = 'Data subjects of the events of an aggregate (snapshots sealed for each)'
         """,
+        # The schema registry (storage/schemas.py): versions are only ever inserted, each with
+        # IF NOT EXISTS on its full key, so two registrations of one version cannot both win.
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.event_schemas (
+            aggregate_type text,
+            event_type     text,
+            version        int,
+            format         text,
+            document       blob,
+            message_name   text,
+            compatibility  text,
+            upcast         text,
+            registered_at  timestamp,
+            registered_by  text,
+            PRIMARY KEY ((aggregate_type, event_type), version)
+        ) WITH comment = 'Event schemas per (aggregate type, event type); insert-only'
+        """,
+        f"""
+        CREATE TABLE IF NOT EXISTS {keyspace}.event_schema_types (
+            aggregate_type text,
+            event_type     text,
+            PRIMARY KEY ((aggregate_type), event_type)
+        ) WITH comment = 'The event types of each aggregate type that have a schema'
+        """,
     ]
 
 

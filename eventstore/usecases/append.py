@@ -26,6 +26,7 @@ from eventstore.domain.validation import RESERVED_METADATA_PREFIX
 from eventstore.failpoints import Failpoints
 from eventstore.ports import AggregateCatalog, Committed, EventStorage, ExistingEvent, Rejected
 from eventstore.usecases.publish import Publication
+from eventstore.usecases.schemas import SchemaCatalog
 
 if TYPE_CHECKING:
     from eventstore.usecases.personal import PersonalData
@@ -61,6 +62,7 @@ class AppendEvents:
         catalog: AggregateCatalog | None = None,
         failpoints: Failpoints | None = None,
         personal: PersonalData | None = None,
+        schemas: SchemaCatalog | None = None,
     ) -> None:
         self._storage = storage
         self._clock = clock
@@ -71,10 +73,14 @@ class AppendEvents:
         self._failpoints = failpoints or Failpoints()
         #: None: no master key; events naming a data subject are refused
         self._personal = personal
+        self._schemas = schemas
 
     async def __call__(self, request: AppendRequest, principal: Principal) -> AppendResult:
         principal.require(Operation.APPEND, request.aggregate_type)
         request = record_principal(request, principal)
+        if self._schemas is not None:
+            # Before anything is written (cached schemas: no Cassandra read when steady).
+            request = await self._schemas.stamp(request)
         expected = request.expected
         await self._register_type(request.aggregate_type)
         sealer = await self._sealer(request)
@@ -236,6 +242,8 @@ def _difference(sent: NewEvent, stored: RecordedEvent) -> str:
     rest the server stamps (`$` keys: a retry is traced afresh, see domain/tracecontext.py)."""
 
     def client_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+        # Nor server keys: a retry naming "latest" after another version was registered
+        # still sends the same event, whatever $schema_version it is stamped with now.
         return {k: v for k, v in metadata.items() if not k.startswith(RESERVED_METADATA_PREFIX)}
 
     if sent.event_type != stored.event_type:

@@ -89,6 +89,21 @@ class EventStoreStub:
                 request_serializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectRequest.SerializeToString,
                 response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectResponse.FromString,
                 _registered_method=True)
+        self.RegisterSchema = channel.unary_unary(
+                '/eventstore.v1.EventStore/RegisterSchema',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.RegisterSchemaRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.RegisterSchemaResponse.FromString,
+                _registered_method=True)
+        self.ListSchemas = channel.unary_unary(
+                '/eventstore.v1.EventStore/ListSchemas',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.ListSchemasRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ListSchemasResponse.FromString,
+                _registered_method=True)
+        self.GetSchema = channel.unary_unary(
+                '/eventstore.v1.EventStore/GetSchema',
+                request_serializer=eventstore_dot_v1_dot_eventstore__pb2.GetSchemaRequest.SerializeToString,
+                response_deserializer=eventstore_dot_v1_dot_eventstore__pb2.GetSchemaResponse.FromString,
+                _registered_method=True)
 
 
 class EventStoreServicer:
@@ -183,6 +198,28 @@ class EventStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterSchema(self, request, context):
+        """Registers the next version of an event type's schema, checked against the latest one by
+        the compatibility mode. Registering the latest version's exact content again returns it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchemas(self, request, context):
+        """The versions of an aggregate type's event schemas (without their documents).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSchema(self, request, context):
+        """One version of an event type's schema, document included; NOT_FOUND when there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +277,21 @@ def add_EventStoreServicer_to_server(servicer, server):
                     servicer.EraseSubject,
                     request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectRequest.FromString,
                     response_serializer=eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectResponse.SerializeToString,
+            ),
+            'RegisterSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSchema,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.RegisterSchemaRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.RegisterSchemaResponse.SerializeToString,
+            ),
+            'ListSchemas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchemas,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.ListSchemasRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.ListSchemasResponse.SerializeToString,
+            ),
+            'GetSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSchema,
+                    request_deserializer=eventstore_dot_v1_dot_eventstore__pb2.GetSchemaRequest.FromString,
+                    response_serializer=eventstore_dot_v1_dot_eventstore__pb2.GetSchemaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -539,6 +591,87 @@ class EventStore:
             '/eventstore.v1.EventStore/EraseSubject',
             eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectRequest.SerializeToString,
             eventstore_dot_v1_dot_eventstore__pb2.EraseSubjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/RegisterSchema',
+            eventstore_dot_v1_dot_eventstore__pb2.RegisterSchemaRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.RegisterSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchemas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/ListSchemas',
+            eventstore_dot_v1_dot_eventstore__pb2.ListSchemasRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.ListSchemasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/eventstore.v1.EventStore/GetSchema',
+            eventstore_dot_v1_dot_eventstore__pb2.GetSchemaRequest.SerializeToString,
+            eventstore_dot_v1_dot_eventstore__pb2.GetSchemaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,14 @@ class EventStoreStub:
     snapshots of its aggregates, and records an audit event. Reads then show those events
     redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
     """
+    RegisterSchema: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.RegisterSchemaRequest, _eventstore_pb2.RegisterSchemaResponse]
+    """Registers the next version of an event type's schema, checked against the latest one by
+    the compatibility mode. Registering the latest version's exact content again returns it.
+    """
+    ListSchemas: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.ListSchemasRequest, _eventstore_pb2.ListSchemasResponse]
+    """The versions of an aggregate type's event schemas (without their documents)."""
+    GetSchema: _grpc.UnaryUnaryMultiCallable[_eventstore_pb2.GetSchemaRequest, _eventstore_pb2.GetSchemaResponse]
+    """One version of an event type's schema, document included; NOT_FOUND when there is none."""
 
 @_typing.type_check_only
 class EventStoreAsyncStub(EventStoreStub):
@@ -119,6 +127,14 @@ class EventStoreAsyncStub(EventStoreStub):
     snapshots of its aggregates, and records an audit event. Reads then show those events
     redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
     """
+    RegisterSchema: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.RegisterSchemaRequest, _eventstore_pb2.RegisterSchemaResponse]  # type: ignore[assignment]
+    """Registers the next version of an event type's schema, checked against the latest one by
+    the compatibility mode. Registering the latest version's exact content again returns it.
+    """
+    ListSchemas: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.ListSchemasRequest, _eventstore_pb2.ListSchemasResponse]  # type: ignore[assignment]
+    """The versions of an aggregate type's event schemas (without their documents)."""
+    GetSchema: _aio.UnaryUnaryMultiCallable[_eventstore_pb2.GetSchemaRequest, _eventstore_pb2.GetSchemaResponse]  # type: ignore[assignment]
+    """One version of an event type's schema, document included; NOT_FOUND when there is none."""
 
 class EventStoreServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -226,5 +242,31 @@ class EventStoreServicer(metaclass=_abc_1.ABCMeta):
         snapshots of its aggregates, and records an audit event. Reads then show those events
         redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
         """
+
+    @_abc_1.abstractmethod
+    def RegisterSchema(
+        self,
+        request: _eventstore_pb2.RegisterSchemaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.RegisterSchemaResponse, _abc.Awaitable[_eventstore_pb2.RegisterSchemaResponse]]:
+        """Registers the next version of an event type's schema, checked against the latest one by
+        the compatibility mode. Registering the latest version's exact content again returns it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSchemas(
+        self,
+        request: _eventstore_pb2.ListSchemasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.ListSchemasResponse, _abc.Awaitable[_eventstore_pb2.ListSchemasResponse]]:
+        """The versions of an aggregate type's event schemas (without their documents)."""
+
+    @_abc_1.abstractmethod
+    def GetSchema(
+        self,
+        request: _eventstore_pb2.GetSchemaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventstore_pb2.GetSchemaResponse, _abc.Awaitable[_eventstore_pb2.GetSchemaResponse]]:
+        """One version of an event type's schema, document included; NOT_FOUND when there is none."""
 
 def add_EventStoreServicer_to_server(servicer: EventStoreServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

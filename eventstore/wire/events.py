@@ -7,7 +7,12 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from eventstore.domain.events import Expectation, ExpectedVersion, RecordedEvent
+from eventstore.domain.events import (
+    SCHEMA_VERSION_KEY,
+    Expectation,
+    ExpectedVersion,
+    RecordedEvent,
+)
 from eventstore.v1 import eventstore_pb2 as pb
 
 
@@ -62,7 +67,15 @@ def event_to_proto(event: RecordedEvent) -> pb.Event:
         content_type=event.content_type,
         metadata=dict(event.metadata),
         recorded_at=timestamp(event.recorded_at),
+        schema_version=schema_version(event),
     )
+
+
+def schema_version(event: RecordedEvent) -> int:
+    """The version the event's data follows, as its metadata says (0: none)."""
+    text = event.metadata.get(SCHEMA_VERSION_KEY)
+    # Only the server writes the key (clients cannot set `$` keys): decimal int32 text.
+    return int(text) if text is not None and text.isdigit() and len(text) <= 9 else 0
 
 
 def event_from_proto(event: pb.Event) -> RecordedEvent:

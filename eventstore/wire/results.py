@@ -3,12 +3,21 @@ them into the same domain types."""
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from eventstore.domain.events import AggregateInfo, AppendResult
 from eventstore.domain.groups import ParkedEvent
 from eventstore.domain.personal import ErasureReceipt, ErasureStep
 from eventstore.domain.queries import Freshness, QueryPage, encode_consistency_token
+from eventstore.domain.schemas import (
+    Compatibility,
+    SchemaFormat,
+    SchemaLimits,
+    SchemaVersion,
+    UpcastOp,
+    parse_upcast,
+)
 from eventstore.domain.snapshots import Snapshot
 from eventstore.v1 import eventstore_pb2 as pb
 from eventstore.wire.events import event_from_proto, event_to_proto, time_from_proto, timestamp
@@ -158,4 +167,57 @@ def erasure_from_proto(response: pb.EraseSubjectResponse) -> ErasureReceipt:
         erased_at=time_from_proto(response.erased_at),
         steps=tuple(ErasureStep(s.store, s.action, s.count) for s in response.steps),
         audit_event_id=uuid.UUID(response.audit_event_id),
+    )
+
+
+_FORMATS = {
+    SchemaFormat.JSON_SCHEMA: pb.SCHEMA_FORMAT_JSON_SCHEMA,
+    SchemaFormat.PROTOBUF: pb.SCHEMA_FORMAT_PROTOBUF,
+}
+_COMPATIBILITIES = {
+    Compatibility.BACKWARD: pb.SCHEMA_COMPATIBILITY_BACKWARD,
+    Compatibility.FORWARD: pb.SCHEMA_COMPATIBILITY_FORWARD,
+    Compatibility.FULL: pb.SCHEMA_COMPATIBILITY_FULL,
+    Compatibility.NONE: pb.SCHEMA_COMPATIBILITY_NONE,
+}
+
+
+def schema_to_proto(schema: SchemaVersion, with_document: bool = True) -> pb.EventSchema:
+    message = pb.EventSchema(
+        aggregate_type=schema.aggregate_type,
+        event_type=schema.event_type,
+        version=schema.version,
+        format=_FORMATS[schema.format],
+        document=schema.document if with_document else b"",
+        message_name=schema.message_name,
+        compatibility=_COMPATIBILITIES[schema.compatibility],
+        upcast_json=json.dumps([op.to_json() for op in schema.upcast]) if schema.upcast else "",
+        registered_by=schema.registered_by,
+    )
+    if schema.registered_at is not None:
+        message.registered_at.CopyFrom(timestamp(schema.registered_at))
+    return message
+
+
+def schema_from_proto(message: pb.EventSchema) -> SchemaVersion:
+    upcast: tuple[UpcastOp, ...] = ()
+    if message.upcast_json:
+        # The server's own rendering of operations it accepted: read back without its limits.
+        upcast = parse_upcast(
+            json.loads(message.upcast_json),
+            SchemaLimits(max_upcast_operations=2**31, max_upcast_value_bytes=2**31),
+        )
+    return SchemaVersion(
+        aggregate_type=message.aggregate_type,
+        event_type=message.event_type,
+        version=message.version,
+        format={v: k for k, v in _FORMATS.items()}[message.format],
+        document=message.document,
+        compatibility={v: k for k, v in _COMPATIBILITIES.items()}[message.compatibility],
+        message_name=message.message_name,
+        upcast=upcast,
+        registered_at=(
+            time_from_proto(message.registered_at) if message.HasField("registered_at") else None
+        ),
+        registered_by=message.registered_by,
     )

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]  # kubernetes-validate's own validator
+import jsonschema  # kubernetes-validate's own validator (untyped: see mypy overrides)
 import pytest
 import yaml
 

@@ -132,7 +132,33 @@ PROBES = [
         "ReadAggregate",
         lambda a, _: pb.ReadAggregateRequest(aggregate_id=a, from_version=99),
     ),
+    Probe(
+        "read upcast to the latest schemas",
+        "ReadAggregate",
+        lambda a, _: pb.ReadAggregateRequest(aggregate_id=a, schema_view=pb.SCHEMA_VIEW_LATEST),
+    ),
     Probe("describe", "GetAggregate", lambda a, _: pb.GetAggregateRequest(aggregate_id=a)),
+    # Schemas are per type: the aggregate id does not enter, and the type is refused alike.
+    Probe(
+        "register a schema for its type",
+        "RegisterSchema",
+        lambda a, _: pb.RegisterSchemaRequest(
+            aggregate_type="Order",
+            event_type="Placed",
+            format=pb.SCHEMA_FORMAT_JSON_SCHEMA,
+            document=b'{"type": "object"}',
+        ),
+    ),
+    Probe(
+        "list its type's schemas",
+        "ListSchemas",
+        lambda a, _: pb.ListSchemasRequest(aggregate_type="Order"),
+    ),
+    Probe(
+        "fetch its type's schema",
+        "GetSchema",
+        lambda a, _: pb.GetSchemaRequest(aggregate_type="Order", event_type="Placed"),
+    ),
     Probe("latest snapshot", "GetSnapshot", lambda a, _: pb.GetSnapshotRequest(aggregate_id=a)),
     Probe(
         "snapshot at a version",

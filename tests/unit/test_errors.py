@@ -37,6 +37,13 @@ from eventstore.domain.personal import (
     SealBroken,
     SubjectErased,
 )
+from eventstore.domain.schemas import (
+    Compatibility,
+    Problem,
+    SchemaIncompatible,
+    SchemaNotFound,
+    SchemaVersionConflict,
+)
 from eventstore.usecases.append import ContentionExhausted
 from eventstore.v1 import eventstore_pb2 as pb
 
@@ -90,6 +97,31 @@ ROWS: dict[type[BaseException], Row] = {
         "SNAPSHOT_NOT_FOUND",
         None,
         details=(error_details_pb2.ResourceInfo,),
+    ),
+    SchemaIncompatible: Row(
+        SchemaIncompatible(
+            "Order", "Placed", Compatibility.BACKWARD, [Problem("$.total", "is required now")]
+        ),
+        code_pb2.FAILED_PRECONDITION,
+        "SCHEMA_INCOMPATIBLE",
+        None,
+        metadata={"aggregate_type": "Order", "event_type": "Placed", "compatibility": "backward"},
+        details=(error_details_pb2.PreconditionFailure,),
+    ),
+    SchemaVersionConflict: Row(
+        SchemaVersionConflict("Order", "Placed", 3, 4),
+        code_pb2.FAILED_PRECONDITION,
+        "SCHEMA_VERSION_CONFLICT",
+        None,
+        metadata={
+            "aggregate_type": "Order",
+            "event_type": "Placed",
+            "expected_version": "3",
+            "latest_version": "4",
+        },
+    ),
+    SchemaNotFound: Row(
+        SchemaNotFound("Order", "Placed", 2), code_pb2.NOT_FOUND, "SCHEMA_NOT_FOUND", None
     ),
     Unauthenticated: Row(
         Unauthenticated("no key"), code_pb2.UNAUTHENTICATED, "UNAUTHENTICATED", None
@@ -189,6 +221,7 @@ def _unpack(status: status_pb2.Status) -> dict[type[Message], Message]:
         error_details_pb2.BadRequest,
         error_details_pb2.ResourceInfo,
         error_details_pb2.QuotaFailure,
+        error_details_pb2.PreconditionFailure,
         pb.WrongExpectedVersion,
     ]
     for detail in status.details:

@@ -13,8 +13,10 @@ import { credentials, Metadata, status, type ServiceError } from "@grpc/grpc-js"
 import {
   type AppendResponse,
   type Event,
-  type EventData,
+  EventData,
   EventStoreClient,
+  ReadAggregateRequest,
+  SubscribeRequest,
   WrongExpectedVersion,
 } from "./gen/eventstore/v1/eventstore";
 import { ErrorInfo } from "./gen/google/rpc/error_details";
@@ -88,13 +90,14 @@ function checkEvents(what: string, got: Event[], sent: EventData[], aggregateTyp
 
 function eventData(eventType: string, data: object): EventData {
   // Our own event ids: a retry of the same request (after UNAVAILABLE, say) cannot append twice.
-  return {
+  // fromPartial: fields the API adds later (it only adds) take their defaults.
+  return EventData.fromPartial({
     eventId: randomUUID(),
     eventType,
     data: Buffer.from(JSON.stringify(data)),
     contentType: "application/json",
     metadata: { client: "typescript" },
-  };
+  });
 }
 
 async function run(
@@ -124,7 +127,7 @@ async function run(
     // 2. Read the aggregate back: a stream of pages, in version order.
     const read: Event[] = [];
     for await (const page of client.readAggregate(
-      { aggregateId, fromVersion: 0, direction: 0, maxCount: 0 },
+      ReadAggregateRequest.fromPartial({ aggregateId, fromVersion: 0, direction: 0, maxCount: 0 }),
       metadata,
       { deadline },
     )) {
@@ -163,7 +166,7 @@ async function run(
     // 4. Subscribe from the beginning: the history, then the caught_up marker (then live
     // events, which we do not wait for: cancelling ends the stream).
     const subscription = client.subscribe(
-      { aggregateId, aggregateTypes: [], eventTypes: [], fromBeginning: {} },
+      SubscribeRequest.fromPartial({ aggregateId, fromBeginning: {} }),
       metadata,
       { deadline },
     );

@@ -29,6 +29,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// How events of types with registered schemas are delivered.
+type SchemaView int32
+
+const (
+	// As they were appended.
+	SchemaView_SCHEMA_VIEW_AS_STORED SchemaView = 0
+	// Upcast to the latest registered version (stored events are never rewritten).
+	SchemaView_SCHEMA_VIEW_LATEST SchemaView = 1
+)
+
+// Enum value maps for SchemaView.
+var (
+	SchemaView_name = map[int32]string{
+		0: "SCHEMA_VIEW_AS_STORED",
+		1: "SCHEMA_VIEW_LATEST",
+	}
+	SchemaView_value = map[string]int32{
+		"SCHEMA_VIEW_AS_STORED": 0,
+		"SCHEMA_VIEW_LATEST":    1,
+	}
+)
+
+func (x SchemaView) Enum() *SchemaView {
+	p := new(SchemaView)
+	*p = x
+	return p
+}
+
+func (x SchemaView) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SchemaView) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventstore_v1_eventstore_proto_enumTypes[0].Descriptor()
+}
+
+func (SchemaView) Type() protoreflect.EnumType {
+	return &file_eventstore_v1_eventstore_proto_enumTypes[0]
+}
+
+func (x SchemaView) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SchemaView.Descriptor instead.
+func (SchemaView) EnumDescriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{0}
+}
+
 type Direction int32
 
 const (
@@ -59,11 +108,11 @@ func (x Direction) String() string {
 }
 
 func (Direction) Descriptor() protoreflect.EnumDescriptor {
-	return file_eventstore_v1_eventstore_proto_enumTypes[0].Descriptor()
+	return file_eventstore_v1_eventstore_proto_enumTypes[1].Descriptor()
 }
 
 func (Direction) Type() protoreflect.EnumType {
-	return &file_eventstore_v1_eventstore_proto_enumTypes[0]
+	return &file_eventstore_v1_eventstore_proto_enumTypes[1]
 }
 
 func (x Direction) Number() protoreflect.EnumNumber {
@@ -72,7 +121,118 @@ func (x Direction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Direction.Descriptor instead.
 func (Direction) EnumDescriptor() ([]byte, []int) {
-	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{0}
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{1}
+}
+
+type SchemaFormat int32
+
+const (
+	SchemaFormat_SCHEMA_FORMAT_UNSPECIFIED SchemaFormat = 0
+	// A JSON Schema (draft 2020-12 unless its $schema says otherwise), for JSON content.
+	SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA SchemaFormat = 1
+	// A serialized google.protobuf.FileDescriptorSet and a message name, for protobuf content.
+	SchemaFormat_SCHEMA_FORMAT_PROTOBUF SchemaFormat = 2
+)
+
+// Enum value maps for SchemaFormat.
+var (
+	SchemaFormat_name = map[int32]string{
+		0: "SCHEMA_FORMAT_UNSPECIFIED",
+		1: "SCHEMA_FORMAT_JSON_SCHEMA",
+		2: "SCHEMA_FORMAT_PROTOBUF",
+	}
+	SchemaFormat_value = map[string]int32{
+		"SCHEMA_FORMAT_UNSPECIFIED": 0,
+		"SCHEMA_FORMAT_JSON_SCHEMA": 1,
+		"SCHEMA_FORMAT_PROTOBUF":    2,
+	}
+)
+
+func (x SchemaFormat) Enum() *SchemaFormat {
+	p := new(SchemaFormat)
+	*p = x
+	return p
+}
+
+func (x SchemaFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SchemaFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventstore_v1_eventstore_proto_enumTypes[2].Descriptor()
+}
+
+func (SchemaFormat) Type() protoreflect.EnumType {
+	return &file_eventstore_v1_eventstore_proto_enumTypes[2]
+}
+
+func (x SchemaFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SchemaFormat.Descriptor instead.
+func (SchemaFormat) EnumDescriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{2}
+}
+
+// Checked against the previous version when a version is registered (README, "Evolving an
+// event type").
+type SchemaCompatibility int32
+
+const (
+	// The previous version's mode (backward for a first version).
+	SchemaCompatibility_SCHEMA_COMPATIBILITY_UNSPECIFIED SchemaCompatibility = 0
+	// Readers of the new version read the previous version's events (after the upcast).
+	SchemaCompatibility_SCHEMA_COMPATIBILITY_BACKWARD SchemaCompatibility = 1
+	// Readers of the previous version read the new version's events.
+	SchemaCompatibility_SCHEMA_COMPATIBILITY_FORWARD SchemaCompatibility = 2
+	SchemaCompatibility_SCHEMA_COMPATIBILITY_FULL    SchemaCompatibility = 3
+	SchemaCompatibility_SCHEMA_COMPATIBILITY_NONE    SchemaCompatibility = 4
+)
+
+// Enum value maps for SchemaCompatibility.
+var (
+	SchemaCompatibility_name = map[int32]string{
+		0: "SCHEMA_COMPATIBILITY_UNSPECIFIED",
+		1: "SCHEMA_COMPATIBILITY_BACKWARD",
+		2: "SCHEMA_COMPATIBILITY_FORWARD",
+		3: "SCHEMA_COMPATIBILITY_FULL",
+		4: "SCHEMA_COMPATIBILITY_NONE",
+	}
+	SchemaCompatibility_value = map[string]int32{
+		"SCHEMA_COMPATIBILITY_UNSPECIFIED": 0,
+		"SCHEMA_COMPATIBILITY_BACKWARD":    1,
+		"SCHEMA_COMPATIBILITY_FORWARD":     2,
+		"SCHEMA_COMPATIBILITY_FULL":        3,
+		"SCHEMA_COMPATIBILITY_NONE":        4,
+	}
+)
+
+func (x SchemaCompatibility) Enum() *SchemaCompatibility {
+	p := new(SchemaCompatibility)
+	*p = x
+	return p
+}
+
+func (x SchemaCompatibility) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SchemaCompatibility) Descriptor() protoreflect.EnumDescriptor {
+	return file_eventstore_v1_eventstore_proto_enumTypes[3].Descriptor()
+}
+
+func (SchemaCompatibility) Type() protoreflect.EnumType {
+	return &file_eventstore_v1_eventstore_proto_enumTypes[3]
+}
+
+func (x SchemaCompatibility) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SchemaCompatibility.Descriptor instead.
+func (SchemaCompatibility) EnumDescriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{3}
 }
 
 // What the caller believes about the aggregate's stream when it appends.
@@ -204,7 +364,11 @@ type EventData struct {
 	// Defaults to application/json; JSON content types are validated as JSON.
 	ContentType string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	// Correlation id, causation id, anything the caller adds.
-	Metadata      map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The schema version `data` follows, if the event type has a registered schema (0: the
+	// latest). The data is validated against it; the server records it in metadata as
+	// "$schema_version".
+	SchemaVersion int32 `protobuf:"varint,6,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -272,6 +436,13 @@ func (x *EventData) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *EventData) GetSchemaVersion() int32 {
+	if x != nil {
+		return x.SchemaVersion
+	}
+	return 0
 }
 
 type AppendRequest struct {
@@ -441,6 +612,9 @@ type Event struct {
 	ContentType   string                 `protobuf:"bytes,7,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	Metadata      map[string]string      `protobuf:"bytes,8,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	RecordedAt    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	// The schema version of `data` as delivered: as stored, or the latest when the reader asked
+	// for SCHEMA_VIEW_LATEST (0: the event names none).
+	SchemaVersion int32 `protobuf:"varint,10,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -538,6 +712,13 @@ func (x *Event) GetRecordedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Event) GetSchemaVersion() int32 {
+	if x != nil {
+		return x.SchemaVersion
+	}
+	return 0
+}
+
 type ReadAggregateRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	AggregateId string                 `protobuf:"bytes,1,opt,name=aggregate_id,json=aggregateId,proto3" json:"aggregate_id,omitempty"`
@@ -545,7 +726,8 @@ type ReadAggregateRequest struct {
 	FromVersion int64     `protobuf:"varint,2,opt,name=from_version,json=fromVersion,proto3" json:"from_version,omitempty"`
 	Direction   Direction `protobuf:"varint,3,opt,name=direction,proto3,enum=eventstore.v1.Direction" json:"direction,omitempty"`
 	// At most this many events; 0 means all of them.
-	MaxCount      int64 `protobuf:"varint,4,opt,name=max_count,json=maxCount,proto3" json:"max_count,omitempty"`
+	MaxCount      int64      `protobuf:"varint,4,opt,name=max_count,json=maxCount,proto3" json:"max_count,omitempty"`
+	SchemaView    SchemaView `protobuf:"varint,5,opt,name=schema_view,json=schemaView,proto3,enum=eventstore.v1.SchemaView" json:"schema_view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -606,6 +788,13 @@ func (x *ReadAggregateRequest) GetMaxCount() int64 {
 		return x.MaxCount
 	}
 	return 0
+}
+
+func (x *ReadAggregateRequest) GetSchemaView() SchemaView {
+	if x != nil {
+		return x.SchemaView
+	}
+	return SchemaView_SCHEMA_VIEW_AS_STORED
 }
 
 type ReadAggregateResponse struct {
@@ -853,6 +1042,7 @@ type SubscribeRequest struct {
 	//	*SubscribeRequest_Checkpoint
 	//	*SubscribeRequest_FromTime
 	Start         isSubscribeRequest_Start `protobuf_oneof:"start"`
+	SchemaView    SchemaView               `protobuf:"varint,8,opt,name=schema_view,json=schemaView,proto3,enum=eventstore.v1.SchemaView" json:"schema_view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -949,6 +1139,13 @@ func (x *SubscribeRequest) GetFromTime() *timestamppb.Timestamp {
 		}
 	}
 	return nil
+}
+
+func (x *SubscribeRequest) GetSchemaView() SchemaView {
+	if x != nil {
+		return x.SchemaView
+	}
+	return SchemaView_SCHEMA_VIEW_AS_STORED
 }
 
 type isSubscribeRequest_Start interface {
@@ -1187,8 +1384,10 @@ type QueryEventsRequest struct {
 	// server's limit). Not in time: DEADLINE_EXCEEDED, reason NOT_YET_SEARCHABLE, with the
 	// indexer's lag in the details. Not together with visible_event_id.
 	MinConsistencyToken string `protobuf:"bytes,10,opt,name=min_consistency_token,json=minConsistencyToken,proto3" json:"min_consistency_token,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Documents in the index keep their stored version; the events returned are upcast.
+	SchemaView    SchemaView `protobuf:"varint,11,opt,name=schema_view,json=schemaView,proto3,enum=eventstore.v1.SchemaView" json:"schema_view,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *QueryEventsRequest) Reset() {
@@ -1289,6 +1488,13 @@ func (x *QueryEventsRequest) GetMinConsistencyToken() string {
 		return x.MinConsistencyToken
 	}
 	return ""
+}
+
+func (x *QueryEventsRequest) GetSchemaView() SchemaView {
+	if x != nil {
+		return x.SchemaView
+	}
+	return SchemaView_SCHEMA_VIEW_AS_STORED
 }
 
 type QueryEventsResponse struct {
@@ -1813,7 +2019,8 @@ type JoinGroup struct {
 	//	*JoinGroup_FromTime
 	Start isJoinGroup_Start `protobuf_oneof:"start"`
 	// Deliveries this member holds unacknowledged at most; 0 means 64.
-	MaxInFlight   int32 `protobuf:"varint,7,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	MaxInFlight   int32      `protobuf:"varint,7,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	SchemaView    SchemaView `protobuf:"varint,8,opt,name=schema_view,json=schemaView,proto3,enum=eventstore.v1.SchemaView" json:"schema_view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1908,6 +2115,13 @@ func (x *JoinGroup) GetMaxInFlight() int32 {
 		return x.MaxInFlight
 	}
 	return 0
+}
+
+func (x *JoinGroup) GetSchemaView() SchemaView {
+	if x != nil {
+		return x.SchemaView
+	}
+	return SchemaView_SCHEMA_VIEW_AS_STORED
 }
 
 type isJoinGroup_Start interface {
@@ -2178,7 +2392,8 @@ type ListParkedRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Group string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	// 1..1000; 0 means 100.
-	MaxCount      int32 `protobuf:"varint,2,opt,name=max_count,json=maxCount,proto3" json:"max_count,omitempty"`
+	MaxCount      int32      `protobuf:"varint,2,opt,name=max_count,json=maxCount,proto3" json:"max_count,omitempty"`
+	SchemaView    SchemaView `protobuf:"varint,3,opt,name=schema_view,json=schemaView,proto3,enum=eventstore.v1.SchemaView" json:"schema_view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2225,6 +2440,13 @@ func (x *ListParkedRequest) GetMaxCount() int32 {
 		return x.MaxCount
 	}
 	return 0
+}
+
+func (x *ListParkedRequest) GetSchemaView() SchemaView {
+	if x != nil {
+		return x.SchemaView
+	}
+	return SchemaView_SCHEMA_VIEW_AS_STORED
 }
 
 type ListParkedResponse struct {
@@ -2634,6 +2856,486 @@ func (x *ErasureStep) GetCount() int64 {
 	return 0
 }
 
+type EventSchema struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AggregateType string                 `protobuf:"bytes,1,opt,name=aggregate_type,json=aggregateType,proto3" json:"aggregate_type,omitempty"`
+	EventType     string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	Version       int32                  `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	Format        SchemaFormat           `protobuf:"varint,4,opt,name=format,proto3,enum=eventstore.v1.SchemaFormat" json:"format,omitempty"`
+	// Empty in ListSchemas answers.
+	Document []byte `protobuf:"bytes,5,opt,name=document,proto3" json:"document,omitempty"`
+	// Protobuf: the fully qualified message name in the document.
+	MessageName   string              `protobuf:"bytes,6,opt,name=message_name,json=messageName,proto3" json:"message_name,omitempty"`
+	Compatibility SchemaCompatibility `protobuf:"varint,7,opt,name=compatibility,proto3,enum=eventstore.v1.SchemaCompatibility" json:"compatibility,omitempty"`
+	// JSON list of operations turning the previous version's data into this version's:
+	// {"op": "rename", "path": "/a", "to": "b"}, {"op": "add", "path": "/c", "value": 0},
+	// {"op": "move", "from": "/d", "path": "/e/d"}, {"op": "remove", "path": "/f"}.
+	UpcastJson   string                 `protobuf:"bytes,8,opt,name=upcast_json,json=upcastJson,proto3" json:"upcast_json,omitempty"`
+	RegisteredAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
+	// The principal that registered it.
+	RegisteredBy  string `protobuf:"bytes,10,opt,name=registered_by,json=registeredBy,proto3" json:"registered_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EventSchema) Reset() {
+	*x = EventSchema{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EventSchema) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EventSchema) ProtoMessage() {}
+
+func (x *EventSchema) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EventSchema.ProtoReflect.Descriptor instead.
+func (*EventSchema) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *EventSchema) GetAggregateType() string {
+	if x != nil {
+		return x.AggregateType
+	}
+	return ""
+}
+
+func (x *EventSchema) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *EventSchema) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *EventSchema) GetFormat() SchemaFormat {
+	if x != nil {
+		return x.Format
+	}
+	return SchemaFormat_SCHEMA_FORMAT_UNSPECIFIED
+}
+
+func (x *EventSchema) GetDocument() []byte {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
+func (x *EventSchema) GetMessageName() string {
+	if x != nil {
+		return x.MessageName
+	}
+	return ""
+}
+
+func (x *EventSchema) GetCompatibility() SchemaCompatibility {
+	if x != nil {
+		return x.Compatibility
+	}
+	return SchemaCompatibility_SCHEMA_COMPATIBILITY_UNSPECIFIED
+}
+
+func (x *EventSchema) GetUpcastJson() string {
+	if x != nil {
+		return x.UpcastJson
+	}
+	return ""
+}
+
+func (x *EventSchema) GetRegisteredAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RegisteredAt
+	}
+	return nil
+}
+
+func (x *EventSchema) GetRegisteredBy() string {
+	if x != nil {
+		return x.RegisteredBy
+	}
+	return ""
+}
+
+type RegisterSchemaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AggregateType string                 `protobuf:"bytes,1,opt,name=aggregate_type,json=aggregateType,proto3" json:"aggregate_type,omitempty"`
+	EventType     string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	Format        SchemaFormat           `protobuf:"varint,3,opt,name=format,proto3,enum=eventstore.v1.SchemaFormat" json:"format,omitempty"`
+	Document      []byte                 `protobuf:"bytes,4,opt,name=document,proto3" json:"document,omitempty"`
+	MessageName   string                 `protobuf:"bytes,5,opt,name=message_name,json=messageName,proto3" json:"message_name,omitempty"`
+	Compatibility SchemaCompatibility    `protobuf:"varint,6,opt,name=compatibility,proto3,enum=eventstore.v1.SchemaCompatibility" json:"compatibility,omitempty"`
+	// See EventSchema.upcast_json; empty: none (version 1 has none).
+	UpcastJson string `protobuf:"bytes,7,opt,name=upcast_json,json=upcastJson,proto3" json:"upcast_json,omitempty"`
+	// The version this registration must become (0: the next one, whichever it is).
+	Version       int32 `protobuf:"varint,8,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSchemaRequest) Reset() {
+	*x = RegisterSchemaRequest{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSchemaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSchemaRequest) ProtoMessage() {}
+
+func (x *RegisterSchemaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSchemaRequest.ProtoReflect.Descriptor instead.
+func (*RegisterSchemaRequest) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RegisterSchemaRequest) GetAggregateType() string {
+	if x != nil {
+		return x.AggregateType
+	}
+	return ""
+}
+
+func (x *RegisterSchemaRequest) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *RegisterSchemaRequest) GetFormat() SchemaFormat {
+	if x != nil {
+		return x.Format
+	}
+	return SchemaFormat_SCHEMA_FORMAT_UNSPECIFIED
+}
+
+func (x *RegisterSchemaRequest) GetDocument() []byte {
+	if x != nil {
+		return x.Document
+	}
+	return nil
+}
+
+func (x *RegisterSchemaRequest) GetMessageName() string {
+	if x != nil {
+		return x.MessageName
+	}
+	return ""
+}
+
+func (x *RegisterSchemaRequest) GetCompatibility() SchemaCompatibility {
+	if x != nil {
+		return x.Compatibility
+	}
+	return SchemaCompatibility_SCHEMA_COMPATIBILITY_UNSPECIFIED
+}
+
+func (x *RegisterSchemaRequest) GetUpcastJson() string {
+	if x != nil {
+		return x.UpcastJson
+	}
+	return ""
+}
+
+func (x *RegisterSchemaRequest) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type RegisterSchemaResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Schema *EventSchema           `protobuf:"bytes,1,opt,name=schema,proto3" json:"schema,omitempty"`
+	// True when the latest version already had this content (nothing was registered).
+	AlreadyRegistered bool `protobuf:"varint,2,opt,name=already_registered,json=alreadyRegistered,proto3" json:"already_registered,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RegisterSchemaResponse) Reset() {
+	*x = RegisterSchemaResponse{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSchemaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSchemaResponse) ProtoMessage() {}
+
+func (x *RegisterSchemaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSchemaResponse.ProtoReflect.Descriptor instead.
+func (*RegisterSchemaResponse) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RegisterSchemaResponse) GetSchema() *EventSchema {
+	if x != nil {
+		return x.Schema
+	}
+	return nil
+}
+
+func (x *RegisterSchemaResponse) GetAlreadyRegistered() bool {
+	if x != nil {
+		return x.AlreadyRegistered
+	}
+	return false
+}
+
+type ListSchemasRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AggregateType string                 `protobuf:"bytes,1,opt,name=aggregate_type,json=aggregateType,proto3" json:"aggregate_type,omitempty"`
+	// Only this event type; empty: every event type of the aggregate type.
+	EventType     string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchemasRequest) Reset() {
+	*x = ListSchemasRequest{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchemasRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchemasRequest) ProtoMessage() {}
+
+func (x *ListSchemasRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchemasRequest.ProtoReflect.Descriptor instead.
+func (*ListSchemasRequest) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ListSchemasRequest) GetAggregateType() string {
+	if x != nil {
+		return x.AggregateType
+	}
+	return ""
+}
+
+func (x *ListSchemasRequest) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+type ListSchemasResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By event type, then version.
+	Schemas       []*EventSchema `protobuf:"bytes,1,rep,name=schemas,proto3" json:"schemas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchemasResponse) Reset() {
+	*x = ListSchemasResponse{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchemasResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchemasResponse) ProtoMessage() {}
+
+func (x *ListSchemasResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchemasResponse.ProtoReflect.Descriptor instead.
+func (*ListSchemasResponse) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *ListSchemasResponse) GetSchemas() []*EventSchema {
+	if x != nil {
+		return x.Schemas
+	}
+	return nil
+}
+
+type GetSchemaRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AggregateType string                 `protobuf:"bytes,1,opt,name=aggregate_type,json=aggregateType,proto3" json:"aggregate_type,omitempty"`
+	EventType     string                 `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// 0: the latest.
+	Version       int32 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSchemaRequest) Reset() {
+	*x = GetSchemaRequest{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSchemaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSchemaRequest) ProtoMessage() {}
+
+func (x *GetSchemaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSchemaRequest.ProtoReflect.Descriptor instead.
+func (*GetSchemaRequest) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *GetSchemaRequest) GetAggregateType() string {
+	if x != nil {
+		return x.AggregateType
+	}
+	return ""
+}
+
+func (x *GetSchemaRequest) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *GetSchemaRequest) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type GetSchemaResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Schema        *EventSchema           `protobuf:"bytes,1,opt,name=schema,proto3" json:"schema,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSchemaResponse) Reset() {
+	*x = GetSchemaResponse{}
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSchemaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSchemaResponse) ProtoMessage() {}
+
+func (x *GetSchemaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_eventstore_v1_eventstore_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSchemaResponse.ProtoReflect.Descriptor instead.
+func (*GetSchemaResponse) Descriptor() ([]byte, []int) {
+	return file_eventstore_v1_eventstore_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *GetSchemaResponse) GetSchema() *EventSchema {
+	if x != nil {
+		return x.Schema
+	}
+	return nil
+}
+
 var File_eventstore_v1_eventstore_proto protoreflect.FileDescriptor
 
 const file_eventstore_v1_eventstore_proto_rawDesc = "" +
@@ -2644,14 +3346,15 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\tno_stream\x18\x02 \x01(\v2\x16.google.protobuf.EmptyH\x00R\bnoStream\x12=\n" +
 	"\rstream_exists\x18\x03 \x01(\v2\x16.google.protobuf.EmptyH\x00R\fstreamExists\x12\x16\n" +
 	"\x05exact\x18\x04 \x01(\x03H\x00R\x05exactB\r\n" +
-	"\vexpectation\"\xfd\x01\n" +
+	"\vexpectation\"\xa4\x02\n" +
 	"\tEventData\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x1d\n" +
 	"\n" +
 	"event_type\x18\x02 \x01(\tR\teventType\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\fR\x04data\x12!\n" +
 	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12B\n" +
-	"\bmetadata\x18\x05 \x03(\v2&.eventstore.v1.EventData.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x05 \x03(\v2&.eventstore.v1.EventData.MetadataEntryR\bmetadata\x12%\n" +
+	"\x0eschema_version\x18\x06 \x01(\x05R\rschemaVersion\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd6\x01\n" +
@@ -2666,7 +3369,7 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\fcommitted_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\vcommittedAt\x12\x1b\n" +
 	"\tevent_ids\x18\x04 \x03(\tR\beventIds\x12+\n" +
 	"\x11already_committed\x18\x05 \x01(\bR\x10alreadyCommitted\x12+\n" +
-	"\x11consistency_token\x18\x06 \x01(\tR\x10consistencyToken\"\x96\x03\n" +
+	"\x11consistency_token\x18\x06 \x01(\tR\x10consistencyToken\"\xbd\x03\n" +
 	"\x05Event\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12!\n" +
 	"\faggregate_id\x18\x02 \x01(\tR\vaggregateId\x12%\n" +
@@ -2678,15 +3381,19 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\fcontent_type\x18\a \x01(\tR\vcontentType\x12>\n" +
 	"\bmetadata\x18\b \x03(\v2\".eventstore.v1.Event.MetadataEntryR\bmetadata\x12;\n" +
 	"\vrecorded_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"recordedAt\x1a;\n" +
+	"recordedAt\x12%\n" +
+	"\x0eschema_version\x18\n" +
+	" \x01(\x05R\rschemaVersion\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xed\x01\n" +
 	"\x14ReadAggregateRequest\x12!\n" +
 	"\faggregate_id\x18\x01 \x01(\tR\vaggregateId\x12!\n" +
 	"\ffrom_version\x18\x02 \x01(\x03R\vfromVersion\x126\n" +
 	"\tdirection\x18\x03 \x01(\x0e2\x18.eventstore.v1.DirectionR\tdirection\x12\x1b\n" +
-	"\tmax_count\x18\x04 \x01(\x03R\bmaxCount\"E\n" +
+	"\tmax_count\x18\x04 \x01(\x03R\bmaxCount\x12:\n" +
+	"\vschema_view\x18\x05 \x01(\x0e2\x19.eventstore.v1.SchemaViewR\n" +
+	"schemaView\"E\n" +
 	"\x15ReadAggregateResponse\x12,\n" +
 	"\x06events\x18\x01 \x03(\v2\x14.eventstore.v1.EventR\x06events\"8\n" +
 	"\x13GetAggregateRequest\x12!\n" +
@@ -2700,7 +3407,7 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\x14WrongExpectedVersion\x12!\n" +
 	"\faggregate_id\x18\x01 \x01(\tR\vaggregateId\x12:\n" +
 	"\bexpected\x18\x02 \x01(\v2\x1e.eventstore.v1.ExpectedVersionR\bexpected\x12%\n" +
-	"\x0eactual_version\x18\x03 \x01(\x03R\ractualVersion\"\xdb\x02\n" +
+	"\x0eactual_version\x18\x03 \x01(\x03R\ractualVersion\"\x97\x03\n" +
 	"\x10SubscribeRequest\x12!\n" +
 	"\faggregate_id\x18\x01 \x01(\tR\vaggregateId\x12'\n" +
 	"\x0faggregate_types\x18\x02 \x03(\tR\x0eaggregateTypes\x12\x1f\n" +
@@ -2711,7 +3418,9 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x06 \x01(\tH\x00R\n" +
 	"checkpoint\x129\n" +
-	"\tfrom_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampH\x00R\bfromTimeB\a\n" +
+	"\tfrom_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampH\x00R\bfromTime\x12:\n" +
+	"\vschema_view\x18\b \x01(\x0e2\x19.eventstore.v1.SchemaViewR\n" +
+	"schemaViewB\a\n" +
 	"\x05start\"\xde\x01\n" +
 	"\x11SubscribeResponse\x12,\n" +
 	"\x05event\x18\x01 \x01(\v2\x14.eventstore.v1.EventH\x00R\x05event\x126\n" +
@@ -2723,7 +3432,7 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\amessage\"\n" +
 	"\n" +
 	"\bCaughtUp\"\v\n" +
-	"\tHeartbeat\"\x98\x03\n" +
+	"\tHeartbeat\"\xd4\x03\n" +
 	"\x12QueryEventsRequest\x12\x1f\n" +
 	"\vevent_types\x18\x01 \x03(\tR\n" +
 	"eventTypes\x12'\n" +
@@ -2738,7 +3447,9 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\vcount_total\x18\t \x01(\bR\n" +
 	"countTotal\x122\n" +
 	"\x15min_consistency_token\x18\n" +
-	" \x01(\tR\x13minConsistencyToken\"\xc7\x01\n" +
+	" \x01(\tR\x13minConsistencyToken\x12:\n" +
+	"\vschema_view\x18\v \x01(\x0e2\x19.eventstore.v1.SchemaViewR\n" +
+	"schemaView\"\xc7\x01\n" +
 	"\x13QueryEventsResponse\x12,\n" +
 	"\x06events\x18\x01 \x03(\v2\x14.eventstore.v1.EventR\x06events\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12;\n" +
@@ -2779,7 +3490,7 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\x04join\x18\x01 \x01(\v2\x18.eventstore.v1.JoinGroupH\x00R\x04join\x12+\n" +
 	"\x03ack\x18\x02 \x01(\v2\x17.eventstore.v1.GroupAckH\x00R\x03ack\x12.\n" +
 	"\x04nack\x18\x03 \x01(\v2\x18.eventstore.v1.GroupNackH\x00R\x04nackB\t\n" +
-	"\amessage\"\xc9\x02\n" +
+	"\amessage\"\x85\x03\n" +
 	"\tJoinGroup\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12'\n" +
 	"\x0faggregate_types\x18\x02 \x03(\tR\x0eaggregateTypes\x12\x1f\n" +
@@ -2788,7 +3499,9 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\x0efrom_beginning\x18\x04 \x01(\v2\x16.google.protobuf.EmptyH\x00R\rfromBeginning\x123\n" +
 	"\bfrom_end\x18\x05 \x01(\v2\x16.google.protobuf.EmptyH\x00R\afromEnd\x129\n" +
 	"\tfrom_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\bfromTime\x12\"\n" +
-	"\rmax_in_flight\x18\a \x01(\x05R\vmaxInFlightB\a\n" +
+	"\rmax_in_flight\x18\a \x01(\x05R\vmaxInFlight\x12:\n" +
+	"\vschema_view\x18\b \x01(\x0e2\x19.eventstore.v1.SchemaViewR\n" +
+	"schemaViewB\a\n" +
 	"\x05start\"-\n" +
 	"\bGroupAck\x12!\n" +
 	"\fdelivery_ids\x18\x01 \x03(\x04R\vdeliveryIds\"F\n" +
@@ -2803,10 +3516,12 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\vdelivery_id\x18\x01 \x01(\x04R\n" +
 	"deliveryId\x12*\n" +
 	"\x05event\x18\x02 \x01(\v2\x14.eventstore.v1.EventR\x05event\x12\x18\n" +
-	"\aattempt\x18\x03 \x01(\x05R\aattempt\"F\n" +
+	"\aattempt\x18\x03 \x01(\x05R\aattempt\"\x82\x01\n" +
 	"\x11ListParkedRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1b\n" +
-	"\tmax_count\x18\x02 \x01(\x05R\bmaxCount\"H\n" +
+	"\tmax_count\x18\x02 \x01(\x05R\bmaxCount\x12:\n" +
+	"\vschema_view\x18\x03 \x01(\x0e2\x19.eventstore.v1.SchemaViewR\n" +
+	"schemaView\"H\n" +
 	"\x12ListParkedResponse\x122\n" +
 	"\x06parked\x18\x01 \x03(\v2\x1a.eventstore.v1.ParkedEventR\x06parked\"\xc2\x01\n" +
 	"\vParkedEvent\x12*\n" +
@@ -2831,11 +3546,65 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\vErasureStep\x12\x14\n" +
 	"\x05store\x18\x01 \x01(\tR\x05store\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x14\n" +
-	"\x05count\x18\x03 \x01(\x03R\x05count*<\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count\"\xb2\x03\n" +
+	"\vEventSchema\x12%\n" +
+	"\x0eaggregate_type\x18\x01 \x01(\tR\raggregateType\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x05R\aversion\x123\n" +
+	"\x06format\x18\x04 \x01(\x0e2\x1b.eventstore.v1.SchemaFormatR\x06format\x12\x1a\n" +
+	"\bdocument\x18\x05 \x01(\fR\bdocument\x12!\n" +
+	"\fmessage_name\x18\x06 \x01(\tR\vmessageName\x12H\n" +
+	"\rcompatibility\x18\a \x01(\x0e2\".eventstore.v1.SchemaCompatibilityR\rcompatibility\x12\x1f\n" +
+	"\vupcast_json\x18\b \x01(\tR\n" +
+	"upcastJson\x12?\n" +
+	"\rregistered_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x12#\n" +
+	"\rregistered_by\x18\n" +
+	" \x01(\tR\fregisteredBy\"\xd6\x02\n" +
+	"\x15RegisterSchemaRequest\x12%\n" +
+	"\x0eaggregate_type\x18\x01 \x01(\tR\raggregateType\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x123\n" +
+	"\x06format\x18\x03 \x01(\x0e2\x1b.eventstore.v1.SchemaFormatR\x06format\x12\x1a\n" +
+	"\bdocument\x18\x04 \x01(\fR\bdocument\x12!\n" +
+	"\fmessage_name\x18\x05 \x01(\tR\vmessageName\x12H\n" +
+	"\rcompatibility\x18\x06 \x01(\x0e2\".eventstore.v1.SchemaCompatibilityR\rcompatibility\x12\x1f\n" +
+	"\vupcast_json\x18\a \x01(\tR\n" +
+	"upcastJson\x12\x18\n" +
+	"\aversion\x18\b \x01(\x05R\aversion\"{\n" +
+	"\x16RegisterSchemaResponse\x122\n" +
+	"\x06schema\x18\x01 \x01(\v2\x1a.eventstore.v1.EventSchemaR\x06schema\x12-\n" +
+	"\x12already_registered\x18\x02 \x01(\bR\x11alreadyRegistered\"Z\n" +
+	"\x12ListSchemasRequest\x12%\n" +
+	"\x0eaggregate_type\x18\x01 \x01(\tR\raggregateType\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\"K\n" +
+	"\x13ListSchemasResponse\x124\n" +
+	"\aschemas\x18\x01 \x03(\v2\x1a.eventstore.v1.EventSchemaR\aschemas\"r\n" +
+	"\x10GetSchemaRequest\x12%\n" +
+	"\x0eaggregate_type\x18\x01 \x01(\tR\raggregateType\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x05R\aversion\"G\n" +
+	"\x11GetSchemaResponse\x122\n" +
+	"\x06schema\x18\x01 \x01(\v2\x1a.eventstore.v1.EventSchemaR\x06schema*?\n" +
+	"\n" +
+	"SchemaView\x12\x19\n" +
+	"\x15SCHEMA_VIEW_AS_STORED\x10\x00\x12\x16\n" +
+	"\x12SCHEMA_VIEW_LATEST\x10\x01*<\n" +
 	"\tDirection\x12\x16\n" +
 	"\x12DIRECTION_FORWARDS\x10\x00\x12\x17\n" +
-	"\x13DIRECTION_BACKWARDS\x10\x012\xcc\n" +
-	"\n" +
+	"\x13DIRECTION_BACKWARDS\x10\x01*h\n" +
+	"\fSchemaFormat\x12\x1d\n" +
+	"\x19SCHEMA_FORMAT_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19SCHEMA_FORMAT_JSON_SCHEMA\x10\x01\x12\x1a\n" +
+	"\x16SCHEMA_FORMAT_PROTOBUF\x10\x02*\xbe\x01\n" +
+	"\x13SchemaCompatibility\x12$\n" +
+	" SCHEMA_COMPATIBILITY_UNSPECIFIED\x10\x00\x12!\n" +
+	"\x1dSCHEMA_COMPATIBILITY_BACKWARD\x10\x01\x12 \n" +
+	"\x1cSCHEMA_COMPATIBILITY_FORWARD\x10\x02\x12\x1d\n" +
+	"\x19SCHEMA_COMPATIBILITY_FULL\x10\x03\x12\x1d\n" +
+	"\x19SCHEMA_COMPATIBILITY_NONE\x10\x042\xd1\f\n" +
 	"\n" +
 	"EventStore\x12v\n" +
 	"\x06Append\x12\x1c.eventstore.v1.AppendRequest\x1a\x1d.eventstore.v1.AppendResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/aggregates/{aggregate_id}/events\x12\x8a\x01\n" +
@@ -2850,7 +3619,10 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\n" +
 	"ListParked\x12 .eventstore.v1.ListParkedRequest\x1a!.eventstore.v1.ListParkedResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/groups/{group}/parked\x12\x84\x01\n" +
 	"\fReplayParked\x12\".eventstore.v1.ReplayParkedRequest\x1a#.eventstore.v1.ReplayParkedResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/groups/{group}/parked:replay\x12v\n" +
-	"\fEraseSubject\x12\".eventstore.v1.EraseSubjectRequest\x1a#.eventstore.v1.EraseSubjectResponse\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/subjects:eraseb\x06proto3"
+	"\fEraseSubject\x12\".eventstore.v1.EraseSubjectRequest\x1a#.eventstore.v1.EraseSubjectResponse\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/subjects:erase\x12]\n" +
+	"\x0eRegisterSchema\x12$.eventstore.v1.RegisterSchemaRequest\x1a%.eventstore.v1.RegisterSchemaResponse\x12T\n" +
+	"\vListSchemas\x12!.eventstore.v1.ListSchemasRequest\x1a\".eventstore.v1.ListSchemasResponse\x12N\n" +
+	"\tGetSchema\x12\x1f.eventstore.v1.GetSchemaRequest\x1a .eventstore.v1.GetSchemaResponseb\x06proto3"
 
 var (
 	file_eventstore_v1_eventstore_proto_rawDescOnce sync.Once
@@ -2864,120 +3636,149 @@ func file_eventstore_v1_eventstore_proto_rawDescGZIP() []byte {
 	return file_eventstore_v1_eventstore_proto_rawDescData
 }
 
-var file_eventstore_v1_eventstore_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_eventstore_v1_eventstore_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_eventstore_v1_eventstore_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_eventstore_v1_eventstore_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_eventstore_v1_eventstore_proto_goTypes = []any{
-	(Direction)(0),                 // 0: eventstore.v1.Direction
-	(*ExpectedVersion)(nil),        // 1: eventstore.v1.ExpectedVersion
-	(*EventData)(nil),              // 2: eventstore.v1.EventData
-	(*AppendRequest)(nil),          // 3: eventstore.v1.AppendRequest
-	(*AppendResponse)(nil),         // 4: eventstore.v1.AppendResponse
-	(*Event)(nil),                  // 5: eventstore.v1.Event
-	(*ReadAggregateRequest)(nil),   // 6: eventstore.v1.ReadAggregateRequest
-	(*ReadAggregateResponse)(nil),  // 7: eventstore.v1.ReadAggregateResponse
-	(*GetAggregateRequest)(nil),    // 8: eventstore.v1.GetAggregateRequest
-	(*GetAggregateResponse)(nil),   // 9: eventstore.v1.GetAggregateResponse
-	(*WrongExpectedVersion)(nil),   // 10: eventstore.v1.WrongExpectedVersion
-	(*SubscribeRequest)(nil),       // 11: eventstore.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),      // 12: eventstore.v1.SubscribeResponse
-	(*CaughtUp)(nil),               // 13: eventstore.v1.CaughtUp
-	(*Heartbeat)(nil),              // 14: eventstore.v1.Heartbeat
-	(*QueryEventsRequest)(nil),     // 15: eventstore.v1.QueryEventsRequest
-	(*QueryEventsResponse)(nil),    // 16: eventstore.v1.QueryEventsResponse
-	(*Snapshot)(nil),               // 17: eventstore.v1.Snapshot
-	(*SaveSnapshotRequest)(nil),    // 18: eventstore.v1.SaveSnapshotRequest
-	(*SaveSnapshotResponse)(nil),   // 19: eventstore.v1.SaveSnapshotResponse
-	(*GetSnapshotRequest)(nil),     // 20: eventstore.v1.GetSnapshotRequest
-	(*IndexFreshness)(nil),         // 21: eventstore.v1.IndexFreshness
-	(*SubscribeGroupRequest)(nil),  // 22: eventstore.v1.SubscribeGroupRequest
-	(*JoinGroup)(nil),              // 23: eventstore.v1.JoinGroup
-	(*GroupAck)(nil),               // 24: eventstore.v1.GroupAck
-	(*GroupNack)(nil),              // 25: eventstore.v1.GroupNack
-	(*SubscribeGroupResponse)(nil), // 26: eventstore.v1.SubscribeGroupResponse
-	(*GroupDelivery)(nil),          // 27: eventstore.v1.GroupDelivery
-	(*ListParkedRequest)(nil),      // 28: eventstore.v1.ListParkedRequest
-	(*ListParkedResponse)(nil),     // 29: eventstore.v1.ListParkedResponse
-	(*ParkedEvent)(nil),            // 30: eventstore.v1.ParkedEvent
-	(*ReplayParkedRequest)(nil),    // 31: eventstore.v1.ReplayParkedRequest
-	(*ReplayParkedResponse)(nil),   // 32: eventstore.v1.ReplayParkedResponse
-	(*EraseSubjectRequest)(nil),    // 33: eventstore.v1.EraseSubjectRequest
-	(*EraseSubjectResponse)(nil),   // 34: eventstore.v1.EraseSubjectResponse
-	(*ErasureStep)(nil),            // 35: eventstore.v1.ErasureStep
-	nil,                            // 36: eventstore.v1.EventData.MetadataEntry
-	nil,                            // 37: eventstore.v1.Event.MetadataEntry
-	(*emptypb.Empty)(nil),          // 38: google.protobuf.Empty
-	(*timestamppb.Timestamp)(nil),  // 39: google.protobuf.Timestamp
+	(SchemaView)(0),                // 0: eventstore.v1.SchemaView
+	(Direction)(0),                 // 1: eventstore.v1.Direction
+	(SchemaFormat)(0),              // 2: eventstore.v1.SchemaFormat
+	(SchemaCompatibility)(0),       // 3: eventstore.v1.SchemaCompatibility
+	(*ExpectedVersion)(nil),        // 4: eventstore.v1.ExpectedVersion
+	(*EventData)(nil),              // 5: eventstore.v1.EventData
+	(*AppendRequest)(nil),          // 6: eventstore.v1.AppendRequest
+	(*AppendResponse)(nil),         // 7: eventstore.v1.AppendResponse
+	(*Event)(nil),                  // 8: eventstore.v1.Event
+	(*ReadAggregateRequest)(nil),   // 9: eventstore.v1.ReadAggregateRequest
+	(*ReadAggregateResponse)(nil),  // 10: eventstore.v1.ReadAggregateResponse
+	(*GetAggregateRequest)(nil),    // 11: eventstore.v1.GetAggregateRequest
+	(*GetAggregateResponse)(nil),   // 12: eventstore.v1.GetAggregateResponse
+	(*WrongExpectedVersion)(nil),   // 13: eventstore.v1.WrongExpectedVersion
+	(*SubscribeRequest)(nil),       // 14: eventstore.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),      // 15: eventstore.v1.SubscribeResponse
+	(*CaughtUp)(nil),               // 16: eventstore.v1.CaughtUp
+	(*Heartbeat)(nil),              // 17: eventstore.v1.Heartbeat
+	(*QueryEventsRequest)(nil),     // 18: eventstore.v1.QueryEventsRequest
+	(*QueryEventsResponse)(nil),    // 19: eventstore.v1.QueryEventsResponse
+	(*Snapshot)(nil),               // 20: eventstore.v1.Snapshot
+	(*SaveSnapshotRequest)(nil),    // 21: eventstore.v1.SaveSnapshotRequest
+	(*SaveSnapshotResponse)(nil),   // 22: eventstore.v1.SaveSnapshotResponse
+	(*GetSnapshotRequest)(nil),     // 23: eventstore.v1.GetSnapshotRequest
+	(*IndexFreshness)(nil),         // 24: eventstore.v1.IndexFreshness
+	(*SubscribeGroupRequest)(nil),  // 25: eventstore.v1.SubscribeGroupRequest
+	(*JoinGroup)(nil),              // 26: eventstore.v1.JoinGroup
+	(*GroupAck)(nil),               // 27: eventstore.v1.GroupAck
+	(*GroupNack)(nil),              // 28: eventstore.v1.GroupNack
+	(*SubscribeGroupResponse)(nil), // 29: eventstore.v1.SubscribeGroupResponse
+	(*GroupDelivery)(nil),          // 30: eventstore.v1.GroupDelivery
+	(*ListParkedRequest)(nil),      // 31: eventstore.v1.ListParkedRequest
+	(*ListParkedResponse)(nil),     // 32: eventstore.v1.ListParkedResponse
+	(*ParkedEvent)(nil),            // 33: eventstore.v1.ParkedEvent
+	(*ReplayParkedRequest)(nil),    // 34: eventstore.v1.ReplayParkedRequest
+	(*ReplayParkedResponse)(nil),   // 35: eventstore.v1.ReplayParkedResponse
+	(*EraseSubjectRequest)(nil),    // 36: eventstore.v1.EraseSubjectRequest
+	(*EraseSubjectResponse)(nil),   // 37: eventstore.v1.EraseSubjectResponse
+	(*ErasureStep)(nil),            // 38: eventstore.v1.ErasureStep
+	(*EventSchema)(nil),            // 39: eventstore.v1.EventSchema
+	(*RegisterSchemaRequest)(nil),  // 40: eventstore.v1.RegisterSchemaRequest
+	(*RegisterSchemaResponse)(nil), // 41: eventstore.v1.RegisterSchemaResponse
+	(*ListSchemasRequest)(nil),     // 42: eventstore.v1.ListSchemasRequest
+	(*ListSchemasResponse)(nil),    // 43: eventstore.v1.ListSchemasResponse
+	(*GetSchemaRequest)(nil),       // 44: eventstore.v1.GetSchemaRequest
+	(*GetSchemaResponse)(nil),      // 45: eventstore.v1.GetSchemaResponse
+	nil,                            // 46: eventstore.v1.EventData.MetadataEntry
+	nil,                            // 47: eventstore.v1.Event.MetadataEntry
+	(*emptypb.Empty)(nil),          // 48: google.protobuf.Empty
+	(*timestamppb.Timestamp)(nil),  // 49: google.protobuf.Timestamp
 }
 var file_eventstore_v1_eventstore_proto_depIdxs = []int32{
-	38, // 0: eventstore.v1.ExpectedVersion.any:type_name -> google.protobuf.Empty
-	38, // 1: eventstore.v1.ExpectedVersion.no_stream:type_name -> google.protobuf.Empty
-	38, // 2: eventstore.v1.ExpectedVersion.stream_exists:type_name -> google.protobuf.Empty
-	36, // 3: eventstore.v1.EventData.metadata:type_name -> eventstore.v1.EventData.MetadataEntry
-	1,  // 4: eventstore.v1.AppendRequest.expected_version:type_name -> eventstore.v1.ExpectedVersion
-	2,  // 5: eventstore.v1.AppendRequest.events:type_name -> eventstore.v1.EventData
-	39, // 6: eventstore.v1.AppendResponse.committed_at:type_name -> google.protobuf.Timestamp
-	37, // 7: eventstore.v1.Event.metadata:type_name -> eventstore.v1.Event.MetadataEntry
-	39, // 8: eventstore.v1.Event.recorded_at:type_name -> google.protobuf.Timestamp
-	0,  // 9: eventstore.v1.ReadAggregateRequest.direction:type_name -> eventstore.v1.Direction
-	5,  // 10: eventstore.v1.ReadAggregateResponse.events:type_name -> eventstore.v1.Event
-	39, // 11: eventstore.v1.GetAggregateResponse.first_recorded_at:type_name -> google.protobuf.Timestamp
-	39, // 12: eventstore.v1.GetAggregateResponse.last_recorded_at:type_name -> google.protobuf.Timestamp
-	1,  // 13: eventstore.v1.WrongExpectedVersion.expected:type_name -> eventstore.v1.ExpectedVersion
-	38, // 14: eventstore.v1.SubscribeRequest.from_beginning:type_name -> google.protobuf.Empty
-	38, // 15: eventstore.v1.SubscribeRequest.from_end:type_name -> google.protobuf.Empty
-	39, // 16: eventstore.v1.SubscribeRequest.from_time:type_name -> google.protobuf.Timestamp
-	5,  // 17: eventstore.v1.SubscribeResponse.event:type_name -> eventstore.v1.Event
-	13, // 18: eventstore.v1.SubscribeResponse.caught_up:type_name -> eventstore.v1.CaughtUp
-	14, // 19: eventstore.v1.SubscribeResponse.heartbeat:type_name -> eventstore.v1.Heartbeat
-	39, // 20: eventstore.v1.QueryEventsRequest.from:type_name -> google.protobuf.Timestamp
-	39, // 21: eventstore.v1.QueryEventsRequest.to:type_name -> google.protobuf.Timestamp
-	5,  // 22: eventstore.v1.QueryEventsResponse.events:type_name -> eventstore.v1.Event
-	21, // 23: eventstore.v1.QueryEventsResponse.freshness:type_name -> eventstore.v1.IndexFreshness
-	39, // 24: eventstore.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
-	39, // 25: eventstore.v1.SaveSnapshotResponse.created_at:type_name -> google.protobuf.Timestamp
-	39, // 26: eventstore.v1.IndexFreshness.reported_at:type_name -> google.protobuf.Timestamp
-	39, // 27: eventstore.v1.IndexFreshness.indexed_through:type_name -> google.protobuf.Timestamp
-	23, // 28: eventstore.v1.SubscribeGroupRequest.join:type_name -> eventstore.v1.JoinGroup
-	24, // 29: eventstore.v1.SubscribeGroupRequest.ack:type_name -> eventstore.v1.GroupAck
-	25, // 30: eventstore.v1.SubscribeGroupRequest.nack:type_name -> eventstore.v1.GroupNack
-	38, // 31: eventstore.v1.JoinGroup.from_beginning:type_name -> google.protobuf.Empty
-	38, // 32: eventstore.v1.JoinGroup.from_end:type_name -> google.protobuf.Empty
-	39, // 33: eventstore.v1.JoinGroup.from_time:type_name -> google.protobuf.Timestamp
-	27, // 34: eventstore.v1.SubscribeGroupResponse.delivery:type_name -> eventstore.v1.GroupDelivery
-	14, // 35: eventstore.v1.SubscribeGroupResponse.heartbeat:type_name -> eventstore.v1.Heartbeat
-	5,  // 36: eventstore.v1.GroupDelivery.event:type_name -> eventstore.v1.Event
-	30, // 37: eventstore.v1.ListParkedResponse.parked:type_name -> eventstore.v1.ParkedEvent
-	5,  // 38: eventstore.v1.ParkedEvent.event:type_name -> eventstore.v1.Event
-	39, // 39: eventstore.v1.ParkedEvent.parked_at:type_name -> google.protobuf.Timestamp
-	39, // 40: eventstore.v1.EraseSubjectResponse.erased_at:type_name -> google.protobuf.Timestamp
-	35, // 41: eventstore.v1.EraseSubjectResponse.steps:type_name -> eventstore.v1.ErasureStep
-	3,  // 42: eventstore.v1.EventStore.Append:input_type -> eventstore.v1.AppendRequest
-	6,  // 43: eventstore.v1.EventStore.ReadAggregate:input_type -> eventstore.v1.ReadAggregateRequest
-	8,  // 44: eventstore.v1.EventStore.GetAggregate:input_type -> eventstore.v1.GetAggregateRequest
-	11, // 45: eventstore.v1.EventStore.Subscribe:input_type -> eventstore.v1.SubscribeRequest
-	15, // 46: eventstore.v1.EventStore.QueryEvents:input_type -> eventstore.v1.QueryEventsRequest
-	18, // 47: eventstore.v1.EventStore.SaveSnapshot:input_type -> eventstore.v1.SaveSnapshotRequest
-	20, // 48: eventstore.v1.EventStore.GetSnapshot:input_type -> eventstore.v1.GetSnapshotRequest
-	22, // 49: eventstore.v1.EventStore.SubscribeGroup:input_type -> eventstore.v1.SubscribeGroupRequest
-	28, // 50: eventstore.v1.EventStore.ListParked:input_type -> eventstore.v1.ListParkedRequest
-	31, // 51: eventstore.v1.EventStore.ReplayParked:input_type -> eventstore.v1.ReplayParkedRequest
-	33, // 52: eventstore.v1.EventStore.EraseSubject:input_type -> eventstore.v1.EraseSubjectRequest
-	4,  // 53: eventstore.v1.EventStore.Append:output_type -> eventstore.v1.AppendResponse
-	7,  // 54: eventstore.v1.EventStore.ReadAggregate:output_type -> eventstore.v1.ReadAggregateResponse
-	9,  // 55: eventstore.v1.EventStore.GetAggregate:output_type -> eventstore.v1.GetAggregateResponse
-	12, // 56: eventstore.v1.EventStore.Subscribe:output_type -> eventstore.v1.SubscribeResponse
-	16, // 57: eventstore.v1.EventStore.QueryEvents:output_type -> eventstore.v1.QueryEventsResponse
-	19, // 58: eventstore.v1.EventStore.SaveSnapshot:output_type -> eventstore.v1.SaveSnapshotResponse
-	17, // 59: eventstore.v1.EventStore.GetSnapshot:output_type -> eventstore.v1.Snapshot
-	26, // 60: eventstore.v1.EventStore.SubscribeGroup:output_type -> eventstore.v1.SubscribeGroupResponse
-	29, // 61: eventstore.v1.EventStore.ListParked:output_type -> eventstore.v1.ListParkedResponse
-	32, // 62: eventstore.v1.EventStore.ReplayParked:output_type -> eventstore.v1.ReplayParkedResponse
-	34, // 63: eventstore.v1.EventStore.EraseSubject:output_type -> eventstore.v1.EraseSubjectResponse
-	53, // [53:64] is the sub-list for method output_type
-	42, // [42:53] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	48, // 0: eventstore.v1.ExpectedVersion.any:type_name -> google.protobuf.Empty
+	48, // 1: eventstore.v1.ExpectedVersion.no_stream:type_name -> google.protobuf.Empty
+	48, // 2: eventstore.v1.ExpectedVersion.stream_exists:type_name -> google.protobuf.Empty
+	46, // 3: eventstore.v1.EventData.metadata:type_name -> eventstore.v1.EventData.MetadataEntry
+	4,  // 4: eventstore.v1.AppendRequest.expected_version:type_name -> eventstore.v1.ExpectedVersion
+	5,  // 5: eventstore.v1.AppendRequest.events:type_name -> eventstore.v1.EventData
+	49, // 6: eventstore.v1.AppendResponse.committed_at:type_name -> google.protobuf.Timestamp
+	47, // 7: eventstore.v1.Event.metadata:type_name -> eventstore.v1.Event.MetadataEntry
+	49, // 8: eventstore.v1.Event.recorded_at:type_name -> google.protobuf.Timestamp
+	1,  // 9: eventstore.v1.ReadAggregateRequest.direction:type_name -> eventstore.v1.Direction
+	0,  // 10: eventstore.v1.ReadAggregateRequest.schema_view:type_name -> eventstore.v1.SchemaView
+	8,  // 11: eventstore.v1.ReadAggregateResponse.events:type_name -> eventstore.v1.Event
+	49, // 12: eventstore.v1.GetAggregateResponse.first_recorded_at:type_name -> google.protobuf.Timestamp
+	49, // 13: eventstore.v1.GetAggregateResponse.last_recorded_at:type_name -> google.protobuf.Timestamp
+	4,  // 14: eventstore.v1.WrongExpectedVersion.expected:type_name -> eventstore.v1.ExpectedVersion
+	48, // 15: eventstore.v1.SubscribeRequest.from_beginning:type_name -> google.protobuf.Empty
+	48, // 16: eventstore.v1.SubscribeRequest.from_end:type_name -> google.protobuf.Empty
+	49, // 17: eventstore.v1.SubscribeRequest.from_time:type_name -> google.protobuf.Timestamp
+	0,  // 18: eventstore.v1.SubscribeRequest.schema_view:type_name -> eventstore.v1.SchemaView
+	8,  // 19: eventstore.v1.SubscribeResponse.event:type_name -> eventstore.v1.Event
+	16, // 20: eventstore.v1.SubscribeResponse.caught_up:type_name -> eventstore.v1.CaughtUp
+	17, // 21: eventstore.v1.SubscribeResponse.heartbeat:type_name -> eventstore.v1.Heartbeat
+	49, // 22: eventstore.v1.QueryEventsRequest.from:type_name -> google.protobuf.Timestamp
+	49, // 23: eventstore.v1.QueryEventsRequest.to:type_name -> google.protobuf.Timestamp
+	0,  // 24: eventstore.v1.QueryEventsRequest.schema_view:type_name -> eventstore.v1.SchemaView
+	8,  // 25: eventstore.v1.QueryEventsResponse.events:type_name -> eventstore.v1.Event
+	24, // 26: eventstore.v1.QueryEventsResponse.freshness:type_name -> eventstore.v1.IndexFreshness
+	49, // 27: eventstore.v1.Snapshot.created_at:type_name -> google.protobuf.Timestamp
+	49, // 28: eventstore.v1.SaveSnapshotResponse.created_at:type_name -> google.protobuf.Timestamp
+	49, // 29: eventstore.v1.IndexFreshness.reported_at:type_name -> google.protobuf.Timestamp
+	49, // 30: eventstore.v1.IndexFreshness.indexed_through:type_name -> google.protobuf.Timestamp
+	26, // 31: eventstore.v1.SubscribeGroupRequest.join:type_name -> eventstore.v1.JoinGroup
+	27, // 32: eventstore.v1.SubscribeGroupRequest.ack:type_name -> eventstore.v1.GroupAck
+	28, // 33: eventstore.v1.SubscribeGroupRequest.nack:type_name -> eventstore.v1.GroupNack
+	48, // 34: eventstore.v1.JoinGroup.from_beginning:type_name -> google.protobuf.Empty
+	48, // 35: eventstore.v1.JoinGroup.from_end:type_name -> google.protobuf.Empty
+	49, // 36: eventstore.v1.JoinGroup.from_time:type_name -> google.protobuf.Timestamp
+	0,  // 37: eventstore.v1.JoinGroup.schema_view:type_name -> eventstore.v1.SchemaView
+	30, // 38: eventstore.v1.SubscribeGroupResponse.delivery:type_name -> eventstore.v1.GroupDelivery
+	17, // 39: eventstore.v1.SubscribeGroupResponse.heartbeat:type_name -> eventstore.v1.Heartbeat
+	8,  // 40: eventstore.v1.GroupDelivery.event:type_name -> eventstore.v1.Event
+	0,  // 41: eventstore.v1.ListParkedRequest.schema_view:type_name -> eventstore.v1.SchemaView
+	33, // 42: eventstore.v1.ListParkedResponse.parked:type_name -> eventstore.v1.ParkedEvent
+	8,  // 43: eventstore.v1.ParkedEvent.event:type_name -> eventstore.v1.Event
+	49, // 44: eventstore.v1.ParkedEvent.parked_at:type_name -> google.protobuf.Timestamp
+	49, // 45: eventstore.v1.EraseSubjectResponse.erased_at:type_name -> google.protobuf.Timestamp
+	38, // 46: eventstore.v1.EraseSubjectResponse.steps:type_name -> eventstore.v1.ErasureStep
+	2,  // 47: eventstore.v1.EventSchema.format:type_name -> eventstore.v1.SchemaFormat
+	3,  // 48: eventstore.v1.EventSchema.compatibility:type_name -> eventstore.v1.SchemaCompatibility
+	49, // 49: eventstore.v1.EventSchema.registered_at:type_name -> google.protobuf.Timestamp
+	2,  // 50: eventstore.v1.RegisterSchemaRequest.format:type_name -> eventstore.v1.SchemaFormat
+	3,  // 51: eventstore.v1.RegisterSchemaRequest.compatibility:type_name -> eventstore.v1.SchemaCompatibility
+	39, // 52: eventstore.v1.RegisterSchemaResponse.schema:type_name -> eventstore.v1.EventSchema
+	39, // 53: eventstore.v1.ListSchemasResponse.schemas:type_name -> eventstore.v1.EventSchema
+	39, // 54: eventstore.v1.GetSchemaResponse.schema:type_name -> eventstore.v1.EventSchema
+	6,  // 55: eventstore.v1.EventStore.Append:input_type -> eventstore.v1.AppendRequest
+	9,  // 56: eventstore.v1.EventStore.ReadAggregate:input_type -> eventstore.v1.ReadAggregateRequest
+	11, // 57: eventstore.v1.EventStore.GetAggregate:input_type -> eventstore.v1.GetAggregateRequest
+	14, // 58: eventstore.v1.EventStore.Subscribe:input_type -> eventstore.v1.SubscribeRequest
+	18, // 59: eventstore.v1.EventStore.QueryEvents:input_type -> eventstore.v1.QueryEventsRequest
+	21, // 60: eventstore.v1.EventStore.SaveSnapshot:input_type -> eventstore.v1.SaveSnapshotRequest
+	23, // 61: eventstore.v1.EventStore.GetSnapshot:input_type -> eventstore.v1.GetSnapshotRequest
+	25, // 62: eventstore.v1.EventStore.SubscribeGroup:input_type -> eventstore.v1.SubscribeGroupRequest
+	31, // 63: eventstore.v1.EventStore.ListParked:input_type -> eventstore.v1.ListParkedRequest
+	34, // 64: eventstore.v1.EventStore.ReplayParked:input_type -> eventstore.v1.ReplayParkedRequest
+	36, // 65: eventstore.v1.EventStore.EraseSubject:input_type -> eventstore.v1.EraseSubjectRequest
+	40, // 66: eventstore.v1.EventStore.RegisterSchema:input_type -> eventstore.v1.RegisterSchemaRequest
+	42, // 67: eventstore.v1.EventStore.ListSchemas:input_type -> eventstore.v1.ListSchemasRequest
+	44, // 68: eventstore.v1.EventStore.GetSchema:input_type -> eventstore.v1.GetSchemaRequest
+	7,  // 69: eventstore.v1.EventStore.Append:output_type -> eventstore.v1.AppendResponse
+	10, // 70: eventstore.v1.EventStore.ReadAggregate:output_type -> eventstore.v1.ReadAggregateResponse
+	12, // 71: eventstore.v1.EventStore.GetAggregate:output_type -> eventstore.v1.GetAggregateResponse
+	15, // 72: eventstore.v1.EventStore.Subscribe:output_type -> eventstore.v1.SubscribeResponse
+	19, // 73: eventstore.v1.EventStore.QueryEvents:output_type -> eventstore.v1.QueryEventsResponse
+	22, // 74: eventstore.v1.EventStore.SaveSnapshot:output_type -> eventstore.v1.SaveSnapshotResponse
+	20, // 75: eventstore.v1.EventStore.GetSnapshot:output_type -> eventstore.v1.Snapshot
+	29, // 76: eventstore.v1.EventStore.SubscribeGroup:output_type -> eventstore.v1.SubscribeGroupResponse
+	32, // 77: eventstore.v1.EventStore.ListParked:output_type -> eventstore.v1.ListParkedResponse
+	35, // 78: eventstore.v1.EventStore.ReplayParked:output_type -> eventstore.v1.ReplayParkedResponse
+	37, // 79: eventstore.v1.EventStore.EraseSubject:output_type -> eventstore.v1.EraseSubjectResponse
+	41, // 80: eventstore.v1.EventStore.RegisterSchema:output_type -> eventstore.v1.RegisterSchemaResponse
+	43, // 81: eventstore.v1.EventStore.ListSchemas:output_type -> eventstore.v1.ListSchemasResponse
+	45, // 82: eventstore.v1.EventStore.GetSchema:output_type -> eventstore.v1.GetSchemaResponse
+	69, // [69:83] is the sub-list for method output_type
+	55, // [55:69] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_eventstore_v1_eventstore_proto_init() }
@@ -3021,8 +3822,8 @@ func file_eventstore_v1_eventstore_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_eventstore_v1_eventstore_proto_rawDesc), len(file_eventstore_v1_eventstore_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   37,
+			NumEnums:      4,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,9 @@ const (
 	EventStore_ListParked_FullMethodName     = "/eventstore.v1.EventStore/ListParked"
 	EventStore_ReplayParked_FullMethodName   = "/eventstore.v1.EventStore/ReplayParked"
 	EventStore_EraseSubject_FullMethodName   = "/eventstore.v1.EventStore/EraseSubject"
+	EventStore_RegisterSchema_FullMethodName = "/eventstore.v1.EventStore/RegisterSchema"
+	EventStore_ListSchemas_FullMethodName    = "/eventstore.v1.EventStore/ListSchemas"
+	EventStore_GetSchema_FullMethodName      = "/eventstore.v1.EventStore/GetSchema"
 )
 
 // EventStoreClient is the client API for EventStore service.
@@ -75,6 +78,13 @@ type EventStoreClient interface {
 	// snapshots of its aggregates, and records an audit event. Reads then show those events
 	// redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
 	EraseSubject(ctx context.Context, in *EraseSubjectRequest, opts ...grpc.CallOption) (*EraseSubjectResponse, error)
+	// Registers the next version of an event type's schema, checked against the latest one by
+	// the compatibility mode. Registering the latest version's exact content again returns it.
+	RegisterSchema(ctx context.Context, in *RegisterSchemaRequest, opts ...grpc.CallOption) (*RegisterSchemaResponse, error)
+	// The versions of an aggregate type's event schemas (without their documents).
+	ListSchemas(ctx context.Context, in *ListSchemasRequest, opts ...grpc.CallOption) (*ListSchemasResponse, error)
+	// One version of an event type's schema, document included; NOT_FOUND when there is none.
+	GetSchema(ctx context.Context, in *GetSchemaRequest, opts ...grpc.CallOption) (*GetSchemaResponse, error)
 }
 
 type eventStoreClient struct {
@@ -216,6 +226,36 @@ func (c *eventStoreClient) EraseSubject(ctx context.Context, in *EraseSubjectReq
 	return out, nil
 }
 
+func (c *eventStoreClient) RegisterSchema(ctx context.Context, in *RegisterSchemaRequest, opts ...grpc.CallOption) (*RegisterSchemaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterSchemaResponse)
+	err := c.cc.Invoke(ctx, EventStore_RegisterSchema_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *eventStoreClient) ListSchemas(ctx context.Context, in *ListSchemasRequest, opts ...grpc.CallOption) (*ListSchemasResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSchemasResponse)
+	err := c.cc.Invoke(ctx, EventStore_ListSchemas_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *eventStoreClient) GetSchema(ctx context.Context, in *GetSchemaRequest, opts ...grpc.CallOption) (*GetSchemaResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSchemaResponse)
+	err := c.cc.Invoke(ctx, EventStore_GetSchema_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventStoreServer is the server API for EventStore service.
 // All implementations must embed UnimplementedEventStoreServer
 // for forward compatibility.
@@ -254,6 +294,13 @@ type EventStoreServer interface {
 	// snapshots of its aggregates, and records an audit event. Reads then show those events
 	// redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
 	EraseSubject(context.Context, *EraseSubjectRequest) (*EraseSubjectResponse, error)
+	// Registers the next version of an event type's schema, checked against the latest one by
+	// the compatibility mode. Registering the latest version's exact content again returns it.
+	RegisterSchema(context.Context, *RegisterSchemaRequest) (*RegisterSchemaResponse, error)
+	// The versions of an aggregate type's event schemas (without their documents).
+	ListSchemas(context.Context, *ListSchemasRequest) (*ListSchemasResponse, error)
+	// One version of an event type's schema, document included; NOT_FOUND when there is none.
+	GetSchema(context.Context, *GetSchemaRequest) (*GetSchemaResponse, error)
 	mustEmbedUnimplementedEventStoreServer()
 }
 
@@ -296,6 +343,15 @@ func (UnimplementedEventStoreServer) ReplayParked(context.Context, *ReplayParked
 }
 func (UnimplementedEventStoreServer) EraseSubject(context.Context, *EraseSubjectRequest) (*EraseSubjectResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EraseSubject not implemented")
+}
+func (UnimplementedEventStoreServer) RegisterSchema(context.Context, *RegisterSchemaRequest) (*RegisterSchemaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterSchema not implemented")
+}
+func (UnimplementedEventStoreServer) ListSchemas(context.Context, *ListSchemasRequest) (*ListSchemasResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSchemas not implemented")
+}
+func (UnimplementedEventStoreServer) GetSchema(context.Context, *GetSchemaRequest) (*GetSchemaResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSchema not implemented")
 }
 func (UnimplementedEventStoreServer) mustEmbedUnimplementedEventStoreServer() {}
 func (UnimplementedEventStoreServer) testEmbeddedByValue()                    {}
@@ -491,6 +547,60 @@ func _EventStore_EraseSubject_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventStore_RegisterSchema_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterSchemaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventStoreServer).RegisterSchema(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventStore_RegisterSchema_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventStoreServer).RegisterSchema(ctx, req.(*RegisterSchemaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EventStore_ListSchemas_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSchemasRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventStoreServer).ListSchemas(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventStore_ListSchemas_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventStoreServer).ListSchemas(ctx, req.(*ListSchemasRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _EventStore_GetSchema_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSchemaRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventStoreServer).GetSchema(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventStore_GetSchema_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventStoreServer).GetSchema(ctx, req.(*GetSchemaRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventStore_ServiceDesc is the grpc.ServiceDesc for EventStore service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -529,6 +639,18 @@ var EventStore_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EraseSubject",
 			Handler:    _EventStore_EraseSubject_Handler,
+		},
+		{
+			MethodName: "RegisterSchema",
+			Handler:    _EventStore_RegisterSchema_Handler,
+		},
+		{
+			MethodName: "ListSchemas",
+			Handler:    _EventStore_ListSchemas_Handler,
+		},
+		{
+			MethodName: "GetSchema",
+			Handler:    _EventStore_GetSchema_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

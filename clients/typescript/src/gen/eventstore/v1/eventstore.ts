@@ -36,6 +36,42 @@ export const protobufFileName = "eventstore/v1/eventstore.proto";
  * routes and OpenAPI document (docs/openapi.json) are built from them; README, "REST/JSON".
  */
 
+/** How events of types with registered schemas are delivered. */
+export enum SchemaView {
+  /** SCHEMA_VIEW_AS_STORED - As they were appended. */
+  SCHEMA_VIEW_AS_STORED = 0,
+  /** SCHEMA_VIEW_LATEST - Upcast to the latest registered version (stored events are never rewritten). */
+  SCHEMA_VIEW_LATEST = 1,
+  UNRECOGNIZED = -1,
+}
+
+export function schemaViewFromJSON(object: any): SchemaView {
+  switch (object) {
+    case 0:
+    case "SCHEMA_VIEW_AS_STORED":
+      return SchemaView.SCHEMA_VIEW_AS_STORED;
+    case 1:
+    case "SCHEMA_VIEW_LATEST":
+      return SchemaView.SCHEMA_VIEW_LATEST;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SchemaView.UNRECOGNIZED;
+  }
+}
+
+export function schemaViewToJSON(object: SchemaView): string {
+  switch (object) {
+    case SchemaView.SCHEMA_VIEW_AS_STORED:
+      return "SCHEMA_VIEW_AS_STORED";
+    case SchemaView.SCHEMA_VIEW_LATEST:
+      return "SCHEMA_VIEW_LATEST";
+    case SchemaView.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 export enum Direction {
   DIRECTION_FORWARDS = 0,
   DIRECTION_BACKWARDS = 1,
@@ -69,6 +105,105 @@ export function directionToJSON(object: Direction): string {
   }
 }
 
+export enum SchemaFormat {
+  SCHEMA_FORMAT_UNSPECIFIED = 0,
+  /** SCHEMA_FORMAT_JSON_SCHEMA - A JSON Schema (draft 2020-12 unless its $schema says otherwise), for JSON content. */
+  SCHEMA_FORMAT_JSON_SCHEMA = 1,
+  /** SCHEMA_FORMAT_PROTOBUF - A serialized google.protobuf.FileDescriptorSet and a message name, for protobuf content. */
+  SCHEMA_FORMAT_PROTOBUF = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function schemaFormatFromJSON(object: any): SchemaFormat {
+  switch (object) {
+    case 0:
+    case "SCHEMA_FORMAT_UNSPECIFIED":
+      return SchemaFormat.SCHEMA_FORMAT_UNSPECIFIED;
+    case 1:
+    case "SCHEMA_FORMAT_JSON_SCHEMA":
+      return SchemaFormat.SCHEMA_FORMAT_JSON_SCHEMA;
+    case 2:
+    case "SCHEMA_FORMAT_PROTOBUF":
+      return SchemaFormat.SCHEMA_FORMAT_PROTOBUF;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SchemaFormat.UNRECOGNIZED;
+  }
+}
+
+export function schemaFormatToJSON(object: SchemaFormat): string {
+  switch (object) {
+    case SchemaFormat.SCHEMA_FORMAT_UNSPECIFIED:
+      return "SCHEMA_FORMAT_UNSPECIFIED";
+    case SchemaFormat.SCHEMA_FORMAT_JSON_SCHEMA:
+      return "SCHEMA_FORMAT_JSON_SCHEMA";
+    case SchemaFormat.SCHEMA_FORMAT_PROTOBUF:
+      return "SCHEMA_FORMAT_PROTOBUF";
+    case SchemaFormat.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
+/**
+ * Checked against the previous version when a version is registered (README, "Evolving an
+ * event type").
+ */
+export enum SchemaCompatibility {
+  /** SCHEMA_COMPATIBILITY_UNSPECIFIED - The previous version's mode (backward for a first version). */
+  SCHEMA_COMPATIBILITY_UNSPECIFIED = 0,
+  /** SCHEMA_COMPATIBILITY_BACKWARD - Readers of the new version read the previous version's events (after the upcast). */
+  SCHEMA_COMPATIBILITY_BACKWARD = 1,
+  /** SCHEMA_COMPATIBILITY_FORWARD - Readers of the previous version read the new version's events. */
+  SCHEMA_COMPATIBILITY_FORWARD = 2,
+  SCHEMA_COMPATIBILITY_FULL = 3,
+  SCHEMA_COMPATIBILITY_NONE = 4,
+  UNRECOGNIZED = -1,
+}
+
+export function schemaCompatibilityFromJSON(object: any): SchemaCompatibility {
+  switch (object) {
+    case 0:
+    case "SCHEMA_COMPATIBILITY_UNSPECIFIED":
+      return SchemaCompatibility.SCHEMA_COMPATIBILITY_UNSPECIFIED;
+    case 1:
+    case "SCHEMA_COMPATIBILITY_BACKWARD":
+      return SchemaCompatibility.SCHEMA_COMPATIBILITY_BACKWARD;
+    case 2:
+    case "SCHEMA_COMPATIBILITY_FORWARD":
+      return SchemaCompatibility.SCHEMA_COMPATIBILITY_FORWARD;
+    case 3:
+    case "SCHEMA_COMPATIBILITY_FULL":
+      return SchemaCompatibility.SCHEMA_COMPATIBILITY_FULL;
+    case 4:
+    case "SCHEMA_COMPATIBILITY_NONE":
+      return SchemaCompatibility.SCHEMA_COMPATIBILITY_NONE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SchemaCompatibility.UNRECOGNIZED;
+  }
+}
+
+export function schemaCompatibilityToJSON(object: SchemaCompatibility): string {
+  switch (object) {
+    case SchemaCompatibility.SCHEMA_COMPATIBILITY_UNSPECIFIED:
+      return "SCHEMA_COMPATIBILITY_UNSPECIFIED";
+    case SchemaCompatibility.SCHEMA_COMPATIBILITY_BACKWARD:
+      return "SCHEMA_COMPATIBILITY_BACKWARD";
+    case SchemaCompatibility.SCHEMA_COMPATIBILITY_FORWARD:
+      return "SCHEMA_COMPATIBILITY_FORWARD";
+    case SchemaCompatibility.SCHEMA_COMPATIBILITY_FULL:
+      return "SCHEMA_COMPATIBILITY_FULL";
+    case SchemaCompatibility.SCHEMA_COMPATIBILITY_NONE:
+      return "SCHEMA_COMPATIBILITY_NONE";
+    case SchemaCompatibility.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** What the caller believes about the aggregate's stream when it appends. */
 export interface ExpectedVersion {
   /** Append whatever the current version is. */
@@ -97,6 +232,12 @@ export interface EventData {
   contentType: string;
   /** Correlation id, causation id, anything the caller adds. */
   metadata: { [key: string]: string };
+  /**
+   * The schema version `data` follows, if the event type has a registered schema (0: the
+   * latest). The data is validated against it; the server records it in metadata as
+   * "$schema_version".
+   */
+  schemaVersion: number;
 }
 
 export interface EventData_MetadataEntry {
@@ -135,7 +276,14 @@ export interface Event {
   data: Buffer;
   contentType: string;
   metadata: { [key: string]: string };
-  recordedAt: Date | undefined;
+  recordedAt:
+    | Date
+    | undefined;
+  /**
+   * The schema version of `data` as delivered: as stored, or the latest when the reader asked
+   * for SCHEMA_VIEW_LATEST (0: the event names none).
+   */
+  schemaVersion: number;
 }
 
 export interface Event_MetadataEntry {
@@ -150,6 +298,7 @@ export interface ReadAggregateRequest {
   direction: Direction;
   /** At most this many events; 0 means all of them. */
   maxCount: number;
+  schemaView: SchemaView;
 }
 
 export interface ReadAggregateResponse {
@@ -201,6 +350,7 @@ export interface SubscribeRequest {
     | undefined;
   /** The events recorded at or after this time (recorded_at >= from_time), then live. */
   fromTime?: Date | undefined;
+  schemaView: SchemaView;
 }
 
 export interface SubscribeResponse {
@@ -255,6 +405,8 @@ export interface QueryEventsRequest {
    * indexer's lag in the details. Not together with visible_event_id.
    */
   minConsistencyToken: string;
+  /** Documents in the index keep their stored version; the events returned are upcast. */
+  schemaView: SchemaView;
 }
 
 export interface QueryEventsResponse {
@@ -339,6 +491,7 @@ export interface JoinGroup {
     | undefined;
   /** Deliveries this member holds unacknowledged at most; 0 means 64. */
   maxInFlight: number;
+  schemaView: SchemaView;
 }
 
 export interface GroupAck {
@@ -373,6 +526,7 @@ export interface ListParkedRequest {
   group: string;
   /** 1..1000; 0 means 100. */
   maxCount: number;
+  schemaView: SchemaView;
 }
 
 export interface ListParkedResponse {
@@ -425,6 +579,72 @@ export interface ErasureStep {
   /** What was done there, e.g. "documents deleted". */
   action: string;
   count: number;
+}
+
+export interface EventSchema {
+  aggregateType: string;
+  eventType: string;
+  version: number;
+  format: SchemaFormat;
+  /** Empty in ListSchemas answers. */
+  document: Buffer;
+  /** Protobuf: the fully qualified message name in the document. */
+  messageName: string;
+  compatibility: SchemaCompatibility;
+  /**
+   * JSON list of operations turning the previous version's data into this version's:
+   * {"op": "rename", "path": "/a", "to": "b"}, {"op": "add", "path": "/c", "value": 0},
+   * {"op": "move", "from": "/d", "path": "/e/d"}, {"op": "remove", "path": "/f"}.
+   */
+  upcastJson: string;
+  registeredAt:
+    | Date
+    | undefined;
+  /** The principal that registered it. */
+  registeredBy: string;
+}
+
+export interface RegisterSchemaRequest {
+  aggregateType: string;
+  eventType: string;
+  format: SchemaFormat;
+  document: Buffer;
+  messageName: string;
+  compatibility: SchemaCompatibility;
+  /** See EventSchema.upcast_json; empty: none (version 1 has none). */
+  upcastJson: string;
+  /** The version this registration must become (0: the next one, whichever it is). */
+  version: number;
+}
+
+export interface RegisterSchemaResponse {
+  schema:
+    | EventSchema
+    | undefined;
+  /** True when the latest version already had this content (nothing was registered). */
+  alreadyRegistered: boolean;
+}
+
+export interface ListSchemasRequest {
+  aggregateType: string;
+  /** Only this event type; empty: every event type of the aggregate type. */
+  eventType: string;
+}
+
+export interface ListSchemasResponse {
+  /** By event type, then version. */
+  schemas: EventSchema[];
+}
+
+export interface GetSchemaRequest {
+  aggregateType: string;
+  eventType: string;
+  /** 0: the latest. */
+  version: number;
+}
+
+export interface GetSchemaResponse {
+  schema: EventSchema | undefined;
 }
 
 function createBaseExpectedVersion(): ExpectedVersion {
@@ -557,7 +777,7 @@ export const ExpectedVersion: MessageFns<ExpectedVersion> = {
 };
 
 function createBaseEventData(): EventData {
-  return { eventId: "", eventType: "", data: Buffer.alloc(0), contentType: "", metadata: {} };
+  return { eventId: "", eventType: "", data: Buffer.alloc(0), contentType: "", metadata: {}, schemaVersion: 0 };
 }
 
 export const EventData: MessageFns<EventData> = {
@@ -577,6 +797,9 @@ export const EventData: MessageFns<EventData> = {
     globalThis.Object.entries(message.metadata).forEach(([key, value]: [string, string]) => {
       EventData_MetadataEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
     });
+    if (message.schemaVersion !== 0) {
+      writer.uint32(48).int32(message.schemaVersion);
+    }
     return writer;
   },
 
@@ -636,6 +859,14 @@ export const EventData: MessageFns<EventData> = {
             }
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.schemaVersion = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -680,6 +911,11 @@ export const EventData: MessageFns<EventData> = {
           {},
         )
         : {},
+      schemaVersion: isSet(object.schemaVersion)
+        ? globalThis.Number(object.schemaVersion)
+        : isSet(object.schema_version)
+        ? globalThis.Number(object.schema_version)
+        : 0,
     };
   },
 
@@ -706,6 +942,9 @@ export const EventData: MessageFns<EventData> = {
         });
       }
     }
+    if (message.schemaVersion !== 0) {
+      obj.schemaVersion = Math.round(message.schemaVersion);
+    }
     return obj;
   },
 
@@ -727,6 +966,7 @@ export const EventData: MessageFns<EventData> = {
       },
       {},
     );
+    message.schemaVersion = object.schemaVersion ?? 0;
     return message;
   },
 };
@@ -1138,6 +1378,7 @@ function createBaseEvent(): Event {
     contentType: "",
     metadata: {},
     recordedAt: undefined,
+    schemaVersion: 0,
   };
 }
 
@@ -1169,6 +1410,9 @@ export const Event: MessageFns<Event> = {
     });
     if (message.recordedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.recordedAt), writer.uint32(74).fork()).join();
+    }
+    if (message.schemaVersion !== 0) {
+      writer.uint32(80).int32(message.schemaVersion);
     }
     return writer;
   },
@@ -1261,6 +1505,14 @@ export const Event: MessageFns<Event> = {
             message.recordedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.schemaVersion = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1321,6 +1573,11 @@ export const Event: MessageFns<Event> = {
         : isSet(object.recorded_at)
         ? fromJsonTimestamp(object.recorded_at)
         : undefined,
+      schemaVersion: isSet(object.schemaVersion)
+        ? globalThis.Number(object.schemaVersion)
+        : isSet(object.schema_version)
+        ? globalThis.Number(object.schema_version)
+        : 0,
     };
   },
 
@@ -1359,6 +1616,9 @@ export const Event: MessageFns<Event> = {
     if (message.recordedAt !== undefined) {
       obj.recordedAt = message.recordedAt.toISOString();
     }
+    if (message.schemaVersion !== 0) {
+      obj.schemaVersion = Math.round(message.schemaVersion);
+    }
     return obj;
   },
 
@@ -1384,6 +1644,7 @@ export const Event: MessageFns<Event> = {
       {},
     );
     message.recordedAt = object.recordedAt ?? undefined;
+    message.schemaVersion = object.schemaVersion ?? 0;
     return message;
   },
 };
@@ -1474,7 +1735,7 @@ export const Event_MetadataEntry: MessageFns<Event_MetadataEntry> = {
 };
 
 function createBaseReadAggregateRequest(): ReadAggregateRequest {
-  return { aggregateId: "", fromVersion: 0, direction: 0, maxCount: 0 };
+  return { aggregateId: "", fromVersion: 0, direction: 0, maxCount: 0, schemaView: 0 };
 }
 
 export const ReadAggregateRequest: MessageFns<ReadAggregateRequest> = {
@@ -1490,6 +1751,9 @@ export const ReadAggregateRequest: MessageFns<ReadAggregateRequest> = {
     }
     if (message.maxCount !== 0) {
       writer.uint32(32).int64(message.maxCount);
+    }
+    if (message.schemaView !== 0) {
+      writer.uint32(40).int32(message.schemaView);
     }
     return writer;
   },
@@ -1539,6 +1803,14 @@ export const ReadAggregateRequest: MessageFns<ReadAggregateRequest> = {
             message.maxCount = longToNumber(reader.int64());
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.schemaView = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1569,6 +1841,11 @@ export const ReadAggregateRequest: MessageFns<ReadAggregateRequest> = {
         : isSet(object.max_count)
         ? globalThis.Number(object.max_count)
         : 0,
+      schemaView: isSet(object.schemaView)
+        ? schemaViewFromJSON(object.schemaView)
+        : isSet(object.schema_view)
+        ? schemaViewFromJSON(object.schema_view)
+        : 0,
     };
   },
 
@@ -1586,6 +1863,9 @@ export const ReadAggregateRequest: MessageFns<ReadAggregateRequest> = {
     if (message.maxCount !== 0) {
       obj.maxCount = Math.round(message.maxCount);
     }
+    if (message.schemaView !== 0) {
+      obj.schemaView = schemaViewToJSON(message.schemaView);
+    }
     return obj;
   },
 
@@ -1598,6 +1878,7 @@ export const ReadAggregateRequest: MessageFns<ReadAggregateRequest> = {
     message.fromVersion = object.fromVersion ?? 0;
     message.direction = object.direction ?? 0;
     message.maxCount = object.maxCount ?? 0;
+    message.schemaView = object.schemaView ?? 0;
     return message;
   },
 };
@@ -2011,6 +2292,7 @@ function createBaseSubscribeRequest(): SubscribeRequest {
     fromEnd: undefined,
     checkpoint: undefined,
     fromTime: undefined,
+    schemaView: 0,
   };
 }
 
@@ -2036,6 +2318,9 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
     }
     if (message.fromTime !== undefined) {
       Timestamp.encode(toTimestamp(message.fromTime), writer.uint32(58).fork()).join();
+    }
+    if (message.schemaView !== 0) {
+      writer.uint32(64).int32(message.schemaView);
     }
     return writer;
   },
@@ -2109,6 +2394,14 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
             message.fromTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.schemaView = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2154,6 +2447,11 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
         : isSet(object.from_time)
         ? fromJsonTimestamp(object.from_time)
         : undefined,
+      schemaView: isSet(object.schemaView)
+        ? schemaViewFromJSON(object.schemaView)
+        : isSet(object.schema_view)
+        ? schemaViewFromJSON(object.schema_view)
+        : 0,
     };
   },
 
@@ -2180,6 +2478,9 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
     if (message.fromTime !== undefined) {
       obj.fromTime = message.fromTime.toISOString();
     }
+    if (message.schemaView !== 0) {
+      obj.schemaView = schemaViewToJSON(message.schemaView);
+    }
     return obj;
   },
 
@@ -2199,6 +2500,7 @@ export const SubscribeRequest: MessageFns<SubscribeRequest> = {
       : undefined;
     message.checkpoint = object.checkpoint ?? undefined;
     message.fromTime = object.fromTime ?? undefined;
+    message.schemaView = object.schemaView ?? 0;
     return message;
   },
 };
@@ -2444,6 +2746,7 @@ function createBaseQueryEventsRequest(): QueryEventsRequest {
     visibleEventId: "",
     countTotal: false,
     minConsistencyToken: "",
+    schemaView: 0,
   };
 }
 
@@ -2478,6 +2781,9 @@ export const QueryEventsRequest: MessageFns<QueryEventsRequest> = {
     }
     if (message.minConsistencyToken !== "") {
       writer.uint32(82).string(message.minConsistencyToken);
+    }
+    if (message.schemaView !== 0) {
+      writer.uint32(88).int32(message.schemaView);
     }
     return writer;
   },
@@ -2575,6 +2881,14 @@ export const QueryEventsRequest: MessageFns<QueryEventsRequest> = {
             message.minConsistencyToken = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.schemaView = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2631,6 +2945,11 @@ export const QueryEventsRequest: MessageFns<QueryEventsRequest> = {
         : isSet(object.min_consistency_token)
         ? globalThis.String(object.min_consistency_token)
         : "",
+      schemaView: isSet(object.schemaView)
+        ? schemaViewFromJSON(object.schemaView)
+        : isSet(object.schema_view)
+        ? schemaViewFromJSON(object.schema_view)
+        : 0,
     };
   },
 
@@ -2666,6 +2985,9 @@ export const QueryEventsRequest: MessageFns<QueryEventsRequest> = {
     if (message.minConsistencyToken !== "") {
       obj.minConsistencyToken = message.minConsistencyToken;
     }
+    if (message.schemaView !== 0) {
+      obj.schemaView = schemaViewToJSON(message.schemaView);
+    }
     return obj;
   },
 
@@ -2684,6 +3006,7 @@ export const QueryEventsRequest: MessageFns<QueryEventsRequest> = {
     message.visibleEventId = object.visibleEventId ?? "";
     message.countTotal = object.countTotal ?? false;
     message.minConsistencyToken = object.minConsistencyToken ?? "";
+    message.schemaView = object.schemaView ?? 0;
     return message;
   },
 };
@@ -3534,6 +3857,7 @@ function createBaseJoinGroup(): JoinGroup {
     fromEnd: undefined,
     fromTime: undefined,
     maxInFlight: 0,
+    schemaView: 0,
   };
 }
 
@@ -3559,6 +3883,9 @@ export const JoinGroup: MessageFns<JoinGroup> = {
     }
     if (message.maxInFlight !== 0) {
       writer.uint32(56).int32(message.maxInFlight);
+    }
+    if (message.schemaView !== 0) {
+      writer.uint32(64).int32(message.schemaView);
     }
     return writer;
   },
@@ -3632,6 +3959,14 @@ export const JoinGroup: MessageFns<JoinGroup> = {
             message.maxInFlight = reader.int32();
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.schemaView = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3677,6 +4012,11 @@ export const JoinGroup: MessageFns<JoinGroup> = {
         : isSet(object.max_in_flight)
         ? globalThis.Number(object.max_in_flight)
         : 0,
+      schemaView: isSet(object.schemaView)
+        ? schemaViewFromJSON(object.schemaView)
+        : isSet(object.schema_view)
+        ? schemaViewFromJSON(object.schema_view)
+        : 0,
     };
   },
 
@@ -3703,6 +4043,9 @@ export const JoinGroup: MessageFns<JoinGroup> = {
     if (message.maxInFlight !== 0) {
       obj.maxInFlight = Math.round(message.maxInFlight);
     }
+    if (message.schemaView !== 0) {
+      obj.schemaView = schemaViewToJSON(message.schemaView);
+    }
     return obj;
   },
 
@@ -3722,6 +4065,7 @@ export const JoinGroup: MessageFns<JoinGroup> = {
       : undefined;
     message.fromTime = object.fromTime ?? undefined;
     message.maxInFlight = object.maxInFlight ?? 0;
+    message.schemaView = object.schemaView ?? 0;
     return message;
   },
 };
@@ -4111,7 +4455,7 @@ export const GroupDelivery: MessageFns<GroupDelivery> = {
 };
 
 function createBaseListParkedRequest(): ListParkedRequest {
-  return { group: "", maxCount: 0 };
+  return { group: "", maxCount: 0, schemaView: 0 };
 }
 
 export const ListParkedRequest: MessageFns<ListParkedRequest> = {
@@ -4121,6 +4465,9 @@ export const ListParkedRequest: MessageFns<ListParkedRequest> = {
     }
     if (message.maxCount !== 0) {
       writer.uint32(16).int32(message.maxCount);
+    }
+    if (message.schemaView !== 0) {
+      writer.uint32(24).int32(message.schemaView);
     }
     return writer;
   },
@@ -4154,6 +4501,14 @@ export const ListParkedRequest: MessageFns<ListParkedRequest> = {
             message.maxCount = reader.int32();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.schemaView = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4174,6 +4529,11 @@ export const ListParkedRequest: MessageFns<ListParkedRequest> = {
         : isSet(object.max_count)
         ? globalThis.Number(object.max_count)
         : 0,
+      schemaView: isSet(object.schemaView)
+        ? schemaViewFromJSON(object.schemaView)
+        : isSet(object.schema_view)
+        ? schemaViewFromJSON(object.schema_view)
+        : 0,
     };
   },
 
@@ -4185,6 +4545,9 @@ export const ListParkedRequest: MessageFns<ListParkedRequest> = {
     if (message.maxCount !== 0) {
       obj.maxCount = Math.round(message.maxCount);
     }
+    if (message.schemaView !== 0) {
+      obj.schemaView = schemaViewToJSON(message.schemaView);
+    }
     return obj;
   },
 
@@ -4195,6 +4558,7 @@ export const ListParkedRequest: MessageFns<ListParkedRequest> = {
     const message = createBaseListParkedRequest();
     message.group = object.group ?? "";
     message.maxCount = object.maxCount ?? 0;
+    message.schemaView = object.schemaView ?? 0;
     return message;
   },
 };
@@ -4870,6 +5234,891 @@ export const ErasureStep: MessageFns<ErasureStep> = {
   },
 };
 
+function createBaseEventSchema(): EventSchema {
+  return {
+    aggregateType: "",
+    eventType: "",
+    version: 0,
+    format: 0,
+    document: Buffer.alloc(0),
+    messageName: "",
+    compatibility: 0,
+    upcastJson: "",
+    registeredAt: undefined,
+    registeredBy: "",
+  };
+}
+
+export const EventSchema: MessageFns<EventSchema> = {
+  encode(message: EventSchema, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.aggregateType !== "") {
+      writer.uint32(10).string(message.aggregateType);
+    }
+    if (message.eventType !== "") {
+      writer.uint32(18).string(message.eventType);
+    }
+    if (message.version !== 0) {
+      writer.uint32(24).int32(message.version);
+    }
+    if (message.format !== 0) {
+      writer.uint32(32).int32(message.format);
+    }
+    if (message.document.length !== 0) {
+      writer.uint32(42).bytes(message.document);
+    }
+    if (message.messageName !== "") {
+      writer.uint32(50).string(message.messageName);
+    }
+    if (message.compatibility !== 0) {
+      writer.uint32(56).int32(message.compatibility);
+    }
+    if (message.upcastJson !== "") {
+      writer.uint32(66).string(message.upcastJson);
+    }
+    if (message.registeredAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.registeredAt), writer.uint32(74).fork()).join();
+    }
+    if (message.registeredBy !== "") {
+      writer.uint32(82).string(message.registeredBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EventSchema {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEventSchema();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.aggregateType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventType = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.version = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.document = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.messageName = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.compatibility = reader.int32() as any;
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.upcastJson = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.registeredAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.registeredBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EventSchema {
+    return {
+      aggregateType: isSet(object.aggregateType)
+        ? globalThis.String(object.aggregateType)
+        : isSet(object.aggregate_type)
+        ? globalThis.String(object.aggregate_type)
+        : "",
+      eventType: isSet(object.eventType)
+        ? globalThis.String(object.eventType)
+        : isSet(object.event_type)
+        ? globalThis.String(object.event_type)
+        : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      format: isSet(object.format) ? schemaFormatFromJSON(object.format) : 0,
+      document: isSet(object.document) ? Buffer.from(bytesFromBase64(object.document)) : Buffer.alloc(0),
+      messageName: isSet(object.messageName)
+        ? globalThis.String(object.messageName)
+        : isSet(object.message_name)
+        ? globalThis.String(object.message_name)
+        : "",
+      compatibility: isSet(object.compatibility) ? schemaCompatibilityFromJSON(object.compatibility) : 0,
+      upcastJson: isSet(object.upcastJson)
+        ? globalThis.String(object.upcastJson)
+        : isSet(object.upcast_json)
+        ? globalThis.String(object.upcast_json)
+        : "",
+      registeredAt: isSet(object.registeredAt)
+        ? fromJsonTimestamp(object.registeredAt)
+        : isSet(object.registered_at)
+        ? fromJsonTimestamp(object.registered_at)
+        : undefined,
+      registeredBy: isSet(object.registeredBy)
+        ? globalThis.String(object.registeredBy)
+        : isSet(object.registered_by)
+        ? globalThis.String(object.registered_by)
+        : "",
+    };
+  },
+
+  toJSON(message: EventSchema): unknown {
+    const obj: any = {};
+    if (message.aggregateType !== "") {
+      obj.aggregateType = message.aggregateType;
+    }
+    if (message.eventType !== "") {
+      obj.eventType = message.eventType;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.format !== 0) {
+      obj.format = schemaFormatToJSON(message.format);
+    }
+    if (message.document.length !== 0) {
+      obj.document = base64FromBytes(message.document);
+    }
+    if (message.messageName !== "") {
+      obj.messageName = message.messageName;
+    }
+    if (message.compatibility !== 0) {
+      obj.compatibility = schemaCompatibilityToJSON(message.compatibility);
+    }
+    if (message.upcastJson !== "") {
+      obj.upcastJson = message.upcastJson;
+    }
+    if (message.registeredAt !== undefined) {
+      obj.registeredAt = message.registeredAt.toISOString();
+    }
+    if (message.registeredBy !== "") {
+      obj.registeredBy = message.registeredBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EventSchema>, I>>(base?: I): EventSchema {
+    return EventSchema.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EventSchema>, I>>(object: I): EventSchema {
+    const message = createBaseEventSchema();
+    message.aggregateType = object.aggregateType ?? "";
+    message.eventType = object.eventType ?? "";
+    message.version = object.version ?? 0;
+    message.format = object.format ?? 0;
+    message.document = object.document ?? Buffer.alloc(0);
+    message.messageName = object.messageName ?? "";
+    message.compatibility = object.compatibility ?? 0;
+    message.upcastJson = object.upcastJson ?? "";
+    message.registeredAt = object.registeredAt ?? undefined;
+    message.registeredBy = object.registeredBy ?? "";
+    return message;
+  },
+};
+
+function createBaseRegisterSchemaRequest(): RegisterSchemaRequest {
+  return {
+    aggregateType: "",
+    eventType: "",
+    format: 0,
+    document: Buffer.alloc(0),
+    messageName: "",
+    compatibility: 0,
+    upcastJson: "",
+    version: 0,
+  };
+}
+
+export const RegisterSchemaRequest: MessageFns<RegisterSchemaRequest> = {
+  encode(message: RegisterSchemaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.aggregateType !== "") {
+      writer.uint32(10).string(message.aggregateType);
+    }
+    if (message.eventType !== "") {
+      writer.uint32(18).string(message.eventType);
+    }
+    if (message.format !== 0) {
+      writer.uint32(24).int32(message.format);
+    }
+    if (message.document.length !== 0) {
+      writer.uint32(34).bytes(message.document);
+    }
+    if (message.messageName !== "") {
+      writer.uint32(42).string(message.messageName);
+    }
+    if (message.compatibility !== 0) {
+      writer.uint32(48).int32(message.compatibility);
+    }
+    if (message.upcastJson !== "") {
+      writer.uint32(58).string(message.upcastJson);
+    }
+    if (message.version !== 0) {
+      writer.uint32(64).int32(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterSchemaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterSchemaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.aggregateType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventType = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.format = reader.int32() as any;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.document = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.messageName = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.compatibility = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.upcastJson = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.version = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegisterSchemaRequest {
+    return {
+      aggregateType: isSet(object.aggregateType)
+        ? globalThis.String(object.aggregateType)
+        : isSet(object.aggregate_type)
+        ? globalThis.String(object.aggregate_type)
+        : "",
+      eventType: isSet(object.eventType)
+        ? globalThis.String(object.eventType)
+        : isSet(object.event_type)
+        ? globalThis.String(object.event_type)
+        : "",
+      format: isSet(object.format) ? schemaFormatFromJSON(object.format) : 0,
+      document: isSet(object.document) ? Buffer.from(bytesFromBase64(object.document)) : Buffer.alloc(0),
+      messageName: isSet(object.messageName)
+        ? globalThis.String(object.messageName)
+        : isSet(object.message_name)
+        ? globalThis.String(object.message_name)
+        : "",
+      compatibility: isSet(object.compatibility) ? schemaCompatibilityFromJSON(object.compatibility) : 0,
+      upcastJson: isSet(object.upcastJson)
+        ? globalThis.String(object.upcastJson)
+        : isSet(object.upcast_json)
+        ? globalThis.String(object.upcast_json)
+        : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+    };
+  },
+
+  toJSON(message: RegisterSchemaRequest): unknown {
+    const obj: any = {};
+    if (message.aggregateType !== "") {
+      obj.aggregateType = message.aggregateType;
+    }
+    if (message.eventType !== "") {
+      obj.eventType = message.eventType;
+    }
+    if (message.format !== 0) {
+      obj.format = schemaFormatToJSON(message.format);
+    }
+    if (message.document.length !== 0) {
+      obj.document = base64FromBytes(message.document);
+    }
+    if (message.messageName !== "") {
+      obj.messageName = message.messageName;
+    }
+    if (message.compatibility !== 0) {
+      obj.compatibility = schemaCompatibilityToJSON(message.compatibility);
+    }
+    if (message.upcastJson !== "") {
+      obj.upcastJson = message.upcastJson;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterSchemaRequest>, I>>(base?: I): RegisterSchemaRequest {
+    return RegisterSchemaRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterSchemaRequest>, I>>(object: I): RegisterSchemaRequest {
+    const message = createBaseRegisterSchemaRequest();
+    message.aggregateType = object.aggregateType ?? "";
+    message.eventType = object.eventType ?? "";
+    message.format = object.format ?? 0;
+    message.document = object.document ?? Buffer.alloc(0);
+    message.messageName = object.messageName ?? "";
+    message.compatibility = object.compatibility ?? 0;
+    message.upcastJson = object.upcastJson ?? "";
+    message.version = object.version ?? 0;
+    return message;
+  },
+};
+
+function createBaseRegisterSchemaResponse(): RegisterSchemaResponse {
+  return { schema: undefined, alreadyRegistered: false };
+}
+
+export const RegisterSchemaResponse: MessageFns<RegisterSchemaResponse> = {
+  encode(message: RegisterSchemaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schema !== undefined) {
+      EventSchema.encode(message.schema, writer.uint32(10).fork()).join();
+    }
+    if (message.alreadyRegistered !== false) {
+      writer.uint32(16).bool(message.alreadyRegistered);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RegisterSchemaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRegisterSchemaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schema = EventSchema.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.alreadyRegistered = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RegisterSchemaResponse {
+    return {
+      schema: isSet(object.schema) ? EventSchema.fromJSON(object.schema) : undefined,
+      alreadyRegistered: isSet(object.alreadyRegistered)
+        ? globalThis.Boolean(object.alreadyRegistered)
+        : isSet(object.already_registered)
+        ? globalThis.Boolean(object.already_registered)
+        : false,
+    };
+  },
+
+  toJSON(message: RegisterSchemaResponse): unknown {
+    const obj: any = {};
+    if (message.schema !== undefined) {
+      obj.schema = EventSchema.toJSON(message.schema);
+    }
+    if (message.alreadyRegistered !== false) {
+      obj.alreadyRegistered = message.alreadyRegistered;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RegisterSchemaResponse>, I>>(base?: I): RegisterSchemaResponse {
+    return RegisterSchemaResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RegisterSchemaResponse>, I>>(object: I): RegisterSchemaResponse {
+    const message = createBaseRegisterSchemaResponse();
+    message.schema = (object.schema !== undefined && object.schema !== null)
+      ? EventSchema.fromPartial(object.schema)
+      : undefined;
+    message.alreadyRegistered = object.alreadyRegistered ?? false;
+    return message;
+  },
+};
+
+function createBaseListSchemasRequest(): ListSchemasRequest {
+  return { aggregateType: "", eventType: "" };
+}
+
+export const ListSchemasRequest: MessageFns<ListSchemasRequest> = {
+  encode(message: ListSchemasRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.aggregateType !== "") {
+      writer.uint32(10).string(message.aggregateType);
+    }
+    if (message.eventType !== "") {
+      writer.uint32(18).string(message.eventType);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSchemasRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSchemasRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.aggregateType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventType = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSchemasRequest {
+    return {
+      aggregateType: isSet(object.aggregateType)
+        ? globalThis.String(object.aggregateType)
+        : isSet(object.aggregate_type)
+        ? globalThis.String(object.aggregate_type)
+        : "",
+      eventType: isSet(object.eventType)
+        ? globalThis.String(object.eventType)
+        : isSet(object.event_type)
+        ? globalThis.String(object.event_type)
+        : "",
+    };
+  },
+
+  toJSON(message: ListSchemasRequest): unknown {
+    const obj: any = {};
+    if (message.aggregateType !== "") {
+      obj.aggregateType = message.aggregateType;
+    }
+    if (message.eventType !== "") {
+      obj.eventType = message.eventType;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSchemasRequest>, I>>(base?: I): ListSchemasRequest {
+    return ListSchemasRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSchemasRequest>, I>>(object: I): ListSchemasRequest {
+    const message = createBaseListSchemasRequest();
+    message.aggregateType = object.aggregateType ?? "";
+    message.eventType = object.eventType ?? "";
+    return message;
+  },
+};
+
+function createBaseListSchemasResponse(): ListSchemasResponse {
+  return { schemas: [] };
+}
+
+export const ListSchemasResponse: MessageFns<ListSchemasResponse> = {
+  encode(message: ListSchemasResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.schemas) {
+      EventSchema.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListSchemasResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListSchemasResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schemas.push(EventSchema.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListSchemasResponse {
+    return {
+      schemas: globalThis.Array.isArray(object?.schemas) ? object.schemas.map((e: any) => EventSchema.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ListSchemasResponse): unknown {
+    const obj: any = {};
+    if (message.schemas?.length) {
+      obj.schemas = message.schemas.map((e) => EventSchema.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListSchemasResponse>, I>>(base?: I): ListSchemasResponse {
+    return ListSchemasResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListSchemasResponse>, I>>(object: I): ListSchemasResponse {
+    const message = createBaseListSchemasResponse();
+    message.schemas = object.schemas?.map((e) => EventSchema.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetSchemaRequest(): GetSchemaRequest {
+  return { aggregateType: "", eventType: "", version: 0 };
+}
+
+export const GetSchemaRequest: MessageFns<GetSchemaRequest> = {
+  encode(message: GetSchemaRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.aggregateType !== "") {
+      writer.uint32(10).string(message.aggregateType);
+    }
+    if (message.eventType !== "") {
+      writer.uint32(18).string(message.eventType);
+    }
+    if (message.version !== 0) {
+      writer.uint32(24).int32(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSchemaRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSchemaRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.aggregateType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.eventType = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.version = reader.int32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSchemaRequest {
+    return {
+      aggregateType: isSet(object.aggregateType)
+        ? globalThis.String(object.aggregateType)
+        : isSet(object.aggregate_type)
+        ? globalThis.String(object.aggregate_type)
+        : "",
+      eventType: isSet(object.eventType)
+        ? globalThis.String(object.eventType)
+        : isSet(object.event_type)
+        ? globalThis.String(object.event_type)
+        : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+    };
+  },
+
+  toJSON(message: GetSchemaRequest): unknown {
+    const obj: any = {};
+    if (message.aggregateType !== "") {
+      obj.aggregateType = message.aggregateType;
+    }
+    if (message.eventType !== "") {
+      obj.eventType = message.eventType;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSchemaRequest>, I>>(base?: I): GetSchemaRequest {
+    return GetSchemaRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSchemaRequest>, I>>(object: I): GetSchemaRequest {
+    const message = createBaseGetSchemaRequest();
+    message.aggregateType = object.aggregateType ?? "";
+    message.eventType = object.eventType ?? "";
+    message.version = object.version ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetSchemaResponse(): GetSchemaResponse {
+  return { schema: undefined };
+}
+
+export const GetSchemaResponse: MessageFns<GetSchemaResponse> = {
+  encode(message: GetSchemaResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.schema !== undefined) {
+      EventSchema.encode(message.schema, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetSchemaResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetSchemaResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.schema = EventSchema.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetSchemaResponse {
+    return { schema: isSet(object.schema) ? EventSchema.fromJSON(object.schema) : undefined };
+  },
+
+  toJSON(message: GetSchemaResponse): unknown {
+    const obj: any = {};
+    if (message.schema !== undefined) {
+      obj.schema = EventSchema.toJSON(message.schema);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetSchemaResponse>, I>>(base?: I): GetSchemaResponse {
+    return GetSchemaResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetSchemaResponse>, I>>(object: I): GetSchemaResponse {
+    const message = createBaseGetSchemaResponse();
+    message.schema = (object.schema !== undefined && object.schema !== null)
+      ? EventSchema.fromPartial(object.schema)
+      : undefined;
+    return message;
+  },
+};
+
 export type EventStoreService = typeof EventStoreService;
 export const EventStoreService = {
   /**
@@ -5013,6 +6262,41 @@ export const EventStoreService = {
       Buffer.from(EraseSubjectResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): EraseSubjectResponse => EraseSubjectResponse.decode(value),
   },
+  /**
+   * Registers the next version of an event type's schema, checked against the latest one by
+   * the compatibility mode. Registering the latest version's exact content again returns it.
+   */
+  registerSchema: {
+    path: "/eventstore.v1.EventStore/RegisterSchema" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RegisterSchemaRequest): Buffer =>
+      Buffer.from(RegisterSchemaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RegisterSchemaRequest => RegisterSchemaRequest.decode(value),
+    responseSerialize: (value: RegisterSchemaResponse): Buffer =>
+      Buffer.from(RegisterSchemaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RegisterSchemaResponse => RegisterSchemaResponse.decode(value),
+  },
+  /** The versions of an aggregate type's event schemas (without their documents). */
+  listSchemas: {
+    path: "/eventstore.v1.EventStore/ListSchemas" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListSchemasRequest): Buffer => Buffer.from(ListSchemasRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListSchemasRequest => ListSchemasRequest.decode(value),
+    responseSerialize: (value: ListSchemasResponse): Buffer => Buffer.from(ListSchemasResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ListSchemasResponse => ListSchemasResponse.decode(value),
+  },
+  /** One version of an event type's schema, document included; NOT_FOUND when there is none. */
+  getSchema: {
+    path: "/eventstore.v1.EventStore/GetSchema" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetSchemaRequest): Buffer => Buffer.from(GetSchemaRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetSchemaRequest => GetSchemaRequest.decode(value),
+    responseSerialize: (value: GetSchemaResponse): Buffer => Buffer.from(GetSchemaResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetSchemaResponse => GetSchemaResponse.decode(value),
+  },
 } as const;
 
 export interface EventStoreServer extends UntypedServiceImplementation {
@@ -5062,6 +6346,15 @@ export interface EventStoreServer extends UntypedServiceImplementation {
    * redacted (metadata `$redacted: erased`). Needs the `erase` grant. Idempotent.
    */
   eraseSubject: handleUnaryCall<EraseSubjectRequest, EraseSubjectResponse>;
+  /**
+   * Registers the next version of an event type's schema, checked against the latest one by
+   * the compatibility mode. Registering the latest version's exact content again returns it.
+   */
+  registerSchema: handleUnaryCall<RegisterSchemaRequest, RegisterSchemaResponse>;
+  /** The versions of an aggregate type's event schemas (without their documents). */
+  listSchemas: handleUnaryCall<ListSchemasRequest, ListSchemasResponse>;
+  /** One version of an event type's schema, document included; NOT_FOUND when there is none. */
+  getSchema: handleUnaryCall<GetSchemaRequest, GetSchemaResponse>;
 }
 
 export interface EventStoreClient extends Client {
@@ -5240,6 +6533,57 @@ export interface EventStoreClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: EraseSubjectResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Registers the next version of an event type's schema, checked against the latest one by
+   * the compatibility mode. Registering the latest version's exact content again returns it.
+   */
+  registerSchema(
+    request: RegisterSchemaRequest,
+    callback: (error: ServiceError | null, response: RegisterSchemaResponse) => void,
+  ): ClientUnaryCall;
+  registerSchema(
+    request: RegisterSchemaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RegisterSchemaResponse) => void,
+  ): ClientUnaryCall;
+  registerSchema(
+    request: RegisterSchemaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RegisterSchemaResponse) => void,
+  ): ClientUnaryCall;
+  /** The versions of an aggregate type's event schemas (without their documents). */
+  listSchemas(
+    request: ListSchemasRequest,
+    callback: (error: ServiceError | null, response: ListSchemasResponse) => void,
+  ): ClientUnaryCall;
+  listSchemas(
+    request: ListSchemasRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ListSchemasResponse) => void,
+  ): ClientUnaryCall;
+  listSchemas(
+    request: ListSchemasRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ListSchemasResponse) => void,
+  ): ClientUnaryCall;
+  /** One version of an event type's schema, document included; NOT_FOUND when there is none. */
+  getSchema(
+    request: GetSchemaRequest,
+    callback: (error: ServiceError | null, response: GetSchemaResponse) => void,
+  ): ClientUnaryCall;
+  getSchema(
+    request: GetSchemaRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetSchemaResponse) => void,
+  ): ClientUnaryCall;
+  getSchema(
+    request: GetSchemaRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetSchemaResponse) => void,
   ): ClientUnaryCall;
 }
 
