@@ -243,8 +243,9 @@ class Indexer:
         that a sum over indexers counts each partition once, and a stale value does not linger
         (or fire an alert) where nobody updates it any more."""
         for tp in partitions:
+            # (indexed_through stays: what was indexed stays indexed, and an eager rebalance,
+            # such as a new topic matching the pattern, hands the same partitions back.)
             self.committed.pop((tp.topic, tp.partition), None)
-            self.indexed_through.pop(partition_key(tp.topic, tp.partition), None)
             for gauge in (LAG, LAST_OFFSET):
                 with contextlib.suppress(KeyError):  # never set in this process
                     gauge.remove(tp.topic, str(tp.partition))

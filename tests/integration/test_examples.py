@@ -3,6 +3,7 @@ docstring example, each as its own process against a real server (and indexer)."
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import re
@@ -25,8 +26,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTED_ADDRESS = "127.0.0.1:50051"
 
 
-def readme_examples() -> list[str]:
+def readme_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```$", (ROOT / "README.md").read_text(), re.M | re.S)
+
+
+def readme_examples() -> list[str]:
+    """The whole programs (they run `asyncio.run(...)`); the other blocks are fragments."""
+    return [block for block in readme_blocks() if "asyncio.run(" in block]
 
 
 def docstring_example(doc: str) -> str:
@@ -58,9 +64,11 @@ async def run_example(code: str, server: RunningServer, directory: Path) -> str:
 
 
 def test_every_python_block_of_the_readme_is_found() -> None:
-    examples = readme_examples()
-    assert len(examples) == 4
-    assert all("asyncio.run(" in example for example in examples)
+    assert len(readme_examples()) == 4
+    fragments = [block for block in readme_blocks() if "asyncio.run(" not in block]
+    assert len(fragments) == 2
+    for fragment in fragments:  # a client's calls, inside an async function: at least valid
+        compile(fragment, "README.md", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
 
 
 async def test_the_readme_examples_run(

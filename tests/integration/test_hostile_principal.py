@@ -223,6 +223,12 @@ PROBES = [
         "ReplayParked",
         lambda a, _: pb.ReplayParkedRequest(group=a),
     ),
+    # Erasure is not per type: without the grant, a subject named like it is refused alike.
+    Probe(
+        "erase a data subject named after it",
+        "EraseSubject",
+        lambda a, _: pb.EraseSubjectRequest(subject=a),
+    ),
 ]
 
 
