@@ -534,3 +534,66 @@ async def test_worker_processes_share_the_rest_port(
         if proc.process is not None and proc.process.returncode is None:
             proc.process.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.process.wait(), 30) == 0
+
+
+async def test_schemas_over_rest_and_reads_upcast_to_the_latest(
+    rest: RunningServer, http: aiohttp.ClientSession
+) -> None:
+    kind = f"Order{uuid.uuid4().hex[:8]}"
+    schemas = url(rest, f"/v1/schemas/{kind}/Placed")
+
+    def schema(document: dict[str, Any]) -> str:
+        return base64.b64encode(json.dumps(document).encode()).decode()
+
+    v1 = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+    status, body, _ = await call(
+        http, "POST", schemas, json={"format": "SCHEMA_FORMAT_JSON_SCHEMA", "document": schema(v1)}
+    )
+    assert (status, body["schema"]["version"]) == (200, 1), body
+    aggregate = f"order-{uuid.uuid4()}"
+    events = url(rest, f"/v1/aggregates/{aggregate}/events")
+    append = {
+        "aggregateType": kind,
+        "expectedVersion": ANY,
+        "events": [event("Placed", {"name": "A"})],
+    }
+    status, body, _ = await call(http, "POST", events, json=append)
+    assert status == 200, body
+
+    # v2 renames the field; the upcast says how.
+    v2 = {
+        "type": "object",
+        "properties": {"full_name": {"type": "string"}},
+        "required": ["full_name"],
+    }
+    upcast = json.dumps([{"op": "rename", "path": "/name", "to": "full_name"}])
+    register = {"format": "SCHEMA_FORMAT_JSON_SCHEMA", "document": schema(v2), "upcastJson": upcast}
+    status, body, _ = await call(http, "POST", schemas, json=register)
+    assert (status, body["schema"]["version"]) == (200, 2), body
+
+    # Data that breaks v2 is refused naming the event's data.
+    bad = {**append, "events": [event("Placed", {"full_name": 7})]}
+    status, body, _ = await call(http, "POST", events, json=bad)
+    assert (status, body["status"]) == (400, "INVALID_ARGUMENT"), body
+    violations = detail(body, BAD_REQUEST)["fieldViolations"]
+    assert [v["field"] for v in violations] == ["events[0].data"]
+
+    status, body, _ = await call(http, "GET", url(rest, f"/v1/schemas/{kind}"))
+    assert [(s["eventType"], s["version"]) for s in body["schemas"]] == [
+        ("Placed", 1),
+        ("Placed", 2),
+    ]
+    status, body, _ = await call(http, "GET", schemas, params={"version": "1"})
+    assert json.loads(base64.b64decode(body["schema"]["document"])) == v1
+
+    status, body, _ = await call(http, "GET", events)
+    assert json.loads(base64.b64decode(body["events"][0]["data"])) == {"name": "A"}
+    status, body, _ = await call(http, "GET", events, params={"schema_view": "SCHEMA_VIEW_LATEST"})
+    (latest,) = body["events"]
+    assert json.loads(base64.b64decode(latest["data"])) == {"full_name": "A"}
+    assert latest["schemaVersion"] == 2

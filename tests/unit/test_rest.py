@@ -54,6 +54,9 @@ def test_routes_are_the_annotations_of_the_proto() -> None:
         ("GET", "/v1/groups/{group}/parked", "", "ListParked"),
         ("POST", "/v1/groups/{group}/parked:replay", "*", "ReplayParked"),
         ("POST", "/v1/subjects:erase", "*", "EraseSubject"),
+        ("POST", "/v1/schemas/{aggregate_type}/{event_type}", "*", "RegisterSchema"),
+        ("GET", "/v1/schemas/{aggregate_type}", "", "ListSchemas"),
+        ("GET", "/v1/schemas/{aggregate_type}/{event_type}", "", "GetSchema"),
     }
     assert route("Append").grpc_path == "/eventstore.v1.EventStore/Append"
     assert route("Append").path_fields == ("aggregate_id",)

@@ -3604,7 +3604,7 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\x1dSCHEMA_COMPATIBILITY_BACKWARD\x10\x01\x12 \n" +
 	"\x1cSCHEMA_COMPATIBILITY_FORWARD\x10\x02\x12\x1d\n" +
 	"\x19SCHEMA_COMPATIBILITY_FULL\x10\x03\x12\x1d\n" +
-	"\x19SCHEMA_COMPATIBILITY_NONE\x10\x042\xd1\f\n" +
+	"\x19SCHEMA_COMPATIBILITY_NONE\x10\x042\xe2\r\n" +
 	"\n" +
 	"EventStore\x12v\n" +
 	"\x06Append\x12\x1c.eventstore.v1.AppendRequest\x1a\x1d.eventstore.v1.AppendResponse\"/\x82\xd3\xe4\x93\x02):\x01*\"$/v1/aggregates/{aggregate_id}/events\x12\x8a\x01\n" +
@@ -3619,10 +3619,10 @@ const file_eventstore_v1_eventstore_proto_rawDesc = "" +
 	"\n" +
 	"ListParked\x12 .eventstore.v1.ListParkedRequest\x1a!.eventstore.v1.ListParkedResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/groups/{group}/parked\x12\x84\x01\n" +
 	"\fReplayParked\x12\".eventstore.v1.ReplayParkedRequest\x1a#.eventstore.v1.ReplayParkedResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/groups/{group}/parked:replay\x12v\n" +
-	"\fEraseSubject\x12\".eventstore.v1.EraseSubjectRequest\x1a#.eventstore.v1.EraseSubjectResponse\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/subjects:erase\x12]\n" +
-	"\x0eRegisterSchema\x12$.eventstore.v1.RegisterSchemaRequest\x1a%.eventstore.v1.RegisterSchemaResponse\x12T\n" +
-	"\vListSchemas\x12!.eventstore.v1.ListSchemasRequest\x1a\".eventstore.v1.ListSchemasResponse\x12N\n" +
-	"\tGetSchema\x12\x1f.eventstore.v1.GetSchemaRequest\x1a .eventstore.v1.GetSchemaResponseb\x06proto3"
+	"\fEraseSubject\x12\".eventstore.v1.EraseSubjectRequest\x1a#.eventstore.v1.EraseSubjectResponse\"\x1d\x82\xd3\xe4\x93\x02\x17:\x01*\"\x12/v1/subjects:erase\x12\x93\x01\n" +
+	"\x0eRegisterSchema\x12$.eventstore.v1.RegisterSchemaRequest\x1a%.eventstore.v1.RegisterSchemaResponse\"4\x82\xd3\xe4\x93\x02.:\x01*\")/v1/schemas/{aggregate_type}/{event_type}\x12z\n" +
+	"\vListSchemas\x12!.eventstore.v1.ListSchemasRequest\x1a\".eventstore.v1.ListSchemasResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/schemas/{aggregate_type}\x12\x81\x01\n" +
+	"\tGetSchema\x12\x1f.eventstore.v1.GetSchemaRequest\x1a .eventstore.v1.GetSchemaResponse\"1\x82\xd3\xe4\x93\x02+\x12)/v1/schemas/{aggregate_type}/{event_type}b\x06proto3"
 
 var (
 	file_eventstore_v1_eventstore_proto_rawDescOnce sync.Once
