@@ -10,7 +10,6 @@ from typing import Any
 
 import structlog
 from cassandra import (
-    ConsistencyLevel,
     WriteTimeout,
 )
 from cassandra.query import UNSET_VALUE, BatchStatement, BatchType, PreparedStatement
@@ -57,9 +56,7 @@ class CassandraEventStorage(EventStorage):
         self._owns_connection = False
         session = self._session = connection.session
         settings = connection.settings
-        self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
-        self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
-        self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
+        self._write, self._read, self._serial = connection.levels
         self.fault_hook: FaultHook | None = None
         statements = cql(settings.keyspace)
         self._advance = prepare(session, statements.advance_head)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from cassandra import ConsistencyLevel
 from cassandra.query import BatchStatement, BatchType
 
 from eventstore.ports import AggregateCatalog
@@ -36,9 +35,7 @@ class CassandraAggregateCatalog(AggregateCatalog):
         self._session = connection.session
         settings = connection.settings
         ks = settings.keyspace
-        self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
-        self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
-        self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
+        self._write, self._read, self._serial = connection.levels
         self._register = prepare(
             self._session,
             f"INSERT INTO {ks}.aggregate_types (topic_key, aggregate_type, first_day) "

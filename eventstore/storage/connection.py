@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 from cassandra import ConsistencyLevel
 from cassandra.auth import PlainTextAuthProvider
@@ -58,11 +59,25 @@ def make_cluster(settings: CassandraSettings) -> Cluster:
     )
 
 
+class Levels(NamedTuple):
+    """The driver's consistency levels the settings name, for the adapters' statements."""
+
+    write: int
+    read: int
+    serial: int
+
+
 class CassandraConnection:
     def __init__(self, cluster: Cluster, session: Session, settings: CassandraSettings) -> None:
         self.cluster = cluster
         self.session = session
         self.settings = settings
+        names = ConsistencyLevel.name_to_value
+        self.levels = Levels(
+            names[settings.write_consistency],
+            names[settings.read_consistency],
+            names[settings.serial_consistency],
+        )
 
     @classmethod
     async def open(cls, settings: CassandraSettings) -> CassandraConnection:

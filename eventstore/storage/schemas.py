@@ -10,8 +10,6 @@ import json
 from datetime import UTC
 from typing import Any
 
-from cassandra import ConsistencyLevel
-
 from eventstore.domain.errors import StorageUnavailable
 from eventstore.domain.schemas import (
     Compatibility,
@@ -34,9 +32,7 @@ class CassandraSchemaRegistry(SchemaRegistry):
         self._session = connection.session
         settings = connection.settings
         ks = settings.keyspace
-        self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
-        self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
-        self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
+        self._write, self._read, self._serial = connection.levels
         self._insert = prepare(
             self._session,
             f"INSERT INTO {ks}.event_schemas (aggregate_type, event_type, version, format, "

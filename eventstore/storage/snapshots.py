@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC
 
-from cassandra import ConsistencyLevel
-
 from eventstore.domain.snapshots import Snapshot
 from eventstore.ports import SnapshotStore
 from eventstore.storage.aio import execute, prepare
@@ -21,8 +19,7 @@ class CassandraSnapshotStore(SnapshotStore):
         self._session = connection.session
         settings = connection.settings
         ks = settings.keyspace
-        self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
-        self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
+        self._write, self._read, _ = connection.levels
         self._insert = prepare(
             self._session,
             f"INSERT INTO {ks}.snapshots (aggregate_id, version, state, state_type, "

@@ -7,7 +7,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from cassandra import ConsistencyLevel
 from cassandra.query import BatchStatement, BatchType
 
 from eventstore.domain.personal import WrappedKey
@@ -43,9 +42,7 @@ class CassandraSubjectKeys(SubjectKeys):
         self._session = connection.session
         settings = connection.settings
         ks = settings.keyspace
-        self._write = ConsistencyLevel.name_to_value[settings.write_consistency]
-        self._read = ConsistencyLevel.name_to_value[settings.read_consistency]
-        self._serial = ConsistencyLevel.name_to_value[settings.serial_consistency]
+        self._write, self._read, self._serial = connection.levels
         self._create = prepare(
             self._session,
             f"INSERT INTO {ks}.subject_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
