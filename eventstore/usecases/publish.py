@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
@@ -238,12 +239,12 @@ class Publication:
         most once at a time), then write the cursors."""
         started = time.monotonic()
         for seq in self.journal.orphans()[:ENTRY_PAGE]:
-            self._replay(("own", seq), self._replay_own(seq))
+            self._replay(("own", seq), functools.partial(self._replay_own, seq))
         writers = await self._outbox.writers()
         for silent in self._silent_writers_for_me(writers):
-            self._replay(("writer", silent.writer), self._take_over(silent))
+            self._replay(("writer", silent.writer), functools.partial(self._take_over, silent))
         if self._leads(writers):
-            self._replay("parked", self._retry_parked())
+            self._replay("parked", self._retry_parked)
         else:
             # Only the leader retries them; every replica reports how many there are.
             self.parked_count = len(await self._outbox.parked())
@@ -251,10 +252,12 @@ class Publication:
             self._on_round(time.monotonic() - started)
         await self.flush()
 
-    def _replay(self, key: object, work: Coroutine[Any, Any, None]) -> None:
+    def _replay(self, key: object, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start `work` in the background unless the same step still runs. It is made into a
+        coroutine only inside its task: a task cancelled before its first step (a shutdown)
+        must leave no coroutine behind that was never awaited."""
         running = self._replays.get(key)
         if running is not None and not running.done():
-            work.close()
             return
         task = self._spawn(self._guarded(key, work))
         self._replays[key] = task
@@ -266,13 +269,13 @@ class Publication:
         task.add_done_callback(forget)
 
     @staticmethod
-    async def _guarded(key: object, work: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(key: object, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A background step of the relay whose failure is logged, never left in its task:
         each is started again by a later round (its orphan, silent writer or parked entries
         are still there). Seen under load: reading the parked entries timed out, and asyncio
         reported "Task exception was never retrieved"."""
         try:
-            await work
+            await work()
         except StorageUnavailable as exc:
             log.warning("relay: step failed, retried next round", step=str(key), error=str(exc))
         except Exception:
