@@ -35,6 +35,7 @@ from eventstore.search.setup import make_client
 from eventstore.server import RunningServer, start
 from eventstore.storage.cassandra import CassandraEventStorage, schema_cql
 from tests.integration.principals import Connect, default_keys, permissions_yaml
+from tests.integration.test_indexer import IndexerProcess
 
 pytestmark = pytest.mark.integration
 
@@ -373,3 +374,13 @@ async def kafka_fault_proxy(kafka_bootstrap: str) -> AsyncIterator[FaultProxy]:
                 await proxy.close()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+async def indexer(
+    kafka_settings: KafkaSettings, opensearch_settings: OpenSearchSettings, tmp_path: Path
+) -> AsyncIterator[IndexerProcess]:
+    """An indexer process on this test's topics and indices, started by the test (`start()`)."""
+    proc = IndexerProcess(kafka_settings, opensearch_settings, tmp_path / "indexer.log")
+    yield proc
+    await proc.kill()

@@ -88,15 +88,6 @@ async def scannable(cassandra_storage: CassandraEventStorage) -> AsyncIterator[s
         await asyncio.to_thread(session.execute, f"ALTER TABLE {keyspace}.{table} WITH {RESTORE}")
 
 
-@pytest.fixture
-async def indexer(
-    kafka_settings: KafkaSettings, opensearch_settings: OpenSearchSettings, tmp_path: Path
-) -> AsyncIterator[IndexerProcess]:
-    proc = IndexerProcess(kafka_settings, opensearch_settings, tmp_path / "indexer.log")
-    yield proc
-    await proc.kill()
-
-
 async def uncompressed_topic(settings: KafkaSettings, topic: str) -> None:
     """The topic stored uncompressed (the broker recompresses what producers send in LZ4),
     so that a byte scan of its segments sees what the records hold."""

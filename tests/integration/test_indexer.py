@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,15 +59,6 @@ class IndexerProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGKILL)
             await self.process.wait()
-
-
-@pytest.fixture
-async def indexer(
-    kafka_settings: KafkaSettings, opensearch_settings: OpenSearchSettings, tmp_path: Path
-) -> AsyncIterator[IndexerProcess]:
-    proc = IndexerProcess(kafka_settings, opensearch_settings, tmp_path / "indexer.log")
-    yield proc
-    await proc.kill()
 
 
 def answered(call: Callable[[], T], within_s: float = 30) -> T:

@@ -37,7 +37,6 @@ from eventstore.storage.outbox import CassandraPublicationLog
 from replayer.verify import verify
 from tests.integration.test_indexer import (
     IndexerProcess,
-    indexer,  # noqa: F401 - a fixture
 )
 from tests.integration.test_publication import (
     scrape,
@@ -150,7 +149,7 @@ async def test_kafka_outage_with_a_server_crash_loses_no_acknowledged_event(
     cassandra_settings: CassandraSettings,
     kafka_settings: KafkaSettings,
     opensearch_settings: OpenSearchSettings,
-    indexer: IndexerProcess,  # noqa: F811 - the fixture
+    indexer: IndexerProcess,
     tmp_path: Path,
 ) -> None:
     """Kafka stopped for 20 s while 8 writers append to a brand-new aggregate type; during the

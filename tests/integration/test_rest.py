@@ -21,7 +21,7 @@ import pytest
 
 from devstack.certificates import make_ca, make_cert
 from eventstore import metrics
-from eventstore.config import KafkaSettings, OpenSearchSettings, ServerSettings
+from eventstore.config import ServerSettings
 from eventstore.server import RunningServer
 from tests.integration.conftest import StartServer
 from tests.integration.principals import KEYS, permissions_yaml
@@ -58,15 +58,6 @@ async def secure_rest(
             }
         )
     )
-
-
-@pytest.fixture
-async def indexer(
-    kafka_settings: KafkaSettings, opensearch_settings: OpenSearchSettings, tmp_path: Path
-) -> AsyncIterator[IndexerProcess]:
-    proc = IndexerProcess(kafka_settings, opensearch_settings, tmp_path / "indexer.log")
-    yield proc
-    await proc.kill()
 
 
 @pytest.fixture
